@@ -1,0 +1,460 @@
+"""Configuration: TOML files into frozen dataclasses, with environment overrides.
+
+How this works
+--------------
+Each section (``gateway``, ``gateway.tls``, ``gateway.limits``, ...) is a frozen
+dataclass plus a table that maps each of its keys to a converter. A converter
+checks type and range and normalises (paths become absolute, log levels
+lower-case). Defaults are the dataclass defaults; a field without a default is
+required. Defaults go through the same converters, so a default relative path
+is resolved against the config file's folder too. Every failure is a
+:class:`krypton.errors.ConfigError` whose message starts with the dotted
+setting name, says what is wanted and what was found, and where it came from::
+
+    gateway.limits.max_connections: must be an integer ≥ 1, got 'abc'
+        (from KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS)
+
+Environment rule
+----------------
+Setting ``<section>.<key>`` is overridden by the variable ``KRYPTON_`` + the
+dotted name upper-cased with every ``.`` replaced by ``_``::
+
+    gateway.listen_port             KRYPTON_GATEWAY_LISTEN_PORT=15696
+    gateway.limits.max_connections  KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS=10
+    gateway.tls.min_version         KRYPTON_GATEWAY_TLS_MIN_VERSION=1.3
+    core.tenants                    KRYPTON_CORE_TENANTS=demo,other
+
+The variable wins over the file, which wins over the default. Values are text:
+integers in decimal, numbers as decimals, booleans as true/false, 1/0, yes/no
+or on/off (any case), lists comma-separated (or a TOML array such as
+``["a","b"]``), relative paths against the config file's folder. A variable
+that is set but empty counts as set (and is usually an error). When loading
+a gateway config, a ``KRYPTON_GATEWAY_*`` variable that names no setting is an
+error (a typo must not be silently ignored); likewise ``KRYPTON_CORE_*`` for a
+core config.
+
+Unknown keys in the file are errors too. A file may hold both a ``[gateway]``
+and a ``[core]`` table; each loader reads its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from krypton.errors import ConfigError
+
+ENV_PREFIX = "KRYPTON_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+TLS_VERSIONS = ("1.2", "1.3")
+
+
+# -- the configuration objects ----------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSConfig:
+    cert: Path
+    key: Path
+    ca: Path
+    min_version: str = "1.2"
+    session_tickets: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    max_message_size: int = 1_048_576
+    max_depth: int = 32
+    max_items: int = 100_000
+    max_batch_items: int = 1024
+    max_connections: int = 1024
+    read_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    handshake_timeout: float = 10.0
+    max_response_size: int = 4_194_304
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    records: int = 100_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UplinkConfig:
+    core_address: str = "127.0.0.1:5697"
+    timeout: float = 2.0
+
+    @property
+    def host(self) -> str:
+        return _split_address(self.core_address)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_address(self.core_address)[1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    name: str = "gw-dev"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 5696
+    vault_path: Path = Path("gateway.db")
+    policy_file: Path = Path("policy.toml")
+    workers: int = 1
+    log_level: str = "info"
+    tls: TLSConfig
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreConfig:
+    name: str = "core-dev"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 5697
+    registry: str = "sqlite:core.db"
+    master_key_file: Path = Path("master.key")
+    l3_lease_seconds: int = 86_400
+    tenants: tuple[str, ...] = ("demo", "other")
+    tls: TLSConfig
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The registry file for ``sqlite:<path>`` (absolute), else None."""
+        if self.registry.startswith("sqlite:") and self.registry != "sqlite::memory:":
+            return Path(self.registry.removeprefix("sqlite:"))
+        return None
+
+
+# -- converters -------------------------------------------------------------------
+class _Bad(Exception):
+    """What a setting must be; ``show`` is False when the value must not be echoed."""
+
+    def __init__(self, want: str, *, show: bool = True) -> None:
+        super().__init__(want)
+        self.want = want
+        self.show = show
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    base: Path
+    from_env: bool
+
+
+Convert = Callable[[Any, _Ctx], Any]
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _integer(lo: int, hi: int | None = None) -> Convert:
+    want = f"must be an integer ≥ {lo}" + ("" if hi is None else f" and ≤ {hi}")
+
+    def convert(v: Any, ctx: _Ctx) -> int:
+        if ctx.from_env and isinstance(v, str):
+            try:
+                v = int(v.strip())
+            except ValueError:
+                raise _Bad(want) from None
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            raise _Bad(want)
+        return v
+
+    return convert
+
+
+def _seconds(v: Any, ctx: _Ctx) -> float:
+    want = "must be a number of seconds > 0"
+    if ctx.from_env and isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            raise _Bad(want) from None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+        raise _Bad(want)
+    return float(v)
+
+
+def _boolean(v: Any, ctx: _Ctx) -> bool:
+    if ctx.from_env and isinstance(v, str):
+        word = v.strip().lower()
+        if word in _TRUE | _FALSE:
+            return word in _TRUE
+    if not isinstance(v, bool):
+        raise _Bad("must be true or false")
+    return v
+
+
+def _text(v: Any, ctx: _Ctx) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise _Bad("must be a non-empty string")
+    return v.strip()
+
+
+def _choice(choices: tuple[str, ...]) -> Convert:
+    want = "must be one of " + ", ".join(repr(c) for c in choices)
+
+    def convert(v: Any, ctx: _Ctx) -> str:
+        if isinstance(v, float) and not isinstance(v, bool):
+            v = repr(v)  # min_version = 1.3 written without quotes
+        if not isinstance(v, str) or v.strip().lower() not in choices:
+            raise _Bad(want)
+        return v.strip().lower()
+
+    return convert
+
+
+def _path(*, must_exist: bool) -> Convert:
+    def convert(v: Any, ctx: _Ctx) -> Path:
+        if isinstance(v, Path):
+            v = str(v)
+        if not isinstance(v, str) or not v.strip():
+            raise _Bad("must be a non-empty path")
+        p = Path(v.strip()).expanduser()
+        p = p if p.is_absolute() else ctx.base / p
+        if must_exist and not p.is_file():
+            raise _Bad(f"file not found: {p}" if not p.exists() else f"not a file: {p}",
+                       show=False)
+        return p
+
+    return convert
+
+
+def _split_address(v: str) -> tuple[str, int]:
+    if v.startswith("["):
+        host, sep, port = v[1:].partition("]:")
+    else:
+        host, sep, port = v.rpartition(":")
+        if ":" in host:
+            raise ValueError(v)
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(v)
+    return host, int(port)
+
+
+def _address(v: Any, ctx: _Ctx) -> str:
+    want = "must be 'host:port' (IPv6 as '[::1]:port') with a port from 1 to 65535"
+    if not isinstance(v, str):
+        raise _Bad(want)
+    try:
+        _split_address(v.strip())
+    except ValueError:
+        raise _Bad(want) from None
+    return v.strip()
+
+
+def _registry(v: Any, ctx: _Ctx) -> str:
+    want = "must be 'sqlite:<path>', 'sqlite::memory:' or 'postgresql://...'"
+    if not isinstance(v, str):
+        raise _Bad(want)
+    url = v.strip()
+    if url.startswith(("postgresql://", "postgres://")) or url == "sqlite::memory:":
+        return url
+    if url.startswith("sqlite:") and len(url) > len("sqlite:"):
+        return "sqlite:" + str(_path(must_exist=False)(url.removeprefix("sqlite:"), ctx))
+    raise _Bad(want, show=False)  # a mistyped URL may carry a password
+
+
+def _tenants(v: Any, ctx: _Ctx) -> tuple[str, ...]:
+    want = ("must be a non-empty list of distinct tenant names (letters, digits, "
+            "'.', '_', '-')")
+    if ctx.from_env and isinstance(v, str):
+        v = _env_list(v)
+    if not isinstance(v, list | tuple) or not v:
+        raise _Bad(want)
+    if not all(isinstance(t, str) and _SEGMENT.fullmatch(t) for t in v) or len(set(v)) < len(v):
+        raise _Bad(want)
+    return tuple(v)
+
+
+def _env_list(s: str) -> list[Any]:
+    if s.strip().startswith("["):
+        try:
+            value = tomllib.loads(f"v = {s}")["v"]
+        except tomllib.TOMLDecodeError:
+            return []
+        return value if isinstance(value, list) else []
+    return [item.strip() for item in s.split(",") if item.strip()]
+
+
+# -- the schema -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Section:
+    cls: type[Any]
+    settings: Mapping[str, Convert]
+    subsections: Mapping[str, _Section] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in dataclasses.fields(self.cls)}
+        if names != set(self.settings) | set(self.subsections):
+            raise AssertionError(f"schema of {self.cls.__name__} does not match its fields")
+
+
+_FILE = _path(must_exist=True)
+_PORT = _integer(0, 65535)
+_TLS = _Section(
+    TLSConfig,
+    {
+        "cert": _FILE,
+        "key": _FILE,
+        "ca": _FILE,
+        "min_version": _choice(TLS_VERSIONS),
+        "session_tickets": _boolean,
+    },
+)
+_GATEWAY = _Section(
+    GatewayConfig,
+    {
+        "name": _text,
+        "listen_host": _text,
+        "listen_port": _PORT,
+        "vault_path": _path(must_exist=False),
+        "policy_file": _FILE,
+        "workers": _integer(1, 1024),
+        "log_level": _choice(LOG_LEVELS),
+    },
+    {
+        "tls": _TLS,
+        "limits": _Section(
+            LimitsConfig,
+            {
+                "max_message_size": _integer(8, 1 << 30),
+                "max_depth": _integer(1, 512),
+                "max_items": _integer(1),
+                "max_batch_items": _integer(1),
+                "max_connections": _integer(1),
+                "read_timeout": _seconds,
+                "idle_timeout": _seconds,
+                "handshake_timeout": _seconds,
+                "max_response_size": _integer(8, 1 << 30),
+            },
+        ),
+        "cache": _Section(CacheConfig, {"records": _integer(0)}),
+        "uplink": _Section(UplinkConfig, {"core_address": _address, "timeout": _seconds}),
+    },
+)
+_CORE = _Section(
+    CoreConfig,
+    {
+        "name": _text,
+        "listen_host": _text,
+        "listen_port": _PORT,
+        "registry": _registry,
+        "master_key_file": _path(must_exist=False),
+        "l3_lease_seconds": _integer(1),
+        "tenants": _tenants,
+    },
+    {"tls": _TLS},
+)
+_ROOTS: dict[str, _Section] = {"gateway": _GATEWAY, "core": _CORE}
+
+
+def env_name(setting: str) -> str:
+    """``gateway.limits.max_connections`` → ``KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS``."""
+    return ENV_PREFIX + setting.upper().replace(".", "_")
+
+
+def settings(root: str) -> Iterator[str]:
+    """Every dotted setting name under ``root`` (``"gateway"`` or ``"core"``)."""
+
+    def walk(section: _Section, prefix: str) -> Iterator[str]:
+        yield from (f"{prefix}.{key}" for key in section.settings)
+        for key, sub in section.subsections.items():
+            yield from walk(sub, f"{prefix}.{key}")
+
+    return walk(_ROOTS[root], root)
+
+
+# -- loading ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Loader:
+    file: Path
+    env: Mapping[str, str]
+
+    def build(self, section: _Section, dotted: str, table: Mapping[str, Any]) -> Any:
+        for key in table:
+            if key not in section.settings and key not in section.subsections:
+                raise ConfigError(f"{dotted}.{key}: unknown setting (in {self.file})")
+        defaults = {f.name: f.default for f in dataclasses.fields(section.cls)}
+        values: dict[str, Any] = {}
+        raw: Any
+        for key, convert in section.settings.items():
+            name = f"{dotted}.{key}"
+            var = env_name(name)
+            if var in self.env:
+                raw, ctx, where = self.env[var], _Ctx(self.file.parent, True), f"from {var}"
+            elif key in table:
+                raw, ctx, where = table[key], _Ctx(self.file.parent, False), f"in {self.file}"
+            elif defaults[key] is not dataclasses.MISSING:
+                raw, ctx, where = defaults[key], _Ctx(self.file.parent, False), "default"
+            else:
+                raise ConfigError(
+                    f"{name}: required setting is missing (set it in {self.file} or {var})"
+                )
+            try:
+                values[key] = convert(raw, ctx)
+            except _Bad as bad:
+                got = f", got {raw!r}" if bad.show else ""
+                raise ConfigError(f"{name}: {bad.want}{got} ({where})") from None
+        for key, sub in section.subsections.items():
+            values[key] = self.build(sub, f"{dotted}.{key}", _table(table, key, f"{dotted}.{key}",
+                                                                     self.file))
+        return section.cls(**values)
+
+
+def _table(parent: Mapping[str, Any], key: str, dotted: str, file: Path) -> Mapping[str, Any]:
+    value = parent.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{dotted}: must be a table ([{dotted}]) (in {file})")
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8") from None
+
+
+def _load(root: str, path: str | os.PathLike[str], env: Mapping[str, str]) -> Any:
+    file = Path(path).expanduser().absolute()
+    doc = _read_toml(file)
+    for key in doc:
+        if key not in _ROOTS:
+            raise ConfigError(f"{key}: unknown section (in {file}); expected [{root}]")
+    known = {env_name(s) for s in settings(root)}
+    prefix = env_name(root) + "_"
+    for var in sorted(env):
+        if var.startswith(prefix) and var not in known:
+            raise ConfigError(f"{var}: names no {root} setting (see krypton.config docs)")
+    return _Loader(file, env).build(_ROOTS[root], root, _table(doc, root, root, file))
+
+
+def load_gateway_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] = os.environ
+) -> GatewayConfig:
+    """Load ``[gateway]`` from a TOML file, applying ``KRYPTON_GATEWAY_*`` overrides."""
+    config: GatewayConfig = _load("gateway", path, env)
+    return config
+
+
+def load_core_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] = os.environ
+) -> CoreConfig:
+    """Load ``[core]`` from a TOML file, applying ``KRYPTON_CORE_*`` overrides."""
+    config: CoreConfig = _load("core", path, env)
+    return config

@@ -1,0 +1,1 @@
+"""KMIP operation handlers over storage interfaces, dispatched by table."""

@@ -1,0 +1,28 @@
+"""Per-request state, passed as a frozen argument (never kept on shared objects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from krypton.kmip.versions import ProtocolVersion
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who asks, in which protocol version, and the batch's ID Placeholder.
+
+    ``identity`` and ``tenant`` come from the TLS session and the policy;
+    ``version`` is the version the request is answered in; ``now`` is the
+    message's server time (seconds since the epoch) so every item of a batch
+    sees one clock; ``request_id`` tags log lines (never key material).
+    """
+
+    identity: str
+    tenant: str
+    version: ProtocolVersion
+    now: int
+    request_id: str
+    placeholder: str | None = None
+
+    def with_placeholder(self, uid: str | None) -> RequestContext:
+        return self if uid is None or uid == self.placeholder else replace(self, placeholder=uid)

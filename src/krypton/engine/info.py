@@ -1,0 +1,133 @@
+"""Handlers that only read: Get Attributes, Get Attribute List, Discover Versions, Query."""
+
+from __future__ import annotations
+
+from krypton.engine.context import RequestContext
+from krypton.engine.objects import (
+    Outcome,
+    Services,
+    load,
+    object_attributes,
+    payload_fields,
+    request_uid,
+)
+from krypton.errors import InvalidMessage
+from krypton.kmip.attributes import (
+    Attribute,
+    attributes_v2,
+    parse_reference,
+    reference_v2,
+    to_v1,
+)
+from krypton.kmip.versions import SUPPORTED, ProtocolVersion
+from krypton.ttlv.enums import ObjectType, QueryFunction
+from krypton.ttlv.item import Item, ItemType
+from krypton.ttlv.tags import Tag
+
+_S = ItemType.STRUCTURE
+_SELECTORS = (Tag.ATTRIBUTE_NAME, Tag.ATTRIBUTE_REFERENCE)
+
+
+def _selected(payload: Item | None) -> list[str]:
+    if payload is None:
+        return []
+    names = [parse_reference(c) for c in payload.children if c.tag in _SELECTORS]
+    if len(set(names)) != len(names):
+        raise InvalidMessage("Get Attributes: the same attribute is named more than once")
+    return names
+
+
+def _attributes_payload(ctx: RequestContext, uid: str, attrs: list[Attribute]) -> Item:
+    uid_item = Item.text(Tag.UNIQUE_IDENTIFIER, uid)
+    if ctx.version.v2:
+        return Item.structure(Tag.RESPONSE_PAYLOAD, uid_item, attributes_v2(attrs))
+    return Item(
+        Tag.RESPONSE_PAYLOAD, _S, (uid_item, *(to_v1(a, with_index=a.index > 0) for a in attrs))
+    )
+
+
+async def get_attributes(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
+    f = payload_fields(payload, "Get Attributes")
+    uid = request_uid(f, ctx)
+    assert uid is not None
+    rec = load(svc, ctx, uid)
+    attrs = object_attributes(rec)
+    wanted = _selected(payload)
+    if wanted:
+        order = {name: i for i, name in enumerate(wanted)}
+        attrs = sorted((a for a in attrs if a.name in order), key=lambda a: order[a.name])
+    return Outcome(_attributes_payload(ctx, rec.uid, attrs))
+
+
+async def get_attribute_list(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
+    f = payload_fields(payload, "Get Attribute List")
+    uid = request_uid(f, ctx)
+    assert uid is not None
+    rec = load(svc, ctx, uid)
+    names = list(dict.fromkeys(a.name for a in object_attributes(rec)))
+    if ctx.version.v2:
+        refs = tuple(reference_v2(n) for n in names)
+    else:
+        refs = tuple(Item.text(Tag.ATTRIBUTE_NAME, n) for n in names)
+    return Outcome(
+        Item(Tag.RESPONSE_PAYLOAD, _S, (Item.text(Tag.UNIQUE_IDENTIFIER, rec.uid), *refs))
+    )
+
+
+def _version_item(v: ProtocolVersion) -> Item:
+    return Item.structure(
+        Tag.PROTOCOL_VERSION,
+        Item.integer(Tag.PROTOCOL_VERSION_MAJOR, v.major),
+        Item.integer(Tag.PROTOCOL_VERSION_MINOR, v.minor),
+    )
+
+
+def _parse_version(item: Item) -> ProtocolVersion | None:
+    major = item.find(Tag.PROTOCOL_VERSION_MAJOR)
+    minor = item.find(Tag.PROTOCOL_VERSION_MINOR)
+    if major is None or minor is None:
+        raise InvalidMessage("Discover Versions: malformed Protocol Version")
+    if not isinstance(major.value, int) or not isinstance(minor.value, int):
+        raise InvalidMessage("Discover Versions: malformed Protocol Version")
+    return ProtocolVersion(major.value, minor.value)
+
+
+async def discover_versions(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
+    offered = (
+        []
+        if payload is None
+        else [_parse_version(c) for c in payload.children if c.tag == Tag.PROTOCOL_VERSION]
+    )
+    if offered:
+        ours = set(SUPPORTED)
+        versions = [v for v in offered if v in ours]
+    else:
+        versions = list(SUPPORTED)
+    return Outcome(Item(Tag.RESPONSE_PAYLOAD, _S, tuple(_version_item(v) for v in versions if v)))
+
+
+async def query(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
+    from krypton.engine.dispatch import supported_operations
+
+    functions = (
+        []
+        if payload is None
+        else [c.value for c in payload.children if c.tag == Tag.QUERY_FUNCTION]
+    )
+    out: list[Item] = []
+    if QueryFunction.QUERY_OPERATIONS in functions:
+        out.extend(Item.enum(Tag.OPERATION, op) for op in supported_operations())
+    if QueryFunction.QUERY_OBJECTS in functions:
+        out.append(Item.enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY))
+    if QueryFunction.QUERY_SERVER_INFORMATION in functions:
+        out.append(Item.text(Tag.VENDOR_IDENTIFICATION, svc.info.vendor))
+        out.append(
+            Item.structure(
+                Tag.SERVER_INFORMATION,
+                Item.text(Tag.SERVER_NAME, svc.info.product),
+                Item.text(Tag.SERVER_VERSION, svc.info.version),
+            )
+            if ctx.version.v2
+            else Item.structure(Tag.SERVER_INFORMATION)
+        )
+    return Outcome(Item(Tag.RESPONSE_PAYLOAD, _S, tuple(out)))

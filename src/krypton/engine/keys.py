@@ -1,0 +1,220 @@
+"""The hot path: Create and Get of symmetric (L4) keys at the gateway.
+
+Create: check the attributes the client sends against a table of what a
+client may set (type, single or multi-valued) → draw the key from the kernel
+CSPRNG → wrap it under the tenant's active L3 → store the wrapped record →
+answer only once the vault says the record is durable. Get: look up the
+wrapped record (the vault caches records in memory, never plaintext) →
+unwrap with the L3 version named in the record → answer in the requested
+key format. The plaintext exists only in a ``SecretBytes`` (wiped after the
+response item is built) and in the response bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from krypton.crypto.secret import generate_key
+from krypton.engine.context import RequestContext
+from krypton.engine.objects import (
+    Outcome,
+    Services,
+    load,
+    payload_fields,
+    request_uid,
+)
+from krypton.errors import (
+    FeatureNotSupported,
+    InvalidField,
+    ItemNotFound,
+    KeyFormatTypeNotSupported,
+    MissingField,
+)
+from krypton.kmip.attributes import (
+    Attribute,
+    attributes_v2,
+    parse_attributes,
+    parse_template_attribute,
+)
+from krypton.ttlv.codec import encode
+from krypton.ttlv.enums import CryptographicAlgorithm, KeyFormatType, ObjectType, State
+from krypton.ttlv.item import Item, ItemType
+from krypton.ttlv.tags import Tag
+from krypton.vault.record import KeyRecord
+
+_S = ItemType.STRUCTURE
+AES_LENGTHS = frozenset((128, 192, 256))
+
+
+@dataclass(frozen=True, slots=True)
+class AttrRule:
+    type: ItemType
+    multi: bool = False
+
+
+# What a client may set on Create. Server-maintained attributes (Unique
+# Identifier, State, Initial Date, ...) are refused with Invalid Field.
+CLIENT_ATTRIBUTES: dict[str, AttrRule] = {
+    "Cryptographic Algorithm": AttrRule(ItemType.ENUMERATION),
+    "Cryptographic Length": AttrRule(ItemType.INTEGER),
+    "Cryptographic Usage Mask": AttrRule(ItemType.INTEGER),
+    "Cryptographic Parameters": AttrRule(_S, multi=True),
+    "Name": AttrRule(_S, multi=True),
+    "Object Group": AttrRule(ItemType.TEXT_STRING, multi=True),
+    "Activation Date": AttrRule(ItemType.DATE_TIME),
+    "Deactivation Date": AttrRule(ItemType.DATE_TIME),
+    "Process Start Date": AttrRule(ItemType.DATE_TIME),
+    "Protect Stop Date": AttrRule(ItemType.DATE_TIME),
+    "Operation Policy Name": AttrRule(ItemType.TEXT_STRING),
+    "Contact Information": AttrRule(ItemType.TEXT_STRING),
+    "Application Specific Information": AttrRule(_S, multi=True),
+    "Description": AttrRule(ItemType.TEXT_STRING),
+    "Comment": AttrRule(ItemType.TEXT_STRING),
+    "Sensitive": AttrRule(ItemType.BOOLEAN),
+    "Extractable": AttrRule(ItemType.BOOLEAN),
+    "Link": AttrRule(_S, multi=True),
+}
+
+# Read from the request into the record's own columns, not stored as attributes.
+_COLUMNS = frozenset(("Cryptographic Algorithm", "Cryptographic Length"))
+
+
+def check_client_attributes(attrs: list[Attribute]) -> list[Attribute]:
+    """Validate types and multiplicity; number multi-valued instances."""
+    seen: dict[str, int] = {}
+    out: list[Attribute] = []
+    for a in attrs:
+        count = seen.get(a.name, 0)
+        if a.custom:
+            out.append(Attribute(a.name, a.value, count))
+            seen[a.name] = count + 1
+            continue
+        rule = CLIENT_ATTRIBUTES.get(a.name)
+        if rule is None:
+            raise InvalidField(f"attribute {a.name!r} cannot be set by a client")
+        if a.value.type is not rule.type:
+            raise InvalidField(
+                f"attribute {a.name!r} must be {rule.type.name}, got {a.value.type.name}"
+            )
+        if count and not rule.multi:
+            raise InvalidField(f"attribute {a.name!r} may appear only once")
+        out.append(Attribute(a.name, a.value, count))
+        seen[a.name] = count + 1
+    return out
+
+
+def request_attributes(f: dict[int, Item]) -> list[Attribute]:
+    """Either dialect, whatever the version: 1.x Template-Attribute, 2.x Attributes."""
+    attrs: list[Attribute] = []
+    tmpl = f.get(Tag.TEMPLATE_ATTRIBUTE)
+    if tmpl is not None:
+        attrs.extend(parse_template_attribute(tmpl))
+    a2 = f.get(Tag.ATTRIBUTES)
+    if a2 is not None:
+        attrs.extend(parse_attributes(a2))
+    return attrs
+
+
+def _value(attrs: list[Attribute], name: str) -> int | None:
+    for a in attrs:
+        if a.name == name and isinstance(a.value.value, int):
+            return int(a.value.value)
+    return None
+
+
+async def create(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
+    f = payload_fields(payload, "Create")
+    ot = f.get(Tag.OBJECT_TYPE)
+    if ot is None:
+        raise MissingField("Create: Object Type is missing")
+    if ot.value != ObjectType.SYMMETRIC_KEY:
+        raise InvalidField("Create: this server creates symmetric keys only")
+    attrs = check_client_attributes(request_attributes(f))
+    alg = _value(attrs, "Cryptographic Algorithm")
+    if alg is None:
+        raise MissingField("Create: Cryptographic Algorithm is required")
+    if alg != CryptographicAlgorithm.AES:
+        raise InvalidField("Create: only AES symmetric keys are supported")
+    length = _value(attrs, "Cryptographic Length")
+    if length is None:
+        raise MissingField("Create: Cryptographic Length is required")
+    if length not in AES_LENGTHS:
+        raise InvalidField("Create: Cryptographic Length must be 128, 192 or 256 for AES")
+    activation = _value(attrs, "Activation Date")
+    state = State.ACTIVE if activation is not None and activation <= ctx.now else State.PRE_ACTIVE
+
+    stored = [a for a in attrs if a.name not in _COLUMNS]
+    stored.append(Attribute("Last Change Date", Item.datetime(Tag.LAST_CHANGE_DATE, ctx.now)))
+    uid = svc.new_uid()
+    key = generate_key(length)
+    try:
+        l3_version, blob = svc.keyring.wrap(ctx.tenant, uid, key)
+    finally:
+        key.wipe()
+    record = KeyRecord(
+        uid=uid,
+        tenant=ctx.tenant,
+        object_type=ObjectType.SYMMETRIC_KEY,
+        algorithm=alg,
+        length=length,
+        state=state,
+        l3_version=l3_version,
+        wrapped=blob,
+        attributes=encode(attributes_v2(stored)),
+        created=ctx.now,
+    )
+    await svc.store.put(record)
+    return Outcome(
+        Item.structure(
+            Tag.RESPONSE_PAYLOAD,
+            Item.enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY),
+            Item.text(Tag.UNIQUE_IDENTIFIER, uid),
+        ),
+        uid,
+    )
+
+
+_FORMATS = frozenset((KeyFormatType.RAW, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY))
+
+
+async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
+    f = payload_fields(payload, "Get")
+    uid = request_uid(f, ctx)
+    assert uid is not None
+    fmt_item = f.get(Tag.KEY_FORMAT_TYPE)
+    fmt = KeyFormatType.RAW if fmt_item is None else fmt_item.value
+    if not isinstance(fmt, int) or fmt not in _FORMATS:
+        raise KeyFormatTypeNotSupported(
+            "Get: symmetric keys are served as Raw or Transparent Symmetric Key"
+        )
+    if Tag.KEY_WRAPPING_SPECIFICATION in f:
+        raise FeatureNotSupported("Get: key wrapping on export is not supported")
+    if Tag.KEY_COMPRESSION_TYPE in f:
+        raise KeyFormatTypeNotSupported("Get: key compression does not apply to symmetric keys")
+    rec = load(svc, ctx, uid)
+    if rec.state in (State.DESTROYED, State.DESTROYED_COMPROMISED):
+        raise ItemNotFound(f"object {uid!r} has been destroyed")
+    secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
+    try:
+        key_bytes = secret.reveal()
+    finally:
+        secret.wipe()
+    if fmt == KeyFormatType.RAW:
+        material = Item.bytes_(Tag.KEY_MATERIAL, key_bytes)
+    else:
+        material = Item.structure(Tag.KEY_MATERIAL, Item.bytes_(Tag.KEY, key_bytes))
+    block = Item.structure(
+        Tag.KEY_BLOCK,
+        Item.enum(Tag.KEY_FORMAT_TYPE, fmt),
+        Item.structure(Tag.KEY_VALUE, material),
+        Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, rec.algorithm),
+        Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, rec.length),
+    )
+    return Outcome(
+        Item.structure(
+            Tag.RESPONSE_PAYLOAD,
+            Item.enum(Tag.OBJECT_TYPE, rec.object_type),
+            Item.text(Tag.UNIQUE_IDENTIFIER, rec.uid),
+            Item.structure(Tag.SYMMETRIC_KEY, block),
+        )
+    )

@@ -1,0 +1,115 @@
+"""What handlers share: services, outcomes, payload readers, object attributes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from krypton.crypto.keyring import KeyRing
+from krypton.engine.context import RequestContext
+from krypton.errors import InvalidField, InvalidMessage, ItemNotFound
+from krypton.kmip.attributes import Attribute, parse_attributes
+from krypton.kmip.messages import fields
+from krypton.ttlv.codec import decode
+from krypton.ttlv.enums import UniqueIdentifier
+from krypton.ttlv.item import Item, ItemType
+from krypton.ttlv.tags import Tag
+from krypton.vault.record import KeyRecord
+
+
+class KeyStore(Protocol):
+    """The storage a gateway handler needs (the SQLite vault implements it)."""
+
+    def get(self, uid: str) -> KeyRecord | None: ...
+
+    async def put(self, record: KeyRecord) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    vendor: str = "OpenKCM Krypton"
+    product: str = "Krypton Gateway"
+    version: str = "0.1.0"
+
+
+def _new_uid() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    store: KeyStore
+    keyring: KeyRing
+    info: ServerInfo = field(default_factory=ServerInfo)
+    new_uid: Callable[[], str] = _new_uid
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A handler's answer: the response payload, and the ID Placeholder it sets."""
+
+    payload: Item
+    uid: str | None = None
+
+
+Handler = Callable[[Services, RequestContext, "Item | None"], Awaitable[Outcome]]
+
+_S = ItemType.STRUCTURE
+
+
+def payload_fields(payload: Item | None, operation: str) -> dict[int, Item]:
+    if payload is None:
+        return {}
+    return fields(payload, f"{operation} request payload")
+
+
+def request_uid(f: dict[int, Item], ctx: RequestContext, *, required: bool = True) -> str | None:
+    """The Unique Identifier of a request, or the batch's ID Placeholder."""
+    item = f.get(Tag.UNIQUE_IDENTIFIER)
+    if item is None or (
+        item.type is ItemType.ENUMERATION and item.value == UniqueIdentifier.ID_PLACEHOLDER
+    ):
+        if ctx.placeholder is None and required:
+            raise InvalidField("Unique Identifier is missing and no ID Placeholder is set")
+        return ctx.placeholder
+    if item.type is not ItemType.TEXT_STRING or not isinstance(item.value, str):
+        raise InvalidField("Unique Identifier: this server uses text identifiers")
+    return item.value
+
+
+def load(svc: Services, ctx: RequestContext, uid: str) -> KeyRecord:
+    """A record of the caller's tenant; another tenant's key does not exist for them."""
+    rec = svc.store.get(uid)
+    if rec is None or rec.tenant != ctx.tenant:
+        raise ItemNotFound(f"no object with identifier {uid!r}")
+    return rec
+
+
+def stored_attributes(rec: KeyRecord) -> list[Attribute]:
+    if not rec.attributes:
+        return []
+    try:
+        return parse_attributes(decode(rec.attributes))
+    except (InvalidMessage, InvalidField) as exc:  # our own bytes: corruption
+        raise InvalidField(f"stored attributes of {rec.uid!r} are unreadable") from exc
+
+
+def object_attributes(rec: KeyRecord) -> list[Attribute]:
+    """Every attribute of an object: server-derived first, then the stored ones."""
+    stored = stored_attributes(rec)
+    have = {a.name for a in stored}
+    derived = [
+        Attribute("Unique Identifier", Item.text(Tag.UNIQUE_IDENTIFIER, rec.uid)),
+        Attribute("Object Type", Item.enum(Tag.OBJECT_TYPE, rec.object_type)),
+        Attribute("Cryptographic Algorithm", Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, rec.algorithm)),
+        Attribute("Cryptographic Length", Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, rec.length)),
+        Attribute("State", Item.enum(Tag.STATE, rec.state)),
+        Attribute("Initial Date", Item.datetime(Tag.INITIAL_DATE, rec.created)),
+    ]
+    if "Last Change Date" not in have:
+        derived.append(
+            Attribute("Last Change Date", Item.datetime(Tag.LAST_CHANGE_DATE, rec.created))
+        )
+    return derived + stored

@@ -1,0 +1,1 @@
+"""Gateway: listener, sessions, dispatcher, identity, policy and TLS."""

@@ -1,0 +1,312 @@
+"""The KMIP listener: mutual TLS on asyncio (uvloop), BufferedProtocol framing.
+
+How this works
+--------------
+:class:`Listener` owns the listening socket and the table of live
+connections; :class:`Connection` is one TLS session. They are kept apart
+(as in trio): the accept side only counts connections and refuses those over
+``max_connections``; everything per connection lives in its ``Connection``.
+
+Framing reads straight into a preallocated ``bytearray`` handed to the event
+loop by ``get_buffer`` (no per-read allocation). A KMIP message's length is
+in its first 8 bytes, so :func:`message_length` rejects an oversized or
+malformed header before a single byte of body is awaited. The buffer grows
+only when a message is larger than it (up to ``max_message_size``) and is
+compacted once per read, never re-sliced in a loop.
+
+Complete frames are copied out and handled strictly in order by one task
+per connection (KMIP is request/response; a client that pipelines gets its
+answers in order). While that task is busy, further frames queue; beyond a
+small bound the transport stops reading (backpressure).
+
+Timeouts are enforced by one sweep per listener (every ``sweep_interval``
+seconds) rather than a timer per read: a message started but not finished
+within ``read_timeout`` and a connection silent for ``idle_timeout`` are
+closed. A slow or stalled client costs only its own connection.
+
+Identity: the client certificate was verified by TLS (CERT_REQUIRED against
+the configured CA); its SPIFFE ID (or subject) is looked up once per
+connection in the policy. An identity the policy does not know gets a
+``Permission Denied`` response to its first message, then the connection is
+closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import cast
+
+from krypton.engine.dispatch import Dispatcher, Session
+from krypton.errors import KryptonError, PermissionDenied
+from krypton.gateway.identity import identity_from_der
+from krypton.gateway.policy import Policy
+from krypton.kmip.messages import error_response
+from krypton.ttlv.codec import Limits, encode
+from krypton.ttlv.framing import HEADER_SIZE, message_length
+from krypton.ttlv.tags import Tag
+
+log = logging.getLogger("krypton.listener")
+
+_INITIAL_BUFFER = 64 * 1024
+_MAX_QUEUED = 16
+
+
+class Connection(asyncio.BufferedProtocol):
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.limits = listener.limits
+        self.buf = bytearray(_INITIAL_BUFFER)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.refused: str | None = None
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.worker: asyncio.Task[None] | None = None
+        self.last_activity = time.monotonic()
+        self.partial_since: float | None = None
+        self.closing = False
+        self.paused_writing = False
+        self.id = 0
+
+    # -- asyncio callbacks -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but has its API.
+        self.transport = cast(asyncio.Transport, transport)
+        self.id = self.listener.register(self)
+        if self.id == 0:
+            self.abort()
+            return
+        der = None
+        sslobj = transport.get_extra_info("ssl_object")
+        if isinstance(sslobj, ssl.SSLObject):
+            der = sslobj.getpeercert(binary_form=True)
+        if not der:
+            self.abort()
+            return
+        try:
+            identity = identity_from_der(der)
+        except KryptonError as exc:
+            self.refused = exc.message
+            return
+        grant = self.listener.policy.lookup(identity)
+        if grant is None:
+            self.refused = f"identity {identity!r} is not allowed on this gateway"
+            log.info("connection %d: %s", self.id, self.refused)
+            return
+        self.session = Session(identity, grant, self.id)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.end == len(self.buf):
+            self._make_room()
+        return self.view[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end += nbytes
+        self.last_activity = time.monotonic()
+        try:
+            self._frames()
+        except KryptonError as exc:
+            self._fail(exc)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.listener.unregister(self)
+        if self.worker is not None and not self.worker.done():
+            self.worker.cancel()
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.paused_writing = True
+
+    def resume_writing(self) -> None:
+        self.paused_writing = False
+
+    # -- framing -----------------------------------------------------------------
+    def _frames(self) -> None:
+        limits = self.limits
+        while True:
+            avail = self.end - self.start
+            if avail < HEADER_SIZE:
+                break
+            total = message_length(
+                self.view[self.start : self.start + HEADER_SIZE], limits, Tag.REQUEST_MESSAGE
+            )
+            if avail < total:
+                if total > len(self.buf) - self.start:
+                    self._make_room(total)
+                break
+            self.queue.append(bytes(self.view[self.start : self.start + total]))
+            self.start += total
+        if self.start == self.end:
+            self.start = self.end = 0
+            self.partial_since = None
+        elif self.partial_since is None:
+            self.partial_since = time.monotonic()
+        if self.queue:
+            if self.worker is None or self.worker.done():
+                self.worker = asyncio.ensure_future(self._work())
+            if len(self.queue) >= _MAX_QUEUED and self.transport is not None:
+                self.transport.pause_reading()
+
+    def _make_room(self, need: int = 0) -> None:
+        """Compact unread bytes to the front; grow when one message needs more."""
+        pending = self.end - self.start
+        size = len(self.buf)
+        if need > size or (pending == size and need == 0):
+            size = min(max(size * 2, need), self.limits.max_message_size + HEADER_SIZE)
+        if self.start or size != len(self.buf):
+            new = bytearray(size) if size != len(self.buf) else self.buf
+            new[:pending] = bytes(self.view[self.start : self.end])
+            if new is not self.buf:
+                self.view.release()
+                self.buf = new
+                self.view = memoryview(new)
+            self.start, self.end = 0, pending
+
+    # -- handling ------------------------------------------------------------------
+    async def _work(self) -> None:
+        dispatcher = self.listener.dispatcher
+        while self.queue and not self.closing:
+            frame = self.queue.popleft()
+            if self.session is None:
+                self._refuse()
+                return
+            try:
+                response = await dispatcher.handle(frame, self.session)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("connection %d: dispatcher failed", self.id)
+                self.abort()
+                return
+            if self.closing or self.transport is None:
+                return
+            self.transport.write(response)
+            self.last_activity = time.monotonic()
+            if len(self.queue) < _MAX_QUEUED // 2 and self.transport.is_reading() is False:
+                self.transport.resume_reading()
+
+    def _refuse(self) -> None:
+        exc = PermissionDenied(self.refused or "not allowed")
+        self._send_error(exc)
+
+    def _fail(self, exc: KryptonError) -> None:
+        log.info("connection %d: closing: %s", self.id, exc.message)
+        self._send_error(exc)
+
+    def _send_error(self, exc: KryptonError) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(_encode_error(exc))
+            self.closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _encode_error(exc: KryptonError) -> bytes:
+    return encode(error_response(None, int(time.time()), exc.reason, exc.message))
+
+
+class Listener:
+    """Accepts TLS connections, tracks them, and sweeps their timeouts."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        policy: Policy,
+        ssl_context: ssl.SSLContext,
+        limits: Limits,
+        *,
+        max_connections: int = 1024,
+        read_timeout: float = 10.0,
+        idle_timeout: float = 300.0,
+        handshake_timeout: float = 10.0,
+        sweep_interval: float = 0.25,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.policy = policy
+        self.ssl_context = ssl_context
+        self.limits = limits
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.handshake_timeout = handshake_timeout
+        self.sweep_interval = sweep_interval
+        self.connections: dict[int, Connection] = {}
+        self.refused = 0
+        self._ids = itertools.count(1)
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def register(self, conn: Connection) -> int:
+        if len(self.connections) >= self.max_connections:
+            self.refused += 1
+            return 0
+        cid = next(self._ids)
+        self.connections[cid] = conn
+        return cid
+
+    def unregister(self, conn: Connection) -> None:
+        self.connections.pop(conn.id, None)
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        factory: Callable[[], Connection] = lambda: Connection(self)  # noqa: E731
+        self._server = await loop.create_server(
+            factory,
+            host,
+            port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.handshake_timeout,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sock = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            now = time.monotonic()
+            for conn in list(self.connections.values()):
+                if conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
+                    log.info("connection %d: read timeout", conn.id)
+                    conn.abort()
+                elif now - conn.last_activity > self.idle_timeout and not conn.queue:
+                    log.info("connection %d: idle timeout", conn.id)
+                    conn.close()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections.values()):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()

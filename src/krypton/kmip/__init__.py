@@ -1,0 +1,1 @@
+"""Pure KMIP model: versions, messages, attributes, payload helpers (no I/O)."""

@@ -1,0 +1,319 @@
+"""The development directory: a PKI plus gateway, core and policy configs.
+
+``init_dev_dir(d)`` is idempotent: a file that exists is kept, a missing one
+is written. The one exception is the CA: when it is (re)created, every leaf
+is re-issued too, since old leaves would no longer chain to it. ``force=True``
+rewrites everything.
+
+Layout (all paths in the configs are relative to ``d``)::
+
+    d/gateway.toml  d/core.toml  d/policy.toml
+    d/pki/ca.pem  ca-key.pem
+          client.pem  client-key.pem              .../tenant/demo/workload/client
+          other-client.pem  other-client-key.pem  .../tenant/other/workload/client
+          gateway.pem  gateway-key.pem            .../gateway/gw-dev (server and client)
+          core.pem  core-key.pem                  .../core/core-dev (server and client)
+
+where ``...`` is ``spiffe://krypton.dev``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from krypton.errors import ConfigError
+from krypton.pki.certs import (
+    TRUST_DOMAIN,
+    Certificate,
+    PrivateKey,
+    issue_ca,
+    issue_leaf,
+    load_cert_pem,
+    load_key_pem,
+    write_atomic,
+    write_cert_pem,
+    write_key_pem,
+)
+
+DEV_TENANTS = ("demo", "other")
+GATEWAY_NAME = "gw-dev"
+CORE_NAME = "core-dev"
+LOOPBACK_DNS = ("localhost",)
+LOOPBACK_IPS = ("127.0.0.1", "::1")
+
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def workload_spiffe_id(tenant: str, name: str) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/tenant/{tenant}/workload/{name}"
+
+
+def gateway_spiffe_id(name: str = GATEWAY_NAME) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/gateway/{name}"
+
+
+def core_spiffe_id(name: str = CORE_NAME) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/core/{name}"
+
+
+def tenant_prefix(tenant: str) -> str:
+    """The policy pattern that matches every workload of ``tenant``."""
+    return f"spiffe://{TRUST_DOMAIN}/tenant/{tenant}/"
+
+
+@dataclass(frozen=True, slots=True)
+class DevLayout:
+    root: Path
+    written: tuple[Path, ...] = field(default=(), compare=False)
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def ca(self) -> Path:
+        return self.pki / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.pki / "ca-key.pem"
+
+    @property
+    def client(self) -> Path:
+        return self.pki / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.pki / "client-key.pem"
+
+    @property
+    def other_client(self) -> Path:
+        return self.pki / "other-client.pem"
+
+    @property
+    def other_client_key(self) -> Path:
+        return self.pki / "other-client-key.pem"
+
+    @property
+    def gateway(self) -> Path:
+        return self.pki / "gateway.pem"
+
+    @property
+    def gateway_key(self) -> Path:
+        return self.pki / "gateway-key.pem"
+
+    @property
+    def core(self) -> Path:
+        return self.pki / "core.pem"
+
+    @property
+    def core_key(self) -> Path:
+        return self.pki / "core-key.pem"
+
+    @property
+    def gateway_config(self) -> Path:
+        return self.root / "gateway.toml"
+
+    @property
+    def core_config(self) -> Path:
+        return self.root / "core.toml"
+
+    @property
+    def policy(self) -> Path:
+        return self.root / "policy.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCert:
+    cert: Path
+    key: Path
+    spiffe_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    stem: str
+    common_name: str
+    spiffe_id: str
+    server: bool
+    client: bool
+
+
+_DEV_LEAVES = (
+    _Leaf("client", "demo client", workload_spiffe_id("demo", "client"), False, True),
+    _Leaf("other-client", "other client", workload_spiffe_id("other", "client"), False, True),
+    _Leaf("gateway", GATEWAY_NAME, gateway_spiffe_id(), True, True),
+    _Leaf("core", CORE_NAME, core_spiffe_id(), True, True),
+)
+
+
+def _check_segment(what: str, value: str) -> None:
+    if not _SEGMENT.fullmatch(value):
+        raise ConfigError(
+            f"{what}: must be 1-63 characters of letters, digits, '.', '_' or '-' "
+            f"(starting with a letter or digit), got {value!r}"
+        )
+
+
+def _write_leaf(pki: Path, ca: tuple[Certificate, PrivateKey], leaf: _Leaf) -> list[Path]:
+    dns, ips = (LOOPBACK_DNS, LOOPBACK_IPS) if leaf.server else ((), ())
+    cert, key = issue_leaf(
+        ca[0],
+        ca[1],
+        common_name=leaf.common_name,
+        spiffe_id=leaf.spiffe_id,
+        dns=dns,
+        ips=ips,
+        server=leaf.server,
+        client=leaf.client,
+    )
+    cert_path, key_path = pki / f"{leaf.stem}.pem", pki / f"{leaf.stem}-key.pem"
+    write_key_pem(key_path, key)
+    write_cert_pem(cert_path, cert)
+    return [cert_path, key_path]
+
+
+def _load_or_create_ca(layout: DevLayout, force: bool) -> tuple[Certificate, PrivateKey, bool]:
+    have = [p.exists() for p in (layout.ca, layout.ca_key)]
+    if all(have) and not force:
+        return load_cert_pem(layout.ca), load_key_pem(layout.ca_key), False
+    if any(have) and not force:
+        missing = layout.ca_key if have[0] else layout.ca
+        raise ConfigError(f"{missing}: missing while its pair exists; remove both or use force")
+    cert, key = issue_ca("Krypton development CA")
+    write_key_pem(layout.ca_key, key)
+    write_cert_pem(layout.ca, cert)
+    return cert, key, True
+
+
+def _load_ca(layout: DevLayout) -> tuple[Certificate, PrivateKey]:
+    for p in (layout.ca, layout.ca_key):
+        if not p.exists():
+            raise ConfigError(f"{p}: not found; run `krypton dev init` first")
+    return load_cert_pem(layout.ca), load_key_pem(layout.ca_key)
+
+
+def init_dev_dir(d: Path, *, force: bool = False) -> DevLayout:
+    """Write the development PKI and configs into ``d``; keep what already exists."""
+    layout = DevLayout(Path(d))
+    layout.pki.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    ca_cert, ca_key, new_ca = _load_or_create_ca(layout, force)
+    if new_ca:
+        written += [layout.ca, layout.ca_key]
+    for leaf in _DEV_LEAVES:
+        paths = (layout.pki / f"{leaf.stem}.pem", layout.pki / f"{leaf.stem}-key.pem")
+        if new_ca or not all(p.exists() for p in paths):
+            written += _write_leaf(layout.pki, (ca_cert, ca_key), leaf)
+    for path, text in (
+        (layout.gateway_config, GATEWAY_TOML),
+        (layout.core_config, CORE_TOML),
+        (layout.policy, policy_toml(DEV_TENANTS)),
+    ):
+        if force or not path.exists():
+            write_atomic(path, text.encode(), 0o644)
+            written.append(path)
+    return DevLayout(layout.root, tuple(written))
+
+
+def issue_client(d: Path, tenant: str, name: str, *, force: bool = False) -> IssuedCert:
+    """Issue a client certificate for workload ``name`` of ``tenant`` from the dev CA in ``d``.
+
+    Writes ``d/pki/<tenant>-<name>.pem`` and ``-key.pem``; the SPIFFE ID is
+    ``spiffe://krypton.dev/tenant/<tenant>/workload/<name>``. An existing pair
+    is an error unless ``force``. The tenant still needs a rule in the policy
+    file (see :func:`policy_rule`) before the gateway lets the client in.
+    """
+    _check_segment("tenant", tenant)
+    _check_segment("name", name)
+    layout = DevLayout(Path(d))
+    leaf = _Leaf(f"{tenant}-{name}", f"{tenant} {name}", workload_spiffe_id(tenant, name),
+                 server=False, client=True)
+    cert_path, key_path = layout.pki / f"{leaf.stem}.pem", layout.pki / f"{leaf.stem}-key.pem"
+    if not force and (cert_path.exists() or key_path.exists()):
+        raise ConfigError(f"{cert_path}: already exists (use force to re-issue)")
+    _write_leaf(layout.pki, _load_ca(layout), leaf)
+    return IssuedCert(cert_path, key_path, leaf.spiffe_id)
+
+
+# -- config templates -------------------------------------------------------------
+def policy_rule(tenant: str, operations: str = '["*"]') -> str:
+    """A ``[[rule]]`` block granting every workload of ``tenant`` the given operations."""
+    _check_segment("tenant", tenant)
+    return (
+        f'[[rule]]\nidentity = "{tenant_prefix(tenant)}"\n'
+        f'tenant = "{tenant}"\noperations = {operations}\n'
+    )
+
+
+def policy_toml(tenants: tuple[str, ...]) -> str:
+    head = (
+        "# Who may do what at the gateway. `identity` is a client's SPIFFE ID (or subject\n"
+        "# DN): an exact match, or a prefix when it ends with \"/\" or \"*\". Exact beats\n"
+        "# prefix; the longest prefix wins. `operations`: [\"*\"] or KMIP operation names\n"
+        '# such as ["Create", "Get", "Get Attributes"].\n'
+    )
+    return head + "\n".join(policy_rule(t) for t in tenants)
+
+
+GATEWAY_TOML = f"""\
+# Krypton Gateway (development). Relative paths are relative to this file's folder.
+# Any setting can be overridden by an environment variable KRYPTON_<SECTION>_<KEY>,
+# e.g. KRYPTON_GATEWAY_LISTEN_PORT=15696, KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS=10.
+
+[gateway]
+name = "{GATEWAY_NAME}"
+listen_host = "127.0.0.1"
+listen_port = 5696
+vault_path = "gateway.db"
+policy_file = "policy.toml"
+workers = 1
+log_level = "info"
+
+[gateway.tls]
+cert = "pki/gateway.pem"
+key = "pki/gateway-key.pem"
+ca = "pki/ca.pem"
+min_version = "1.2"
+session_tickets = true
+
+[gateway.limits]
+max_message_size = 1048576
+max_depth = 32
+max_items = 100000
+max_batch_items = 1024
+max_connections = 1024
+read_timeout = 10.0       # seconds a started message has to complete
+idle_timeout = 300.0      # seconds allowed between messages
+handshake_timeout = 10.0
+max_response_size = 4194304
+
+[gateway.cache]
+records = 100000
+
+[gateway.uplink]
+core_address = "127.0.0.1:5697"
+timeout = 2.0
+"""
+
+CORE_TOML = f"""\
+# Krypton Core (development). Relative paths are relative to this file's folder.
+# Any setting can be overridden by an environment variable KRYPTON_<SECTION>_<KEY>,
+# e.g. KRYPTON_CORE_LISTEN_PORT=15697, KRYPTON_CORE_TENANTS=demo,other.
+
+[core]
+name = "{CORE_NAME}"
+listen_host = "127.0.0.1"
+listen_port = 5697
+registry = "sqlite:core.db"
+master_key_file = "master.key"
+l3_lease_seconds = 86400
+tenants = ["demo", "other"]
+
+[core.tls]
+cert = "pki/core.pem"
+key = "pki/core-key.pem"
+ca = "pki/ca.pem"
+"""

@@ -1,0 +1,63 @@
+"""What the gateway vault stores: one wrapped L4 key per record, and the
+storage interface the engine sees (so another backend can replace SQLite)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+def new_uid() -> str:
+    """A fresh unique identifier for an L4 key (random UUID, from os.urandom)."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class KeyRecord:
+    """A wrapped L4 key with its metadata. Never holds plaintext key material:
+    ``wrapped`` is the L3 blob, ``attributes`` an opaque TTLV blob of the
+    client's attributes (no key material)."""
+
+    uid: str
+    tenant: str
+    object_type: int
+    algorithm: int
+    length: int
+    state: int
+    l3_version: int
+    wrapped: bytes
+    attributes: bytes = b""
+    created: int = field(default_factory=lambda: int(time.time()))
+    synced: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyRecord(uid={self.uid!r}, tenant={self.tenant!r}, "
+            f"object_type={self.object_type}, algorithm={self.algorithm}, "
+            f"length={self.length}, state={self.state}, l3_version={self.l3_version}, "
+            f"wrapped=<{len(self.wrapped)} bytes>, attributes=<{len(self.attributes)} bytes>, "
+            f"created={self.created}, synced={self.synced})"
+        )
+
+
+class VaultStore(Protocol):
+    """The storage interface behind the hot path. Writes return once durable."""
+
+    async def put(self, record: KeyRecord) -> None: ...
+
+    async def put_many(self, records: Iterable[KeyRecord]) -> None: ...
+
+    def get(self, uid: str) -> KeyRecord | None: ...
+
+    async def update_state(self, uid: str, state: int) -> bool: ...
+
+    async def update_attributes(self, uid: str, attributes: bytes) -> bool: ...
+
+    def outbox(self, limit: int) -> list[KeyRecord]: ...
+
+    async def mark_synced(self, uids: Iterable[str]) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,122 @@
+"""Test helpers: run a real Krypton process on loopback and talk raw KMIP to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from krypton.pki.dev import DevLayout, init_dev_dir
+from krypton.ttlv.framing import _HEADER as _FRAME_HEADER
+from krypton.ttlv.framing import HEADER_SIZE
+
+READY_LINE = "Krypton dev stack is up"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DevServer:
+    """A `krypton dev` process on a free loopback port."""
+
+    layout: DevLayout
+    port: int
+    proc: subprocess.Popen[str]
+    log_path: Path
+    host: str = "127.0.0.1"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    @property
+    def pki(self) -> Path:
+        return self.layout.pki
+
+    def client_context(self, who: str = "client") -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.pki / "ca.pem"))
+        ctx.load_cert_chain(str(self.pki / f"{who}.pem"), str(self.pki / f"{who}-key.pem"))
+        return ctx
+
+    def connect(self, who: str = "client", timeout: float = 5.0) -> ssl.SSLSocket:
+        raw = socket.create_connection((self.host, self.port), timeout=timeout)
+        return self.client_context(who).wrap_socket(raw, server_hostname="localhost")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_dev_server(
+    root: Path, *, port: int | None = None, env: dict[str, str] | None = None, timeout: float = 20.0
+) -> DevServer:
+    layout = init_dev_dir(root)
+    port = port or free_port()
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["KRYPTON_GATEWAY_LISTEN_PORT"] = str(port)
+    full_env.setdefault("KRYPTON_GATEWAY_LOG_LEVEL", "warning")
+    log_path = root / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "krypton.cli.main", "dev", "--dir", str(root)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=full_env,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_text()
+        if READY_LINE in text:
+            return DevServer(layout, port, proc, log_path)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("krypton dev did not start:\n" + log_path.read_text())
+
+
+@contextmanager
+def dev_server(root: Path, **kw: object) -> Iterator[DevServer]:
+    server = start_dev_server(root, **kw)  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def recv_message(sock: ssl.SSLSocket) -> bytes:
+    """One whole TTLV message from a socket (header first, then the body)."""
+    header = _recv_exact(sock, HEADER_SIZE)
+    _, length = _FRAME_HEADER.unpack(header)
+    return header + _recv_exact(sock, length)
+
+
+def _recv_exact(sock: ssl.SSLSocket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise EOFError(f"connection closed after {len(out)} of {n} bytes")
+        out += chunk
+    return bytes(out)

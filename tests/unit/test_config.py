@@ -1,0 +1,280 @@
+"""Configuration: defaults, relative paths, environment overrides, errors that name the setting."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from krypton.config import (
+    CacheConfig,
+    CoreConfig,
+    GatewayConfig,
+    LimitsConfig,
+    TLSConfig,
+    UplinkConfig,
+    env_name,
+    load_core_config,
+    load_gateway_config,
+    settings,
+)
+from krypton.errors import ConfigError
+from krypton.pki import DevLayout, init_dev_dir
+
+MINIMAL_GATEWAY = """
+[gateway.tls]
+cert = "pki/gateway.pem"
+key = "pki/gateway-key.pem"
+ca = "pki/ca.pem"
+"""
+
+MINIMAL_CORE = """
+[core.tls]
+cert = "pki/core.pem"
+key = "pki/core-key.pem"
+ca = "pki/ca.pem"
+"""
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> DevLayout:
+    return init_dev_dir(tmp_path_factory.mktemp("dev"))
+
+
+def write(dev: DevLayout, text: str, name: str = "test.toml") -> Path:
+    path = dev.root / name
+    path.write_text(text)
+    return path
+
+
+def gateway(dev: DevLayout, extra: str = "", env: dict[str, str] | None = None) -> GatewayConfig:
+    return load_gateway_config(write(dev, MINIMAL_GATEWAY + extra), env=env or {})
+
+
+def test_defaults(dev: DevLayout) -> None:
+    cfg = gateway(dev)
+    root = dev.root.absolute()
+    assert cfg.name == "gw-dev"
+    assert (cfg.listen_host, cfg.listen_port, cfg.workers, cfg.log_level) == (
+        "127.0.0.1", 5696, 1, "info")
+    assert cfg.vault_path == root / "gateway.db"
+    assert cfg.policy_file == root / "policy.toml"
+    assert cfg.tls == TLSConfig(cert=root / "pki/gateway.pem", key=root / "pki/gateway-key.pem",
+                                ca=root / "pki/ca.pem", min_version="1.2", session_tickets=True)
+    assert cfg.limits == LimitsConfig()
+    assert cfg.limits.max_message_size == 1_048_576
+    assert cfg.limits.read_timeout == 10.0
+    assert cfg.cache == CacheConfig(records=100_000)
+    assert cfg.uplink == UplinkConfig()
+    assert (cfg.uplink.host, cfg.uplink.port, cfg.uplink.timeout) == ("127.0.0.1", 5697, 2.0)
+
+
+def test_dev_configs_load_and_match_defaults(dev: DevLayout) -> None:
+    cfg = load_gateway_config(dev.gateway_config, env={})
+    assert cfg == gateway(dev)
+    core = load_core_config(dev.core_config, env={})
+    root = dev.root.absolute()
+    assert core == load_core_config(write(dev, MINIMAL_CORE), env={})
+    assert core.registry == f"sqlite:{root / 'core.db'}"
+    assert core.sqlite_path == root / "core.db"
+    assert core.master_key_file == root / "master.key"
+    assert (core.name, core.listen_port, core.l3_lease_seconds) == ("core-dev", 5697, 86400)
+    assert core.tenants == ("demo", "other")
+    assert core.tls.cert == root / "pki/core.pem"
+
+
+def test_config_is_frozen(dev: DevLayout) -> None:
+    cfg = gateway(dev)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.name = "x"  # type: ignore[misc]
+
+
+def test_relative_paths_follow_the_config_file(dev: DevLayout, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_gateway_config(dev.gateway_config, env={})
+    assert cfg.tls.cert == dev.root.absolute() / "pki/gateway.pem"
+    absolute = gateway(dev, f'[gateway]\nvault_path = "{tmp_path}/v.db"\n')
+    assert absolute.vault_path == tmp_path / "v.db"
+
+
+def test_env_overrides_each_kind(dev: DevLayout) -> None:
+    env = {
+        "KRYPTON_GATEWAY_NAME": "gw-7",
+        "KRYPTON_GATEWAY_LISTEN_PORT": "15696",
+        "KRYPTON_GATEWAY_VAULT_PATH": "data/v.db",
+        "KRYPTON_GATEWAY_LOG_LEVEL": "DEBUG",
+        "KRYPTON_GATEWAY_TLS_MIN_VERSION": "1.3",
+        "KRYPTON_GATEWAY_TLS_SESSION_TICKETS": "off",
+        "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS": "10",
+        "KRYPTON_GATEWAY_LIMITS_READ_TIMEOUT": "2.5",
+        "KRYPTON_GATEWAY_CACHE_RECORDS": "0",
+        "KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": "[::1]:7000",
+    }
+    cfg = gateway(dev, env=env)
+    assert cfg.name == "gw-7"
+    assert cfg.listen_port == 15696
+    assert cfg.vault_path == dev.root.absolute() / "data/v.db"
+    assert cfg.log_level == "debug"
+    assert cfg.tls.min_version == "1.3"
+    assert cfg.tls.session_tickets is False
+    assert cfg.limits.max_connections == 10
+    assert cfg.limits.read_timeout == 2.5
+    assert cfg.cache.records == 0
+    assert (cfg.uplink.host, cfg.uplink.port) == ("::1", 7000)
+
+
+def test_env_beats_file(dev: DevLayout) -> None:
+    extra = "[gateway.limits]\nmax_connections = 5\n"
+    assert gateway(dev, extra).limits.max_connections == 5
+    env = {"KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS": "7"}
+    assert gateway(dev, extra, env).limits.max_connections == 7
+
+
+def test_env_can_supply_a_required_setting(dev: DevLayout) -> None:
+    text = MINIMAL_GATEWAY.replace('cert = "pki/gateway.pem"\n', "")
+    expected = r"^gateway\.tls\.cert: required.*KRYPTON_GATEWAY_TLS_CERT"
+    with pytest.raises(ConfigError, match=expected):
+        load_gateway_config(write(dev, text), env={})
+    cfg = load_gateway_config(write(dev, text), env={"KRYPTON_GATEWAY_TLS_CERT": "pki/gateway.pem"})
+    assert cfg.tls.cert.name == "gateway.pem"
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [("KRYPTON_CORE_TENANTS", "a, b ,c"), ("KRYPTON_CORE_TENANTS", '["a", "b", "c"]')],
+)
+def test_env_lists(dev: DevLayout, env: str, value: str) -> None:
+    core = load_core_config(write(dev, MINIMAL_CORE), env={env: value})
+    assert core.tenants == ("a", "b", "c")
+
+
+def test_env_rule_covers_every_setting() -> None:
+    names = list(settings("gateway")) + list(settings("core"))
+    assert "gateway.limits.max_connections" in names
+    assert env_name("gateway.limits.max_connections") == "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS"
+    envs = [env_name(n) for n in names]
+    assert len(set(envs)) == len(envs)
+
+
+@pytest.mark.parametrize(
+    ("setting", "toml", "message"),
+    [
+        ("gateway.limits.max_connections", '"abc"', "must be an integer ≥ 1, got 'abc'"),
+        ("gateway.limits.max_connections", "0", "must be an integer ≥ 1, got 0"),
+        ("gateway.limits.max_connections", "true", "must be an integer"),
+        ("gateway.limits.max_depth", "100000", "≤ 512"),
+        ("gateway.listen_port", "70000", "≤ 65535"),
+        ("gateway.limits.read_timeout", "-1", "must be a number of seconds > 0"),
+        ("gateway.limits.idle_timeout", '"soon"', "seconds"),
+        ("gateway.tls.session_tickets", '"maybe"', "must be true or false"),
+        ("gateway.tls.min_version", '"1.1"', "'1.2', '1.3'"),
+        ("gateway.log_level", '"loud"', "'debug'"),
+        ("gateway.name", '""', "non-empty string"),
+        ("gateway.name", "42", "non-empty string"),
+        ("gateway.policy_file", '"nope.toml"', "file not found"),
+        ("gateway.tls.ca", '"pki"', "not a file"),
+        ("gateway.uplink.core_address", '"localhost"', "host:port"),
+        ("gateway.uplink.core_address", '"::1:80"', "host:port"),
+        ("gateway.uplink.core_address", '"h:0"', "host:port"),
+        ("gateway.cache.records", "-1", "≥ 0"),
+    ],
+)
+def test_bad_file_value_names_the_setting(dev: DevLayout, setting: str, toml: str,
+                                          message: str) -> None:
+    *section, key = setting.split(".")
+    text = MINIMAL_GATEWAY
+    if section == ["gateway", "tls"]:
+        text = text.replace(f'{key} = "pki/ca.pem"', "")
+        text += f"{key} = {toml}\n"
+    else:
+        text += f"[{'.'.join(section)}]\n{key} = {toml}\n"
+    with pytest.raises(ConfigError) as err:
+        load_gateway_config(write(dev, text), env={})
+    assert err.value.args[0].startswith(f"{setting}: ")
+    assert message in err.value.args[0]
+    assert "test.toml" in err.value.args[0] or "not found" in err.value.args[0]
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS", "abc", "must be an integer ≥ 1, got 'abc'"),
+        ("KRYPTON_GATEWAY_LIMITS_READ_TIMEOUT", "nan", "seconds > 0"),
+        ("KRYPTON_GATEWAY_TLS_SESSION_TICKETS", "2", "true or false"),
+        ("KRYPTON_GATEWAY_TLS_CERT", "missing.pem", "file not found"),
+        ("KRYPTON_GATEWAY_WORKERS", "", "integer"),
+    ],
+)
+def test_bad_env_value_names_setting_and_variable(dev: DevLayout, var: str, value: str,
+                                                  message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        gateway(dev, env={var: value})
+    text = err.value.args[0]
+    setting = var.removeprefix("KRYPTON_").lower().replace("_", ".", 1)
+    assert text.split(":")[0].replace(".", "_") == setting.replace(".", "_")
+    assert message in text
+    assert f"from {var}" in text
+
+
+def test_core_bad_values(dev: DevLayout) -> None:
+    cases = {
+        "tenants = []": "core.tenants: must be a non-empty list",
+        'tenants = ["a", "a"]': "core.tenants",
+        'tenants = ["a/b"]': "core.tenants",
+        "l3_lease_seconds = 0": "core.l3_lease_seconds: must be an integer ≥ 1",
+        'registry = "mysql://u:secret@h/db"': "core.registry: must be",
+    }
+    for line, message in cases.items():
+        with pytest.raises(ConfigError) as err:
+            load_core_config(write(dev, f"[core]\n{line}\n" + MINIMAL_CORE), env={})
+        assert err.value.args[0].startswith(message), (line, err.value.args[0])
+        assert "secret" not in err.value.args[0]
+
+
+def test_core_registry_forms(dev: DevLayout) -> None:
+    for url, expected in [
+        ("postgresql://u@db/krypton", "postgresql://u@db/krypton"),
+        ("sqlite::memory:", "sqlite::memory:"),
+        ("sqlite:/var/lib/k.db", "sqlite:/var/lib/k.db"),
+        ("sqlite:sub/k.db", f"sqlite:{dev.root.absolute() / 'sub/k.db'}"),
+    ]:
+        core = load_core_config(write(dev, MINIMAL_CORE), env={"KRYPTON_CORE_REGISTRY": url})
+        assert core.registry == expected
+
+
+def test_unknown_key_names_it(dev: DevLayout) -> None:
+    with pytest.raises(ConfigError, match=r"^gateway\.limits\.max_conections: unknown setting"):
+        gateway(dev, "[gateway.limits]\nmax_conections = 3\n")
+    with pytest.raises(ConfigError, match=r"^gatway: unknown section"):
+        gateway(dev, "[gatway]\nname = 'x'\n")
+
+
+def test_unknown_env_variable_is_an_error(dev: DevLayout) -> None:
+    with pytest.raises(ConfigError, match=r"^KRYPTON_GATEWAY_LIMITS_MAX_CONECTIONS: names no"):
+        gateway(dev, env={"KRYPTON_GATEWAY_LIMITS_MAX_CONECTIONS": "3"})
+    assert gateway(dev, env={"KRYPTON_CORE_LISTEN_PORT": "1", "KRYPTON_OTHER": "x"}).name
+
+
+def test_section_must_be_a_table(dev: DevLayout) -> None:
+    with pytest.raises(ConfigError, match=r"^gateway\.limits: must be a table"):
+        gateway(dev, "[gateway]\nlimits = 3\n")
+
+
+def test_missing_or_broken_file(dev: DevLayout, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_gateway_config(tmp_path / "absent.toml", env={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_gateway_config(write(dev, "[gateway\n"), env={})
+
+
+def test_one_file_may_hold_both_sections(dev: DevLayout) -> None:
+    path = write(dev, MINIMAL_GATEWAY + MINIMAL_CORE)
+    assert isinstance(load_gateway_config(path, env={}), GatewayConfig)
+    assert isinstance(load_core_config(path, env={}), CoreConfig)
+
+
+def test_min_version_written_as_a_number(dev: DevLayout) -> None:
+    text = MINIMAL_GATEWAY + "min_version = 1.3\n"
+    assert load_gateway_config(write(dev, text), env={}).tls.min_version == "1.3"

@@ -1,0 +1,276 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Awaitable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from krypton.crypto.keyring import KeyRing, L3State
+from krypton.crypto.secret import generate_key
+from krypton.errors import StorageError
+from krypton.vault import KeyRecord, Vault, new_uid
+
+
+def record(uid: str | None = None, *, tenant: str = "demo", state: int = 1) -> KeyRecord:
+    return KeyRecord(
+        uid=uid or new_uid(), tenant=tenant, object_type=2, algorithm=3, length=256,
+        state=state, l3_version=1, wrapped=os.urandom(65), attributes=b"\x42\x00\x08",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def vault(tmp_path: Path) -> Iterator[Vault]:
+    v = Vault.open(tmp_path / "vault.db")
+    yield v
+    v.close()
+
+
+def run(coro: Awaitable[None]) -> None:
+    async def main() -> None:
+        await coro
+
+    asyncio.run(main())
+
+
+def _row_count(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT count(*) FROM keys").fetchone()[0])
+
+
+def test_put_get_and_reopen(tmp_path: Path, vault: Vault) -> None:
+    rec = record()
+    run(vault.put(rec))
+    assert vault.get(rec.uid) == rec
+    assert vault.get(new_uid()) is None
+    vault.close()
+    again = Vault.open(tmp_path / "vault.db")
+    assert again.get(rec.uid) == rec
+    again.close()
+
+
+def test_record_repr_hides_the_wrapped_blob() -> None:
+    rec = record()
+    text = repr(rec)
+    assert rec.wrapped.hex() not in text
+    assert repr(rec.wrapped)[2:-1] not in text
+    assert "wrapped=<65 bytes>" in text
+
+
+def test_put_returns_only_after_commit(tmp_path: Path, vault: Vault) -> None:
+    path = tmp_path / "vault.db"
+    blocker = sqlite3.connect(path, isolation_level=None)
+    rec = record()
+
+    async def main() -> None:
+        blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the writer must wait
+        put = asyncio.ensure_future(vault.put(rec))
+        await asyncio.sleep(0.3)
+        assert not put.done()
+        assert vault.commits == 0
+        blocker.execute("ROLLBACK")
+        await put
+        # Visible to a connection that shares nothing with the vault.
+        assert _row_count(path) == 1
+        assert vault.commits == 1
+
+    run(main())
+    blocker.close()
+
+
+def test_group_commit_groups(vault: Vault, tmp_path: Path) -> None:
+    records = [record() for _ in range(200)]
+
+    async def main() -> None:
+        before = vault.commits
+        await asyncio.gather(*(vault.put(r) for r in records))
+        commits = vault.commits - before
+        assert 1 <= commits <= 20, commits
+
+    run(main())
+    assert vault.largest_batch > 10
+    assert _row_count(tmp_path / "vault.db") == 200
+    assert all(vault.get(r.uid) == r for r in records)
+
+
+def test_queued_puts_share_one_commit(tmp_path: Path, vault: Vault) -> None:
+    blocker = sqlite3.connect(tmp_path / "vault.db", isolation_level=None)
+
+    async def main() -> None:
+        blocker.execute("BEGIN IMMEDIATE")
+        first = asyncio.ensure_future(vault.put(record()))
+        await asyncio.sleep(0.05)  # the writer has taken `first` and waits for the lock
+        rest = [asyncio.ensure_future(vault.put(record())) for _ in range(100)]
+        await asyncio.sleep(0.05)
+        blocker.execute("ROLLBACK")
+        await asyncio.gather(first, *rest)
+
+    run(main())
+    blocker.close()
+    assert vault.commits == 2
+    assert vault.records_written == 101
+
+
+def test_a_failing_put_fails_only_its_caller(vault: Vault) -> None:
+    dup = record()
+    run(vault.put(dup))
+
+    async def main() -> list[BaseException | None]:
+        return await asyncio.gather(
+            *(vault.put(r) for r in [record(), record(dup.uid), record(), record()]),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(main())
+    assert [type(r) for r in results] == [type(None), StorageError, type(None), type(None)]
+    assert "unique identifier" in str(results[1])
+    assert vault.get(dup.uid) == dup
+
+
+def test_put_many_is_all_or_nothing(vault: Vault) -> None:
+    dup = record()
+    run(vault.put(dup))
+    batch = [record(), record(), record(dup.uid)]
+    with pytest.raises(StorageError):
+        run(vault.put_many(batch))
+    assert vault.get(batch[0].uid) is None
+    good = [record() for _ in range(10)]
+    run(vault.put_many(good))
+    run(vault.put_many([]))
+    assert all(vault.get(r.uid) == r for r in good)
+
+
+def test_updates_are_durable_and_cached_coherently(tmp_path: Path, vault: Vault) -> None:
+    rec = record()
+
+    async def main() -> None:
+        await vault.put(rec)
+        assert vault.get(rec.uid) is not None  # now cached
+        assert await vault.update_state(rec.uid, 5) is True
+        assert await vault.update_attributes(rec.uid, b"\x01\x02") is True
+        assert await vault.update_state(new_uid(), 5) is False
+        assert await vault.update_attributes(new_uid(), b"") is False
+
+    run(main())
+    got = vault.get(rec.uid)
+    assert got is not None
+    assert (got.state, got.attributes) == (5, b"\x01\x02")
+    vault.close()
+    again = Vault.open(tmp_path / "vault.db", cache_size=0)
+    stored = again.get(rec.uid)
+    assert stored is not None
+    assert (stored.state, stored.attributes) == (5, b"\x01\x02")
+    again.close()
+
+
+def test_outbox_order_and_mark_synced(vault: Vault) -> None:
+    records = [record() for _ in range(5)]
+    synced = replace(record(), synced=True)
+
+    async def main() -> None:
+        for r in records:
+            await vault.put(r)
+        await vault.put(synced)
+        assert [r.uid for r in vault.outbox(10)] == [r.uid for r in records]
+        assert [r.uid for r in vault.outbox(2)] == [r.uid for r in records[:2]]
+        assert await vault.mark_synced([records[0].uid, records[1].uid, new_uid()]) == 2
+        assert await vault.mark_synced([records[0].uid]) == 0
+        assert await vault.mark_synced([]) == 0
+
+    run(main())
+    assert [r.uid for r in vault.outbox(10)] == [r.uid for r in records[2:]]
+    first = vault.get(records[0].uid)
+    assert first is not None
+    assert first.synced
+
+
+def test_cache_is_bounded_and_optional(tmp_path: Path) -> None:
+    for size in (0, 2):
+        v = Vault.open(tmp_path / f"v{size}.db", cache_size=size)
+        records = [record() for _ in range(5)]
+        run(v.put_many(records))
+        assert len(v._cache) == size
+        assert [v.get(r.uid) for r in records] == records
+        assert len(v._cache) == size
+        v.close()
+
+
+def test_reads_from_another_thread(vault: Vault) -> None:
+    rec = record()
+    run(vault.put(rec))
+    seen: list[KeyRecord | None] = []
+    t = threading.Thread(target=lambda: seen.append(vault.get(rec.uid)))
+    vault._cache.clear()
+    t.start()
+    t.join()
+    assert seen == [rec]
+
+
+def test_close_drains_pending_writes(tmp_path: Path) -> None:
+    v = Vault.open(tmp_path / "vault.db")
+    records = [record() for _ in range(50)]
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(v.put(r)) for r in records]
+        await asyncio.sleep(0)  # every put is queued
+        v.close()
+        await asyncio.gather(*tasks)
+        with pytest.raises(StorageError, match="closed"):
+            await v.put(record())
+
+    run(main())
+    assert _row_count(tmp_path / "vault.db") == 50
+    v.close()  # idempotent
+    with pytest.raises(StorageError, match="closed"):
+        v.get(new_uid())
+
+
+def test_sqlite_errors_become_storage_errors(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StorageError, match=r"junk\.db"):
+        Vault.open(junk)
+    with pytest.raises(StorageError):
+        Vault.open(tmp_path / "missing-dir" / "vault.db")
+
+
+def test_vault_files_never_hold_key_plaintext(tmp_path: Path) -> None:
+    ring = KeyRing()
+    l3 = generate_key(256)
+    l3_raw = l3.reveal()
+    ring.install("demo", 1, l3, L3State.ACTIVE, ring.lease_deadline(3600))
+    v = Vault.open(tmp_path / "vault.db")
+    plaintexts: list[bytes] = []
+    records: list[KeyRecord] = []
+    for bits in (128, 192, 256) * 20:
+        key = generate_key(bits)
+        uid = new_uid()
+        version, blob = ring.wrap("demo", uid, key)
+        plaintexts.append(key.reveal())
+        records.append(KeyRecord(uid, "demo", 2, 3, bits, 1, version, blob))
+        key.wipe()
+    run(v.put_many(records[:30]))
+    run(v.put_many(records[30:]))
+
+    def files() -> bytes:
+        return b"".join(p.read_bytes() for p in tmp_path.glob("vault.db*"))
+
+    while_open = files()
+    assert records[-1].wrapped in while_open  # the scan would see a key if it were there
+    v.close()
+    after_close = files()
+    assert records[0].wrapped in after_close
+    for secret in [*plaintexts, l3_raw]:
+        assert secret not in while_open
+        assert secret not in after_close
+    # and the stored blobs still open
+    again = Vault.open(tmp_path / "vault.db")
+    stored = again.get(records[7].uid)
+    assert stored is not None
+    assert ring.unwrap("demo", stored.uid, stored.l3_version, stored.wrapped).reveal() == (
+        plaintexts[7])
+    again.close()
