@@ -365,3 +365,17 @@ def test_framer_large_message_in_small_chunks_is_linear() -> None:
         got += framer.feed(frame[i : i + 256])
     assert got == [frame]
     assert time.perf_counter() - start < 2.0
+
+
+def test_failed_decode_leaves_caller_bytearray_resizable() -> None:
+    buf = bytearray(hdr(T, 0x02, 8) + bytes(8))
+    with pytest.raises(DecodeError) as info:
+        decode(buf)
+    assert info.value.__traceback__ is not None  # decode's frames are still alive
+    del buf[:8]
+    assert len(buf) == 8
+
+
+def test_decode_non_byte_memoryview() -> None:
+    raw = encode(Item.integer(T, 8))
+    assert decode(memoryview(raw).cast("I")) == Item.integer(T, 8)

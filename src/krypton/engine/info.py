@@ -46,8 +46,16 @@ def _attributes_payload(ctx: RequestContext, uid: str, attrs: list[Attribute]) -
     )
 
 
+def _non_selector_fields(payload: Item | None) -> dict[int, Item]:
+    """The payload's single-valued fields; the selectors may repeat and are read apart."""
+    if payload is None:
+        return {}
+    rest = tuple(c for c in payload.children if c.tag not in _SELECTORS)
+    return payload_fields(Item(payload.tag, payload.type, rest), "Get Attributes")
+
+
 async def get_attributes(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
-    f = payload_fields(payload, "Get Attributes")
+    f = _non_selector_fields(payload)
     uid = request_uid(f, ctx)
     assert uid is not None
     rec = load(svc, ctx, uid)

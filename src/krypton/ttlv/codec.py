@@ -118,9 +118,16 @@ def _fail(offset: int, what: str) -> DecodeError:
 
 def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Item:
     """Decode exactly one TTLV item that spans all of ``data``."""
-    mv = memoryview(data)
-    if mv.format != "B" or mv.ndim != 1 or not mv.c_contiguous:
-        mv = memoryview(mv.tobytes())
+    # The view is released on the way out, even on error, so that a caller's
+    # bytearray can be resized while the exception is still being handled.
+    with memoryview(data) as mv:
+        if mv.format == "B" and mv.ndim == 1 and mv.c_contiguous:
+            return _decode(mv, limits)
+        with memoryview(mv.tobytes()) as flat:
+            return _decode(flat, limits)
+
+
+def _decode(mv: memoryview, limits: Limits) -> Item:
     n = mv.nbytes
     if n > limits.max_message_size:
         raise MessageTooLarge(f"message of {n} bytes exceeds {limits.max_message_size}")

@@ -262,6 +262,7 @@ class Vault:
             self._closed = True
             self._queue.put(_STOP)
         self._writer.join()
+        self._cache.clear()
         with self._gate:
             for conn in self._readers:
                 conn.close()
