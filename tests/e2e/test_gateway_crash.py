@@ -21,9 +21,9 @@ from krypton.kmip.versions import ProtocolVersion
 WRITERS = 6
 
 
-def _client(srv: DevServer, version: ProtocolVersion = ProtocolVersion(1, 4)) -> KmipClient:
+def _client(srv: DevServer) -> KmipClient:
     ctx = tls_context(srv.pki / "ca.pem", srv.pki / "client.pem", srv.pki / "client-key.pem")
-    return KmipClient(srv.host, srv.port, ctx, version=version, timeout=5.0)
+    return KmipClient(srv.host, srv.port, ctx, version=ProtocolVersion(1, 4), timeout=5.0)
 
 
 def test_sigkill_after_ack_loses_no_key(tmp_path: Path) -> None:
