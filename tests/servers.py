@@ -67,7 +67,12 @@ class DevServer:
 
 
 def start_dev_server(
-    root: Path, *, port: int | None = None, env: dict[str, str] | None = None, timeout: float = 20.0
+    root: Path,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 20.0,
+    args: tuple[str, ...] = (),
 ) -> DevServer:
     layout = init_dev_dir(root)
     port = port or free_port()
@@ -78,7 +83,7 @@ def start_dev_server(
     log_path = root / "server.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "krypton.cli.main", "dev", "--dir", str(root)],
+            [sys.executable, "-m", "krypton.cli.main", "dev", "--dir", str(root), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from krypton.config import load_core_config, load_gateway_config
-from krypton.core.dev import EmbeddedStack
+from krypton.config import CoreConfig, GatewayConfig, load_core_config, load_gateway_config
+from krypton.core.dev import EmbeddedStack, prepare_tenants
 from krypton.errors import ConfigError, KryptonError
+from krypton.gateway.tls import server_context
+from krypton.gateway.workers import run_workers
 from krypton.pki.dev import DevLayout, init_dev_dir
 
 DEFAULT_DEV_DIR = Path(".krypton-dev")
@@ -68,11 +72,41 @@ Stop with Ctrl-C; keys persist in {layout.root.resolve()}.
 """
 
 
-def _stack(layout: DevLayout) -> EmbeddedStack:
-    core = load_core_config(layout.core_config)
-    gateway = load_gateway_config(layout.gateway_config)
-    _setup_logging(gateway.log_level)
-    return EmbeddedStack(core, gateway)
+def _serve(
+    core: CoreConfig,
+    gateway: GatewayConfig,
+    workers: int,
+    on_ready: Callable[[EmbeddedStack], None],
+) -> int:
+    """Run the embedded stack in this process, or in ``workers`` forked processes."""
+    if workers <= 1:
+        return _serve_one(core, gateway, None, on_ready)
+    # Everything shared is made before the fork: tenants' first keys (no race
+    # between workers) and the TLS context (one session-ticket key for all).
+    prepare_tenants(core)
+    gateway = dataclasses.replace(gateway, workers=workers)
+    ssl_ctx = server_context(gateway.tls)
+    return run_workers(workers, lambda: _serve_one(core, gateway, ssl_ctx, on_ready))
+
+
+def _serve_one(
+    core: CoreConfig,
+    gateway: GatewayConfig,
+    ssl_ctx: ssl.SSLContext | None,
+    on_ready: Callable[[EmbeddedStack], None],
+) -> int:
+    stack = EmbeddedStack(core, gateway, ssl_ctx)
+
+    async def main() -> None:
+        await stack.start()
+        try:
+            on_ready(stack)
+            await _wait_for_signal()
+        finally:
+            await stack.close()
+
+    _run(main)
+    return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -80,19 +114,19 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if args.action == "init":
         print(f"development PKI and configs in {layout.root.resolve()}")
         return 0
-    stack = _stack(layout)
+    core = load_core_config(layout.core_config)
+    gateway = load_gateway_config(layout.gateway_config)
+    _setup_logging(gateway.log_level)
+    workers = args.workers or gateway.workers
+    printed = False
 
-    async def main() -> None:
-        await stack.start()
-        cfg = stack.gateway.config
-        print(_connect_help(layout, cfg.listen_host, stack.gateway.port), flush=True)
-        try:
-            await _wait_for_signal()
-        finally:
-            await stack.close()
+    def ready(stack: EmbeddedStack) -> None:
+        nonlocal printed
+        if not printed:
+            print(_connect_help(layout, gateway.listen_host, stack.gateway.port), flush=True)
+            printed = True
 
-    _run(main)
-    return 0
+    return _serve(core, gateway, workers, ready)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -104,21 +138,15 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             "pass the Core's config to run its key store in this process"
         )
     core = load_core_config(args.embedded_core)
-    stack = EmbeddedStack(core, gateway)
 
-    async def main() -> None:
-        await stack.start()
+    def ready(stack: EmbeddedStack) -> None:
         print(
-            f"gateway {gateway.name}: KMIP on {gateway.listen_host}:{stack.gateway.port}",
+            f"gateway {gateway.name} (pid {os.getpid()}): KMIP on "
+            f"{gateway.listen_host}:{stack.gateway.port}",
             flush=True,
         )
-        try:
-            await _wait_for_signal()
-        finally:
-            await stack.close()
 
-    _run(main)
-    return 0
+    return _serve(core, gateway, args.workers or gateway.workers, ready)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run the embedded development stack (Core + Gateway)")
     dev.add_argument("action", nargs="?", choices=["init"], help="only write PKI and configs")
     dev.add_argument("--dir", default=os.environ.get("KRYPTON_DEV_DIR", str(DEFAULT_DEV_DIR)))
+    dev.add_argument("--workers", type=int, default=0, help="gateway processes (SO_REUSEPORT)")
     dev.set_defaults(func=cmd_dev)
 
     gw = sub.add_parser("gateway", help="run a gateway")
@@ -138,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a core.toml whose key store runs in this process",
     )
+    gw.add_argument("--workers", type=int, default=0, help="processes on one port (SO_REUSEPORT)")
     gw.set_defaults(func=cmd_gateway)
     return p
 

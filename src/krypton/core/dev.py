@@ -10,6 +10,7 @@ L4 keys only.
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 
 from krypton.config import CoreConfig, GatewayConfig
@@ -30,18 +31,34 @@ def registry_path(core: CoreConfig) -> Path:
     return Path(rest)
 
 
+def open_store(core: CoreConfig) -> CoreKeyStore:
+    master = load_master_key(core.master_key_file)
+    try:
+        return CoreKeyStore.open(registry_path(core), master)
+    finally:
+        master.wipe()
+
+
+def prepare_tenants(core: CoreConfig) -> None:
+    """Create every tenant's L2 and first L3 once, before workers start (no race)."""
+    store = open_store(core)
+    try:
+        for tenant in core.tenants:
+            store.ensure_tenant(tenant)
+    finally:
+        store.close()
+
+
 class EmbeddedStack:
     """A Core key store feeding a Gateway in one process."""
 
-    def __init__(self, core: CoreConfig, gateway: GatewayConfig) -> None:
+    def __init__(
+        self, core: CoreConfig, gateway: GatewayConfig, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.core_config = core
-        master = load_master_key(core.master_key_file)
-        try:
-            self.store = CoreKeyStore.open(registry_path(core), master)
-        finally:
-            master.wipe()
+        self.store = open_store(core)
         source = EmbeddedL3Source(self.store, core.tenants, core.l3_lease_seconds)
-        self.gateway = Gateway(gateway, source)
+        self.gateway = Gateway(gateway, source, ssl_context)
 
     async def start(self) -> None:
         await self.gateway.start()

@@ -12,6 +12,7 @@ from krypton.engine.context import RequestContext
 from krypton.errors import InvalidField, InvalidMessage, ItemNotFound
 from krypton.kmip.attributes import Attribute, parse_attributes
 from krypton.kmip.messages import fields
+from krypton.registry.base import StateChange
 from krypton.ttlv.codec import decode
 from krypton.ttlv.enums import UniqueIdentifier
 from krypton.ttlv.item import Item, ItemType
@@ -48,10 +49,13 @@ class Services:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A handler's answer: the response payload, and the ID Placeholder it sets."""
+    """A handler's answer: the response payload, the ID Placeholder it sets, and
+    the state changes it made (the Core returns them to the gateway, which
+    applies them to its vault before relaying the answer)."""
 
     payload: Item
     uid: str | None = None
+    changes: tuple[StateChange, ...] = ()
 
 
 Handler = Callable[[Services, RequestContext, "Item | None"], Awaitable[Outcome]]

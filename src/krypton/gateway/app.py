@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing, L3Source
@@ -30,9 +31,12 @@ def limits_of(config: GatewayConfig) -> Limits:
 class Gateway:
     """One gateway process: ``start`` brings it up, ``close`` takes it down cleanly."""
 
-    def __init__(self, config: GatewayConfig, l3_source: L3Source) -> None:
+    def __init__(
+        self, config: GatewayConfig, l3_source: L3Source, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.config = config
         self.l3_source = l3_source
+        self.ssl_context = ssl_context
         self.keyring = KeyRing()
         self.vault: Vault | None = None
         self.listener: Listener | None = None
@@ -40,7 +44,7 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         policy = Policy.load(cfg.policy_file)
-        ssl_ctx = server_context(cfg.tls)
+        ssl_ctx = self.ssl_context or server_context(cfg.tls)
         self.vault = Vault.open(cfg.vault_path, cache_size=cfg.cache.records)
         await self.l3_source.start(self.keyring)
         limits = limits_of(cfg)
