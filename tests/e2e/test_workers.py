@@ -13,7 +13,8 @@ from krypton.kmip.versions import ProtocolVersion
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    cmd = ["ps", "-o", "pid=", "--ppid", str(pid)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
 
 

@@ -17,12 +17,21 @@ compacted once per read, never re-sliced in a loop.
 Complete frames are copied out and handled strictly in order by one task
 per connection (KMIP is request/response; a client that pipelines gets its
 answers in order). While that task is busy, further frames queue; beyond a
-small bound the transport stops reading (backpressure).
+small bound the transport stops reading. The task waits while the transport
+has asked us to pause writing, so a client that sends without reading its
+answers is throttled instead of filling our memory (backpressure both ways).
+
+A framing error (bad header, oversized length) loses the stream position:
+the error is queued behind the frames already cut, reading stops and any
+later bytes are dropped; the task answers the earlier frames, then sends the
+error response and closes.
 
 Timeouts are enforced by one sweep per listener (every ``sweep_interval``
 seconds) rather than a timer per read: a message started but not finished
-within ``read_timeout`` and a connection silent for ``idle_timeout`` are
-closed. A slow or stalled client costs only its own connection.
+within ``read_timeout`` (counted from when its first bytes arrived) and a
+connection silent for ``idle_timeout`` are closed; so is one that neither
+sent nor took an answer for ``idle_timeout``. A slow or stalled client costs
+only its own connection.
 
 Identity: the client certificate was verified by TLS (CERT_REQUIRED against
 the configured CA); its SPIFFE ID (or subject) is looked up once per
@@ -68,12 +77,14 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self.refused: str | None = None
-        self.queue: collections.deque[bytes] = collections.deque()
+        self.queue: collections.deque[bytes | KryptonError] = collections.deque()
         self.worker: asyncio.Task[None] | None = None
         self.last_activity = time.monotonic()
         self.partial_since: float | None = None
         self.closing = False
-        self.paused_writing = False
+        self.broken = False
+        self.can_write = asyncio.Event()
+        self.can_write.set()
         self.id = 0
 
     # -- asyncio callbacks -------------------------------------------------------
@@ -111,10 +122,13 @@ class Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.end += nbytes
         self.last_activity = time.monotonic()
+        if self.broken:
+            self.start = self.end = 0
+            return
         try:
             self._frames()
         except KryptonError as exc:
-            self._fail(exc)
+            self._stream_lost(exc)
 
     def eof_received(self) -> bool | None:
         return False
@@ -127,14 +141,15 @@ class Connection(asyncio.BufferedProtocol):
         self.queue.clear()
 
     def pause_writing(self) -> None:
-        self.paused_writing = True
+        self.can_write.clear()
 
     def resume_writing(self) -> None:
-        self.paused_writing = False
+        self.can_write.set()
 
     # -- framing -----------------------------------------------------------------
     def _frames(self) -> None:
         limits = self.limits
+        cut = False
         while True:
             avail = self.end - self.start
             if avail < HEADER_SIZE:
@@ -148,16 +163,30 @@ class Connection(asyncio.BufferedProtocol):
                 break
             self.queue.append(bytes(self.view[self.start : self.start + total]))
             self.start += total
+            cut = True
         if self.start == self.end:
             self.start = self.end = 0
             self.partial_since = None
-        elif self.partial_since is None:
+        elif cut or self.partial_since is None:
             self.partial_since = time.monotonic()
         if self.queue:
-            if self.worker is None or self.worker.done():
-                self.worker = asyncio.ensure_future(self._work())
+            self._kick()
             if len(self.queue) >= _MAX_QUEUED and self.transport is not None:
                 self.transport.pause_reading()
+
+    def _stream_lost(self, exc: KryptonError) -> None:
+        log.info("connection %d: closing: %s", self.id, exc.message)
+        self.broken = True
+        self.start = self.end = 0
+        self.partial_since = None
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.queue.append(exc)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.ensure_future(self._work())
 
     def _make_room(self, need: int = 0) -> None:
         """Compact unread bytes to the front; grow when one message needs more."""
@@ -179,6 +208,9 @@ class Connection(asyncio.BufferedProtocol):
         dispatcher = self.listener.dispatcher
         while self.queue and not self.closing:
             frame = self.queue.popleft()
+            if isinstance(frame, KryptonError):
+                self._send_error(frame)
+                return
             if self.session is None:
                 self._refuse()
                 return
@@ -190,19 +222,21 @@ class Connection(asyncio.BufferedProtocol):
                 log.exception("connection %d: dispatcher failed", self.id)
                 self.abort()
                 return
+            if not self.can_write.is_set():
+                await self.can_write.wait()
             if self.closing or self.transport is None:
                 return
             self.transport.write(response)
             self.last_activity = time.monotonic()
-            if len(self.queue) < _MAX_QUEUED // 2 and self.transport.is_reading() is False:
+            if (
+                not self.broken
+                and len(self.queue) < _MAX_QUEUED // 2
+                and self.transport.is_reading() is False
+            ):
                 self.transport.resume_reading()
 
     def _refuse(self) -> None:
         exc = PermissionDenied(self.refused or "not allowed")
-        self._send_error(exc)
-
-    def _fail(self, exc: KryptonError) -> None:
-        log.info("connection %d: closing: %s", self.id, exc.message)
         self._send_error(exc)
 
     def _send_error(self, exc: KryptonError) -> None:
@@ -297,9 +331,13 @@ class Listener:
                 if conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
                     log.info("connection %d: read timeout", conn.id)
                     conn.abort()
-                elif now - conn.last_activity > self.idle_timeout and not conn.queue:
-                    log.info("connection %d: idle timeout", conn.id)
-                    conn.close()
+                elif now - conn.last_activity > self.idle_timeout:
+                    if not conn.can_write.is_set():
+                        log.info("connection %d: not reading its answers", conn.id)
+                        conn.abort()
+                    elif not conn.queue:
+                        log.info("connection %d: idle timeout", conn.id)
+                        conn.close()
 
     async def close(self) -> None:
         if self._sweeper is not None:

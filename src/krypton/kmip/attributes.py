@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from krypton.errors import InvalidField, InvalidMessage
 from krypton.kmip.messages import fields
 from krypton.ttlv.item import Item, ItemType
-from krypton.ttlv.tags import TAG_BY_SPEC_NAME, Tag, spec_name
+from krypton.ttlv.tags import SPEC_NAME_BY_TAG, TAG_BY_SPEC_NAME, Tag
 
 _S = ItemType.STRUCTURE
 _TEXT = ItemType.TEXT_STRING
@@ -61,6 +61,14 @@ def canonical_name(name: str) -> str:
     if sep and vendor and rest:
         return name
     raise InvalidField(f"unknown attribute name {name!r}")
+
+
+def known_name(tag: int) -> str:
+    """The spec name of a tag the tables know; any other tag is an Invalid Field."""
+    name = SPEC_NAME_BY_TAG.get(tag)
+    if name is None:
+        raise InvalidField(f"unknown attribute tag 0x{tag:06X}")
+    return name
 
 
 def retag(item: Item, tag: int) -> Item:
@@ -121,11 +129,7 @@ def parse_v2(item: Item) -> Attribute:
         if value is None:
             raise InvalidField("Vendor Attribute: Attribute Value is missing")
         return Attribute(f"{vendor.value}-{name.value}", retag(value, Tag.ATTRIBUTE_VALUE))
-    try:
-        name_ = spec_name(item.tag)
-    except KeyError:
-        raise InvalidField(f"unknown attribute tag 0x{item.tag:06X}") from None
-    return Attribute(name_, item)
+    return Attribute(known_name(item.tag), item)
 
 
 def to_v2(attr: Attribute) -> Item:
@@ -168,10 +172,7 @@ def parse_reference(item: Item) -> str:
     if item.type is _TEXT and isinstance(item.value, str):
         return item.value
     if item.type is ItemType.ENUMERATION and isinstance(item.value, int):
-        try:
-            return spec_name(item.value)
-        except KeyError:
-            raise InvalidField(f"unknown attribute reference 0x{item.value:06X}") from None
+        return known_name(item.value)
     if item.type is _S:
         f = fields(item, "Attribute Reference")
         vendor = f.get(Tag.VENDOR_IDENTIFICATION)

@@ -8,7 +8,8 @@ Message is a Request Header followed by Batch Count batch items. Header fields
 become a frozen :class:`RequestHeader`; each batch item keeps its operation,
 its Unique Batch Item ID and its payload *as a TTLV item*, untouched, so a
 delegated item can be forwarded byte for byte and a local handler reads only
-the fields it needs.
+the fields it needs. The Request Payload is required in every batch item
+(it may be empty): without it the item cannot be parsed.
 
 Errors follow the spec's error-handling table (1.4 §11.1): a message that
 cannot be parsed, or a major version we do not speak, is answered with one
@@ -57,7 +58,7 @@ class RequestHeader:
 class RequestItem:
     operation: int
     batch_id: bytes | None
-    payload: Item | None
+    payload: Item
     raw: Item
 
 
@@ -177,7 +178,9 @@ def _parse_item(item: Item) -> RequestItem:
             raise InvalidMessage("Unique Batch Item ID: wrong type")
         bid = bid_item.value
     payload = f.get(Tag.REQUEST_PAYLOAD)
-    if payload is not None and payload.type is not _S:
+    if payload is None:
+        raise InvalidMessage("batch item: Request Payload is missing")
+    if payload.type is not _S:
         raise InvalidMessage("Request Payload: expected a structure")
     return RequestItem(op, bid, payload, item)
 

@@ -19,17 +19,48 @@ Locate does not scan: names, object groups, state, object type and custom
 backends maintain from :class:`ObjectRecord`'s ``names``, ``groups`` and
 ``custom`` fields.
 
-Change notification: ``subscribe`` delivers :class:`StateChange` events for
-every committed state change, including those made by another Core
-instance on the same database (PostgreSQL LISTEN/NOTIFY; in SQLite only one
-Core process exists, so in-process delivery suffices).
+Change notification: ``subscribe`` delivers a :class:`StateChange` for every
+committed ``update_object`` and a :class:`KeyChange` for every tenant key
+version stored or changed by ``put_keys``, including those made by another
+Core instance on the same database (PostgreSQL LISTEN/NOTIFY; in SQLite only
+one Core process exists, so in-process delivery suffices). ``put_objects``
+publishes nothing: a new object is not a change any gateway holds a copy of.
+Each subscriber gets its events in commit order, one callback at a time.
+
+Concurrency: ``update_object`` is a compare-and-set on ``revision`` and
+``put_keys`` never replaces a version's sealed material, so two Core
+instances racing on one object or one L3 rotation get a
+:class:`RegistryConflict` instead of silently losing a write.
+
+Refinements of the first sketch of this interface (and why):
+
+- ``KeyChange`` and the ``Change`` union: L3 rotations and revocations made
+  through one Core instance must reach the gateways subscribed to the others,
+  so tenant keys need change events too; ``StateChange`` keeps its shape
+  because the engine's ``Outcome`` carries it.
+- ``update_object`` checks ``record.revision`` (a lost update between two
+  Core instances would otherwise pass unnoticed) and raises ``ItemNotFound``
+  for an unknown uid or another tenant's uid.
+- ``put_keys`` (several versions in one transaction): a rotation demotes the
+  active L3 and adds the next one atomically. ``put_key`` stays for one key.
+- ``audit`` takes ``since`` (what the (tenant, time) index is for) and says
+  which records ``limit`` keeps.
+- ``RegistryConflict``: a ``StorageError`` the engine can tell apart and retry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeAlias
+
+from krypton.errors import StorageError
+
+
+class RegistryConflict(StorageError):
+    """The write conflicts with what the registry holds (a stale revision, a
+    unique identifier owned by another tenant, different material for an
+    existing key version). Re-read and retry, or give up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +116,13 @@ class AuditRecord:
 
 @dataclass(frozen=True, slots=True)
 class SealedKey:
-    """A tenant key (L2 sealed by the master key, L3 sealed by L2) as stored."""
+    """A tenant key (L2 sealed by the master key, L3 sealed by L2) as stored.
+
+    ``level`` is free text. What :class:`~krypton.core.keystore.CoreKeyStore`
+    keeps maps onto it as: ``core_l2`` rows → level ``"L2"``, version 1, state
+    ACTIVE; ``core_l3`` rows → level ``"L3"``; its sealed master-key check
+    constant → tenant ``""``, level ``"MK"``, version 1. ``sealed`` is the
+    keystore's wrapped blob (its ``X''`` for a destroyed L3 becomes None)."""
 
     tenant: str
     level: str  # "L2" or "L3"
@@ -97,37 +134,73 @@ class SealedKey:
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
+    """A managed object was updated (its state, attributes or material)."""
+
     tenant: str
     uid: str
     state: int
     revision: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    """A tenant key version was stored, changed state or was destroyed."""
+
+    tenant: str
+    level: str
+    version: int
+    state: int
+
+
+Change: TypeAlias = StateChange | KeyChange
+
+
 class Registry(Protocol):
-    """Async on purpose: the PostgreSQL backend is a network database."""
+    """Async on purpose: the PostgreSQL backend is a network database.
+
+    Every method raises :class:`~krypton.errors.StorageError` (or a subclass)
+    when the database fails; nothing else leaks from the driver."""
 
     async def put_objects(self, records: Sequence[ObjectRecord]) -> None:
-        """Insert, idempotently: an existing uid with the same tenant is left as it is."""
+        """Insert all or none. An existing uid of the same tenant is left as it
+        is (idempotent); a uid of another tenant is a :class:`RegistryConflict`."""
 
-    async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None: ...
+    async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
+        """The object, or None if it does not exist *for this tenant*."""
 
     async def update_object(self, record: ObjectRecord) -> ObjectRecord:
-        """Replace an object's mutable fields; bumps and returns the new revision."""
+        """Replace the mutable fields (state, algorithm, length, l3_version,
+        sealed, attributes, names, groups, custom) of the object whose revision
+        is ``record.revision``; returns it as stored, with the revision bumped.
+        ``ItemNotFound`` if the tenant has no such object; ``RegistryConflict``
+        if its revision has moved on."""
 
     async def locate(self, query: LocateQuery) -> list[str]:
-        """Unique identifiers matching every given filter, in creation order."""
+        """Unique identifiers matching every given filter, in creation order
+        (``created``, then insertion order)."""
 
     async def append_audit(self, record: AuditRecord) -> None: ...
 
-    async def audit(self, tenant: str | None = None, limit: int = 1000) -> list[AuditRecord]: ...
+    async def audit(
+        self, tenant: str | None = None, limit: int = 1000, *, since: float | None = None
+    ) -> list[AuditRecord]:
+        """The newest ``limit`` records (of ``tenant``, at or after ``since``),
+        oldest first, in the order they were appended."""
 
-    async def put_key(self, key: SealedKey) -> None: ...
+    async def put_keys(self, keys: Sequence[SealedKey]) -> None:
+        """Store key versions in one transaction. A new (tenant, level, version)
+        is inserted; an existing one takes the new state, and ``sealed=None``
+        destroys its material. Different material for an existing version, or
+        material for a destroyed one, is a :class:`RegistryConflict`."""
 
-    async def keys(self, tenant: str, level: str) -> list[SealedKey]: ...
+    async def put_key(self, key: SealedKey) -> None:
+        """``put_keys([key])``."""
 
-    async def subscribe(
-        self, callback: Callable[[StateChange], Awaitable[None]]
-    ) -> Callable[[], None]:
-        """Deliver every committed state change; returns an unsubscribe function."""
+    async def keys(self, tenant: str, level: str) -> list[SealedKey]:
+        """The tenant's versions at this level, oldest first."""
+
+    async def subscribe(self, callback: Callable[[Change], Awaitable[None]]) -> Callable[[], None]:
+        """Deliver every committed change (from now on) to ``callback`` on the
+        calling event loop; returns the function that unsubscribes."""
 
     async def close(self) -> None: ...
