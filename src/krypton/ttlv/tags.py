@@ -26,8 +26,15 @@ class Tag(IntEnum):
     BLOCK_CIPHER_MODE = 0x420011
     CANCELLATION_RESULT = 0x420012
     CERTIFICATE = 0x420013
+    CERTIFICATE_IDENTIFIER = 0x420014
+    CERTIFICATE_ISSUER = 0x420015
+    CERTIFICATE_ISSUER_ALTERNATIVE_NAME = 0x420016
+    CERTIFICATE_ISSUER_DISTINGUISHED_NAME = 0x420017
     CERTIFICATE_REQUEST = 0x420018
     CERTIFICATE_REQUEST_TYPE = 0x420019
+    CERTIFICATE_SUBJECT = 0x42001A
+    CERTIFICATE_SUBJECT_ALTERNATIVE_NAME = 0x42001B
+    CERTIFICATE_SUBJECT_DISTINGUISHED_NAME = 0x42001C
     CERTIFICATE_TYPE = 0x42001D
     CERTIFICATE_VALUE = 0x42001E
     COMMON_TEMPLATE_ATTRIBUTE = 0x42001F
@@ -58,6 +65,7 @@ class Tag(IntEnum):
     HASHING_ALGORITHM = 0x420038
     INITIAL_DATE = 0x420039
     INITIALIZATION_VECTOR = 0x42003A
+    ISSUER = 0x42003B
     ITERATION_COUNT = 0x42003C
     IV_COUNTER_NONCE = 0x42003D
     J = 0x42003E
@@ -91,6 +99,7 @@ class Tag(IntEnum):
     OPAQUE_DATA_VALUE = 0x42005A
     OPAQUE_OBJECT = 0x42005B
     OPERATION = 0x42005C
+    OPERATION_POLICY_NAME = 0x42005D
     P = 0x42005E
     PADDING_METHOD = 0x42005F
     PRIME_EXPONENT_P = 0x420060
@@ -132,6 +141,7 @@ class Tag(IntEnum):
     SALT = 0x420084
     SECRET_DATA = 0x420085
     SECRET_DATA_TYPE = 0x420086
+    SERIAL_NUMBER = 0x420087
     SERVER_INFORMATION = 0x420088
     SPLIT_KEY = 0x420089
     SPLIT_KEY_METHOD = 0x42008A
@@ -378,8 +388,15 @@ SPEC_NAME_BY_TAG: dict[int, str] = {
     0x420011: "Block Cipher Mode",
     0x420012: "Cancellation Result",
     0x420013: "Certificate",
+    0x420014: "Certificate Identifier",
+    0x420015: "Certificate Issuer",
+    0x420016: "Certificate Issuer Alternative Name",
+    0x420017: "Certificate Issuer Distinguished Name",
     0x420018: "Certificate Request",
     0x420019: "Certificate Request Type",
+    0x42001A: "Certificate Subject",
+    0x42001B: "Certificate Subject Alternative Name",
+    0x42001C: "Certificate Subject Distinguished Name",
     0x42001D: "Certificate Type",
     0x42001E: "Certificate Value",
     0x42001F: "Common Template-Attribute",
@@ -410,6 +427,7 @@ SPEC_NAME_BY_TAG: dict[int, str] = {
     0x420038: "Hashing Algorithm",
     0x420039: "Initial Date",
     0x42003A: "Initialization Vector",
+    0x42003B: "Issuer",
     0x42003C: "Iteration Count",
     0x42003D: "IV/Counter/Nonce",
     0x42003E: "J",
@@ -443,6 +461,7 @@ SPEC_NAME_BY_TAG: dict[int, str] = {
     0x42005A: "Opaque Data Value",
     0x42005B: "Opaque Object",
     0x42005C: "Operation",
+    0x42005D: "Operation Policy Name",
     0x42005E: "P",
     0x42005F: "Padding Method",
     0x420060: "Prime Exponent P",
@@ -484,6 +503,7 @@ SPEC_NAME_BY_TAG: dict[int, str] = {
     0x420084: "Salt",
     0x420085: "Secret Data",
     0x420086: "Secret Data Type",
+    0x420087: "Serial Number",
     0x420088: "Server Information",
     0x420089: "Split Key",
     0x42008A: "Split Key Method",
@@ -730,8 +750,15 @@ TAG_BY_SPEC_NAME: dict[str, int] = {
     "Block Cipher Mode": 0x420011,
     "Cancellation Result": 0x420012,
     "Certificate": 0x420013,
+    "Certificate Identifier": 0x420014,
+    "Certificate Issuer": 0x420015,
+    "Certificate Issuer Alternative Name": 0x420016,
+    "Certificate Issuer Distinguished Name": 0x420017,
     "Certificate Request": 0x420018,
     "Certificate Request Type": 0x420019,
+    "Certificate Subject": 0x42001A,
+    "Certificate Subject Alternative Name": 0x42001B,
+    "Certificate Subject Distinguished Name": 0x42001C,
     "Certificate Type": 0x42001D,
     "Certificate Value": 0x42001E,
     "Common Template-Attribute": 0x42001F,
@@ -762,6 +789,7 @@ TAG_BY_SPEC_NAME: dict[str, int] = {
     "Hashing Algorithm": 0x420038,
     "Initial Date": 0x420039,
     "Initialization Vector": 0x42003A,
+    "Issuer": 0x42003B,
     "Iteration Count": 0x42003C,
     "IV/Counter/Nonce": 0x42003D,
     "J": 0x42003E,
@@ -795,6 +823,7 @@ TAG_BY_SPEC_NAME: dict[str, int] = {
     "Opaque Data Value": 0x42005A,
     "Opaque Object": 0x42005B,
     "Operation": 0x42005C,
+    "Operation Policy Name": 0x42005D,
     "P": 0x42005E,
     "Padding Method": 0x42005F,
     "Prime Exponent P": 0x420060,
@@ -836,6 +865,7 @@ TAG_BY_SPEC_NAME: dict[str, int] = {
     "Salt": 0x420084,
     "Secret Data": 0x420085,
     "Secret Data Type": 0x420086,
+    "Serial Number": 0x420087,
     "Server Information": 0x420088,
     "Split Key": 0x420089,
     "Split Key Method": 0x42008A,
@@ -1082,8 +1112,15 @@ XML_NAME_BY_TAG: dict[int, str] = {
     0x420011: "BlockCipherMode",
     0x420012: "CancellationResult",
     0x420013: "Certificate",
+    0x420014: "CertificateIdentifier",
+    0x420015: "CertificateIssuer",
+    0x420016: "CertificateIssuerAlternativeName",
+    0x420017: "CertificateIssuerDistinguishedName",
     0x420018: "CertificateRequest",
     0x420019: "CertificateRequestType",
+    0x42001A: "CertificateSubject",
+    0x42001B: "CertificateSubjectAlternativeName",
+    0x42001C: "CertificateSubjectDistinguishedName",
     0x42001D: "CertificateType",
     0x42001E: "CertificateValue",
     0x42001F: "CommonTemplateAttribute",
@@ -1114,6 +1151,7 @@ XML_NAME_BY_TAG: dict[int, str] = {
     0x420038: "HashingAlgorithm",
     0x420039: "InitialDate",
     0x42003A: "InitializationVector",
+    0x42003B: "Issuer",
     0x42003C: "IterationCount",
     0x42003D: "IVCounterNonce",
     0x42003E: "J",
@@ -1147,6 +1185,7 @@ XML_NAME_BY_TAG: dict[int, str] = {
     0x42005A: "OpaqueDataValue",
     0x42005B: "OpaqueObject",
     0x42005C: "Operation",
+    0x42005D: "OperationPolicyName",
     0x42005E: "P",
     0x42005F: "PaddingMethod",
     0x420060: "PrimeExponentP",
@@ -1188,6 +1227,7 @@ XML_NAME_BY_TAG: dict[int, str] = {
     0x420084: "Salt",
     0x420085: "SecretData",
     0x420086: "SecretDataType",
+    0x420087: "SerialNumber",
     0x420088: "ServerInformation",
     0x420089: "SplitKey",
     0x42008A: "SplitKeyMethod",
@@ -1434,8 +1474,15 @@ TAG_BY_XML_NAME: dict[str, int] = {
     "BlockCipherMode": 0x420011,
     "CancellationResult": 0x420012,
     "Certificate": 0x420013,
+    "CertificateIdentifier": 0x420014,
+    "CertificateIssuer": 0x420015,
+    "CertificateIssuerAlternativeName": 0x420016,
+    "CertificateIssuerDistinguishedName": 0x420017,
     "CertificateRequest": 0x420018,
     "CertificateRequestType": 0x420019,
+    "CertificateSubject": 0x42001A,
+    "CertificateSubjectAlternativeName": 0x42001B,
+    "CertificateSubjectDistinguishedName": 0x42001C,
     "CertificateType": 0x42001D,
     "CertificateValue": 0x42001E,
     "CommonTemplateAttribute": 0x42001F,
@@ -1466,6 +1513,7 @@ TAG_BY_XML_NAME: dict[str, int] = {
     "HashingAlgorithm": 0x420038,
     "InitialDate": 0x420039,
     "InitializationVector": 0x42003A,
+    "Issuer": 0x42003B,
     "IterationCount": 0x42003C,
     "IVCounterNonce": 0x42003D,
     "J": 0x42003E,
@@ -1499,6 +1547,7 @@ TAG_BY_XML_NAME: dict[str, int] = {
     "OpaqueDataValue": 0x42005A,
     "OpaqueObject": 0x42005B,
     "Operation": 0x42005C,
+    "OperationPolicyName": 0x42005D,
     "P": 0x42005E,
     "PaddingMethod": 0x42005F,
     "PrimeExponentP": 0x420060,
@@ -1540,6 +1589,7 @@ TAG_BY_XML_NAME: dict[str, int] = {
     "Salt": 0x420084,
     "SecretData": 0x420085,
     "SecretDataType": 0x420086,
+    "SerialNumber": 0x420087,
     "ServerInformation": 0x420088,
     "SplitKey": 0x420089,
     "SplitKeyMethod": 0x42008A,
