@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.krypton-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit setup clean tables
+.PHONY: run test lint typecheck unit setup clean tables proto
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ test: lint typecheck unit
 
 tables: $(STAMP)
 	$(BIN)/python scripts/gen_tables.py
+
+# The uplink's gRPC/protobuf stubs (and their .pyi) from src/krypton/uplink/v1/uplink.proto.
+proto: $(STAMP)
+	VENV=$(VENV) scripts/gen_proto.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

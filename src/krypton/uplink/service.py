@@ -1,0 +1,314 @@
+"""The Core side of the uplink: a gRPC server over mutual TLS that authorises
+every call and hands it to a :class:`CoreHandler`.
+
+How this works
+--------------
+The server requires a client certificate chaining to the configured CA (gRPC
+checks that during the handshake: a client without one never gets a call in).
+For each RPC it reads the peer's certificate from ``context.auth_context()``,
+takes its SPIFFE ID (:func:`krypton.gateway.identity.identity_from_der`, the
+same rule the KMIP listener uses) and looks it up in ``authorised``: SPIFFE ID
+→ the tenants that gateway serves. An unknown gateway, or a request naming a
+tenant the gateway does not serve, is answered ``PERMISSION_DENIED`` before
+the handler is called; the handler therefore only ever sees authorised calls,
+and its ``gateway`` argument is the authenticated SPIFFE ID (the ``gateway``
+name inside requests is the gateway's own claim, used for logs only).
+
+``Subscribe`` forwards the handler's events and, whenever the stream has been
+quiet for ``heartbeat`` seconds, sends a Heartbeat. The handler's iterator is
+expected to yield the current L3 versions first, then one :class:`Heartbeat`
+(the gateway counts itself in sync from there), then changes. An event for a
+tenant outside the subscription is dropped here (and an L3 key's copy wiped)
+as a second line of defence.
+
+Errors: a :class:`KryptonError` from the handler becomes a status code by
+table (:func:`krypton.uplink.convert.status_of`) with its message as details;
+anything else is logged and answered ``INTERNAL`` without detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from krypton.config import TLSConfig
+from krypton.crypto.keyring import L3Grant
+from krypton.errors import ConfigError, KryptonError, PermissionDenied
+from krypton.gateway.identity import identity_from_der
+from krypton.uplink import convert
+from krypton.uplink.types import (
+    CoreEvent,
+    ExecuteRequest,
+    ExecuteResult,
+    Heartbeat,
+    StateChange,
+    WrappedKey,
+)
+from krypton.uplink.v1 import uplink_pb2 as pb
+from krypton.uplink.v1 import uplink_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT = 5.0
+MAX_MESSAGE = 16 * 1024 * 1024
+_IDENTITY_CACHE = 256
+
+Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+
+
+class CoreHandler(Protocol):
+    """What the Core implements. ``gateway`` is the caller's authenticated SPIFFE ID.
+
+    The server owns the material of every :class:`L3Grant` the handler yields: it
+    wipes it once serialised, so yield a fresh ``SecretBytes`` each time.
+    """
+
+    def subscribe(self, gateway: str, tenants: frozenset[str]) -> AsyncIterator[CoreEvent]:
+        """Current L3 versions of ``tenants``, then a Heartbeat, then changes, until cancelled."""
+        ...
+
+    async def sync_keys(self, gateway: str, keys: Sequence[WrappedKey]) -> list[str]:
+        """Store the records durably; the uids stored (already held ones included)."""
+        ...
+
+    async def execute(self, gateway: str, request: ExecuteRequest) -> ExecuteResult:
+        """Run one delegated KMIP batch item."""
+        ...
+
+    async def fetch_key(self, gateway: str, tenant: str, uid: str) -> WrappedKey | None:
+        """The tenant's record with this uid, or None."""
+        ...
+
+
+async def with_heartbeats(
+    events: AsyncIterator[CoreEvent], period: float
+) -> AsyncGenerator[CoreEvent, None]:
+    """``events`` with a :class:`Heartbeat` inserted after each ``period`` of quiet."""
+    pending: asyncio.Future[CoreEvent] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({pending}, timeout=period)
+            if not done:
+                yield Heartbeat.now()
+                continue
+            finished, pending = pending, None
+            try:
+                event = finished.result()
+            except StopAsyncIteration:
+                return
+            yield event
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class _Servicer(pb_grpc.UplinkServicer):
+    def __init__(
+        self,
+        handler: CoreHandler,
+        authorised: Mapping[str, frozenset[str]],
+        heartbeat: float,
+    ) -> None:
+        self._handler = handler
+        self._authorised = {k: frozenset(v) for k, v in authorised.items()}
+        self._heartbeat = heartbeat
+        self._identities: dict[bytes, str] = {}
+
+    # -- authorisation -------------------------------------------------------------
+    def _identity(self, context: Context) -> str:
+        pems = list(context.auth_context().get("x509_pem_cert", ()))
+        if not pems:
+            raise PermissionDenied("no client certificate")
+        pem = pems[0]
+        identity = self._identities.get(pem)
+        if identity is None:
+            try:
+                der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+            except ValueError:
+                raise PermissionDenied("client certificate could not be parsed") from None
+            identity = identity_from_der(der)
+            if len(self._identities) >= _IDENTITY_CACHE:
+                self._identities.clear()
+            self._identities[pem] = identity
+        return identity
+
+    async def _authorise(
+        self, context: Context, tenants: Iterable[str], *, default_all: bool = False
+    ) -> tuple[str, frozenset[str]]:
+        """The caller's SPIFFE ID and the tenants asked for, or abort PERMISSION_DENIED."""
+        try:
+            identity = self._identity(context)
+        except PermissionDenied as e:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, e.message)
+        served = self._authorised.get(identity)
+        if served is None:
+            log.warning("uplink: refused unknown gateway %s", identity)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"gateway {identity} is not authorised at this Core")
+        asked = frozenset(tenants)
+        if not asked and default_all:
+            asked = served
+        refused = sorted(asked - served)
+        if refused or not asked:
+            log.warning("uplink: gateway %s refused tenants %s", identity, refused)
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"gateway {identity} does not serve tenant(s) {', '.join(refused) or '(none)'}",
+            )
+        return identity, asked
+
+    async def _call(self, context: Context, what: str, work: Awaitable[T]) -> T:
+        """Await the handler; its errors become status codes."""
+        try:
+            return await work
+        except KryptonError as e:
+            code, detail = convert.status_of(e), e.message
+        except Exception:
+            log.exception("uplink: %s failed in the Core handler", what)
+            code, detail = grpc.StatusCode.INTERNAL, f"{what} failed at the Core"
+        await context.abort(code, detail)
+
+    # -- RPCs ----------------------------------------------------------------------
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: Context
+    ) -> AsyncIterator[pb.CoreEvent]:
+        gateway, tenants = await self._authorise(context, request.tenants, default_all=True)
+        log.info("uplink: gateway %s (%s) subscribed to %s", request.gateway or "?", gateway,
+                 ", ".join(sorted(tenants)))
+        events = with_heartbeats(self._handler.subscribe(gateway, tenants), self._heartbeat)
+        try:
+            while True:
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except KryptonError as e:
+                    await context.abort(convert.status_of(e), e.message)
+                except Exception:
+                    log.exception("uplink: Subscribe of %s failed in the Core handler", gateway)
+                    await context.abort(grpc.StatusCode.INTERNAL, "Subscribe failed at the Core")
+                if isinstance(event, L3Grant | StateChange) and event.tenant not in tenants:
+                    log.error("uplink: handler pushed tenant %r to %s, not subscribed; dropped",
+                              event.tenant, gateway)
+                    if isinstance(event, L3Grant):
+                        event.material.wipe()
+                    continue
+                msg = convert.event_to_pb(event)
+                if isinstance(event, L3Grant):
+                    event.material.wipe()
+                yield msg
+        finally:
+            await events.aclose()
+            log.info("uplink: gateway %s unsubscribed", gateway)
+
+    async def SyncKeys(self, request: pb.SyncKeysRequest, context: Context) -> pb.SyncKeysResponse:
+        keys = [convert.wrapped_from_pb(k) for k in request.keys]
+        if not keys:
+            await self._authorise(context, (), default_all=True)
+            return pb.SyncKeysResponse()
+        gateway, _ = await self._authorise(context, {k.tenant for k in keys})
+        acked = await self._call(context, "SyncKeys", self._handler.sync_keys(gateway, keys))
+        return pb.SyncKeysResponse(acked=acked)
+
+    async def Execute(self, request: pb.ExecuteRequest, context: Context) -> pb.ExecuteResponse:
+        gateway, _ = await self._authorise(context, (request.tenant,))
+        req = convert.execute_from_pb(request)
+        result = await self._call(context, "Execute", self._handler.execute(gateway, req))
+        return convert.result_to_pb(result)
+
+    async def FetchKey(self, request: pb.FetchKeyRequest, context: Context) -> pb.FetchKeyResponse:
+        gateway, _ = await self._authorise(context, (request.tenant,))
+        key = await self._call(
+            context, "FetchKey", self._handler.fetch_key(gateway, request.tenant, request.uid)
+        )
+        if key is None:
+            return pb.FetchKeyResponse(found=False)
+        if key.tenant != request.tenant or key.uid != request.uid:
+            log.error("uplink: FetchKey handler answered another key; refused")
+            return pb.FetchKeyResponse(found=False)
+        return pb.FetchKeyResponse(found=True, key=convert.wrapped_to_pb(key))
+
+
+class UplinkServer:
+    """The Core's uplink listener (``grpc.aio``, mutual TLS).
+
+    ``authorised`` maps each gateway's SPIFFE ID to the tenants it serves. Port 0
+    picks a free port; :meth:`start` returns the one bound.
+    """
+
+    def __init__(
+        self,
+        handler: CoreHandler,
+        tls: TLSConfig,
+        authorised: Mapping[str, frozenset[str]],
+        host: str = "127.0.0.1",
+        port: int = 5697,
+        *,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        setting: str = "core",
+    ) -> None:
+        if heartbeat <= 0:
+            raise ValueError("heartbeat must be > 0 seconds")
+        self._servicer = _Servicer(handler, authorised, heartbeat)
+        self._tls = tls
+        self._host = host
+        self._port = port
+        self._setting = setting
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def address(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{host}:{self._port}"
+
+    async def start(self) -> int:
+        credentials = convert.server_credentials(self._tls, f"{self._setting}.tls")
+        server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ])
+        pb_grpc.add_UplinkServicer_to_server(self._servicer, server)
+        try:
+            port = server.add_secure_port(self.address, credentials)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise ConfigError(
+                f"{self._setting}.listen_port: cannot listen on {self.address} "
+                "(in use, or not an address of this host)"
+            )
+        await server.start()
+        self._server, self._port = server, port
+        log.info("uplink: listening on %s", self.address)
+        return port
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop accepting calls; running ones get ``grace`` seconds, streams are cancelled."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+            log.info("uplink: stopped listening on %s", self.address)
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

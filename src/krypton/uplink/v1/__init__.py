@@ -1,0 +1,1 @@
+"""Generated uplink stubs (scripts/gen_proto.sh)."""

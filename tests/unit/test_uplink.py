@@ -1,0 +1,655 @@
+"""The uplink over real gRPC and real mutual TLS on loopback, with the dev PKI and
+a small in-test Core (a dict, not a mock).
+
+``python -m tests.unit.test_uplink`` measures Execute round trips instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from krypton.config import TLSConfig
+from krypton.crypto.keyring import KeyRing, L3Grant, L3State
+from krypton.crypto.secret import SecretBytes
+from krypton.errors import GeneralFailure, ItemNotFound, PermissionDenied, UpstreamUnavailable
+from krypton.pki import DevLayout, init_dev_dir
+from krypton.pki.dev import gateway_spiffe_id
+from krypton.uplink.client import UplinkClient, UplinkL3Source, backoff_delay
+from krypton.uplink.service import UplinkServer
+from krypton.uplink.types import (
+    ConnectionState,
+    CoreEvent,
+    ExecuteRequest,
+    ExecuteResult,
+    Heartbeat,
+    StateChange,
+    WrappedKey,
+)
+from krypton.uplink.v1 import uplink_pb2 as pb
+from krypton.uplink.v1 import uplink_pb2_grpc as pb_grpc
+from krypton.vault.record import KeyRecord
+
+GATEWAY = gateway_spiffe_id()
+KEY_DEMO_1 = bytes(range(32))
+KEY_DEMO_2 = bytes(range(32, 64))
+KEY_OTHER_1 = bytes(range(64, 96))
+ALL_BYTES = bytes(range(256)) * 3
+
+
+class DictCore:
+    """A Core handler over dicts; records which gateway called what."""
+
+    def __init__(self) -> None:
+        self.l3: dict[tuple[str, int], tuple[bytes, L3State]] = {
+            ("demo", 1): (KEY_DEMO_1, L3State.ACTIVE),
+            ("other", 1): (KEY_OTHER_1, L3State.ACTIVE),
+        }
+        self.keys: dict[str, WrappedKey] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.executed: list[ExecuteRequest] = []
+        self.cancelled = 0
+        self.delay = 0.0
+        self.streams: list[tuple[frozenset[str], asyncio.Queue[CoreEvent]]] = []
+
+    def grant(self, tenant: str, version: int) -> L3Grant:
+        material, state = self.l3[tenant, version]
+        return L3Grant(tenant, version, SecretBytes(material), state, 60.0)
+
+    def set_l3(self, tenant: str, version: int, material: bytes, state: L3State) -> None:
+        self.l3[tenant, version] = (material, state)
+        for tenants, queue in self.streams:
+            if tenant in tenants:
+                queue.put_nowait(self.grant(tenant, version))
+
+    def change(self, change: StateChange) -> None:
+        for tenants, queue in self.streams:
+            if change.tenant in tenants:
+                queue.put_nowait(change)
+
+    async def subscribe(self, gateway: str, tenants: frozenset[str]) -> AsyncIterator[CoreEvent]:
+        self.calls.append(("subscribe", gateway))
+        entry: tuple[frozenset[str], asyncio.Queue[CoreEvent]] = (tenants, asyncio.Queue())
+        self.streams.append(entry)
+        try:
+            for tenant, version in sorted(self.l3):
+                if tenant in tenants:
+                    yield self.grant(tenant, version)
+            yield Heartbeat.now()
+            while True:
+                yield await entry[1].get()
+        finally:
+            self.streams.remove(entry)
+
+    async def sync_keys(self, gateway: str, keys: Any) -> list[str]:
+        self.calls.append(("sync_keys", gateway))
+        for key in keys:
+            self.keys[key.uid] = key
+        return [k.uid for k in keys]
+
+    async def execute(self, gateway: str, request: ExecuteRequest) -> ExecuteResult:
+        self.calls.append(("execute", gateway))
+        self.executed.append(request)
+        if request.batch_item == b"raise not found":
+            raise ItemNotFound("no object k-404 here")
+        if request.batch_item == b"raise bug":
+            raise ZeroDivisionError("secret detail that must not leave the Core")
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        new = None if request.placeholder is None else request.placeholder + "-next"
+        return ExecuteResult(
+            batch_item=request.batch_item[::-1],
+            changes=(StateChange(request.tenant, "uid-1", 2, 7),),
+            placeholder=new,
+        )
+
+    async def fetch_key(self, gateway: str, tenant: str, uid: str) -> WrappedKey | None:
+        self.calls.append(("fetch_key", gateway))
+        key = self.keys.get(uid)
+        return key if key is not None and key.tenant == tenant else None
+
+
+# -- harness ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> DevLayout:
+    return init_dev_dir(tmp_path_factory.mktemp("dev"))
+
+
+@pytest.fixture(scope="module")
+def stranger(tmp_path_factory: pytest.TempPathFactory) -> DevLayout:
+    """Another development PKI: its gateway certificate is signed by another CA."""
+    return init_dev_dir(tmp_path_factory.mktemp("stranger"))
+
+
+def core_tls(dev: DevLayout) -> TLSConfig:
+    return TLSConfig(cert=dev.core, key=dev.core_key, ca=dev.ca)
+
+
+def gateway_tls(dev: DevLayout) -> TLSConfig:
+    return TLSConfig(cert=dev.gateway, key=dev.gateway_key, ca=dev.ca)
+
+
+def server(dev: DevLayout, core: DictCore, port: int = 0, heartbeat: float = 5.0,
+           tenants: frozenset[str] = frozenset({"demo", "other"})) -> UplinkServer:
+    return UplinkServer(core, core_tls(dev), {GATEWAY: tenants}, "127.0.0.1", port,
+                        heartbeat=heartbeat)
+
+
+def client(tls: TLSConfig, port: int, tenants: tuple[str, ...] = ("demo",),
+           timeout: float = 1.0, **kw: Any) -> UplinkClient:
+    return UplinkClient(f"127.0.0.1:{port}", tls, "gw-test", tenants, timeout, **kw)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]], limit: float = 20.0) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(main(), limit)
+
+    asyncio.run(bounded())
+
+
+async def eventually(check: Callable[[], bool], within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def elapsed(work: Awaitable[object]) -> tuple[BaseException | None, float]:
+    start = time.monotonic()
+    try:
+        await work
+    except Exception as e:
+        return e, time.monotonic() - start
+    return None, time.monotonic() - start
+
+
+def record(uid: str, tenant: str = "demo") -> KeyRecord:
+    return KeyRecord(uid=uid, tenant=tenant, object_type=2, algorithm=3, length=256, state=1,
+                     l3_version=1, wrapped=b"\x01blob" + uid.encode(), attributes=b"\x42\x00",
+                     created=1_700_000_000)
+
+
+# -- the four calls ---------------------------------------------------------------
+def test_subscribe_receives_l3_keys_and_state_changes(dev: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core)
+        port = await srv.start()
+        grants: list[tuple[str, int, bytes, L3State, float]] = []
+        changes: list[StateChange] = []
+        states: list[ConnectionState] = []
+        up = client(gateway_tls(dev), port)
+        up.add_listener(
+            on_l3=lambda g: grants.append(
+                (g.tenant, g.version, g.material.reveal(), g.state, g.lease_seconds)),
+            on_state=changes.append,
+            on_connection=states.append,
+        )
+        await up.start()
+        try:
+            assert await up.wait_ready(5)
+            assert up.state is ConnectionState.READY
+            assert grants == [("demo", 1, KEY_DEMO_1, L3State.ACTIVE, 60.0)]  # not "other"
+            assert states == [ConnectionState.CONNECTING, ConnectionState.READY]
+            core.set_l3("demo", 2, KEY_DEMO_2, L3State.ACTIVE)
+            core.set_l3("other", 2, KEY_OTHER_1, L3State.ACTIVE)
+            core.change(StateChange("demo", "k-1", 5, 9))
+            core.change(StateChange("other", "k-2", 5, 10))
+            await eventually(lambda: len(changes) == 1 and len(grants) == 2)
+            await asyncio.sleep(0.1)
+            assert grants[1] == ("demo", 2, KEY_DEMO_2, L3State.ACTIVE, 60.0)
+            assert changes == [StateChange("demo", "k-1", 5, 9)]
+            assert len(grants) == 2
+            assert core.calls == [("subscribe", GATEWAY)]
+        finally:
+            await up.close()
+            await srv.stop(0)
+
+    run(main)
+
+
+def test_heartbeats_keep_a_quiet_stream_alive(dev: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core, heartbeat=0.1)
+        port = await srv.start()
+        states: list[ConnectionState] = []
+        up = client(gateway_tls(dev), port, stale_after=0.5)
+        up.add_listener(on_connection=states.append)
+        await up.start()
+        try:
+            assert await up.wait_ready(5)
+            await asyncio.sleep(1.5)  # three times stale_after without a real event
+            assert up.state is ConnectionState.READY
+            assert states == [ConnectionState.CONNECTING, ConnectionState.READY]
+            assert core.calls == [("subscribe", GATEWAY)]
+        finally:
+            await up.close()
+            await srv.stop(0)
+
+    run(main)
+
+
+def test_a_silent_core_is_noticed_and_the_stream_redone(dev: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core, heartbeat=30.0)
+        port = await srv.start()
+        states: list[ConnectionState] = []
+        up = client(gateway_tls(dev), port, stale_after=0.3, backoff=(0.05, 0.1))
+        up.add_listener(on_connection=states.append)
+        await up.start()
+        try:
+            await eventually(lambda: states.count(ConnectionState.READY) >= 2)
+            assert ConnectionState.DOWN in states
+            assert "nothing heard" in up.last_error
+        finally:
+            await up.close()
+            await srv.stop(0)
+
+    run(main)
+
+
+def test_sync_keys_and_fetch_key(dev: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core)
+        port = await srv.start()
+        async with client(gateway_tls(dev), port) as up:
+            try:
+                records = [record("k-1"), record("k-2"), record("k-3", "other")]
+                assert await up.sync_keys(records) == ["k-1", "k-2", "k-3"]
+                assert await up.sync_keys([]) == []
+                assert core.keys["k-2"] == WrappedKey.of(records[1])
+                fetched = await up.fetch_key("demo", "k-2")
+                assert fetched is not None
+                assert fetched.wrapped == records[1].wrapped
+                assert fetched.attributes == records[1].attributes
+                assert fetched.created == records[1].created
+                assert fetched.synced
+                assert fetched == KeyRecord(**{**_fields(records[1]), "synced": True})
+                assert await up.fetch_key("demo", "nope") is None
+                assert await up.fetch_key("demo", "k-3") is None  # another tenant's key
+            finally:
+                await srv.stop(0)
+
+    run(main)
+
+
+def _fields(r: KeyRecord) -> dict[str, Any]:
+    return {name: getattr(r, name) for name in KeyRecord.__slots__}
+
+
+def test_execute_round_trip_keeps_raw_bytes(dev: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core)
+        port = await srv.start()
+        async with client(gateway_tls(dev), port) as up:
+            try:
+                req = ExecuteRequest(ALL_BYTES, "spiffe://krypton.dev/tenant/demo/workload/x",
+                                     "demo", (2, 1), "corr-1", placeholder="ph")
+                result = await up.execute(req)
+                assert result.batch_item == ALL_BYTES[::-1]
+                assert result.changes == (StateChange("demo", "uid-1", 2, 7),)
+                assert result.placeholder == "ph-next"
+                assert core.executed == [req]
+                plain = await up.execute(ExecuteRequest(b"", "id", "demo", (1, 4)))
+                assert plain.placeholder is None and plain.batch_item == b""
+                seen = core.executed[1]
+                assert seen.placeholder is None and seen.protocol == (1, 4)
+                assert len(seen.correlation_id) == 16  # filled in by the client
+                empty = await up.execute(ExecuteRequest(b"x", "id", "demo", (1, 4),
+                                                        placeholder=""))
+                assert empty.placeholder == "-next"
+            finally:
+                await srv.stop(0)
+
+    run(main)
+
+
+def test_handler_errors_are_translated_both_ways(dev: DevLayout) -> None:
+    async def main() -> None:
+        srv = server(dev, DictCore())
+        port = await srv.start()
+        async with client(gateway_tls(dev), port) as up:
+            try:
+                with pytest.raises(ItemNotFound) as missing:
+                    await up.execute(ExecuteRequest(b"raise not found", "i", "demo", (2, 1)))
+                assert "no object k-404 here" in missing.value.message
+                with pytest.raises(GeneralFailure) as bug:
+                    await up.execute(ExecuteRequest(b"raise bug", "i", "demo", (2, 1)))
+                assert type(bug.value) is GeneralFailure
+                assert bug.value.message == (
+                    "the Krypton Core failed: INTERNAL: Execute failed at the Core")
+            finally:
+                await srv.stop(0)
+
+    run(main)
+
+
+# -- authorisation ----------------------------------------------------------------
+def test_other_identity_is_refused_and_never_reaches_the_handler(dev: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core)
+        port = await srv.start()
+        workload = TLSConfig(cert=dev.client, key=dev.client_key, ca=dev.ca)
+        states: list[ConnectionState] = []
+        async with client(workload, port, backoff=(0.05, 0.1)) as up:
+            up.add_listener(on_connection=states.append)
+            try:
+                with pytest.raises(PermissionDenied, match="refused this gateway"):
+                    await up.execute(ExecuteRequest(b"x", "id", "demo", (2, 1)))
+                with pytest.raises(PermissionDenied):
+                    await up.sync_keys([record("k-1")])
+                with pytest.raises(PermissionDenied):
+                    await up.fetch_key("demo", "k-1")
+                assert not await up.wait_ready(0.5)
+                assert "PERMISSION_DENIED" in up.last_error
+                assert "workload/client is not authorised" in up.last_error
+                assert ConnectionState.READY not in states
+                assert core.calls == []
+            finally:
+                await srv.stop(0)
+
+    run(main)
+
+
+def test_tenant_not_served_is_refused(dev: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core, tenants=frozenset({"demo"}))
+        port = await srv.start()
+        async with client(gateway_tls(dev), port, tenants=("demo", "other"),
+                          backoff=(0.05, 0.1)) as up:
+            try:
+                assert not await up.wait_ready(0.5)
+                assert "does not serve tenant(s) other" in up.last_error
+                with pytest.raises(PermissionDenied, match="does not serve tenant"):
+                    await up.execute(ExecuteRequest(b"x", "id", "other", (2, 1)))
+                with pytest.raises(PermissionDenied):
+                    await up.sync_keys([record("k-1"), record("k-2", "other")])
+                with pytest.raises(PermissionDenied):
+                    await up.fetch_key("other", "k-1")
+                assert core.calls == []
+                assert core.keys == {}
+                result = await up.execute(ExecuteRequest(b"x", "id", "demo", (2, 1)))
+                assert result.batch_item == b"x"
+                assert core.calls == [("execute", GATEWAY)]
+            finally:
+                await srv.stop(0)
+
+    run(main)
+
+
+def test_no_certificate_or_foreign_ca_cannot_connect(dev: DevLayout,
+                                                     stranger: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core)
+        port = await srv.start()
+        try:
+            creds = grpc.ssl_channel_credentials(root_certificates=dev.ca.read_bytes())
+            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+                stub: pb_grpc.UplinkAsyncStub = pb_grpc.UplinkStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Execute(pb.ExecuteRequest(tenant="demo"), timeout=2)
+                assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            foreign = TLSConfig(cert=stranger.gateway, key=stranger.gateway_key, ca=dev.ca)
+            async with client(foreign, port) as up:
+                error, took = await elapsed(up.execute(ExecuteRequest(b"x", "i", "demo",
+                                                                      (2, 1))))
+                assert isinstance(error, UpstreamUnavailable)
+                assert took < 1.5
+            assert core.calls == []
+        finally:
+            await srv.stop(0)
+
+    run(main)
+
+
+# -- partition and recovery --------------------------------------------------------
+def test_slow_core_fails_within_the_bound_and_the_call_is_cancelled(dev: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        core.delay = 5.0
+        srv = server(dev, core)
+        port = await srv.start()
+        async with client(gateway_tls(dev), port, timeout=0.5) as up:
+            try:
+                error, took = await elapsed(up.execute(ExecuteRequest(b"x", "i", "demo",
+                                                                      (2, 1))))
+                assert isinstance(error, UpstreamUnavailable)
+                assert error.message == "the Krypton Core is unreachable: no answer within 0.5 s"
+                assert took < 1.0
+                await eventually(lambda: core.cancelled == 1)
+            finally:
+                await srv.stop(0)
+
+    run(main)
+
+
+def test_core_stopped_then_restarted_on_the_same_port(dev: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core)
+        port = await srv.start()
+        states: list[ConnectionState] = []
+        changes: list[StateChange] = []
+        up = client(gateway_tls(dev), port, timeout=1.0)
+        up.add_listener(on_connection=states.append, on_state=changes.append)
+        await up.start()
+        try:
+            assert await up.wait_ready(5)
+            await srv.stop(grace=0)
+            await eventually(lambda: up.state is not ConnectionState.READY)
+            for _ in range(3):
+                error, took = await elapsed(up.execute(ExecuteRequest(b"x", "i", "demo",
+                                                                      (2, 1))))
+                assert isinstance(error, UpstreamUnavailable), error
+                assert error.message.startswith("the Krypton Core is unreachable: ")
+                assert took < 1.0 + 0.5
+            with pytest.raises(UpstreamUnavailable):
+                await up.sync_keys([record("k-1")])
+            with pytest.raises(UpstreamUnavailable):
+                await up.fetch_key("demo", "k-1")
+            assert ConnectionState.DOWN in states
+
+            core2 = DictCore()
+            srv2 = server(dev, core2, port=port)
+            assert await srv2.start() == port
+            try:
+                started = time.monotonic()
+                assert await up.wait_ready(5), up.last_error
+                assert time.monotonic() - started < 5
+                core2.change(StateChange("demo", "k-9", 5, 1))
+                await eventually(lambda: changes == [StateChange("demo", "k-9", 5, 1)])
+                result = await up.execute(ExecuteRequest(b"ab", "i", "demo", (2, 1)))
+                assert result.batch_item == b"ba"
+                assert core2.calls[0] == ("subscribe", GATEWAY)
+            finally:
+                await up.close()
+                await srv2.stop(0)
+        finally:
+            await up.close()
+            await srv.stop(0)
+
+    run(main)
+
+
+def test_a_core_that_accepts_but_never_answers(dev: DevLayout) -> None:
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    async def main() -> None:
+        tcp = await asyncio.start_server(hold, "127.0.0.1", 0)
+        port = tcp.sockets[0].getsockname()[1]
+        try:
+            async with client(gateway_tls(dev), port, timeout=0.5) as up:
+                error, took = await elapsed(up.execute(ExecuteRequest(b"x", "i", "demo",
+                                                                      (2, 1))))
+                assert isinstance(error, UpstreamUnavailable), error
+                assert error.message == "the Krypton Core is unreachable: no answer within 0.5 s"
+                assert took < 1.0
+                assert up.state is ConnectionState.CONNECTING
+        finally:
+            tcp.close()
+            await tcp.wait_closed()
+
+    run(main)
+
+
+def test_never_started_or_unreachable_core(dev: DevLayout) -> None:
+    async def main() -> None:
+        up = client(gateway_tls(dev), 9)  # nothing listens on the discard port
+        with pytest.raises(UpstreamUnavailable, match="not started"):
+            await up.execute(ExecuteRequest(b"x", "i", "demo", (2, 1)))
+        async with up:
+            error, took = await elapsed(up.execute(ExecuteRequest(b"x", "i", "demo", (2, 1))))
+            assert isinstance(error, UpstreamUnavailable)
+            assert took < 1.5
+            assert not await up.wait_ready(0.3)
+            assert up.state is not ConnectionState.READY
+
+    run(main)
+
+
+def test_runs_on_uvloop_as_the_cli_does(dev: DevLayout) -> None:
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed on this platform")
+
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core)
+        port = await srv.start()
+        ring = KeyRing()
+        up = client(gateway_tls(dev), port)
+        source = UplinkL3Source(up)
+        await source.start(ring)
+        try:
+            assert ring.active_version("demo") == 1
+            result = await up.execute(
+                ExecuteRequest(ALL_BYTES, "i", "demo", (2, 1)))
+            assert result.batch_item == ALL_BYTES[::-1]
+        finally:
+            await source.close()
+            await srv.stop(0)
+
+    uvloop.run(asyncio.wait_for(main(), 20))
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    for attempt, ceiling in [(0, 0.1), (1, 0.2), (3, 0.8), (6, 5.0), (100, 5.0)]:
+        delays = [backoff_delay(attempt, 0.1, 5.0) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1
+
+
+# -- the L3 source ---------------------------------------------------------------
+def test_uplink_l3_source_fills_a_key_ring(dev: DevLayout) -> None:
+    async def main() -> None:
+        core = DictCore()
+        srv = server(dev, core)
+        port = await srv.start()
+        ring = KeyRing()
+        source = UplinkL3Source(client(gateway_tls(dev), port, tenants=("demo", "other")))
+        await source.start(ring)
+        try:
+            assert ring.tenants() == ["demo", "other"]
+            assert ring.active_version("demo") == 1
+            expires = ring.lease_expires_at("demo", 1)
+            assert expires is not None and 55 < expires - ring.now() <= 60
+
+            version, blob = ring.wrap("demo", "k-1", SecretBytes(b"\x07" * 32))
+            local = KeyRing()
+            local.install("demo", 1, SecretBytes(KEY_DEMO_1), L3State.ACTIVE, ring.now() + 60)
+            assert local.unwrap("demo", "k-1", version, blob).reveal() == b"\x07" * 32
+
+            core.set_l3("demo", 2, KEY_DEMO_2, L3State.ACTIVE)
+            await eventually(lambda: ring.active_version("demo") == 2)
+            core.set_l3("demo", 1, KEY_DEMO_1, L3State.DEACTIVATED)
+            await eventually(lambda: ring.versions("demo").get(1) == L3State.DEACTIVATED)
+            assert ring.unwrap("demo", "k-1", 1, blob).reveal() == b"\x07" * 32
+
+            core.set_l3("demo", 1, KEY_DEMO_1, L3State.COMPROMISED)
+            await eventually(lambda: 1 not in ring.versions("demo"))
+            assert ring.versions("demo") == {2: L3State.ACTIVE}
+            core.set_l3("other", 1, KEY_OTHER_1, L3State.DESTROYED)
+            await eventually(lambda: "other" not in ring.tenants())
+        finally:
+            await source.close()
+            await srv.stop(0)
+        assert ring.versions("demo") == {2: L3State.ACTIVE}
+
+    run(main)
+
+
+# -- benchmark: python -m tests.unit.test_uplink [calls] [--split] --------------------
+def _serve(root: str, ports: Queue[int], stop: Event) -> None:
+    async def main() -> None:
+        srv = server(DevLayout(Path(root)), DictCore())
+        ports.put(await srv.start())
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await srv.stop(0)
+
+    asyncio.run(main())
+
+
+async def _bench(calls: int, split: bool) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        dev = init_dev_dir(Path(d))
+        srv: UplinkServer | None = None
+        if split:  # the Core in its own process, as in production
+            mp = multiprocessing.get_context("spawn")
+            ports: Queue[int] = mp.Queue()
+            stop = mp.Event()
+            child = mp.Process(target=_serve, args=(d, ports, stop))
+            child.start()
+            port = ports.get(timeout=30)
+        else:  # Core and gateway share this process and its event loop
+            srv = server(dev, DictCore())
+            port = await srv.start()
+        async with client(gateway_tls(dev), port, timeout=2.0) as up:
+            assert await up.wait_ready(5)
+            req = ExecuteRequest(b"\x42" * 120, "spiffe://krypton.dev/tenant/demo/workload/c",
+                                 "demo", (2, 1), "bench")
+            for _ in range(100):
+                await up.execute(req)
+            took: list[float] = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                await up.execute(req)
+                took.append((time.perf_counter() - start) * 1e3)
+        if srv is not None:
+            await srv.stop(0)
+        else:
+            stop.set()
+            child.join(10)
+    took.sort()
+    q = statistics.quantiles(took, n=100)
+    where = "Core in another process" if split else "Core in the same process and loop"
+    print(f"Execute round trip over mTLS gRPC ({where}), {calls} sequential calls: "
+          f"p50 {q[49]:.3f} ms  p99 {q[98]:.3f} ms  max {took[-1]:.3f} ms")
+
+
+if __name__ == "__main__":
+    numbers = [int(a) for a in sys.argv[1:] if a.isdigit()]
+    asyncio.run(_bench(numbers[0] if numbers else 1000, "--split" in sys.argv))
