@@ -131,6 +131,13 @@ class SealedKey:
     sealed: bytes | None  # None once destroyed
     created: float = field(default=0.0)
 
+    def __repr__(self) -> str:
+        sealed = None if self.sealed is None else f"<{len(self.sealed)} bytes>"
+        return (
+            f"SealedKey(tenant={self.tenant!r}, level={self.level!r}, version={self.version}, "
+            f"state={self.state}, sealed={sealed})"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StateChange:

@@ -1,0 +1,57 @@
+"""The Core registry: one interface (:class:`Registry`), two backends.
+
+``await open_registry(url)`` picks the backend from the URL, as
+``CoreConfig.registry`` spells it:
+
+- ``sqlite:PATH``: one SQLite file (a single Core);
+- ``sqlite::memory:``: an in-memory database, gone when closed (tests, demos);
+- ``postgresql://...`` or ``postgres://...``: PostgreSQL, for any number of
+  Core instances on one database.
+
+Opening is async because the PostgreSQL backend connects (and migrates)
+before it returns, so a wrong DSN fails at start-up, not at the first request.
+"""
+
+from __future__ import annotations
+
+from krypton.errors import ConfigError
+from krypton.registry.base import (
+    AuditRecord,
+    Change,
+    KeyChange,
+    LocateQuery,
+    ObjectRecord,
+    Registry,
+    RegistryConflict,
+    SealedKey,
+    StateChange,
+)
+
+__all__ = [
+    "AuditRecord",
+    "Change",
+    "KeyChange",
+    "LocateQuery",
+    "ObjectRecord",
+    "Registry",
+    "RegistryConflict",
+    "SealedKey",
+    "StateChange",
+    "open_registry",
+]
+
+
+async def open_registry(url: str) -> Registry:
+    """Open the registry ``url`` names (see the module comment)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from krypton.registry.postgres import PostgresRegistry
+
+        return await PostgresRegistry.open(url)
+    if url.startswith("sqlite:") and len(url) > len("sqlite:"):
+        from krypton.registry.sqlite import SqliteRegistry
+
+        return SqliteRegistry.open(url.removeprefix("sqlite:"))
+    # Never echo the URL: a mistyped PostgreSQL URL may carry a password.
+    raise ConfigError(
+        "registry: must be 'sqlite:<path>', 'sqlite::memory:' or 'postgresql://...'"
+    )

@@ -1,0 +1,128 @@
+"""The registry schema, as ordered migrations for each backend, side by side.
+
+``SQLITE[i]`` and ``POSTGRES[i]`` take a database from schema version ``i``
+to ``i + 1``; the version lives in the one-row ``schema_version`` table.
+Keep the two lists in step (same tables, columns and indexes; only the types
+differ) and never edit a released step: append a new one.
+
+Tables: ``objects`` (one row per managed object; ``seq`` is the insertion
+order Locate sorts by after ``created``), the Locate side tables
+``object_names``, ``object_groups`` and ``object_custom`` (rewritten with
+their object; ``pos`` keeps the order of the record's tuple), ``keys`` (sealed
+tenant keys) and ``audit``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from krypton.errors import StorageError
+
+_INDEXES = (
+    "CREATE INDEX objects_tenant_state ON objects(tenant, state)",
+    "CREATE INDEX objects_tenant_type ON objects(tenant, object_type)",
+    "CREATE INDEX object_names_tenant_name ON object_names(tenant, name)",
+    "CREATE INDEX object_groups_tenant_name ON object_groups(tenant, name)",
+    "CREATE INDEX object_custom_tenant_name_value ON object_custom(tenant, name, value)",
+    "CREATE INDEX audit_tenant_time ON audit(tenant, time)",
+)
+
+
+def _side_tables(pos_type: str) -> tuple[str, ...]:
+    ref = "uid TEXT NOT NULL REFERENCES objects(uid) ON DELETE CASCADE"
+    return (
+        f"CREATE TABLE object_names ({ref}, pos {pos_type} NOT NULL,"
+        " tenant TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (uid, pos))",
+        f"CREATE TABLE object_groups ({ref}, pos {pos_type} NOT NULL,"
+        " tenant TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (uid, pos))",
+        f"CREATE TABLE object_custom ({ref}, pos {pos_type} NOT NULL,"
+        " tenant TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,"
+        " PRIMARY KEY (uid, pos))",
+    )
+
+
+SQLITE: tuple[tuple[str, ...], ...] = (
+    # v1
+    (
+        "CREATE TABLE objects ("
+        " seq INTEGER PRIMARY KEY,"  # the rowid, made explicit so that VACUUM keeps it
+        " uid TEXT NOT NULL UNIQUE,"
+        " tenant TEXT NOT NULL, object_type INTEGER NOT NULL, state INTEGER NOT NULL,"
+        " created INTEGER NOT NULL, algorithm INTEGER, length INTEGER, l3_version INTEGER,"
+        " sealed BLOB, attributes BLOB NOT NULL, origin TEXT NOT NULL,"
+        " revision INTEGER NOT NULL)",
+        *_side_tables("INTEGER"),
+        "CREATE TABLE keys ("
+        " tenant TEXT NOT NULL, level TEXT NOT NULL, version INTEGER NOT NULL,"
+        " state INTEGER NOT NULL, sealed BLOB, created REAL NOT NULL,"
+        " PRIMARY KEY (tenant, level, version))",
+        "CREATE TABLE audit ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " time REAL NOT NULL, identity TEXT NOT NULL, tenant TEXT NOT NULL,"
+        " operation TEXT NOT NULL, uid TEXT, result TEXT NOT NULL,"
+        " gateway TEXT, correlation_id TEXT, detail TEXT NOT NULL)",
+        *_INDEXES,
+    ),
+)
+
+POSTGRES: tuple[tuple[str, ...], ...] = (
+    # v1
+    (
+        "CREATE TABLE objects ("
+        " uid TEXT PRIMARY KEY,"
+        " seq BIGINT GENERATED ALWAYS AS IDENTITY,"
+        " tenant TEXT NOT NULL, object_type INTEGER NOT NULL, state INTEGER NOT NULL,"
+        " created BIGINT NOT NULL, algorithm INTEGER, length INTEGER, l3_version INTEGER,"
+        " sealed BYTEA, attributes BYTEA NOT NULL, origin TEXT NOT NULL,"
+        " revision BIGINT NOT NULL)",
+        *_side_tables("INTEGER"),
+        "CREATE TABLE keys ("
+        " tenant TEXT NOT NULL, level TEXT NOT NULL, version INTEGER NOT NULL,"
+        " state INTEGER NOT NULL, sealed BYTEA, created DOUBLE PRECISION NOT NULL,"
+        " PRIMARY KEY (tenant, level, version))",
+        "CREATE TABLE audit ("
+        " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " time DOUBLE PRECISION NOT NULL, identity TEXT NOT NULL, tenant TEXT NOT NULL,"
+        " operation TEXT NOT NULL, uid TEXT, result TEXT NOT NULL,"
+        " gateway TEXT, correlation_id TEXT, detail TEXT NOT NULL)",
+        *_INDEXES,
+    ),
+)
+
+LATEST = len(SQLITE)
+assert len(POSTGRES) == LATEST
+
+VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+
+
+def too_new(version: int) -> StorageError:
+    return StorageError(f"registry schema version {version} is newer than this Core's ({LATEST})")
+
+
+def migrate_sqlite(conn: sqlite3.Connection, target: int = LATEST) -> int:
+    """Bring the file up to ``target``; returns the version it is at. One
+    ``BEGIN IMMEDIATE`` per step, re-reading the version inside it, so two
+    processes opening an old file migrate it once. ``conn`` must be in
+    autocommit mode (``isolation_level=None``)."""
+    if target > LATEST:
+        raise ValueError(f"no migration to schema version {target}")
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(VERSION_TABLE)
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            version = int(row[0]) if row else 0
+            if version > LATEST:
+                raise too_new(version)
+            if version >= target:
+                conn.execute("COMMIT")
+                return version
+            for stmt in SQLITE[version]:
+                conn.execute(stmt)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version VALUES (?)", (version + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
