@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from krypton.engine.attr_view import (
+    attribute_list_payload,
+    attributes_payload,
+    non_selector_fields,
+    pick,
+    selected_names,
+)
 from krypton.engine.context import RequestContext
 from krypton.engine.objects import (
     Outcome,
@@ -12,59 +19,21 @@ from krypton.engine.objects import (
     request_uid,
 )
 from krypton.errors import InvalidMessage
-from krypton.kmip.attributes import (
-    Attribute,
-    attributes_v2,
-    parse_reference,
-    reference_v2,
-    to_v1,
-)
 from krypton.kmip.versions import SUPPORTED, ProtocolVersion
 from krypton.ttlv.enums import ObjectType, QueryFunction
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
 _S = ItemType.STRUCTURE
-_SELECTORS = (Tag.ATTRIBUTE_NAME, Tag.ATTRIBUTE_REFERENCE)
-
-
-def _selected(payload: Item | None) -> list[str]:
-    if payload is None:
-        return []
-    names = [parse_reference(c) for c in payload.children if c.tag in _SELECTORS]
-    if len(set(names)) != len(names):
-        raise InvalidMessage("Get Attributes: the same attribute is named more than once")
-    return names
-
-
-def _attributes_payload(ctx: RequestContext, uid: str, attrs: list[Attribute]) -> Item:
-    uid_item = Item.text(Tag.UNIQUE_IDENTIFIER, uid)
-    if ctx.version.v2:
-        return Item.structure(Tag.RESPONSE_PAYLOAD, uid_item, attributes_v2(attrs))
-    return Item(
-        Tag.RESPONSE_PAYLOAD, _S, (uid_item, *(to_v1(a, with_index=a.index > 0) for a in attrs))
-    )
-
-
-def _non_selector_fields(payload: Item | None) -> dict[int, Item]:
-    """The payload's single-valued fields; the selectors may repeat and are read apart."""
-    if payload is None:
-        return {}
-    rest = tuple(c for c in payload.children if c.tag not in _SELECTORS)
-    return payload_fields(Item(payload.tag, payload.type, rest), "Get Attributes")
 
 
 async def get_attributes(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
-    f = _non_selector_fields(payload)
+    f = non_selector_fields(payload)
     uid = request_uid(f, ctx)
     assert uid is not None
     rec = load(svc, ctx, uid)
-    attrs = object_attributes(rec)
-    wanted = _selected(payload)
-    if wanted:
-        order = {name: i for i, name in enumerate(wanted)}
-        attrs = sorted((a for a in attrs if a.name in order), key=lambda a: order[a.name])
-    return Outcome(_attributes_payload(ctx, rec.uid, attrs))
+    attrs = pick(object_attributes(rec), selected_names(payload))
+    return Outcome(attributes_payload(ctx, rec.uid, attrs))
 
 
 async def get_attribute_list(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
@@ -72,14 +41,7 @@ async def get_attribute_list(svc: Services, ctx: RequestContext, payload: Item |
     uid = request_uid(f, ctx)
     assert uid is not None
     rec = load(svc, ctx, uid)
-    names = list(dict.fromkeys(a.name for a in object_attributes(rec)))
-    if ctx.version.v2:
-        refs = tuple(reference_v2(n) for n in names)
-    else:
-        refs = tuple(Item.text(Tag.ATTRIBUTE_NAME, n) for n in names)
-    return Outcome(
-        Item(Tag.RESPONSE_PAYLOAD, _S, (Item.text(Tag.UNIQUE_IDENTIFIER, rec.uid), *refs))
-    )
+    return Outcome(attribute_list_payload(ctx, rec.uid, object_attributes(rec)))
 
 
 def _version_item(v: ProtocolVersion) -> Item:
