@@ -117,6 +117,11 @@ class KmipClient:
         return cm.key_material(r.items[0].payload)
 
     def create_get(self, length: int = 256) -> tuple[str, bytes]:
-        r = self.call_ok([cm.create_item(self.version, cm.aes_attributes(length)), cm.get_item()])
+        r = self.call_ok(
+            [
+                cm.create_item(self.version, cm.aes_attributes(length), b"\x01"),
+                cm.get_item(None, b"\x02"),
+            ]
+        )
         assert r.items[1].payload is not None
         return cm.unique_identifier(r.items[1].payload), cm.key_material(r.items[1].payload)
