@@ -122,7 +122,12 @@ class CoreConfig:
     master_key_file: Path = Path("master.key")
     l3_lease_seconds: int = 86_400
     tenants: tuple[str, ...] = ("demo", "other")
+    gateways: tuple[str, ...] = ("spiffe://krypton.dev/gateway/gw-dev",)
     tls: TLSConfig
+
+    def authorised_gateways(self) -> dict[str, frozenset[str]]:
+        """Each gateway's SPIFFE ID → the tenants it is served (all of this Core's)."""
+        return {g: frozenset(self.tenants) for g in self.gateways}
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -274,6 +279,17 @@ def _tenants(v: Any, ctx: _Ctx) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _spiffe_ids(v: Any, ctx: _Ctx) -> tuple[str, ...]:
+    want = "must be a list of gateway SPIFFE IDs (spiffe://trust-domain/path)"
+    if ctx.from_env and isinstance(v, str):
+        v = _env_list(v)
+    if not isinstance(v, list | tuple):
+        raise _Bad(want)
+    if not all(isinstance(g, str) and g.startswith("spiffe://") and len(g) > 9 for g in v):
+        raise _Bad(want)
+    return tuple(v)
+
+
 def _env_list(s: str) -> list[Any]:
     if s.strip().startswith("["):
         try:
@@ -350,6 +366,7 @@ _CORE = _Section(
         "master_key_file": _path(must_exist=False),
         "l3_lease_seconds": _integer(1),
         "tenants": _tenants,
+        "gateways": _spiffe_ids,
     },
     {"tls": _TLS},
 )

@@ -12,13 +12,13 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
-from tests.pg import PgServer, postgres_server
+from tests.pg import PgServer
 
 from krypton.errors import ConfigError, InvalidField, ItemNotFound, StorageError
 from krypton.registry import (
@@ -37,12 +37,6 @@ from krypton.registry._common import locate_sql
 
 KEY, SECRET_DATA = 2, 7  # KMIP Object Type values
 PRE_ACTIVE, ACTIVE, DEACTIVATED, DESTROYED = 1, 2, 3, 6
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PgServer]:
-    with postgres_server() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "memory", "postgresql"])

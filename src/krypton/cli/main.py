@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from krypton.bench.cli import register as register_bench
+from krypton.cli.core import register as register_core
 from krypton.config import CoreConfig, GatewayConfig, load_core_config, load_gateway_config
 from krypton.core.dev import EmbeddedStack, prepare_tenants
 from krypton.errors import ConfigError, KryptonError
@@ -169,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gw.add_argument("--workers", type=int, default=0, help="processes on one port (SO_REUSEPORT)")
     gw.set_defaults(func=cmd_gateway)
+
+    register_core(sub, _run, _wait_for_signal)
+    register_bench(sub)
     return p
 
 

@@ -1,12 +1,16 @@
-"""An :class:`~krypton.crypto.keyring.L3Source` backed by an in-process
-:class:`~krypton.core.keystore.CoreKeyStore` (the embedded dev stack).
+"""An :class:`~krypton.crypto.keyring.L3Source` backed by a
+:class:`~krypton.core.keystore.CoreKeyStore` in the same process (the
+embedded dev stack).
 
 At start it makes sure each served tenant exists, installs every usable L3
-version into the gateway's ring, and subscribes to the store: a rotation or
-state change is pushed into the ring as soon as the store commits it, on the
-thread that made it (the ring takes writers from any thread). A renewal task
-re-grants every version at half the lease, as the uplink's heartbeats will.
-Nothing about L3 is written to the gateway's own files.
+version into the gateway's ring, and listens to the store: a rotation or
+state change is pushed into the ring as soon as the store reports it, which
+is before ``rotate_l3``/``set_l3_state`` return for changes made through this
+store, and within the store watcher's delay for changes made by another
+process (start the watcher with :meth:`CoreKeyStore.start_watching`; the
+owner of the store does that, not this source). A renewal task re-grants
+every version at half the lease, as the uplink's heartbeats will. Nothing
+about L3 is written to the gateway's own files.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ DEFAULT_LEASE_SECONDS = 24 * 3600.0
 
 
 class EmbeddedL3Source:
-    """Feeds a key ring from a local CoreKeyStore."""
+    """Feeds a key ring from a CoreKeyStore of this process."""
 
     def __init__(
         self,
@@ -43,7 +47,11 @@ class EmbeddedL3Source:
     async def start(self, ring: KeyRing) -> None:
         self._ring = ring
         self._unsubscribe = self._store.add_listener(self._on_change)
-        await asyncio.to_thread(self._grant_all, True)
+        try:
+            await self._grant_all(create=True)
+        except BaseException:
+            await self.close()
+            raise
         self._renewer = asyncio.create_task(self._renew_forever(), name="l3-lease-renewal")
 
     async def close(self) -> None:
@@ -57,11 +65,11 @@ class EmbeddedL3Source:
             self._renewer = None
         self._ring = None
 
-    def _grant_all(self, create: bool = False) -> None:
+    async def _grant_all(self, create: bool = False) -> None:
         if create:
             for tenant in sorted(self._tenants):
-                self._store.ensure_tenant(tenant)
-        self._install(self._store.grants(sorted(self._tenants), self._lease))
+                await self._store.ensure_tenant(tenant)
+        self._install(await self._store.grants(sorted(self._tenants), self._lease))
 
     def _install(self, grants: list[L3Grant]) -> None:
         ring = self._ring
@@ -71,22 +79,21 @@ class EmbeddedL3Source:
             else:
                 ring.install_grant(grant)
 
-    def _on_change(self, tenant: str, version: int, state: L3State) -> None:
-        ring = self._ring
-        if ring is None or tenant not in self._tenants:
+    async def _on_change(self, tenant: str, version: int, state: L3State) -> None:
+        if self._ring is None or tenant not in self._tenants:
             return
-        if state in (L3State.COMPROMISED, L3State.DESTROYED):
-            ring.set_state(tenant, version, state)
+        if state not in (L3State.ACTIVE, L3State.DEACTIVATED):
+            self._ring.drop(tenant, version)
             return
-        grant = self._store.grant(tenant, version, self._lease)
+        grant = await self._store.grant(tenant, version, self._lease)
         if grant is not None:
-            self._install([grant])
+            self._install([grant])  # wipes it if we were closed while reading
 
     async def _renew_forever(self) -> None:
         period = max(self._lease / 2, 0.05)
         while True:
             await asyncio.sleep(period)
             try:
-                await asyncio.to_thread(self._grant_all)
+                await self._grant_all()
             except Exception:
                 log.exception("renewing L3 leases from the embedded Core failed")

@@ -1,34 +1,83 @@
-"""The Core's tenant (L2) and service (L3) keys, persisted in SQLite.
+"""The Core's tenant (L2) and service (L3) keys, kept in the registry's key table.
 
 How this works
 --------------
 A Core master key (32 bytes, from ``$KRYPTON_CORE_MASTER_KEY`` as hex or from
-a 0600 file created on first use) stands in for the customer's L1. Each
-tenant has one L2 key, stored sealed by the master key with the binding
-``"L2" | tenant``; each tenant's L3 versions are stored sealed by its L2 with
-``"L3" | tenant | version``. Sealing is the same AES-256-GCM helper the
-gateway uses for L4 keys (:mod:`krypton.crypto.wrap`), so no key is ever
-written in the clear and a blob copied to another row fails to open.
+a 0600 file created on first use) stands in for the customer's L1. Everything
+lives in the registry (:class:`~krypton.registry.base.Registry`, SQLite or
+PostgreSQL) as :class:`~krypton.registry.base.SealedKey` rows, so several Core
+instances on one PostgreSQL database share the same keys:
 
-A sealed constant in ``core_keystore_meta`` tells a wrong master key apart
-from a damaged row: opening the store with another master key raises
-:class:`~krypton.errors.MasterKeyMismatch` before anything else happens.
+===========  ==========  ========  ===============================================
+tenant       level       version   sealed
+===========  ==========  ========  ===============================================
+``""``       ``MK``      1         a constant sealed by the master key (the check)
+``""``       ``TENANT``  n         tenant directory slot n: the tenant's name,
+                                   sealed by the master key
+t            ``L2``      1         t's L2, sealed by the master key, ``"L2"|t``
+t            ``L3``      v         t's L3 version v, sealed by its L2,
+                                   ``"L3"|t|v``; None once DESTROYED
+t            ``L3LOG``   n         the n-th committed change to t's L3 versions
+                                   (16 random bytes; no key)
+===========  ==========  ========  ===============================================
 
-L2 keys stay in memory once opened; L3 plaintext exists only inside the
-:class:`~krypton.crypto.keyring.L3Grant` objects handed to a source (which
-hands their ownership to a key ring). Listeners registered with
-:meth:`CoreKeyStore.add_listener` hear ``(tenant, version, state)`` after
-every committed L3 change, on the thread that made it.
+Sealing is the gateway's AES-256-GCM helper (:mod:`krypton.crypto.wrap`), so no
+key is ever stored in the clear and a blob copied to another row fails to open.
+``state`` is an :class:`~krypton.crypto.keyring.L3State` value (ACTIVE for the
+rows that have no lifecycle). Opening with another master key fails on the
+check row with :class:`~krypton.errors.MasterKeyMismatch`.
+
+Concurrency between Core instances is optimistic, built on the registry's rule
+that an existing version's sealed material is never replaced (a clash raises
+:class:`~krypton.registry.base.RegistryConflict`). Every change to a tenant's
+L3 versions is ONE ``put_keys`` transaction whose first row is the tenant's
+next ``L3LOG`` version, computed from a read made *before* the L3 rows were
+read. Two Cores changing one tenant at once both claim the same log version
+with different random bytes, so exactly one commits. ``rotate_l3`` then
+reports the clash (the other Core's change stands; a blind retry would rotate
+twice); ``set_l3_state`` and ``ensure_tenant`` re-read, re-check their rules
+and retry. New tenants claim a directory slot the same way.
+
+Listeners (:meth:`CoreKeyStore.add_listener`) hear ``(tenant, version, state)``
+for every L3 version whose state differs from what this store last reported.
+A change made through this store is reported before the method returns. A
+change made elsewhere (another Core instance, ``krypton core rotate-l3``, a
+second store in this process) is found by the watcher
+(:meth:`CoreKeyStore.start_watching`), which re-reads a tenant's L3 rows when
+
+* the registry's ``subscribe`` reports a ``KeyChange`` for it: on PostgreSQL
+  this is LISTEN/NOTIFY, so another instance's commit arrives in milliseconds;
+  a slow full re-read (``resync_interval``, a minute) only repairs what a lost
+  LISTEN connection missed;
+* on a SQLite file, where ``subscribe`` only reports changes made through the
+  same registry object, a fingerprint of the key table (per tenant and level:
+  count, highest version, a state checksum and how many rows hold material)
+  changes. It is one aggregate statement every ``poll_interval`` (0.25 s) on a
+  read-only connection of our own to the registry's file (its ``keys``
+  table, :mod:`krypton.registry.schema`). That is acceptable here: the key
+  table holds a few rows per tenant, WAL readers never block the writer, and
+  SQLite is the single-node backend, so the readers are a handful of local
+  processes (a poll costs about 0.1 ms for two tenants, 2 ms for 200).
+
+Reports are diffs against this store's own view, so an event heard twice (the
+subscription and the poll, or our own commit coming back) is reported once.
+Listeners run on the event loop, one event at a time, while the store's lock
+is held: they may read the store (``grant``, ``grants``, ``l3_states``) but
+must not change it. L2 keys stay in memory once opened; L3 plaintext exists
+only inside the :class:`~krypton.crypto.keyring.L3Grant` objects handed out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
+import logging
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from krypton.crypto.keyring import L3Grant, L3State
@@ -36,32 +85,29 @@ from krypton.crypto.secret import SecretBytes, generate_key
 from krypton.crypto.wrap import WrappingKey, binding
 from krypton.errors import (
     ConfigError,
+    InvalidField,
     ItemNotFound,
     MasterKeyMismatch,
     StorageError,
     UnwrapFailed,
     WrongKeyLifecycleState,
 )
+from krypton.registry.base import Change, KeyChange, Registry, RegistryConflict, SealedKey
+from krypton.registry.sqlite import SqliteRegistry
+
+log = logging.getLogger("krypton.core.keys")
 
 MASTER_KEY_ENV = "KRYPTON_CORE_MASTER_KEY"
 MASTER_KEY_ID = 1
 L2_KEY_ID = 1
-SCHEMA_VERSION = 1
-_CHECK_PLAINTEXT = b"krypton core master key check v1"
+CHECK_PLAINTEXT = b"krypton core master key check v1"
 
-Listener = Callable[[str, int, L3State], None]
+CORE_ROWS = ""  # the tenant column of Core-wide rows (the check and the directory)
+MK, DIRECTORY, L2, L3, L3_LOG = "MK", "TENANT", "L2", "L3", "L3LOG"
+RETRIES = 8  # each conflict means another Core committed, so retries make progress
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS core_keystore_meta ("
-    " name TEXT PRIMARY KEY, value BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS core_l2 ("
-    " tenant TEXT PRIMARY KEY, wrapped BLOB NOT NULL, created INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS core_l3 ("
-    " tenant TEXT NOT NULL REFERENCES core_l2(tenant),"
-    " version INTEGER NOT NULL, state INTEGER NOT NULL,"
-    " wrapped BLOB NOT NULL, created INTEGER NOT NULL,"
-    " PRIMARY KEY (tenant, version))",
-)
+Listener = Callable[[str, int, L3State], Awaitable[None] | None]
+Event = tuple[str, int, L3State]
 
 # Which L3 state changes the Core allows (DESTROYED is final; COMPROMISED can
 # only be destroyed).
@@ -71,6 +117,12 @@ _ALLOWED: Mapping[L3State, frozenset[L3State]] = {
     L3State.COMPROMISED: frozenset({L3State.COMPROMISED, L3State.DESTROYED}),
     L3State.DESTROYED: frozenset({L3State.DESTROYED}),
 }
+_USABLE = frozenset({L3State.ACTIVE, L3State.DEACTIVATED})
+_FINGERPRINT = (
+    "SELECT tenant, level, count(*), max(version), total(state * version), count(sealed)"
+    " FROM keys WHERE level IN ('L3', 'L3LOG') GROUP BY tenant, level"
+)
+Fingerprint = dict[str, tuple[tuple[object, ...], ...]]
 
 
 def load_master_key(
@@ -134,252 +186,406 @@ def _read_master_key(path: Path) -> SecretBytes:
     return SecretBytes.adopt(buf)
 
 
-@contextlib.contextmanager
-def _storage(what: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise StorageError(f"Core key store: {what} failed ({exc.__class__.__name__})") from None
+def _states(rows: Iterable[SealedKey]) -> dict[int, L3State]:
+    return {k.version: L3State(k.state) for k in rows}
+
+
+def _next(rows: Sequence[SealedKey]) -> int:
+    return max((k.version for k in rows), default=0) + 1
+
+
+def _row(tenant: str, level: str, version: int, sealed: bytes) -> SealedKey:
+    return SealedKey(tenant, level, version, L3State.ACTIVE, sealed, time.time())
+
+
+def _log_row(tenant: str, log_rows: Sequence[SealedKey]) -> SealedKey:
+    return _row(tenant, L3_LOG, _next(log_rows), os.urandom(16))
+
+
+def _sqlite_file(registry: Registry) -> str | None:
+    if isinstance(registry, SqliteRegistry) and registry.path != ":memory:":
+        return registry.path
+    return None
+
+
+def _clash(tenant: str) -> RegistryConflict:
+    return RegistryConflict(
+        f"tenant {tenant!r}: another Core changed its service keys (L3) at the same time;"
+        " nothing was changed here"
+    )
 
 
 class CoreKeyStore:
-    """L2 and L3 keys of every tenant; one SQLite file (``open`` it)."""
+    """L2 and L3 keys of every tenant, in a registry (``await CoreKeyStore.open(...)``)."""
 
-    def __init__(self, conn: sqlite3.Connection, master: WrappingKey) -> None:
-        self._conn = conn
+    def __init__(self, registry: Registry, master: WrappingKey) -> None:
+        self._registry = registry
         self._master = master
         self._l2: dict[str, WrappingKey] = {}
-        self._lock = threading.RLock()
+        self._names: dict[int, str] = {}  # directory slot -> tenant name
+        self._seen: dict[str, dict[int, L3State]] = {}  # what listeners were told
         self._listeners: list[Listener] = []
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._poll_conn: sqlite3.Connection | None = None
 
     @classmethod
-    def open(cls, path: str | Path, master_key: SecretBytes) -> CoreKeyStore:
-        """Open (or create) the store. The store keeps its own copy of
-        ``master_key``: the caller may (and should) wipe theirs afterwards."""
+    async def open(cls, registry: Registry, master_key: SecretBytes) -> CoreKeyStore:
+        """Check ``master_key`` against the registry (storing the check on first
+        use) and load the current L3 states. The store keeps its own copy of
+        ``master_key``: the caller may (and should) wipe theirs afterwards. The
+        caller keeps owning ``registry`` (close it after the store)."""
         master = WrappingKey(MASTER_KEY_ID, SecretBytes(master_key.view()))
-        with _storage("open"):
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            with _storage("open"):
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA foreign_keys=ON")
-                conn.execute("BEGIN IMMEDIATE")
-                for stmt in _SCHEMA:
-                    conn.execute(stmt)
-                rows = dict(conn.execute("SELECT name, value FROM core_keystore_meta"))
-                if not rows:
-                    check = master.seal(binding("MK", "check"), _CHECK_PLAINTEXT)
-                    conn.executemany(
-                        "INSERT INTO core_keystore_meta VALUES (?, ?)",
-                        [("schema_version", SCHEMA_VERSION), ("master_check", check)],
-                    )
-                conn.execute("COMMIT")
-            if rows:
-                if int(rows["schema_version"]) > SCHEMA_VERSION:
-                    raise StorageError(f"Core key store {path} has a newer schema than this Core")
-                try:
-                    master.open(binding("MK", "check"), bytes(rows["master_check"])).wipe()
-                except UnwrapFailed:
-                    raise MasterKeyMismatch(
-                        f"the Core master key does not open the key store {path}"
-                    ) from None
+            await _check_master(registry, master)
+            store = cls(registry, master)
+            for tenant in await store.tenants():
+                store._seen[tenant] = _states(await registry.keys(tenant, L3))
         except BaseException:
-            conn.close()
             master.wipe()
             raise
-        return cls(conn, master)
+        return store
 
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-            for key in self._l2.values():
-                key.wipe()
-            self._l2.clear()
-            self._master.wipe()
+    def __repr__(self) -> str:
+        return f"CoreKeyStore({self._registry!r})"
 
-    # -- listeners -------------------------------------------------------------
+    async def close(self) -> None:
+        """Stop watching and forget every key held in memory (not the registry)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_watching()
+        self._listeners.clear()
+        for key in self._l2.values():
+            key.wipe()
+        self._l2.clear()
+        self._master.wipe()
+
+    # -- listeners and the watcher ---------------------------------------------------
     def add_listener(self, listener: Listener) -> Callable[[], None]:
-        """Hear every committed L3 change; returns the function that unsubscribes."""
+        """Hear every L3 change (see the module comment); returns the unsubscribe
+        function. ``listener`` may be a plain function or a coroutine function."""
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
 
-    def _notify(self, events: list[tuple[str, int, L3State]]) -> None:
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    async def start_watching(
+        self, *, poll_interval: float = 0.25, resync_interval: float = 60.0
+    ) -> None:
+        """Report changes made by other processes too (see the module comment)."""
+        self._check_open()
+        if self._tasks:
+            return
+        self._unsubscribe = await self._registry.subscribe(self._on_registry_change)
+        self._tasks.append(asyncio.create_task(self._refresher(), name="core-keys-refresh"))
+        path = _sqlite_file(self._registry)
+        if path is not None:
+            self._poll_conn = await asyncio.to_thread(_poll_connection, path)
+            first = await asyncio.to_thread(self._fingerprint)
+            poll = self._poll(first, poll_interval)
+            self._tasks.append(asyncio.create_task(poll, name="core-keys-poll"))
+        else:
+            resync = self._resync(resync_interval)
+            self._tasks.append(asyncio.create_task(resync, name="core-keys-resync"))
+        self._dirty.update(await self.tenants())  # what changed since open
+        self._wake.set()
+
+    async def _stop_watching(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._poll_conn is not None:
+            self._poll_conn.close()
+            self._poll_conn = None
+
+    async def _on_registry_change(self, change: Change) -> None:
+        if isinstance(change, KeyChange) and change.tenant and change.level in (L3, L3_LOG):
+            self._dirty.add(change.tenant)
+            self._wake.set()
+
+    async def _refresher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            for tenant in sorted(dirty):
+                try:
+                    await self._refresh(tenant)
+                except Exception as exc:
+                    log.warning("re-reading the service keys of %r failed: %s", tenant, exc)
+                    self._dirty.add(tenant)
+            if self._dirty:
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def _refresh(self, tenant: str) -> None:
+        async with self._lock:
+            after = _states(await self._registry.keys(tenant, L3))
+            await self._report(tenant, after)
+
+    async def _poll(self, last: Fingerprint, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = await asyncio.to_thread(self._fingerprint)
+            except StorageError as exc:
+                log.warning("polling the key table failed: %s", exc)
+                continue
+            changed = {t for t in now.keys() | last.keys() if now.get(t) != last.get(t)}
+            last = now
+            if changed:
+                self._dirty |= changed
+                self._wake.set()
+
+    def _fingerprint(self) -> Fingerprint:
+        conn = self._poll_conn
+        if conn is None:
+            raise StorageError("the key store is not watching")
+        out: dict[str, list[tuple[object, ...]]] = {}
+        try:
+            for tenant, *rest in conn.execute(_FINGERPRINT):
+                out.setdefault(tenant, []).append(tuple(rest))
+        except sqlite3.Error as exc:
+            raise StorageError(f"key table poll failed ({exc.__class__.__name__})") from None
+        return {t: tuple(rows) for t, rows in out.items()}
+
+    async def _resync(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self._dirty.update(await self.tenants())
+            except StorageError as exc:
+                log.warning("re-reading the tenant directory failed: %s", exc)
+                continue
+            self._wake.set()
+
+    async def _report(self, tenant: str, after: Mapping[int, L3State]) -> None:
+        """Tell listeners what differs from what they last heard (call with _lock held)."""
+        before = self._seen.get(tenant, {})
+        events = [(tenant, v, s) for v, s in after.items() if before.get(v) != s]
+        events.sort(key=lambda e: (e[2] != L3State.ACTIVE, e[1]))  # the new ACTIVE first
+        self._seen[tenant] = dict(after)
         for listener in list(self._listeners):
-            for tenant, version, state in events:
-                listener(tenant, version, state)
+            for event in events:
+                try:
+                    result = listener(*event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("a key store listener failed on %s version %d", *event[:2])
 
-    # -- tenants and L3 versions -----------------------------------------------
-    def tenants(self) -> list[str]:
-        with self._lock, _storage("read"):
-            return [r[0] for r in self._conn.execute("SELECT tenant FROM core_l2 ORDER BY tenant")]
+    # -- tenants and L3 versions -------------------------------------------------------
+    async def tenants(self) -> list[str]:
+        rows = await self._registry.keys(CORE_ROWS, DIRECTORY)
+        return sorted({self._tenant_name(row) for row in rows})
 
-    def ensure_tenant(self, tenant: str) -> bool:
-        """Create the tenant's L2 and L3 v1 if absent; True if anything was made."""
-        with self._lock, _storage("create tenant"):
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
+    async def ensure_tenant(self, tenant: str) -> bool:
+        """Create the tenant's L2 and L3 v1 if absent; True if this call made them."""
+        if not tenant:
+            raise InvalidField("a tenant name must not be empty")
+        reg = self._registry
+        for _ in range(RETRIES):
+            self._check_open()
+            async with self._lock:
+                log_rows = await reg.keys(tenant, L3_LOG)
+                l3_rows = await reg.keys(tenant, L3)
+                l2_rows = await reg.keys(tenant, L2)
+                if l2_rows and l3_rows:
+                    return False
+                rows: list[SealedKey] = []
+                fresh: WrappingKey | None = None
+                if l2_rows:
+                    l2 = await self._l2_key(tenant)
+                else:
+                    slot = _next(await reg.keys(CORE_ROWS, DIRECTORY))
+                    name = self._master.seal(binding(DIRECTORY, str(slot)), tenant.encode())
+                    material = generate_key(256)
+                    try:
+                        sealed = self._master.seal(binding(L2, tenant), material)
+                    except BaseException:
+                        material.wipe()
+                        raise
+                    fresh = l2 = WrappingKey(L2_KEY_ID, material)
+                    rows += [_row(CORE_ROWS, DIRECTORY, slot, name), _row(tenant, L2, 1, sealed)]
+                rows += [_log_row(tenant, log_rows), self._new_l3(l2, tenant, 1)]
+                try:
+                    await reg.put_keys(rows)
+                except RegistryConflict:
+                    if fresh is not None:
+                        fresh.wipe()
+                    continue
+                if fresh is not None:
+                    self._cache_l2(tenant, fresh)
+                await self._report(tenant, {1: L3State.ACTIVE})
+                return True
+        raise _clash(tenant)
+
+    async def rotate_l3(self, tenant: str) -> int:
+        """A new ACTIVE L3 version; the previously active one becomes DEACTIVATED.
+        :class:`RegistryConflict` if another Core changed the tenant's L3 keys at
+        the same moment (its change stands, nothing is made here)."""
+        self._check_open()
+        reg = self._registry
+        async with self._lock:
+            log_rows = await reg.keys(tenant, L3_LOG)
+            l3_rows = await reg.keys(tenant, L3)
+            if not l3_rows:
+                raise ItemNotFound(f"unknown tenant {tenant!r}")
+            version = _next(l3_rows)
+            new = self._new_l3(await self._l2_key(tenant), tenant, version)
+            demoted = [
+                replace(k, state=L3State.DEACTIVATED) for k in l3_rows if k.state == L3State.ACTIVE
+            ]
             try:
-                made = False
-                if not self._exists("core_l2", tenant):
-                    with generate_key(256) as l2:
-                        blob = self._master.seal(binding("L2", tenant), l2)
-                    conn.execute(
-                        "INSERT INTO core_l2 VALUES (?, ?, ?)", (tenant, blob, int(time.time()))
-                    )
-                    made = True
-                if not self._exists("core_l3", tenant):
-                    self._insert_l3(tenant, 1)
-                    made = True
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                self._l2.pop(tenant, None)
-                raise
-        if made:
-            self._notify([(tenant, 1, L3State.ACTIVE)])
-        return made
-
-    def rotate_l3(self, tenant: str) -> int:
-        """A new ACTIVE L3 version; the previously active one becomes DEACTIVATED."""
-        with self._lock, _storage("rotate"):
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                top = conn.execute(
-                    "SELECT max(version) FROM core_l3 WHERE tenant=?", (tenant,)
-                ).fetchone()[0]
-                if top is None:
-                    raise ItemNotFound(f"unknown tenant {tenant!r}")
-                old = [
-                    int(r[0])
-                    for r in conn.execute(
-                        "SELECT version FROM core_l3 WHERE tenant=? AND state=?",
-                        (tenant, L3State.ACTIVE),
-                    )
-                ]
-                conn.execute(
-                    "UPDATE core_l3 SET state=? WHERE tenant=? AND state=?",
-                    (L3State.DEACTIVATED, tenant, L3State.ACTIVE),
-                )
-                version = int(top) + 1
-                self._insert_l3(tenant, version)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        self._notify(
-            [(tenant, version, L3State.ACTIVE)] + [(tenant, v, L3State.DEACTIVATED) for v in old]
-        )
+                await reg.put_keys([_log_row(tenant, log_rows), new, *demoted])
+            except RegistryConflict:
+                raise _clash(tenant) from None
+            await self._report(tenant, _states([*l3_rows, new, *demoted]))
         return version
 
-    def set_l3_state(self, tenant: str, version: int, state: L3State) -> None:
+    async def set_l3_state(self, tenant: str, version: int, state: L3State) -> None:
         """Change one version's state. ACTIVE demotes the other active version;
-        DESTROYED also erases the sealed key."""
+        DESTROYED also erases the sealed key. Retried if another Core changed the
+        tenant's L3 keys meanwhile (the rules are checked again)."""
         state = L3State(state)
-        events = [(tenant, version, state)]
-        with self._lock, _storage("set state"):
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(
-                    "SELECT state FROM core_l3 WHERE tenant=? AND version=?", (tenant, version)
-                ).fetchone()
+        reg = self._registry
+        for _ in range(RETRIES):
+            self._check_open()
+            async with self._lock:
+                log_rows = await reg.keys(tenant, L3_LOG)
+                l3_rows = await reg.keys(tenant, L3)
+                row = next((k for k in l3_rows if k.version == version), None)
                 if row is None:
                     raise ItemNotFound(f"unknown service key version for tenant {tenant!r}")
-                if state not in _ALLOWED[L3State(row[0])]:
+                now = L3State(row.state)
+                if state not in _ALLOWED[now]:
                     raise WrongKeyLifecycleState(
-                        f"service key version is {L3State(row[0]).name}; cannot become {state.name}"
+                        f"service key version is {now.name}; cannot become {state.name}"
                     )
+                sealed = None if state == L3State.DESTROYED else row.sealed
+                changed = [replace(row, state=state, sealed=sealed)]
                 if state == L3State.ACTIVE:
-                    for (other,) in conn.execute(
-                        "SELECT version FROM core_l3 WHERE tenant=? AND state=? AND version<>?",
-                        (tenant, L3State.ACTIVE, version),
-                    ).fetchall():
-                        events.append((tenant, int(other), L3State.DEACTIVATED))
-                    conn.execute(
-                        "UPDATE core_l3 SET state=? WHERE tenant=? AND state=? AND version<>?",
-                        (L3State.DEACTIVATED, tenant, L3State.ACTIVE, version),
-                    )
-                conn.execute(
-                    "UPDATE core_l3 SET state=? WHERE tenant=? AND version=?",
-                    (state, tenant, version),
-                )
-                if state == L3State.DESTROYED:
-                    conn.execute(
-                        "UPDATE core_l3 SET wrapped=X'' WHERE tenant=? AND version=?",
-                        (tenant, version),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        self._notify(events)
+                    changed += [
+                        replace(k, state=L3State.DEACTIVATED)
+                        for k in l3_rows
+                        if k.state == L3State.ACTIVE and k.version != version
+                    ]
+                if all(k in l3_rows for k in changed):
+                    await self._report(tenant, _states(l3_rows))
+                    return
+                try:
+                    await reg.put_keys([_log_row(tenant, log_rows), *changed])
+                except RegistryConflict:
+                    continue
+                await self._report(tenant, _states([*l3_rows, *changed]))
+                return
+        raise _clash(tenant)
 
-    def l3_states(self, tenant: str) -> dict[int, L3State]:
-        with self._lock, _storage("read"):
-            rows = self._conn.execute(
-                "SELECT version, state FROM core_l3 WHERE tenant=? ORDER BY version", (tenant,)
-            ).fetchall()
-        return {int(v): L3State(s) for v, s in rows}
+    async def l3_states(self, tenant: str) -> dict[int, L3State]:
+        return _states(await self._registry.keys(tenant, L3))
 
-    def grants(self, tenants: Iterable[str], lease_seconds: float) -> list[L3Grant]:
+    async def grants(self, tenants: Iterable[str], lease_seconds: float) -> list[L3Grant]:
         """Every usable (ACTIVE or DEACTIVATED) L3 version of these tenants, opened.
         Unknown tenants are skipped. The caller owns (and must wipe) the material."""
         out: list[L3Grant] = []
-        with self._lock:
-            for tenant in tenants:
-                with _storage("read"):
-                    rows = self._conn.execute(
-                        "SELECT version, state, wrapped FROM core_l3 WHERE tenant=? AND state IN"
-                        " (?, ?) ORDER BY version",
-                        (tenant, L3State.ACTIVE, L3State.DEACTIVATED),
-                    ).fetchall()
-                out.extend(
-                    self._grant(tenant, int(v), L3State(s), bytes(w), lease_seconds)
-                    for v, s, w in rows
-                )
+        for tenant in tenants:
+            for row in await self._registry.keys(tenant, L3):
+                if L3State(row.state) in _USABLE:
+                    out.append(await self._grant(row, lease_seconds))
         return out
 
-    def grant(self, tenant: str, version: int, lease_seconds: float) -> L3Grant | None:
+    async def grant(self, tenant: str, version: int, lease_seconds: float) -> L3Grant | None:
         """One version, opened, if it is usable."""
-        with self._lock:
-            with _storage("read"):
-                row = self._conn.execute(
-                    "SELECT state, wrapped FROM core_l3 WHERE tenant=? AND version=?",
-                    (tenant, version),
-                ).fetchone()
-            if row is None or L3State(row[0]) not in (L3State.ACTIVE, L3State.DEACTIVATED):
-                return None
-            return self._grant(tenant, version, L3State(row[0]), bytes(row[1]), lease_seconds)
+        for row in await self._registry.keys(tenant, L3):
+            if row.version == version and L3State(row.state) in _USABLE:
+                return await self._grant(row, lease_seconds)
+        return None
 
-    # -- internals (call with _lock held) ------------------------------------------
-    def _exists(self, table: str, tenant: str) -> bool:
-        sql = f"SELECT 1 FROM {table} WHERE tenant=? LIMIT 1"  # noqa: S608 (fixed table names)
-        return self._conn.execute(sql, (tenant,)).fetchone() is not None
+    # -- internals -----------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("the Core key store is closed")
 
-    def _grant(
-        self, tenant: str, version: int, state: L3State, blob: bytes, lease_seconds: float
-    ) -> L3Grant:
-        material = self._l2_key(tenant).open(binding("L3", tenant, str(version)), blob)
-        return L3Grant(tenant, version, material, state, lease_seconds)
+    def _tenant_name(self, row: SealedKey) -> str:
+        name = self._names.get(row.version)
+        if name is None:
+            if row.sealed is None:
+                raise StorageError(f"tenant directory slot {row.version} has no name")
+            with self._master.open(binding(DIRECTORY, str(row.version)), row.sealed) as raw:
+                name = self._names[row.version] = raw.reveal().decode()
+        return name
 
-    def _insert_l3(self, tenant: str, version: int) -> None:
+    async def _grant(self, row: SealedKey, lease_seconds: float) -> L3Grant:
+        assert row.sealed is not None  # only DESTROYED rows lose their material
+        l2 = await self._l2_key(row.tenant)
+        material = l2.open(binding(L3, row.tenant, str(row.version)), row.sealed)
+        return L3Grant(row.tenant, row.version, material, L3State(row.state), lease_seconds)
+
+    def _new_l3(self, l2: WrappingKey, tenant: str, version: int) -> SealedKey:
         with generate_key(256) as l3:
-            blob = self._l2_key(tenant).seal(binding("L3", tenant, str(version)), l3)
-        self._conn.execute(
-            "INSERT INTO core_l3 VALUES (?, ?, ?, ?, ?)",
-            (tenant, version, L3State.ACTIVE, blob, int(time.time())),
-        )
+            sealed = l2.seal(binding(L3, tenant, str(version)), l3)
+        return _row(tenant, L3, version, sealed)
 
-    def _l2_key(self, tenant: str) -> WrappingKey:
+    async def _l2_key(self, tenant: str) -> WrappingKey:
         key = self._l2.get(tenant)
-        if key is None:
-            row = self._conn.execute(
-                "SELECT wrapped FROM core_l2 WHERE tenant=?", (tenant,)
-            ).fetchone()
-            if row is None:
-                raise ItemNotFound(f"unknown tenant {tenant!r}")
-            material = self._master.open(binding("L2", tenant), bytes(row[0]))
-            key = self._l2[tenant] = WrappingKey(L2_KEY_ID, material)
-        return key
+        if key is not None:
+            return key
+        self._check_open()
+        rows = await self._registry.keys(tenant, L2)
+        if not rows or rows[0].sealed is None:
+            raise ItemNotFound(f"unknown tenant {tenant!r}")
+        material = self._master.open(binding(L2, tenant), rows[0].sealed)
+        return self._cache_l2(tenant, WrappingKey(L2_KEY_ID, material))
+
+    def _cache_l2(self, tenant: str, key: WrappingKey) -> WrappingKey:
+        kept = self._l2.setdefault(tenant, key)
+        if kept is not key:
+            key.wipe()
+        return kept
+
+
+async def _check_master(registry: Registry, master: WrappingKey) -> None:
+    for _ in range(RETRIES):
+        rows = await registry.keys(CORE_ROWS, MK)
+        if not rows:
+            check = master.seal(binding(MK, "check"), CHECK_PLAINTEXT)
+            try:
+                await registry.put_key(_row(CORE_ROWS, MK, 1, check))
+            except RegistryConflict:
+                continue  # another Core stored its check first: test ours against it
+            return
+        sealed = rows[0].sealed
+        try:
+            if sealed is None:
+                raise UnwrapFailed("no check value")
+            with master.open(binding(MK, "check"), sealed) as plain:
+                if plain != SecretBytes(CHECK_PLAINTEXT):
+                    raise UnwrapFailed("wrong check value")
+        except UnwrapFailed:
+            raise MasterKeyMismatch(
+                f"the Core master key does not open the key store in {registry!r}"
+            ) from None
+        return
+    raise RegistryConflict("could not store the master key check (too many concurrent Cores)")
+
+
+def _poll_connection(path: str) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA busy_timeout = 10000")
+    except sqlite3.Error as exc:
+        raise StorageError(f"key table poll: open failed ({exc.__class__.__name__})") from None
+    return conn

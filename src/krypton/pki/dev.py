@@ -311,6 +311,9 @@ registry = "sqlite:core.db"
 master_key_file = "master.key"
 l3_lease_seconds = 86400
 tenants = ["demo", "other"]
+# Gateways (by their certificate's SPIFFE ID) allowed on the uplink; each is
+# served the tenants above.
+gateways = ["{gateway_spiffe_id()}"]
 
 [core.tls]
 cert = "pki/core.pem"

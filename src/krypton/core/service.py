@@ -1,0 +1,214 @@
+"""The Core's side of the uplink: what a gateway's Subscribe, SyncKeys, Execute and
+FetchKey calls do (a :class:`krypton.uplink.service.CoreHandler`).
+
+How this works
+--------------
+* **Subscribe** — a gateway gets the current L3 versions of its tenants, one
+  Heartbeat (from there it counts itself in sync), then a stream of changes:
+  L3 versions rotated or revoked (from the key store's listener, which also
+  sees changes made by other processes), and key state changes committed to
+  the registry (by this Core or, on PostgreSQL, by another Core instance).
+  Each subscriber has its own queue; the grants are re-sent every half lease
+  so a connected gateway never runs out of lease.
+* **SyncKeys** — wrapped L4 records from a gateway's outbox are inserted into
+  the registry, idempotently; the uids stored are acknowledged.
+* **Execute** — one delegated KMIP batch item is decoded, run by the shared
+  KMIP engine (``krypton.engine.control``) in the caller's context (identity,
+  tenant, protocol version, the batch's ID placeholder), audited, and answered
+  with the encoded response batch item and the state changes it made; the
+  gateway applies those before relaying the answer.
+* **FetchKey** — a wrapped record by uid, for a key made at another gateway.
+
+Key material never passes through here in the clear except L3 grants, which
+the uplink server wipes once serialised onto the mutual-TLS channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from krypton.core.keystore import CoreKeyStore
+from krypton.crypto.keyring import L3Grant, L3State
+from krypton.crypto.secret import SecretBytes
+from krypton.engine.context import RequestContext
+from krypton.engine.control import AuditContext, CoreServices, execute_item
+from krypton.engine.core_objects import index_fields
+from krypton.kmip.attributes import parse_attributes
+from krypton.kmip.versions import ProtocolVersion
+from krypton.registry.base import Change, ObjectRecord, Registry
+from krypton.registry.base import StateChange as RegistryChange
+from krypton.ttlv.codec import Limits, decode, encode
+from krypton.uplink.types import (
+    CoreEvent,
+    ExecuteRequest,
+    ExecuteResult,
+    Heartbeat,
+    StateChange,
+    WrappedKey,
+)
+
+log = logging.getLogger("krypton.core")
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    gateway: str
+    tenants: frozenset[str]
+    queue: asyncio.Queue[CoreEvent | L3Grant | tuple[str, int]] = field(
+        default_factory=asyncio.Queue
+    )
+
+
+class CoreService:
+    """Implements :class:`krypton.uplink.service.CoreHandler` over a registry and key store."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        keys: CoreKeyStore,
+        services: CoreServices,
+        *,
+        lease_seconds: float,
+        limits: Limits | None = None,
+    ) -> None:
+        self.registry = registry
+        self.keys = keys
+        self.services = services
+        self.lease_seconds = lease_seconds
+        self.limits = limits or Limits()
+        self._subscribers: set[_Subscriber] = set()
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._unsubscribe.append(await self.registry.subscribe(self._on_registry_change))
+        self._unsubscribe.append(self.keys.add_listener(self._on_key_change))
+
+    async def close(self) -> None:
+        for undo in self._unsubscribe:
+            undo()
+        self._unsubscribe.clear()
+
+    # -- change fan-out -------------------------------------------------------------
+    async def _on_registry_change(self, change: Change) -> None:
+        if not isinstance(change, RegistryChange):
+            return  # key-table changes arrive through the key store's listener
+        event = StateChange(change.tenant, change.uid, change.state, change.revision)
+        for sub in list(self._subscribers):
+            if change.tenant in sub.tenants:
+                sub.queue.put_nowait(event)
+
+    def _on_key_change(self, tenant: str, version: int, state: L3State) -> None:
+        # Called from the key store (possibly off the loop thread): the grant
+        # itself is fetched by each subscriber's task.
+        if self._loop is None:
+            return
+        for sub in list(self._subscribers):
+            if tenant in sub.tenants:
+                self._loop.call_soon_threadsafe(sub.queue.put_nowait, (tenant, version))
+
+    async def _grant_event(self, tenant: str, version: int) -> L3Grant | None:
+        grant = await self.keys.grant(tenant, version, self.lease_seconds)
+        if grant is not None:
+            return grant
+        # Revoked or destroyed: tell the gateway so it drops the version at once.
+        states = await self.keys.l3_states(tenant)
+        state = states.get(version, L3State.DESTROYED)
+        return L3Grant(tenant, version, SecretBytes(), state, 0.0)
+
+    # -- CoreHandler -----------------------------------------------------------------
+    async def subscribe(self, gateway: str, tenants: frozenset[str]) -> AsyncIterator[CoreEvent]:
+        sub = _Subscriber(gateway, tenants)
+        self._subscribers.add(sub)
+        log.info("gateway %s subscribed for %s", gateway, ", ".join(sorted(tenants)))
+        renew = max(self.lease_seconds / 2, 1.0)
+        try:
+            for grant in await self.keys.grants(sorted(tenants), self.lease_seconds):
+                yield grant
+            yield Heartbeat.now()
+            while True:
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), timeout=renew)
+                except TimeoutError:
+                    for grant in await self.keys.grants(sorted(tenants), self.lease_seconds):
+                        yield grant
+                    continue
+                if isinstance(item, tuple):
+                    event = await self._grant_event(*item)
+                    if event is not None:
+                        yield event
+                else:
+                    yield item
+        finally:
+            self._subscribers.discard(sub)
+            log.info("gateway %s unsubscribed", gateway)
+
+    async def sync_keys(self, gateway: str, keys: Sequence[WrappedKey]) -> list[str]:
+        records = [self._record(gateway, k) for k in keys]
+        await self.registry.put_objects(records)
+        return [r.uid for r in records]
+
+    def _record(self, gateway: str, key: WrappedKey) -> ObjectRecord:
+        attrs = parse_attributes(decode(key.attributes)) if key.attributes else []
+        names, groups, custom = index_fields(attrs)
+        return ObjectRecord(
+            uid=key.uid,
+            tenant=key.tenant,
+            object_type=key.object_type,
+            state=key.state,
+            created=key.created,
+            algorithm=key.algorithm or None,
+            length=key.length or None,
+            l3_version=key.l3_version,
+            sealed=key.wrapped,
+            attributes=key.attributes,
+            origin=gateway,
+            names=names,
+            groups=groups,
+            custom=custom,
+        )
+
+    async def execute(self, gateway: str, request: ExecuteRequest) -> ExecuteResult:
+        item = decode(request.batch_item, self.limits)
+        ctx = RequestContext(
+            identity=request.identity,
+            tenant=request.tenant,
+            version=ProtocolVersion(*request.protocol),
+            now=int(time.time()),
+            request_id=request.correlation_id or "core",
+            placeholder=request.placeholder,
+        )
+        answer, outcome = await execute_item(
+            self.services, ctx, item, AuditContext(gateway, request.correlation_id or None)
+        )
+        changes: tuple[StateChange, ...] = ()
+        placeholder = None
+        if outcome is not None:
+            placeholder = outcome.uid
+            changes = tuple(
+                StateChange(c.tenant, c.uid, c.state, c.revision) for c in outcome.changes
+            )
+        return ExecuteResult(encode(answer), changes, placeholder)
+
+    async def fetch_key(self, gateway: str, tenant: str, uid: str) -> WrappedKey | None:
+        rec = await self.registry.get_object(tenant, uid)
+        if rec is None:
+            return None
+        return WrappedKey(
+            uid=rec.uid,
+            tenant=rec.tenant,
+            object_type=rec.object_type,
+            algorithm=rec.algorithm or 0,
+            length=rec.length or 0,
+            state=rec.state,
+            l3_version=rec.l3_version or 0,
+            wrapped=rec.sealed or b"",
+            attributes=rec.attributes,
+            created=rec.created,
+        )
+

@@ -1,0 +1,188 @@
+"""The gateway's side of the control path: delegation, outbox, read-through, state flow.
+
+How this works
+--------------
+:class:`Upstream` sits between the dispatcher and the uplink client and keeps
+the consistency rules of DESIGN §4:
+
+* **Sync before delegate.** Before an item is sent to the Core, the key it
+  names (its Unique Identifier, or the batch's ID Placeholder) is looked up in
+  the vault; if that record is still in the outbox it is sent with
+  ``SyncKeys`` first, so the Core never sees an operation on a key it does
+  not hold. A ``Locate`` flushes the whole outbox first, so it finds every key
+  this gateway has made.
+* **State flows down.** The Core's answer carries the state changes the
+  operation made; they are written to the vault *before* the answer is
+  relayed. Changes made through other gateways arrive on the Subscribe
+  stream and are applied as they come.
+* **Partition.** Nothing is queued: the client fails a delegated call within
+  its bound (``UpstreamUnavailable``), and the item fails with it. Keys made
+  while the Core was away stay in the outbox; a drainer task sends them in
+  batches whenever the uplink is READY (woken by every ``Create``, and when
+  the link comes back).
+* **Read-through.** A ``Get`` of a key this gateway does not hold asks the
+  Core (``FetchKey``) and keeps the wrapped record in the vault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from krypton.engine.context import RequestContext
+from krypton.errors import KryptonError
+from krypton.ttlv.codec import Limits, decode, encode
+from krypton.ttlv.enums import Operation
+from krypton.ttlv.item import Item, ItemType
+from krypton.ttlv.tags import Tag
+from krypton.uplink.client import UplinkClient
+from krypton.uplink.types import ConnectionState, ExecuteRequest, StateChange
+from krypton.vault.record import KeyRecord
+from krypton.vault.sqlite import Vault
+
+log = logging.getLogger("krypton.upstream")
+
+DRAIN_BATCH = 512
+DRAIN_INTERVAL = 0.5
+
+
+class Upstream:
+    def __init__(
+        self,
+        client: UplinkClient,
+        vault: Vault,
+        limits: Limits,
+        *,
+        batch: int = DRAIN_BATCH,
+        interval: float = DRAIN_INTERVAL,
+    ) -> None:
+        self.client = client
+        self.vault = vault
+        self.limits = limits
+        self.batch = batch
+        self.interval = interval
+        self._wake = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None
+        self._remove: Callable[[], None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._remove = self.client.add_listener(
+            on_state=self._on_state, on_connection=self._on_connection
+        )
+        self._drainer = asyncio.create_task(self._drain_forever(), name="outbox-drainer")
+
+    async def close(self) -> None:
+        if self._remove is not None:
+            self._remove()
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+        for task in list(self._pending):
+            task.cancel()
+
+    @property
+    def ready(self) -> bool:
+        return self.client.state is ConnectionState.READY
+
+    def created(self) -> None:
+        """A key was added to the outbox: let the drainer run."""
+        self._wake.set()
+
+    # -- outbox -------------------------------------------------------------------
+    async def _drain_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not self.ready:
+                continue
+            try:
+                while await self.drain_once() == self.batch:
+                    pass
+            except KryptonError as exc:
+                log.info("outbox: not drained now: %s", exc.message)
+
+    async def drain_once(self, tenant: str | None = None) -> int:
+        records = self.vault.outbox(self.batch)
+        if tenant is not None:
+            records = [r for r in records if r.tenant == tenant]
+        if not records:
+            return 0
+        return await self._sync(records)
+
+    async def _sync(self, records: list[KeyRecord]) -> int:
+        acked = await self.client.sync_keys(records)
+        await self.vault.mark_synced(acked)
+        return len(acked)
+
+    # -- delegation ------------------------------------------------------------------
+    async def execute(self, ctx: RequestContext, raw_item: Item) -> tuple[Item, str | None]:
+        await self._sync_before(ctx, raw_item)
+        result = await self.client.execute(
+            ExecuteRequest(
+                batch_item=encode(raw_item),
+                identity=ctx.identity,
+                tenant=ctx.tenant,
+                protocol=(ctx.version.major, ctx.version.minor),
+                correlation_id=ctx.request_id,
+                placeholder=ctx.placeholder,
+            )
+        )
+        for change in result.changes:
+            if change.tenant == ctx.tenant:
+                await self.vault.update_state(change.uid, change.state)
+        return decode(result.batch_item, self.limits), result.placeholder
+
+    async def _sync_before(self, ctx: RequestContext, raw_item: Item) -> None:
+        operation = raw_item.find(Tag.OPERATION)
+        if operation is not None and operation.value == Operation.LOCATE:
+            while await self.drain_once(ctx.tenant) == self.batch:
+                pass
+            return
+        uid = _named_uid(raw_item) or ctx.placeholder
+        if uid is None:
+            return
+        rec = self.vault.get(uid)
+        if rec is not None and not rec.synced and rec.tenant == ctx.tenant:
+            await self._sync([rec])
+
+    async def fetch(self, tenant: str, uid: str) -> KeyRecord | None:
+        """A key made elsewhere: ask the Core, keep the wrapped record here."""
+        rec = await self.client.fetch_key(tenant, uid)
+        if rec is not None:
+            await self.vault.put(rec)
+        return rec
+
+    # -- state flowing down ------------------------------------------------------------
+    def _on_state(self, change: StateChange) -> None:
+        task = asyncio.create_task(self._apply(change))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _apply(self, change: StateChange) -> None:
+        rec = self.vault.get(change.uid)
+        if rec is None or rec.tenant != change.tenant or rec.state == change.state:
+            return
+        try:
+            await self.vault.update_state(change.uid, change.state)
+        except KryptonError as exc:
+            log.warning("state change of %s not applied: %s", change.uid, exc.message)
+
+    def _on_connection(self, state: ConnectionState) -> None:
+        if state is ConnectionState.READY:
+            self._wake.set()
+
+
+def _named_uid(raw_item: Item) -> str | None:
+    payload = raw_item.find(Tag.REQUEST_PAYLOAD)
+    if payload is None:
+        return None
+    uid = payload.find(Tag.UNIQUE_IDENTIFIER)
+    if uid is not None and uid.type is ItemType.TEXT_STRING and isinstance(uid.value, str):
+        return uid.value
+    return None
