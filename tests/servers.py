@@ -79,6 +79,7 @@ def start_dev_server(
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env["KRYPTON_GATEWAY_LISTEN_PORT"] = str(port)
+    full_env.setdefault("KRYPTON_CORE_LISTEN_PORT", str(free_port()))
     full_env.setdefault("KRYPTON_GATEWAY_LOG_LEVEL", "warning")
     log_path = root / "server.log"
     with log_path.open("w") as log:

@@ -21,7 +21,7 @@ def _children(pid: int) -> list[int]:
 def test_two_workers_share_port_vault_and_sessions(tmp_path: Path) -> None:
     srv = start_dev_server(tmp_path, args=("--workers", "2"))
     try:
-        assert len(_children(srv.proc.pid)) == 2
+        assert len(_children(srv.proc.pid)) == 3  # the Core and two gateways
         ctx = tls_context(srv.pki / "ca.pem", srv.pki / "client.pem", srv.pki / "client-key.pem")
         made: dict[str, bytes] = {}
         for _ in range(20):  # new connections land on either worker

@@ -39,7 +39,24 @@ SERVED_OPERATIONS = {
     enums.Operation.GET_ATTRIBUTE_LIST,
     enums.Operation.DISCOVER_VERSIONS,
     enums.Operation.QUERY,
+    # delegated to the Krypton Core
+    enums.Operation.REGISTER,
+    enums.Operation.REKEY,
+    enums.Operation.LOCATE,
+    enums.Operation.CHECK,
+    enums.Operation.ADD_ATTRIBUTE,
+    enums.Operation.MODIFY_ATTRIBUTE,
+    enums.Operation.DELETE_ATTRIBUTE,
+    enums.Operation.SET_ATTRIBUTE,
+    enums.Operation.ACTIVATE,
+    enums.Operation.REVOKE,
+    enums.Operation.DESTROY,
 }
+SERVED_OBJECTS = [
+    enums.ObjectType.SYMMETRIC_KEY,
+    enums.ObjectType.SECRET_DATA,
+    enums.ObjectType.OPAQUE_DATA,
+]
 # Attributes every new key has, whatever the client sent.
 SERVER_ATTRIBUTES = {
     "Unique Identifier",
@@ -226,7 +243,7 @@ def test_query_reports_operations_objects_and_server(pykmip: OpenClient, version
     assert result.result_status.value == enums.ResultStatus.SUCCESS
     assert len(result.operations) == len(set(result.operations))
     assert set(result.operations) == SERVED_OPERATIONS
-    assert list(result.object_types) == [enums.ObjectType.SYMMETRIC_KEY]
+    assert list(result.object_types) == SERVED_OBJECTS
     assert result.vendor_identification == "OpenKCM Krypton"
     if version >= enums.KMIPVersion.KMIP_2_0:
         # PyKMIP keeps 2.x Server Information as its raw TTLV bytes.
@@ -238,7 +255,7 @@ def test_query_answers_only_what_was_asked(pykmip: OpenClient, version: Any) -> 
     result = pykmip(version).proxy.query(query_functions=[enums.QueryFunction.QUERY_OBJECTS])
     assert result.result_status.value == enums.ResultStatus.SUCCESS
     assert not result.operations
-    assert list(result.object_types) == [enums.ObjectType.SYMMETRIC_KEY]
+    assert list(result.object_types) == SERVED_OBJECTS
     assert result.vendor_identification is None
 
 
@@ -338,7 +355,7 @@ def test_unserved_operation_fails_alone_and_the_connection_stays_usable(
     client = pykmip(version)
     uid = client.create(AES, 128)
     with pytest.raises(KmipOperationFailure) as exc:
-        client.activate(uid)
+        client.mac(b"data", uid, enums.CryptographicAlgorithm.HMAC_SHA256)
     assert _reason(exc) == enums.ResultReason.OPERATION_NOT_SUPPORTED
     # Same client, same TLS connection.
     assert len(client.get(uid).value) == 16

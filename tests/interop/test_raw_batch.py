@@ -314,7 +314,7 @@ def _create_one(sock: ssl.SSLSocket, version: tuple[int, int]) -> str:
 
 @pytest.mark.parametrize("version", [(1, 0), (1, 4), (2, 0), (2, 1)], ids=str)
 @pytest.mark.parametrize(
-    "operation", [Operation.ACTIVATE, Operation.DESTROY, 0xFF], ids=["activate", "destroy", "0xFF"]
+    "operation", [Operation.ARCHIVE, Operation.MAC, 0xFF], ids=["archive", "mac", "0xFF"]
 )
 def test_unserved_operation_is_not_supported_and_the_connection_stays_open(
     srv: DevServer, version: tuple[int, int], operation: int
@@ -346,11 +346,11 @@ def test_unserved_operation_decodes_in_pykmip(srv: DevServer) -> None:
             sock,
             request(
                 version,
-                batch_item(Operation.ACTIVATE, b"a", Item.text(Tag.UNIQUE_IDENTIFIER, uid)),
+                batch_item(Operation.MAC, b"a", Item.text(Tag.UNIQUE_IDENTIFIER, uid)),
             ),
         )
     (item,) = pykmip_read(data, version).batch_items
-    assert item.operation.value == pk.Operation.ACTIVATE
+    assert item.operation.value == pk.Operation.MAC
     assert item.result_status.value == pk.ResultStatus.OPERATION_FAILED
     assert item.result_reason.value == pk.ResultReason.OPERATION_NOT_SUPPORTED
 
@@ -367,7 +367,7 @@ def test_batch_stops_at_an_unserved_operation(srv: DevServer) -> None:
                 request(
                     version,
                     batch_item(Operation.GET, b"1", uid_field),
-                    batch_item(Operation.ACTIVATE, b"2", uid_field),
+                    batch_item(Operation.ARCHIVE, b"2", uid_field),
                     batch_item(Operation.GET, b"3", uid_field),
                 ),
             )

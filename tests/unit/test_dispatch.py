@@ -140,7 +140,9 @@ def test_version_negotiation(
     requested: tuple[int, int],
     answered: tuple[int, int],
 ) -> None:
-    msg = cm.request_message(ProtocolVersion(*requested), [cm.batch_item(Operation.QUERY, None)])
+    msg = cm.request_message(
+        ProtocolVersion(*requested), [cm.batch_item(Operation.QUERY, cm.payload())]
+    )
     r = run(env, msg)
     assert r.version == ProtocolVersion(*answered)
     assert r.items[0].status is ResultStatus.SUCCESS

@@ -9,16 +9,18 @@ import dataclasses
 import logging
 import os
 import signal
-import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from krypton.bench.cli import register as register_bench
 from krypton.cli.core import register as register_core
-from krypton.config import CoreConfig, GatewayConfig, load_core_config, load_gateway_config
+from krypton.config import load_core_config, load_gateway_config
+from krypton.core.app import Core
 from krypton.core.dev import EmbeddedStack, prepare_tenants
 from krypton.errors import ConfigError, KryptonError
+from krypton.gateway.app import Gateway
 from krypton.gateway.tls import server_context
 from krypton.gateway.workers import run_workers
 from krypton.pki.dev import DevLayout, init_dev_dir
@@ -74,38 +76,26 @@ Stop with Ctrl-C; keys persist in {layout.root.resolve()}.
 """
 
 
-def _serve(
-    core: CoreConfig,
-    gateway: GatewayConfig,
-    workers: int,
-    on_ready: Callable[[EmbeddedStack], None],
-) -> int:
-    """Run the embedded stack in this process, or in ``workers`` forked processes."""
-    if workers <= 1:
-        return _serve_one(core, gateway, None, on_ready)
-    # Everything shared is made before the fork: tenants' first keys (no race
-    # between workers) and the TLS context (one session-ticket key for all).
-    prepare_tenants(core)
-    gateway = dataclasses.replace(gateway, workers=workers)
-    ssl_ctx = server_context(gateway.tls)
-    return run_workers(workers, lambda: _serve_one(core, gateway, ssl_ctx, on_ready))
+class _Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
-def _serve_one(
-    core: CoreConfig,
-    gateway: GatewayConfig,
-    ssl_ctx: ssl.SSLContext | None,
-    on_ready: Callable[[EmbeddedStack], None],
-) -> int:
-    stack = EmbeddedStack(core, gateway, ssl_ctx)
+S = TypeVar("S", bound=_Service)
+
+
+def _serve(make: Callable[[], S], on_ready: Callable[[S], None]) -> int:
+    """Start a service on uvloop, wait for SIGINT/SIGTERM, close it."""
+    service = make()
 
     async def main() -> None:
-        await stack.start()
+        await service.start()
         try:
-            on_ready(stack)
+            on_ready(service)
             await _wait_for_signal()
         finally:
-            await stack.close()
+            await service.close()
 
     _run(main)
     return 0
@@ -122,33 +112,51 @@ def cmd_dev(args: argparse.Namespace) -> int:
     workers = args.workers or gateway.workers
     printed = False
 
-    def ready(stack: EmbeddedStack) -> None:
+    def ready(port: int) -> None:
         nonlocal printed
         if not printed:
-            print(_connect_help(layout, gateway.listen_host, stack.gateway.port), flush=True)
+            print(_connect_help(layout, gateway.listen_host, port), flush=True)
             printed = True
 
-    return _serve(core, gateway, workers, ready)
+    if workers <= 1:
+        return _serve(lambda: EmbeddedStack(core, gateway), lambda s: ready(s.port))
+    # A Core process and N gateway processes on one port. What they share is
+    # made before the fork: the tenants' first keys (no race) and the TLS
+    # context (one session-ticket key for every gateway worker).
+    if core.listen_port == 0:
+        raise ConfigError("core.listen_port: --workers needs a fixed Core port, got 0")
+    prepare_tenants(core)
+    gateway = dataclasses.replace(gateway, workers=workers)
+    ssl_ctx = server_context(gateway.tls)
+    address = f"{core.listen_host}:{core.listen_port}"
+
+    def run_core() -> int:
+        return _serve(lambda: Core(core), lambda c: None)
+
+    def run_gateway() -> int:
+        return _serve(
+            lambda: Gateway(gateway, ssl_ctx, core_address=address), lambda g: ready(g.port)
+        )
+
+    return run_workers([run_core, *([run_gateway] * workers)])
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     gateway = load_gateway_config(args.config)
     _setup_logging(gateway.log_level)
-    if not args.embedded_core:
-        raise ConfigError(
-            "--embedded-core: a gateway needs an L3 source; until the Core uplink lands, "
-            "pass the Core's config to run its key store in this process"
-        )
-    core = load_core_config(args.embedded_core)
+    workers = args.workers or gateway.workers
 
-    def ready(stack: EmbeddedStack) -> None:
+    def ready(g: Gateway) -> None:
         print(
-            f"gateway {gateway.name} (pid {os.getpid()}): KMIP on "
-            f"{gateway.listen_host}:{stack.gateway.port}",
+            f"gateway {gateway.name} (pid {os.getpid()}): KMIP on {gateway.listen_host}:{g.port}",
             flush=True,
         )
 
-    return _serve(core, gateway, args.workers or gateway.workers, ready)
+    if workers <= 1:
+        return _serve(lambda: Gateway(gateway), ready)
+    gateway = dataclasses.replace(gateway, workers=workers)
+    ssl_ctx = server_context(gateway.tls)
+    return run_workers([lambda: _serve(lambda: Gateway(gateway, ssl_ctx), ready)] * workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,12 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     gw = sub.add_parser("gateway", help="run a gateway")
     gw.add_argument("--config", required=True, type=Path)
-    gw.add_argument(
-        "--embedded-core",
-        type=Path,
-        default=None,
-        help="a core.toml whose key store runs in this process",
-    )
     gw.add_argument("--workers", type=int, default=0, help="processes on one port (SO_REUSEPORT)")
     gw.set_defaults(func=cmd_gateway)
 

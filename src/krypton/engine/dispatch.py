@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 from krypton.engine import info, keys
 from krypton.engine.context import RequestContext
-from krypton.engine.objects import Handler, Services
+from krypton.engine.objects import Handler, NotLocal, Outcome, Services
 from krypton.errors import (
     FeatureNotSupported,
     KryptonError,
@@ -44,14 +44,17 @@ from krypton.errors import (
 from krypton.gateway.policy import Grant
 from krypton.kmip.messages import (
     OPERATION_NAMES,
+    RequestItem,
     ResponseItem,
     build_response,
     error_response,
     parse_request,
     peek_version,
 )
+from krypton.kmip.reasons import reason_for
 from krypton.ttlv.codec import DEFAULT_LIMITS, Limits, decode, encode
 from krypton.ttlv.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
+from krypton.ttlv.tags import Tag
 
 log = logging.getLogger("krypton.dispatch")
 
@@ -65,7 +68,26 @@ HANDLERS: dict[int, Handler] = {
 }
 
 
-def supported_operations() -> tuple[int, ...]:
+# What the Krypton Core runs for a gateway (krypton.engine.control.CONTROL_HANDLERS);
+# listed here so Query at a gateway can answer without importing the Core's engine.
+DELEGATED: tuple[int, ...] = (
+    Operation.REGISTER,
+    Operation.RE_KEY,
+    Operation.LOCATE,
+    Operation.CHECK,
+    Operation.ADD_ATTRIBUTE,
+    Operation.MODIFY_ATTRIBUTE,
+    Operation.DELETE_ATTRIBUTE,
+    Operation.SET_ATTRIBUTE,
+    Operation.ACTIVATE,
+    Operation.REVOKE,
+    Operation.DESTROY,
+)
+
+
+def supported_operations(services: Services | None = None) -> tuple[int, ...]:
+    if services is not None and services.upstream is not None:
+        return (*HANDLERS, *DELEGATED)
     return tuple(HANDLERS)
 
 
@@ -117,18 +139,13 @@ class Dispatcher:
         results: list[ResponseItem] = []
         for item in request.items:
             try:
-                handler = HANDLERS.get(item.operation)
                 if not session.grant.allows(item.operation):
                     raise PermissionDenied("this client may not run this operation")
-                if handler is None:
-                    raise OperationNotSupported(
-                        f"operation {OPERATION_NAMES.get(item.operation, item.operation)} "
-                        "is not supported here"
-                    )
-                outcome = await handler(self.services, ctx, item.payload)
+                outcome = await self._run(ctx, item)
             except KryptonError as exc:
+                reason = reason_for(header.version, exc.reason, item.operation)
                 results.append(
-                    ResponseItem.failure(item.operation, item.batch_id, exc.reason, exc.message)
+                    ResponseItem.failure(item.operation, item.batch_id, reason, exc.message)
                 )
                 if header.continuation is not _CONTINUE:
                     break
@@ -147,6 +164,15 @@ class Dispatcher:
                     break
                 continue
             ctx = ctx.with_placeholder(outcome.uid)
+            if outcome.response is not None:
+                relayed = ResponseItem.relayed(outcome.response)
+                results.append(relayed)
+                if (
+                    relayed.status is not ResultStatus.SUCCESS
+                    and header.continuation is not _CONTINUE
+                ):
+                    break
+                continue
             results.append(ResponseItem(item.operation, item.batch_id, payload=outcome.payload))
 
         out = encode(build_response(header.version, now, results, header.client_correlation))
@@ -159,10 +185,35 @@ class Dispatcher:
             )
         return out
 
+    async def _run(self, ctx: RequestContext, item: RequestItem) -> Outcome:
+        """Locally when a handler can, else at the Core, else Operation Not Supported."""
+        svc = self.services
+        handler = HANDLERS.get(item.operation)
+        if handler is not None:
+            try:
+                return await handler(svc, ctx, item.payload)
+            except NotLocal as not_local:
+                if svc.upstream is None:
+                    raise not_local.fallback from None
+        elif svc.upstream is None:
+            raise OperationNotSupported(
+                f"operation {OPERATION_NAMES.get(item.operation, item.operation)} "
+                "is not supported here"
+            )
+        response, placeholder = await svc.upstream.execute(ctx, item.raw)
+        return Outcome(None, placeholder, response=response)
+
 
 def _too_large(r: ResponseItem) -> ResponseItem:
     if r.status is not ResultStatus.SUCCESS:
         return r
+    if r.raw is not None:
+        op = r.raw.find(Tag.OPERATION)
+        bid = r.raw.find(Tag.UNIQUE_BATCH_ITEM_ID)
+        r = ResponseItem(
+            op.value if op is not None and isinstance(op.value, int) else None,
+            bid.value if bid is not None and isinstance(bid.value, bytes) else None,
+        )
     return replace(
         r,
         status=ResultStatus.OPERATION_FAILED,

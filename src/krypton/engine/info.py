@@ -13,7 +13,7 @@ from krypton.engine.context import RequestContext
 from krypton.engine.objects import (
     Outcome,
     Services,
-    load,
+    load_through,
     object_attributes,
     payload_fields,
     request_uid,
@@ -25,13 +25,14 @@ from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
 _S = ItemType.STRUCTURE
+_OBJECT_TYPES = (ObjectType.SYMMETRIC_KEY, ObjectType.SECRET_DATA, ObjectType.OPAQUE_OBJECT)
 
 
 async def get_attributes(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
     f = non_selector_fields(payload)
     uid = request_uid(f, ctx)
     assert uid is not None
-    rec = load(svc, ctx, uid)
+    rec = await load_through(svc, ctx, uid)
     attrs = pick(object_attributes(rec), selected_names(payload))
     return Outcome(attributes_payload(ctx, rec.uid, attrs))
 
@@ -40,7 +41,7 @@ async def get_attribute_list(svc: Services, ctx: RequestContext, payload: Item |
     f = payload_fields(payload, "Get Attribute List")
     uid = request_uid(f, ctx)
     assert uid is not None
-    rec = load(svc, ctx, uid)
+    rec = await load_through(svc, ctx, uid)
     return Outcome(attribute_list_payload(ctx, rec.uid, object_attributes(rec)))
 
 
@@ -86,9 +87,10 @@ async def query(svc: Services, ctx: RequestContext, payload: Item | None) -> Out
     )
     out: list[Item] = []
     if QueryFunction.QUERY_OPERATIONS in functions:
-        out.extend(Item.enum(Tag.OPERATION, op) for op in supported_operations())
+        out.extend(Item.enum(Tag.OPERATION, op) for op in supported_operations(svc))
     if QueryFunction.QUERY_OBJECTS in functions:
-        out.append(Item.enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY))
+        types = _OBJECT_TYPES if svc.upstream is not None else _OBJECT_TYPES[:1]
+        out.extend(Item.enum(Tag.OBJECT_TYPE, t) for t in types)
     if QueryFunction.QUERY_SERVER_INFORMATION in functions:
         out.append(Item.text(Tag.VENDOR_IDENTIFICATION, svc.info.vendor))
         out.append(

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from krypton.crypto.secret import generate_key
 from krypton.engine.context import RequestContext
 from krypton.engine.objects import (
+    NotLocal,
     Outcome,
     Services,
-    load,
+    load_through,
     payload_fields,
     request_uid,
 )
@@ -36,7 +37,7 @@ from krypton.kmip.attributes import (
     parse_attributes,
     parse_template_attribute,
 )
-from krypton.ttlv.codec import encode
+from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import CryptographicAlgorithm, KeyFormatType, ObjectType, State
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
@@ -128,7 +129,7 @@ async def create(svc: Services, ctx: RequestContext, payload: Item | None) -> Ou
     if ot is None:
         raise MissingField("Create: Object Type is missing")
     if ot.value != ObjectType.SYMMETRIC_KEY:
-        raise InvalidField("Create: this server creates symmetric keys only")
+        raise NotLocal(InvalidField("Create: this server creates symmetric keys only"))
     attrs = check_client_attributes(request_attributes(f))
     alg = _value(attrs, "Cryptographic Algorithm")
     if alg is None:
@@ -164,6 +165,8 @@ async def create(svc: Services, ctx: RequestContext, payload: Item | None) -> Ou
         created=ctx.now,
     )
     await svc.store.put(record)
+    if svc.upstream is not None:
+        svc.upstream.created()
     return Outcome(
         Item.structure(
             Tag.RESPONSE_PAYLOAD,
@@ -181,19 +184,40 @@ async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outco
     f = payload_fields(payload, "Get")
     uid = request_uid(f, ctx)
     assert uid is not None
-    fmt_item = f.get(Tag.KEY_FORMAT_TYPE)
-    fmt = KeyFormatType.RAW if fmt_item is None else fmt_item.value
-    if not isinstance(fmt, int) or fmt not in _FORMATS:
-        raise KeyFormatTypeNotSupported(
-            "Get: symmetric keys are served as Raw or Transparent Symmetric Key"
-        )
     if Tag.KEY_WRAPPING_SPECIFICATION in f:
         raise FeatureNotSupported("Get: key wrapping on export is not supported")
     if Tag.KEY_COMPRESSION_TYPE in f:
-        raise KeyFormatTypeNotSupported("Get: key compression does not apply to symmetric keys")
-    rec = load(svc, ctx, uid)
-    if rec.state in (State.DESTROYED, State.DESTROYED_COMPROMISED):
+        raise KeyFormatTypeNotSupported("Get: key compression does not apply to these objects")
+    fmt_item = f.get(Tag.KEY_FORMAT_TYPE)
+    rec = await load_through(svc, ctx, uid)
+    if rec.state in (State.DESTROYED, State.DESTROYED_COMPROMISED) or not rec.wrapped:
         raise ItemNotFound(f"object {uid!r} has been destroyed")
+    if rec.object_type == ObjectType.SYMMETRIC_KEY:
+        fmt = KeyFormatType.RAW if fmt_item is None else fmt_item.value
+        if not isinstance(fmt, int) or fmt not in _FORMATS:
+            raise KeyFormatTypeNotSupported(
+                "Get: symmetric keys are served as Raw or Transparent Symmetric Key"
+            )
+        obj = _symmetric_key(svc, rec, fmt)
+    else:
+        # Objects registered at the Core (Secret Data, Opaque Object) are sealed
+        # as the TTLV encoding of the whole object structure.
+        secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
+        try:
+            obj = decode(secret.view())
+        finally:
+            secret.wipe()
+    return Outcome(
+        Item.structure(
+            Tag.RESPONSE_PAYLOAD,
+            Item.enum(Tag.OBJECT_TYPE, rec.object_type),
+            Item.text(Tag.UNIQUE_IDENTIFIER, rec.uid),
+            obj,
+        )
+    )
+
+
+def _symmetric_key(svc: Services, rec: KeyRecord, fmt: int) -> Item:
     secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
     try:
         key_bytes = secret.reveal()
@@ -203,18 +227,13 @@ async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outco
         material = Item.bytes_(Tag.KEY_MATERIAL, key_bytes)
     else:
         material = Item.structure(Tag.KEY_MATERIAL, Item.bytes_(Tag.KEY, key_bytes))
-    block = Item.structure(
-        Tag.KEY_BLOCK,
-        Item.enum(Tag.KEY_FORMAT_TYPE, fmt),
-        Item.structure(Tag.KEY_VALUE, material),
-        Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, rec.algorithm),
-        Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, rec.length),
-    )
-    return Outcome(
+    return Item.structure(
+        Tag.SYMMETRIC_KEY,
         Item.structure(
-            Tag.RESPONSE_PAYLOAD,
-            Item.enum(Tag.OBJECT_TYPE, rec.object_type),
-            Item.text(Tag.UNIQUE_IDENTIFIER, rec.uid),
-            Item.structure(Tag.SYMMETRIC_KEY, block),
-        )
+            Tag.KEY_BLOCK,
+            Item.enum(Tag.KEY_FORMAT_TYPE, fmt),
+            Item.structure(Tag.KEY_VALUE, material),
+            Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, rec.algorithm),
+            Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, rec.length),
+        ),
     )

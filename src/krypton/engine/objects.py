@@ -9,7 +9,7 @@ from typing import Protocol
 
 from krypton.crypto.keyring import KeyRing
 from krypton.engine.context import RequestContext
-from krypton.errors import InvalidField, InvalidMessage, ItemNotFound
+from krypton.errors import InvalidField, InvalidMessage, ItemNotFound, KryptonError
 from krypton.kmip.attributes import Attribute, parse_attributes
 from krypton.kmip.messages import fields
 from krypton.registry.base import StateChange
@@ -35,6 +35,34 @@ class ServerInfo:
     version: str = "0.1.0"
 
 
+class Upstream(Protocol):
+    """The Krypton Core as a gateway handler sees it (``krypton.gateway.upstream``)."""
+
+    async def execute(self, ctx: RequestContext, raw_item: Item) -> tuple[Item, str | None]:
+        """Run one request batch item at the Core: its response batch item and new ID
+        Placeholder (state changes are applied to the vault before this returns)."""
+        ...
+
+    async def fetch(self, tenant: str, uid: str) -> KeyRecord | None:
+        """A wrapped record this gateway does not hold, from the Core (and kept)."""
+        ...
+
+    def created(self) -> None:
+        """A key was added to the outbox."""
+        ...
+
+
+class NotLocal(Exception):
+    """A handler cannot serve this request at the gateway: the Core must.
+
+    ``fallback`` is the error to answer with when there is no Core to ask.
+    """
+
+    def __init__(self, fallback: KryptonError) -> None:
+        super().__init__(fallback.message)
+        self.fallback = fallback
+
+
 def _new_uid() -> str:
     return str(uuid.uuid4())
 
@@ -45,6 +73,7 @@ class Services:
     keyring: KeyRing
     info: ServerInfo = field(default_factory=ServerInfo)
     new_uid: Callable[[], str] = _new_uid
+    upstream: Upstream | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +82,10 @@ class Outcome:
     the state changes it made (the Core returns them to the gateway, which
     applies them to its vault before relaying the answer)."""
 
-    payload: Item
+    payload: Item | None
     uid: str | None = None
     changes: tuple[StateChange, ...] = ()
+    response: Item | None = None  # a whole response batch item, relayed as it is
 
 
 Handler = Callable[[Services, RequestContext, "Item | None"], Awaitable[Outcome]]
@@ -86,6 +116,16 @@ def request_uid(f: dict[int, Item], ctx: RequestContext, *, required: bool = Tru
 def load(svc: Services, ctx: RequestContext, uid: str) -> KeyRecord:
     """A record of the caller's tenant; another tenant's key does not exist for them."""
     rec = svc.store.get(uid)
+    if rec is None or rec.tenant != ctx.tenant:
+        raise ItemNotFound(f"no object with identifier {uid!r}")
+    return rec
+
+
+async def load_through(svc: Services, ctx: RequestContext, uid: str) -> KeyRecord:
+    """Like :func:`load`, asking the Core for a key made at another gateway."""
+    rec = svc.store.get(uid)
+    if rec is None and svc.upstream is not None:
+        rec = await svc.upstream.fetch(ctx.tenant, uid)
     if rec is None or rec.tenant != ctx.tenant:
         raise ItemNotFound(f"no object with identifier {uid!r}")
     return rec

@@ -1,18 +1,21 @@
-"""Wiring: a configured Gateway (vault, key ring, dispatcher, listener) and its lifecycle."""
+"""Wiring: a configured Gateway (vault, key ring, uplink, dispatcher, listener)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 
 from krypton.config import GatewayConfig
-from krypton.crypto.keyring import KeyRing, L3Source
+from krypton.crypto.keyring import KeyRing
 from krypton.engine.dispatch import Dispatcher
 from krypton.engine.objects import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
 from krypton.gateway.tls import server_context
+from krypton.gateway.upstream import Upstream
 from krypton.ttlv.codec import Limits
+from krypton.uplink.client import UplinkClient, UplinkL3Source
 from krypton.vault.sqlite import Vault
 
 log = logging.getLogger("krypton.gateway")
@@ -29,28 +32,47 @@ def limits_of(config: GatewayConfig) -> Limits:
 
 
 class Gateway:
-    """One gateway process: ``start`` brings it up, ``close`` takes it down cleanly."""
+    """One gateway process: ``start`` brings it up, ``close`` takes it down cleanly.
+
+    Its L3 keys come from the Core over the uplink (``core_address`` may be
+    given to override the configured one, as the embedded dev stack does once
+    its Core has bound a port).
+    """
 
     def __init__(
-        self, config: GatewayConfig, l3_source: L3Source, ssl_context: ssl.SSLContext | None = None
+        self,
+        config: GatewayConfig,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        core_address: str | None = None,
     ) -> None:
+        if core_address is not None:
+            config = dataclasses.replace(
+                config, uplink=dataclasses.replace(config.uplink, core_address=core_address)
+            )
         self.config = config
-        self.l3_source = l3_source
         self.ssl_context = ssl_context
         self.keyring = KeyRing()
         self.vault: Vault | None = None
+        self.client: UplinkClient | None = None
+        self.l3_source: UplinkL3Source | None = None
+        self.upstream: Upstream | None = None
         self.listener: Listener | None = None
 
     async def start(self) -> None:
         cfg = self.config
         policy = Policy.load(cfg.policy_file)
         ssl_ctx = self.ssl_context or server_context(cfg.tls)
-        self.vault = Vault.open(cfg.vault_path, cache_size=cfg.cache.records)
-        await self.l3_source.start(self.keyring)
         limits = limits_of(cfg)
-        dispatcher = Dispatcher(Services(store=self.vault, keyring=self.keyring), limits)
+        self.vault = Vault.open(cfg.vault_path, cache_size=cfg.cache.records)
+        self.client = UplinkClient.from_config(cfg, sorted(policy.tenants))
+        self.upstream = Upstream(self.client, self.vault, limits)
+        await self.upstream.start()
+        self.l3_source = UplinkL3Source(self.client)
+        await self.l3_source.start(self.keyring)
+        services = Services(store=self.vault, keyring=self.keyring, upstream=self.upstream)
         self.listener = Listener(
-            dispatcher,
+            Dispatcher(services, limits),
             policy,
             ssl_ctx,
             limits,
@@ -70,6 +92,11 @@ class Gateway:
     async def close(self) -> None:
         if self.listener is not None:
             await self.listener.close()
-        await self.l3_source.close()
+        if self.upstream is not None:
+            await self.upstream.close()
+        if self.l3_source is not None:
+            await self.l3_source.close()
+        if self.client is not None:
+            await self.client.close()
         if self.vault is not None:
             self.vault.close()

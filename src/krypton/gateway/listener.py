@@ -16,10 +16,13 @@ compacted once per read, never re-sliced in a loop.
 
 Complete frames are copied out and handled strictly in order by one task
 per connection (KMIP is request/response; a client that pipelines gets its
-answers in order). While that task is busy, further frames queue; beyond a
-small bound the transport stops reading. The task waits while the transport
-has asked us to pause writing, so a client that sends without reading its
-answers is throttled instead of filling our memory (backpressure both ways).
+answers in order). The task yields to the event loop between queued frames,
+so a pipelining client shares the loop with everyone else rather than
+holding it for its whole backlog. While that task is busy, further frames
+queue; beyond a small bound the transport stops reading. The task waits
+while the transport has asked us to pause writing, so a client that sends
+without reading its answers is throttled instead of filling our memory
+(backpressure both ways).
 
 A framing error (bad header, oversized length) loses the stream position:
 the error is queued behind the frames already cut, reading stops and any
@@ -30,8 +33,11 @@ Timeouts are enforced by one sweep per listener (every ``sweep_interval``
 seconds) rather than a timer per read: a message started but not finished
 within ``read_timeout`` (counted from when its first bytes arrived) and a
 connection silent for ``idle_timeout`` are closed; so is one that neither
-sent nor took an answer for ``idle_timeout``. A slow or stalled client costs
-only its own connection.
+sent nor took an answer for ``idle_timeout``. A connection being closed
+(after an error response or an idle timeout) gets ``_CLOSE_GRACE`` to take
+its last bytes and hang up; then it is aborted, so a peer that keeps sending
+cannot hold it open in the TLS shutdown. A slow or stalled client costs only
+its own connection.
 
 Identity: the client certificate was verified by TLS (CERT_REQUIRED against
 the configured CA); its SPIFFE ID (or subject) is looked up once per
@@ -64,6 +70,7 @@ log = logging.getLogger("krypton.listener")
 
 _INITIAL_BUFFER = 64 * 1024
 _MAX_QUEUED = 16
+_CLOSE_GRACE = 1.0
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -82,6 +89,7 @@ class Connection(asyncio.BufferedProtocol):
         self.last_activity = time.monotonic()
         self.partial_since: float | None = None
         self.closing = False
+        self.closed_at: float | None = None
         self.broken = False
         self.can_write = asyncio.Event()
         self.can_write.set()
@@ -234,6 +242,8 @@ class Connection(asyncio.BufferedProtocol):
                 and self.transport.is_reading() is False
             ):
                 self.transport.resume_reading()
+            if self.queue:
+                await asyncio.sleep(0)
 
     def _refuse(self) -> None:
         exc = PermissionDenied(self.refused or "not allowed")
@@ -242,8 +252,7 @@ class Connection(asyncio.BufferedProtocol):
     def _send_error(self, exc: KryptonError) -> None:
         if self.transport is not None and not self.closing:
             self.transport.write(_encode_error(exc))
-            self.closing = True
-            self.transport.close()
+            self.close()
 
     def abort(self) -> None:
         self.closing = True
@@ -251,6 +260,9 @@ class Connection(asyncio.BufferedProtocol):
             self.transport.abort()
 
     def close(self) -> None:
+        """Flush what was written, then hang up (aborted after ``_CLOSE_GRACE``)."""
+        if self.closed_at is None:
+            self.closed_at = time.monotonic()
         self.closing = True
         if self.transport is not None:
             self.transport.close()
@@ -328,16 +340,22 @@ class Listener:
             await asyncio.sleep(self.sweep_interval)
             now = time.monotonic()
             for conn in list(self.connections.values()):
-                if conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
-                    log.info("connection %d: read timeout", conn.id)
-                    conn.abort()
-                elif now - conn.last_activity > self.idle_timeout:
-                    if not conn.can_write.is_set():
-                        log.info("connection %d: not reading its answers", conn.id)
-                        conn.abort()
-                    elif not conn.queue:
-                        log.info("connection %d: idle timeout", conn.id)
-                        conn.close()
+                self._expire(conn, now)
+
+    def _expire(self, conn: Connection, now: float) -> None:
+        if conn.closed_at is not None:
+            if now - conn.closed_at > _CLOSE_GRACE:
+                conn.abort()
+        elif conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
+            log.info("connection %d: read timeout", conn.id)
+            conn.abort()
+        elif now - conn.last_activity > self.idle_timeout:
+            if not conn.can_write.is_set():
+                log.info("connection %d: not reading its answers", conn.id)
+                conn.abort()
+            elif not conn.queue:
+                log.info("connection %d: idle timeout", conn.id)
+                conn.close()
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -135,7 +135,7 @@ class Upstream:
         )
         for change in result.changes:
             if change.tenant == ctx.tenant:
-                await self.vault.update_state(change.uid, change.state)
+                await self._refresh(change)
         return decode(result.batch_item, self.limits), result.placeholder
 
     async def _sync_before(self, ctx: RequestContext, raw_item: Item) -> None:
@@ -165,13 +165,28 @@ class Upstream:
         task.add_done_callback(self._pending.discard)
 
     async def _apply(self, change: StateChange) -> None:
-        rec = self.vault.get(change.uid)
-        if rec is None or rec.tenant != change.tenant or rec.state == change.state:
-            return
         try:
-            await self.vault.update_state(change.uid, change.state)
+            await self._refresh(change)
         except KryptonError as exc:
-            log.warning("state change of %s not applied: %s", change.uid, exc.message)
+            log.warning("change of %s not applied: %s", change.uid, exc.message)
+
+    async def _refresh(self, change: StateChange) -> None:
+        """Bring a held record up to the Core's: its state, and its attributes when
+        the Core can be asked (a change event does not carry them)."""
+        rec = self.vault.get(change.uid)
+        if rec is None or rec.tenant != change.tenant:
+            return
+        state = change.state
+        try:
+            fresh = await self.client.fetch_key(change.tenant, change.uid)
+        except KryptonError:
+            fresh = None
+        if fresh is not None:
+            state = fresh.state
+            if fresh.attributes and fresh.attributes != rec.attributes:
+                await self.vault.update_attributes(change.uid, fresh.attributes)
+        if state != rec.state:
+            await self.vault.update_state(change.uid, state)
 
     def _on_connection(self, state: ConnectionState) -> None:
         if state is ConnectionState.READY:

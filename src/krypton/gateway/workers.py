@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 log = logging.getLogger("krypton.workers")
@@ -44,15 +44,15 @@ def _child(target: Callable[[], int]) -> None:
         os._exit(code)
 
 
-def run_workers(count: int, target: Callable[[], int]) -> int:
-    """Fork ``count`` workers running ``target`` and supervise them until signalled."""
+def run_workers(targets: Sequence[Callable[[], int]]) -> int:
+    """Fork one worker per target and supervise them until signalled."""
     stopping = False
     children: dict[int, int] = {}
 
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
-            _child(target)
+            _child(targets[slot])
         children[pid] = slot
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -64,9 +64,9 @@ def run_workers(count: int, target: Callable[[], int]) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for slot in range(count):
+        for slot in range(len(targets)):
             spawn(slot)
-        log.info("supervising %d gateway workers", count)
+        log.info("supervising %d worker processes", len(targets))
         status = 0
         while children:
             try:

@@ -76,6 +76,16 @@ class ResponseItem:
     reason: ResultReason | None = None
     message: str | None = None
     payload: Item | None = None
+    raw: Item | None = None  # a whole response batch item from the Core, relayed as it is
+
+    @staticmethod
+    def relayed(raw: Item) -> ResponseItem:
+        status = raw.find(Tag.RESULT_STATUS)
+        value = status.value if status is not None and isinstance(status.value, int) else None
+        ok = value == ResultStatus.SUCCESS
+        return ResponseItem(
+            None, None, ResultStatus.SUCCESS if ok else ResultStatus.OPERATION_FAILED, raw=raw
+        )
 
     @staticmethod
     def failure(
@@ -104,6 +114,14 @@ def _int(item: Item | None, what: str, itype: ItemType = ItemType.INTEGER) -> in
     if item.type is not itype or not isinstance(item.value, int):
         raise InvalidMessage(f"{what}: wrong type")
     return int(item.value)
+
+
+def _text(item: Item | None, what: str) -> str | None:
+    if item is None:
+        return None
+    if item.type is not ItemType.TEXT_STRING or not isinstance(item.value, str):
+        raise InvalidMessage(f"{what}: wrong type")
+    return item.value
 
 
 def _parse_version(item: Item | None) -> ProtocolVersion:
@@ -152,7 +170,6 @@ def _parse_header(item: Item) -> RequestHeader:
     if async_item is not None and async_item.type is not ItemType.BOOLEAN:
         raise InvalidMessage("Asynchronous Indicator: wrong type")
     ts = f.get(Tag.TIME_STAMP)
-    corr = f.get(Tag.CLIENT_CORRELATION_VALUE)
     return RequestHeader(
         version=version,
         batch_count=batch_count,
@@ -160,7 +177,7 @@ def _parse_header(item: Item) -> RequestHeader:
         continuation=cont,
         batch_order=bool(order_item.value) if order_item is not None else True,
         time_stamp=_int(ts, "Time Stamp", ItemType.DATE_TIME),
-        client_correlation=corr.value if corr is not None and isinstance(corr.value, str) else None,
+        client_correlation=_text(f.get(Tag.CLIENT_CORRELATION_VALUE), "Client Correlation Value"),
         asynchronous=bool(async_item.value) if async_item is not None else False,
         requested=requested,
     )
@@ -220,6 +237,8 @@ def _version_item(version: ProtocolVersion) -> Item:
 
 
 def response_item(item: ResponseItem) -> Item:
+    if item.raw is not None:
+        return item.raw
     out: list[Item] = []
     if item.operation is not None:
         out.append(Item.enum(Tag.OPERATION, item.operation))
