@@ -46,12 +46,12 @@ from krypton.kmip.messages import (
     OPERATION_NAMES,
     RequestItem,
     ResponseItem,
-    build_response,
     error_response,
     parse_request,
     peek_version,
 )
 from krypton.kmip.reasons import reason_for
+from krypton.kmip.wire import encode_response
 from krypton.ttlv.codec import DEFAULT_LIMITS, Limits, decode, encode
 from krypton.ttlv.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
 from krypton.ttlv.tags import Tag
@@ -173,16 +173,20 @@ class Dispatcher:
                 ):
                     break
                 continue
-            results.append(ResponseItem(item.operation, item.batch_id, payload=outcome.payload))
-
-        out = encode(build_response(header.version, now, results, header.client_correlation))
-        limit = header.max_response_size
-        if limit is not None and len(out) > limit:
-            out = encode(
-                build_response(
-                    header.version, now, [_too_large(r) for r in results], header.client_correlation
+            results.append(
+                ResponseItem(
+                    item.operation,
+                    item.batch_id,
+                    payload=outcome.payload,
+                    encoded=outcome.encoded,
                 )
             )
+
+        out = encode_response(header.version, now, results, header.client_correlation)
+        limit = header.max_response_size
+        if limit is not None and len(out) > limit:
+            results = [_too_large(r) for r in results]
+            out = encode_response(header.version, now, results, header.client_correlation)
         return out
 
     async def _run(self, ctx: RequestContext, item: RequestItem) -> Outcome:
@@ -220,4 +224,5 @@ def _too_large(r: ResponseItem) -> ResponseItem:
         reason=ResultReason.RESPONSE_TOO_LARGE,
         message="the response exceeds the Maximum Response Size",
         payload=None,
+        encoded=None,
     )

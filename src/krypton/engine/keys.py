@@ -37,6 +37,7 @@ from krypton.kmip.attributes import (
     parse_attributes,
     parse_template_attribute,
 )
+from krypton.ttlv import writer as w
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import CryptographicAlgorithm, KeyFormatType, ObjectType, State
 from krypton.ttlv.item import Item, ItemType
@@ -198,15 +199,14 @@ async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outco
             raise KeyFormatTypeNotSupported(
                 "Get: symmetric keys are served as Raw or Transparent Symmetric Key"
             )
-        obj = _symmetric_key(svc, rec, fmt)
-    else:
-        # Objects registered at the Core (Secret Data, Opaque Object) are sealed
-        # as the TTLV encoding of the whole object structure.
-        secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
-        try:
-            obj = decode(secret.view())
-        finally:
-            secret.wipe()
+        return Outcome(None, encoded=_symmetric_payload(svc, rec, fmt))
+    # Objects registered at the Core (Secret Data, Opaque Object) are sealed
+    # as the TTLV encoding of the whole object structure.
+    secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
+    try:
+        obj = decode(secret.view())
+    finally:
+        secret.wipe()
     return Outcome(
         Item.structure(
             Tag.RESPONSE_PAYLOAD,
@@ -217,23 +217,37 @@ async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outco
     )
 
 
-def _symmetric_key(svc: Services, rec: KeyRecord, fmt: int) -> Item:
+def _symmetric_payload(svc: Services, rec: KeyRecord, fmt: int) -> bytes:
+    """The Get response payload of a symmetric key, written directly (hot path).
+
+    The plaintext goes from the unwrapped buffer into the payload buffer, and
+    both are overwritten once the payload bytes exist.
+    """
+    out = bytearray()
+    payload = w.begin(out, Tag.RESPONSE_PAYLOAD)
+    w.enum(out, Tag.OBJECT_TYPE, rec.object_type)
+    w.text(out, Tag.UNIQUE_IDENTIFIER, rec.uid)
+    obj = w.begin(out, Tag.SYMMETRIC_KEY)
+    block = w.begin(out, Tag.KEY_BLOCK)
+    w.enum(out, Tag.KEY_FORMAT_TYPE, fmt)
+    value = w.begin(out, Tag.KEY_VALUE)
     secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
     try:
-        key_bytes = secret.reveal()
+        if fmt == KeyFormatType.RAW:
+            w.byte_string(out, Tag.KEY_MATERIAL, secret.view())
+        else:
+            material = w.begin(out, Tag.KEY_MATERIAL)
+            w.byte_string(out, Tag.KEY, secret.view())
+            w.end(out, material)
     finally:
         secret.wipe()
-    if fmt == KeyFormatType.RAW:
-        material = Item.bytes_(Tag.KEY_MATERIAL, key_bytes)
-    else:
-        material = Item.structure(Tag.KEY_MATERIAL, Item.bytes_(Tag.KEY, key_bytes))
-    return Item.structure(
-        Tag.SYMMETRIC_KEY,
-        Item.structure(
-            Tag.KEY_BLOCK,
-            Item.enum(Tag.KEY_FORMAT_TYPE, fmt),
-            Item.structure(Tag.KEY_VALUE, material),
-            Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, rec.algorithm),
-            Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, rec.length),
-        ),
-    )
+    w.end(out, value)
+    w.enum(out, Tag.CRYPTOGRAPHIC_ALGORITHM, rec.algorithm)
+    w.integer(out, Tag.CRYPTOGRAPHIC_LENGTH, rec.length)
+    w.end(out, block)
+    w.end(out, obj)
+    w.end(out, payload)
+    try:
+        return bytes(out)
+    finally:
+        out[:] = bytes(len(out))

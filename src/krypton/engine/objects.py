@@ -86,6 +86,7 @@ class Outcome:
     uid: str | None = None
     changes: tuple[StateChange, ...] = ()
     response: Item | None = None  # a whole response batch item, relayed as it is
+    encoded: bytes | None = None  # the payload already written as TTLV (hot path)
 
 
 Handler = Callable[[Services, RequestContext, "Item | None"], Awaitable[Outcome]]

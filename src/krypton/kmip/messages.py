@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from krypton.errors import InvalidMessage, LimitExceeded, UnsupportedVersion
 from krypton.kmip.versions import ProtocolVersion, negotiate
-from krypton.ttlv.codec import Limits
+from krypton.ttlv.codec import Limits, decode
 from krypton.ttlv.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
@@ -77,6 +77,7 @@ class ResponseItem:
     message: str | None = None
     payload: Item | None = None
     raw: Item | None = None  # a whole response batch item from the Core, relayed as it is
+    encoded: bytes | None = None  # the payload, already TTLV-encoded by a hot-path handler
 
     @staticmethod
     def relayed(raw: Item) -> ResponseItem:
@@ -249,7 +250,9 @@ def response_item(item: ResponseItem) -> Item:
         out.append(Item.enum(Tag.RESULT_REASON, item.reason))
     if item.message is not None:
         out.append(Item.text(Tag.RESULT_MESSAGE, item.message))
-    if item.payload is not None:
+    if item.encoded is not None:
+        out.append(decode(item.encoded))
+    elif item.payload is not None:
         out.append(item.payload)
     return Item(Tag.BATCH_ITEM, _S, tuple(out))
 
