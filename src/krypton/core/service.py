@@ -40,7 +40,6 @@ from krypton.engine.core_objects import index_fields
 from krypton.kmip.attributes import parse_attributes
 from krypton.kmip.versions import ProtocolVersion
 from krypton.registry.base import Change, ObjectRecord, Registry
-from krypton.registry.base import StateChange as RegistryChange
 from krypton.ttlv.codec import Limits, decode, encode
 from krypton.uplink.types import (
     CoreEvent,
@@ -52,6 +51,8 @@ from krypton.uplink.types import (
 )
 
 log = logging.getLogger("krypton.core")
+
+DROP_NOTICE_SIZE = 32
 
 
 @dataclass(eq=False)
@@ -96,12 +97,11 @@ class CoreService:
 
     # -- change fan-out -------------------------------------------------------------
     async def _on_registry_change(self, change: Change) -> None:
-        if not isinstance(change, RegistryChange):
+        if not isinstance(change, StateChange):
             return  # key-table changes arrive through the key store's listener
-        event = StateChange(change.tenant, change.uid, change.state, change.revision)
         for sub in list(self._subscribers):
             if change.tenant in sub.tenants:
-                sub.queue.put_nowait(event)
+                sub.queue.put_nowait(change)
 
     def _on_key_change(self, tenant: str, version: int, state: L3State) -> None:
         # Called from the key store (possibly off the loop thread): the grant
@@ -117,9 +117,12 @@ class CoreService:
         if grant is not None:
             return grant
         # Revoked or destroyed: tell the gateway so it drops the version at once.
+        # An uplink L3 message without material is refused by the gateway, so the
+        # notice carries zero bytes in place of the key (a dropped state never
+        # installs them).
         states = await self.keys.l3_states(tenant)
         state = states.get(version, L3State.DESTROYED)
-        return L3Grant(tenant, version, SecretBytes(), state, 0.0)
+        return L3Grant(tenant, version, SecretBytes(bytes(DROP_NOTICE_SIZE)), state, 0.0)
 
     # -- CoreHandler -----------------------------------------------------------------
     async def subscribe(self, gateway: str, tenants: frozenset[str]) -> AsyncIterator[CoreEvent]:
@@ -190,9 +193,7 @@ class CoreService:
         placeholder = None
         if outcome is not None:
             placeholder = outcome.uid
-            changes = tuple(
-                StateChange(c.tenant, c.uid, c.state, c.revision) for c in outcome.changes
-            )
+            changes = outcome.changes
         return ExecuteResult(encode(answer), changes, placeholder)
 
     async def fetch_key(self, gateway: str, tenant: str, uid: str) -> WrappedKey | None:

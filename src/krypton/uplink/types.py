@@ -13,7 +13,18 @@ from dataclasses import dataclass
 from enum import Enum
 
 from krypton.crypto.keyring import L3Grant
+from krypton.registry.base import StateChange
 from krypton.vault.record import KeyRecord
+
+__all__ = [
+    "ConnectionState",
+    "CoreEvent",
+    "ExecuteRequest",
+    "ExecuteResult",
+    "Heartbeat",
+    "StateChange",
+    "WrappedKey",
+]
 
 
 class ConnectionState(Enum):
@@ -22,16 +33,6 @@ class ConnectionState(Enum):
     CONNECTING = "connecting"  # no stream yet, or one not yet in sync
     READY = "ready"  # subscribed and in sync with the Core
     DOWN = "down"  # the last attempt failed; retrying after a backoff
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """A KMIP object's new state (``state`` is a KMIP State enumeration value)."""
-
-    tenant: str
-    uid: str
-    state: int
-    revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
