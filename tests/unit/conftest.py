@@ -1,23 +1,15 @@
-"""Fixtures shared by unit-test modules: the one PostgreSQL server of the session.
+"""Fixtures shared by unit-test modules.
 
-Modules that want a registry on PostgreSQL ask for ``pg`` (or for
-``keystore_url``, which is parametrised over both registry backends); the
-server is started once, when the first of them needs it.
+``keystore_url`` is parametrised over both registry backends; its PostgreSQL
+databases live on the session's one server, ``pg`` (``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.pg import PgServer, postgres_server
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PgServer]:
-    with postgres_server() as server:
-        yield server
+from tests.pg import PgServer
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
