@@ -80,11 +80,12 @@ async def discover_versions(svc: Services, ctx: RequestContext, payload: Item | 
 async def query(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
     from krypton.engine.dispatch import supported_operations
 
-    functions = (
-        []
-        if payload is None
-        else [c.value for c in payload.children if c.tag == Tag.QUERY_FUNCTION]
-    )
+    functions: list[int] = []
+    for c in payload.children if payload is not None else ():
+        if c.tag == Tag.QUERY_FUNCTION:
+            if c.type is not ItemType.ENUMERATION or not isinstance(c.value, int):
+                raise InvalidMessage("Query: Query Function must be an Enumeration")
+            functions.append(c.value)
     out: list[Item] = []
     if QueryFunction.QUERY_OPERATIONS in functions:
         out.extend(Item.enum(Tag.OPERATION, op) for op in supported_operations(svc))
