@@ -680,7 +680,7 @@ def test_heavy_pipelining_client_does_not_starve_others(
         round_trip(other, keys)
     assert len(frames) == n + 1, "the hog did not get all its answers"
     assert all(r.status == ResultStatus.SUCCESS for f in frames for r in results(f))
-    assert max(latencies) < 0.15, sorted(round(x, 3) for x in latencies)[-5:]
+    assert max(latencies) < 0.2, sorted(round(x, 3) for x in latencies)[-5:]
 
 
 def _push(sock: ssl.SSLSocket, data: bytes, within: float, stalled_after: float) -> int:

@@ -54,8 +54,9 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import Callable
-from typing import cast
+import types
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, cast
 
 from krypton.engine.dispatch import Dispatcher, Session
 from krypton.errors import KryptonError, PermissionDenied
@@ -193,8 +194,71 @@ class Connection(asyncio.BufferedProtocol):
         self._kick()
 
     def _kick(self) -> None:
-        if self.worker is None or self.worker.done():
-            self.worker = asyncio.ensure_future(self._work())
+        if self.worker is not None and not self.worker.done():
+            return  # the running task drains the queue, in order
+        if self._eager():
+            return
+        self.worker = asyncio.ensure_future(self._work())
+
+    def _eager(self) -> bool:
+        """Handle the next frame now, without a task, if it completes without waiting.
+
+        A ``Get`` never waits (record cache, in-memory L3), so on the hot path
+        the response is written from inside ``buffer_updated``: no task to
+        create and schedule. A handler that does wait (``Create`` waits for the
+        vault's fsync) is resumed by a task from where it stopped. Only one
+        frame is handled this way; a pipelined backlog goes to the task, which
+        yields between frames. Returns True when nothing is left to do.
+        """
+        frame = self.queue[0]
+        if (
+            isinstance(frame, KryptonError)
+            or self.session is None
+            or self.closing
+            or not self.can_write.is_set()
+        ):
+            return False
+        self.queue.popleft()
+        coro = self.listener.dispatcher.handle(frame, self.session)
+        try:
+            pending = coro.send(None)
+        except StopIteration as done:
+            self._respond(done.value)
+            return not self.queue
+        except Exception:
+            log.exception("connection %d: dispatcher failed", self.id)
+            self.abort()
+            return True
+        self.worker = asyncio.ensure_future(self._resume(coro, pending))
+        return True
+
+    async def _resume(self, coro: Coroutine[Any, Any, bytes], pending: Any) -> None:
+        try:
+            response = await _continue(coro, pending)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("connection %d: dispatcher failed", self.id)
+            self.abort()
+            return
+        if not self.can_write.is_set():
+            await self.can_write.wait()
+        self._respond(response)
+        if self.queue:
+            await asyncio.sleep(0)
+            await self._work()
+
+    def _respond(self, response: bytes) -> None:
+        if self.closing or self.transport is None:
+            return
+        self.transport.write(response)
+        self.last_activity = time.monotonic()
+        if (
+            not self.broken
+            and len(self.queue) < _MAX_QUEUED // 2
+            and self.transport.is_reading() is False
+        ):
+            self.transport.resume_reading()
 
     def _make_room(self, need: int = 0) -> None:
         """Compact unread bytes to the front; grow when one message needs more."""
@@ -234,14 +298,7 @@ class Connection(asyncio.BufferedProtocol):
                 await self.can_write.wait()
             if self.closing or self.transport is None:
                 return
-            self.transport.write(response)
-            self.last_activity = time.monotonic()
-            if (
-                not self.broken
-                and len(self.queue) < _MAX_QUEUED // 2
-                and self.transport.is_reading() is False
-            ):
-                self.transport.resume_reading()
+            self._respond(response)
             if self.queue:
                 await asyncio.sleep(0)
 
@@ -266,6 +323,28 @@ class Connection(asyncio.BufferedProtocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+
+@types.coroutine
+def _continue(coro: Coroutine[Any, Any, bytes], pending: Any) -> Generator[Any, Any, bytes]:
+    """Drive a coroutine that already ran up to its first wait (``pending``, the
+    future it is waiting on) to the end, under whichever task awaits this."""
+    while True:
+        try:
+            sent = yield pending
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # delivered into the coroutine, as await would
+            try:
+                pending = coro.throw(exc)
+            except StopIteration as done:
+                return cast(bytes, done.value)
+        else:
+            try:
+                pending = coro.send(sent)
+            except StopIteration as done:
+                return cast(bytes, done.value)
 
 
 def _encode_error(exc: KryptonError) -> bytes:
