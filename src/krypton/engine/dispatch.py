@@ -182,11 +182,11 @@ class Dispatcher:
                 )
             )
 
-        out = encode_response(header.version, now, results, header.client_correlation)
+        out = encode_response(header.version, now, results)
         limit = header.max_response_size
         if limit is not None and len(out) > limit:
             results = [_too_large(r) for r in results]
-            out = encode_response(header.version, now, results, header.client_correlation)
+            out = encode_response(header.version, now, results)
         return out
 
     async def _run(self, ctx: RequestContext, item: RequestItem) -> Outcome:

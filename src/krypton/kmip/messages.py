@@ -261,12 +261,14 @@ def build_response(
     version: ProtocolVersion,
     now: int,
     items: list[ResponseItem] | tuple[ResponseItem, ...],
-    client_correlation: str | None = None,
 ) -> Item:
-    header: list[Item] = [_version_item(version), Item.datetime(Tag.TIME_STAMP, now)]
-    if client_correlation is not None and version >= ProtocolVersion(1, 4):
-        header.append(Item.text(Tag.CLIENT_CORRELATION_VALUE, client_correlation))
-    header.append(Item.integer(Tag.BATCH_COUNT, len(items)))
+    # No Client Correlation Value: the spec (1.4 §6.18, 2.1 §9.9) puts it in a
+    # response only for server-to-client operations, which we do not have.
+    header: list[Item] = [
+        _version_item(version),
+        Item.datetime(Tag.TIME_STAMP, now),
+        Item.integer(Tag.BATCH_COUNT, len(items)),
+    ]
     return Item(
         Tag.RESPONSE_MESSAGE,
         _S,

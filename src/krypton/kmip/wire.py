@@ -17,14 +17,11 @@ from krypton.ttlv import writer as w
 from krypton.ttlv.codec import encode_into
 from krypton.ttlv.tags import Tag
 
-_V14 = ProtocolVersion(1, 4)
-
 
 def encode_response(
     version: ProtocolVersion,
     now: int,
     items: Sequence[ResponseItem],
-    client_correlation: str | None = None,
 ) -> bytes:
     out = bytearray()
     msg = w.begin(out, Tag.RESPONSE_MESSAGE)
@@ -34,8 +31,6 @@ def encode_response(
     w.integer(out, Tag.PROTOCOL_VERSION_MINOR, version.minor)
     w.end(out, pv)
     w.datetime(out, Tag.TIME_STAMP, now)
-    if client_correlation is not None and version >= _V14:
-        w.text(out, Tag.CLIENT_CORRELATION_VALUE, client_correlation)
     w.integer(out, Tag.BATCH_COUNT, len(items))
     w.end(out, hdr)
     for item in items:

@@ -1,0 +1,1 @@
+"""The OASIS KMIP conformance runner (``krypton conformance``)."""
