@@ -17,6 +17,7 @@ from typing import Protocol, TypeVar
 from krypton.bench.cli import register as register_bench
 from krypton.cli.core import register as register_core
 from krypton.config import load_core_config, load_gateway_config
+from krypton.conformance.cli import register as register_conformance
 from krypton.core.app import Core
 from krypton.core.dev import EmbeddedStack, prepare_tenants
 from krypton.errors import ConfigError, KryptonError
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_core(sub, _run, _wait_for_signal)
     register_bench(sub)
+    register_conformance(sub)
     return p
 
 
