@@ -9,7 +9,12 @@ How this works
   sees changes made by other processes), and key state changes committed to
   the registry (by this Core or, on PostgreSQL, by another Core instance).
   Each subscriber has its own queue; the grants are re-sent every half lease
-  so a connected gateway never runs out of lease.
+  so a connected gateway never runs out of lease. Before the Heartbeat, a new
+  stream also gets the latest state change of each of the last
+  ``REPLAY_LIMIT`` keys this Core has seen change: a gateway that was away (its
+  stream broken, or still backing off after a Core restart) learns of a key
+  destroyed meanwhile instead of serving it on. (Changes older than this Core
+  process, or beyond the limit, are not replayed.)
 * **SyncKeys** — wrapped L4 records from a gateway's outbox are inserted into
   the registry, idempotently; the uids stored are acknowledged.
 * **Execute** — one delegated KMIP batch item is decoded, run by the shared
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -53,6 +59,7 @@ from krypton.uplink.types import (
 log = logging.getLogger("krypton.core")
 
 DROP_NOTICE_SIZE = 32
+REPLAY_LIMIT = 10_000
 
 
 @dataclass(eq=False)
@@ -75,6 +82,7 @@ class CoreService:
         *,
         lease_seconds: float,
         limits: Limits | None = None,
+        replay_limit: int = REPLAY_LIMIT,
     ) -> None:
         self.registry = registry
         self.keys = keys
@@ -82,6 +90,8 @@ class CoreService:
         self.lease_seconds = lease_seconds
         self.limits = limits or Limits()
         self._subscribers: set[_Subscriber] = set()
+        self._recent: OrderedDict[tuple[str, str], StateChange] = OrderedDict()
+        self._replay_limit = replay_limit
         self._unsubscribe: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -99,6 +109,11 @@ class CoreService:
     async def _on_registry_change(self, change: Change) -> None:
         if not isinstance(change, StateChange):
             return  # key-table changes arrive through the key store's listener
+        key = (change.tenant, change.uid)
+        self._recent.pop(key, None)
+        self._recent[key] = change
+        while len(self._recent) > self._replay_limit:
+            self._recent.popitem(last=False)
         for sub in list(self._subscribers):
             if change.tenant in sub.tenants:
                 sub.queue.put_nowait(change)
@@ -133,6 +148,8 @@ class CoreService:
         try:
             for grant in await self.keys.grants(sorted(tenants), self.lease_seconds):
                 yield grant
+            for change in [c for c in self._recent.values() if c.tenant in tenants]:
+                yield change
             yield Heartbeat.now()
             while True:
                 try:

@@ -21,15 +21,18 @@ the consistency rules of DESIGN §4:
   batches whenever the uplink is READY (woken by every ``Create``, and when
   the link comes back).
 * **Read-through.** A ``Get`` of a key this gateway does not hold asks the
-  Core (``FetchKey``) and keeps the wrapped record in the vault.
+  Core (``FetchKey``) and keeps the wrapped record in the vault. Concurrent
+  reads of one such key share one ``FetchKey`` and one vault write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from krypton.engine.context import RequestContext
 from krypton.errors import KryptonError
@@ -43,6 +46,8 @@ from krypton.vault.record import KeyRecord
 from krypton.vault.sqlite import Vault
 
 log = logging.getLogger("krypton.upstream")
+
+T = TypeVar("T")
 
 DRAIN_BATCH = 512
 DRAIN_INTERVAL = 0.5
@@ -67,6 +72,7 @@ class Upstream:
         self._drainer: asyncio.Task[None] | None = None
         self._remove: Callable[[], None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._fetching: dict[tuple[str, str], asyncio.Task[KeyRecord | None]] = {}
 
     async def start(self) -> None:
         self._remove = self.client.add_listener(
@@ -81,7 +87,7 @@ class Upstream:
             self._drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drainer
-        for task in list(self._pending):
+        for task in [*self._pending, *self._fetching.values()]:
             task.cancel()
 
     @property
@@ -122,6 +128,9 @@ class Upstream:
 
     # -- delegation ------------------------------------------------------------------
     async def execute(self, ctx: RequestContext, raw_item: Item) -> tuple[Item, str | None]:
+        return await _in_task(self._execute(ctx, raw_item))
+
+    async def _execute(self, ctx: RequestContext, raw_item: Item) -> tuple[Item, str | None]:
         await self._sync_before(ctx, raw_item)
         result = await self.client.execute(
             ExecuteRequest(
@@ -153,10 +162,28 @@ class Upstream:
 
     async def fetch(self, tenant: str, uid: str) -> KeyRecord | None:
         """A key made elsewhere: ask the Core, keep the wrapped record here."""
+        key = (tenant, uid)
+        task = self._fetching.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(tenant, uid))
+            self._fetching[key] = task
+            task.add_done_callback(functools.partial(self._fetched, key))
+        return await asyncio.shield(task)  # one caller going away leaves it to the others
+
+    async def _fetch(self, tenant: str, uid: str) -> KeyRecord | None:
         rec = await self.client.fetch_key(tenant, uid)
-        if rec is not None:
-            await self.vault.put(rec)
+        if rec is None:
+            return None
+        held = self.vault.get(uid)
+        if held is not None:
+            return held
+        await self.vault.put(rec)
         return rec
+
+    def _fetched(self, key: tuple[str, str], task: asyncio.Task[KeyRecord | None]) -> None:
+        self._fetching.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller may have gone
 
     # -- state flowing down ------------------------------------------------------------
     def _on_state(self, change: StateChange) -> None:
@@ -191,6 +218,15 @@ class Upstream:
     def _on_connection(self, state: ConnectionState) -> None:
         if state is ConnectionState.READY:
             self._wake.set()
+
+
+async def _in_task(work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` in a task: the listener runs a handler eagerly, outside any
+    task, up to its first wait, and the uplink's deadlines (``asyncio.timeout``)
+    need one."""
+    if asyncio.current_task() is None:
+        return await asyncio.ensure_future(work)
+    return await work
 
 
 def _named_uid(raw_item: Item) -> str | None:
