@@ -39,6 +39,9 @@ SERVED_OPERATIONS = {
     enums.Operation.GET_ATTRIBUTE_LIST,
     enums.Operation.DISCOVER_VERSIONS,
     enums.Operation.QUERY,
+    enums.Operation.ENCRYPT,
+    enums.Operation.DECRYPT,
+    enums.Operation.RNG_RETRIEVE,
     # delegated to the Krypton Core
     enums.Operation.REGISTER,
     enums.Operation.REKEY,
@@ -51,6 +54,8 @@ SERVED_OPERATIONS = {
     enums.Operation.ACTIVATE,
     enums.Operation.REVOKE,
     enums.Operation.DESTROY,
+    enums.Operation.CREATE_KEY_PAIR,
+    enums.Operation.GET_USAGE_ALLOCATION,
 }
 SERVED_OBJECTS = [
     enums.ObjectType.SYMMETRIC_KEY,

@@ -554,9 +554,9 @@ def test_execute_item_echoes_the_batch_item_and_refuses_what_it_cannot_run(env: 
     uid = env.register_key()
     a = env.item(cm.batch_item(Operation.ACTIVATE, cm.payload(uid_item(uid)), b"\x07"))
     assert a.ok and a.item.batch_id == b"\x07" and a.item.operation == Operation.ACTIVATE
-    a = env.item(cm.batch_item(Operation.CREATE_KEY_PAIR, cm.payload(), b"\x08"))
+    a = env.item(cm.batch_item(Operation.DERIVE_KEY, cm.payload(), b"\x08"))
     assert a.failed(R.OPERATION_NOT_SUPPORTED) and a.item.batch_id == b"\x08"
-    assert a.item.operation == Operation.CREATE_KEY_PAIR
+    assert a.item.operation == Operation.DERIVE_KEY
     broken = Item.structure(Tag.BATCH_ITEM, Item.bytes_(Tag.UNIQUE_BATCH_ITEM_ID, b"\x09"))
     a = env.item(broken)
     assert a.failed(R.INVALID_MESSAGE) and a.item.operation is None

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from krypton.engine import attrs_edit, lifecycle, locate, register
+from krypton.engine import attrs_edit, crypto_ops, keypair, lifecycle, locate, register
 from krypton.engine.context import RequestContext
 from krypton.engine.core_objects import (
     ControlHandler,
@@ -74,6 +74,8 @@ CONTROL_HANDLERS: dict[int, ControlHandler] = {
     Operation.SET_ATTRIBUTE: attrs_edit.set_attribute,
     Operation.GET_ATTRIBUTES: attrs_edit.get_attributes,
     Operation.GET_ATTRIBUTE_LIST: attrs_edit.get_attribute_list,
+    Operation.CREATE_KEY_PAIR: keypair.create_key_pair,
+    Operation.GET_USAGE_ALLOCATION: crypto_ops.get_usage_allocation,
 }
 
 

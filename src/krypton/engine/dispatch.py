@@ -32,7 +32,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from krypton.engine import info, keys
+from krypton.engine import crypto_ops, info, keys
 from krypton.engine.context import RequestContext
 from krypton.engine.objects import Handler, NotLocal, Outcome, Services
 from krypton.errors import (
@@ -65,6 +65,9 @@ HANDLERS: dict[int, Handler] = {
     Operation.GET_ATTRIBUTE_LIST: info.get_attribute_list,
     Operation.DISCOVER_VERSIONS: info.discover_versions,
     Operation.QUERY: info.query,
+    Operation.ENCRYPT: crypto_ops.encrypt,
+    Operation.DECRYPT: crypto_ops.decrypt,
+    Operation.RNG_RETRIEVE: crypto_ops.rng_retrieve,
 }
 
 
@@ -82,6 +85,8 @@ DELEGATED: tuple[int, ...] = (
     Operation.ACTIVATE,
     Operation.REVOKE,
     Operation.DESTROY,
+    Operation.CREATE_KEY_PAIR,
+    Operation.GET_USAGE_ALLOCATION,
 )
 
 

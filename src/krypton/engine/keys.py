@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from krypton.crypto.secret import generate_key
+from krypton.engine import keypair
 from krypton.engine.context import RequestContext
 from krypton.engine.objects import (
     NotLocal,
@@ -207,6 +208,10 @@ async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outco
         obj = decode(secret.view())
     finally:
         secret.wipe()
+    if fmt_item is not None and rec.object_type in keypair.ASYMMETRIC:
+        if not isinstance(fmt_item.value, int):
+            raise InvalidField("Get: Key Format Type must be an Enumeration")
+        obj = keypair.reformat(obj, rec.object_type, fmt_item.value)
     return Outcome(
         Item.structure(
             Tag.RESPONSE_PAYLOAD,
