@@ -274,3 +274,35 @@ def test_vault_files_never_hold_key_plaintext(tmp_path: Path) -> None:
     assert ring.unwrap("demo", stored.uid, stored.l3_version, stored.wrapped).reveal() == (
         plaintexts[7])
     again.close()
+
+
+def test_destroying_erases_the_wrapped_material(tmp_path: Path) -> None:
+    blob = os.urandom(60)
+    vault = Vault.open(tmp_path / "v.db")
+    rec = replace(record(), wrapped=blob)
+
+    async def body() -> None:
+        await vault.put(rec)
+        await vault.update_state(rec.uid, 2)  # Active: material kept
+        kept = vault.get(rec.uid)
+        assert kept is not None
+        assert kept.wrapped == blob
+        await vault.update_state(rec.uid, 5)  # Destroyed: material erased
+        gone = vault.get(rec.uid)
+        assert gone is not None
+        assert gone.state == 5
+        assert gone.wrapped == b""
+
+    run(body())
+    vault.close()
+    reopened = Vault.open(tmp_path / "v.db")
+    try:
+        again = reopened.get(rec.uid)
+        assert again is not None
+        assert again.wrapped == b""
+    finally:
+        reopened.close()
+    with sqlite3.connect(tmp_path / "v.db") as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("v.db"))
+    assert blob not in raw

@@ -54,6 +54,11 @@ _OUTBOX = (
     " wrapped, attributes, created, synced FROM keys WHERE synced = 0 ORDER BY rowid LIMIT ?"
 )
 
+# A destroyed key's wrapped material is erased, not just marked (KMIP State
+# Destroyed = 5, Destroyed Compromised = 6); secure_delete zeroes freed space.
+DESTROYED_STATES: Final = frozenset((5, 6))
+_ERASE: Final = "UPDATE keys SET state=?, wrapped=X'' WHERE uid=?"
+
 _PUT: Final = 0
 _STATE: Final = 1
 _ATTRS: Final = 2
@@ -124,6 +129,7 @@ def _connect(path: Path) -> sqlite3.Connection:
             raise StorageError(f"vault {path}: WAL journal mode is not available here")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA fullfsync = ON")
+        conn.execute("PRAGMA secure_delete = ON")
     except BaseException:
         conn.close()
         raise
@@ -358,7 +364,8 @@ class Vault:
             conn.executemany(_INSERT, [_row(r) for r in op.payload])
         elif op.kind == _STATE:
             uid, state = op.payload
-            op.result = conn.execute("UPDATE keys SET state=? WHERE uid=?", (state, uid)).rowcount
+            sql = _ERASE if state in DESTROYED_STATES else "UPDATE keys SET state=? WHERE uid=?"
+            op.result = conn.execute(sql, (state, uid)).rowcount
         elif op.kind == _ATTRS:
             uid, attrs = op.payload
             op.result = conn.execute(
@@ -379,7 +386,10 @@ class Vault:
                 cache.add(op.payload)
             elif op.kind == _STATE:
                 state = op.payload[1]
-                cache.update(op.payload[:1], _change(state=state))
+                if state in DESTROYED_STATES:
+                    cache.update(op.payload[:1], _change(state=state, wrapped=b""))
+                else:
+                    cache.update(op.payload[:1], _change(state=state))
             elif op.kind == _ATTRS:
                 cache.update(op.payload[:1], _change(attributes=op.payload[1]))
             else:
