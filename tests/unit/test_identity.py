@@ -128,3 +128,11 @@ def test_no_certificate_or_garbage_is_refused() -> None:
         identity_from_der(b"\x30\x03\x02\x01\x01")
     with pytest.raises(PermissionDenied):
         identity_from_peercert({"subject": ((("noSuchAttribute", "x"),),)})
+
+
+def test_repeated_certificates_answer_the_same_from_the_cache() -> None:
+    a, _ = issue_leaf(*CA, common_name="a", spiffe_id="spiffe://krypton.dev/tenant/demo/w/a")
+    b, _ = issue_leaf(*CA, common_name="b", spiffe_id="spiffe://krypton.dev/tenant/other/w/b")
+    for _ in range(3):  # first call parses, later ones come from the cache
+        assert identity_from_der(der(a)) == "spiffe://krypton.dev/tenant/demo/w/a"
+        assert identity_from_der(der(b)) == "spiffe://krypton.dev/tenant/other/w/b"
