@@ -51,6 +51,7 @@ T = TypeVar("T")
 
 DRAIN_BATCH = 512
 DRAIN_INTERVAL = 0.5
+DRAIN_LINGER = 0.1
 
 
 class Upstream:
@@ -62,12 +63,14 @@ class Upstream:
         *,
         batch: int = DRAIN_BATCH,
         interval: float = DRAIN_INTERVAL,
+        linger: float = DRAIN_LINGER,
     ) -> None:
         self.client = client
         self.vault = vault
         self.limits = limits
         self.batch = batch
         self.interval = interval
+        self.linger = linger
         self._wake = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
         self._remove: Callable[[], None] | None = None
@@ -107,6 +110,10 @@ class Upstream:
             self._wake.clear()
             if not self.ready:
                 continue
+            # Let a burst of Creates gather: one SyncKeys (and one vault commit
+            # to mark them synced) per batch, not per key. Anything that needs
+            # a key at the Core sooner syncs it itself (sync before delegate).
+            await asyncio.sleep(self.linger)
             try:
                 while await self.drain_once() == self.batch:
                     pass
