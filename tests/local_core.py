@@ -51,7 +51,10 @@ class LocalCore:
             return answer, None
         for change in outcome.changes:
             fresh = await self.core.registry.get_object(change.tenant, change.uid)
-            if fresh is not None and self.vault.get(change.uid) is not None:
+            held = self.vault.get(change.uid)
+            if fresh is not None and held is not None:
+                if fresh.sealed and not held.wrapped:  # an undone Destroy
+                    await self.vault.reinstate(self._record(fresh))
                 await self.vault.update_state(change.uid, fresh.state)
                 await self.vault.update_attributes(change.uid, fresh.attributes)
         return answer, outcome.uid
@@ -60,7 +63,13 @@ class LocalCore:
         rec = await self.core.registry.get_object(tenant, uid)
         if rec is None:
             return None
-        record = KeyRecord(
+        record = self._record(rec)
+        await self.vault.put(record)
+        return record
+
+    @staticmethod
+    def _record(rec: ObjectRecord) -> KeyRecord:
+        return KeyRecord(
             uid=rec.uid,
             tenant=rec.tenant,
             object_type=rec.object_type,
@@ -73,8 +82,6 @@ class LocalCore:
             created=rec.created,
             synced=True,
         )
-        await self.vault.put(record)
-        return record
 
     def created(self) -> None:
         """Keys are synced before each delegated item instead."""

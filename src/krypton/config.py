@@ -107,6 +107,7 @@ class GatewayConfig:
     policy_file: Path = Path("policy.toml")
     workers: int = 1
     log_level: str = "info"
+    interop: bool = False  # the KMIP Interop operation (test harnesses only, never production)
     tls: TLSConfig
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -335,6 +336,7 @@ _GATEWAY = _Section(
         "policy_file": _FILE,
         "workers": _integer(1, 1024),
         "log_level": _choice(LOG_LEVELS),
+        "interop": _boolean,
     },
     {
         "tls": _TLS,

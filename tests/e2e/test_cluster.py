@@ -193,7 +193,7 @@ def lifecycle_flow(cluster: Cluster, figures: Figures, test: str) -> None:
 
         ok(c, destroy_item(uid))
         assert local_state(c, uid) == State.DESTROYED
-        assert "destroyed" in failed(one(c, cm.get_item(uid)), ResultReason.ITEM_NOT_FOUND)
+        assert "destroyed" in failed(one(c, cm.get_item(uid)), ResultReason.OBJECT_DESTROYED)
         assert "destroyed" in failed(one(c, destroy_item(uid)), ResultReason.OBJECT_DESTROYED)
 
         # One batch over both paths: the local Create's ID Placeholder reaches the Core
@@ -246,7 +246,7 @@ def two_gateway_flow(cluster: Cluster, figures: Figures, test: str) -> None:
                 f"B served the key {refusal[-1]:.3f} s after its Destroy was sent to A"
                 f" ({answered - sent:.3f} s for A's answer)"
             )
-            assert gone.reason is ResultReason.ITEM_NOT_FOUND
+            assert gone.reason is ResultReason.OBJECT_DESTROYED
             assert "destroyed" in (gone.message or "")
             assert refused(a, uid) is not None
 
@@ -419,7 +419,7 @@ def test_destroy_while_a_gateway_is_away(tmp_path: Path, figures: Figures) -> No
         )
         destroyed = time.monotonic()
         gone = wait_for("B refusing the key", partial(refused, b, uid), SOON, 0.01)
-        assert gone.reason is ResultReason.ITEM_NOT_FOUND
+        assert gone.reason is ResultReason.OBJECT_DESTROYED
         caught_up = time.monotonic() - destroyed
     figures.add(test, f"B refused a key destroyed while it was away {caught_up:.2f} s later")
 

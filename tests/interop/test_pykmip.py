@@ -56,12 +56,41 @@ SERVED_OPERATIONS = {
     enums.Operation.DESTROY,
     enums.Operation.CREATE_KEY_PAIR,
     enums.Operation.GET_USAGE_ALLOCATION,
+    # the test harness's (Interop only on a development gateway, as this one)
+    enums.Operation.LOG,
+    enums.Operation.INTEROP,
+}
+# The last Operation each version defines (KMIP 1.0-1.4 §9.1.3.2.27): Query answers
+# a 1.x client with the served operations it has names for.
+LAST_OPERATION = {
+    enums.KMIPVersion.KMIP_1_0: enums.Operation.PUT,
+    enums.KMIPVersion.KMIP_1_1: enums.Operation.DISCOVER_VERSIONS,
+    enums.KMIPVersion.KMIP_1_2: enums.Operation.JOIN_SPLIT_KEY,
+    enums.KMIPVersion.KMIP_1_3: enums.Operation.JOIN_SPLIT_KEY,
+    enums.KMIPVersion.KMIP_1_4: enums.Operation.EXPORT,
 }
 SERVED_OBJECTS = [
     enums.ObjectType.SYMMETRIC_KEY,
     enums.ObjectType.SECRET_DATA,
     enums.ObjectType.OPAQUE_DATA,
+    enums.ObjectType.PRIVATE_KEY,
+    enums.ObjectType.PUBLIC_KEY,
+    enums.ObjectType.CERTIFICATE,
 ]
+# Attributes every key the server makes has, which PyKMIP 0.11 cannot decode in a
+# Get Attributes answer (it fails the whole answer): a 1.0 Digest (PyKMIP reads a Key
+# Format Type the 1.0 Digest does not have), the 1.3+ Random Number Generator, and
+# in 2.0 every attribute its tag table lacks. Asked for by name, the rest is read.
+PYKMIP_CANNOT_DECODE: dict[Any, set[str]] = {
+    enums.KMIPVersion.KMIP_1_0: {"Digest"},
+    enums.KMIPVersion.KMIP_1_3: {"Random Number Generator"},
+    enums.KMIPVersion.KMIP_1_4: {"Random Number Generator"},
+    enums.KMIPVersion.KMIP_2_0: {
+        "Random Number Generator", "Original Creation Date", "Short Unique Identifier",
+        "Protection Storage Mask", "Key Format Type", "Always Sensitive", "Extractable",
+        "Never Extractable",
+    },
+}  # fmt: skip
 # Attributes every new key has, whatever the client sent.
 SERVER_ATTRIBUTES = {
     "Unique Identifier",
@@ -156,9 +185,20 @@ def named_key(request: pytest.FixtureRequest, pykmip: OpenClient) -> tuple[Any, 
     return client, uid, name
 
 
+def _all_attributes(client: Any, uid: str) -> tuple[str, list[Any]]:
+    """Get Attributes of every attribute PyKMIP can decode (all of them where it can)."""
+    skip = PYKMIP_CANNOT_DECODE.get(client.kmip_version, set())
+    if not skip:
+        uid_and_attributes: tuple[str, list[Any]] = client.get_attributes(uid)
+        return uid_and_attributes
+    names = [n for n in client.get_attribute_list(uid) if n not in skip]
+    assert skip <= set(client.get_attribute_list(uid))
+    return client.get_attributes(uid, names)  # type: ignore[no-any-return]
+
+
 def test_get_attributes_returns_what_create_set(named_key: tuple[Any, str, str]) -> None:
     client, uid, name = named_key
-    returned_uid, attributes = client.get_attributes(uid)
+    returned_uid, attributes = _all_attributes(client, uid)
     values = _values(attributes)
 
     assert returned_uid == uid
@@ -201,10 +241,11 @@ def test_get_attribute_list_names_every_attribute_get_attributes_returns(
 ) -> None:
     client, uid, _ = named_key
     names = client.get_attribute_list(uid)
-    _, attributes = client.get_attributes(uid)
+    _, attributes = _all_attributes(client, uid)
 
     assert len(names) == len(set(names))
-    assert set(names) == set(_values(attributes))
+    skip = PYKMIP_CANNOT_DECODE.get(client.kmip_version, set())
+    assert set(names) - skip == set(_values(attributes))
     assert SERVER_ATTRIBUTES | {"Name", "Cryptographic Usage Mask"} <= set(names)
 
 
@@ -247,7 +288,10 @@ def test_query_reports_operations_objects_and_server(pykmip: OpenClient, version
     )
     assert result.result_status.value == enums.ResultStatus.SUCCESS
     assert len(result.operations) == len(set(result.operations))
-    assert set(result.operations) == SERVED_OPERATIONS
+    last = LAST_OPERATION.get(version)
+    assert set(result.operations) == {
+        op for op in SERVED_OPERATIONS if last is None or op.value <= last.value
+    }
     assert list(result.object_types) == SERVED_OBJECTS
     assert result.vendor_identification == "OpenKCM Krypton"
     if version >= enums.KMIPVersion.KMIP_2_0:
@@ -331,9 +375,12 @@ def test_another_tenant_gets_item_not_found(
         _LOOKUPS[lookup](theirs, absent)
 
     assert foreign.value.status == enums.ResultStatus.OPERATION_FAILED
-    assert _reason(foreign) == enums.ResultReason.ITEM_NOT_FOUND
+    not_found = enums.ResultReason.ITEM_NOT_FOUND  # KMIP 2.x: Object Not Found
+    if version >= enums.KMIPVersion.KMIP_2_0:
+        not_found = enums.ResultReason.OBJECT_NOT_FOUND
+    assert _reason(foreign) == not_found
     # Indistinguishable from a key that does not exist at all.
-    assert _reason(missing) == enums.ResultReason.ITEM_NOT_FOUND
+    assert _reason(missing) == not_found
     assert foreign.value.message.replace(uid, "<uid>") == missing.value.message.replace(
         absent, "<uid>"
     )
@@ -370,8 +417,8 @@ def test_unserved_operation_fails_alone_and_the_connection_stays_usable(
 
 @pytest.mark.parametrize(
     ("algorithm", "length"),
-    [(enums.CryptographicAlgorithm.TRIPLE_DES, 168), (AES, 100), (AES, 512)],
-    ids=["3des", "aes-100", "aes-512"],
+    [(enums.CryptographicAlgorithm.TRIPLE_DES, 112), (AES, 100), (AES, 512)],
+    ids=["3des-112", "aes-100", "aes-512"],
 )
 def test_create_refuses_what_it_cannot_make(
     pykmip: OpenClient, algorithm: Any, length: int
@@ -383,7 +430,18 @@ def test_create_refuses_what_it_cannot_make(
     assert len(client.get(client.create(AES, 128)).value) == 16
 
 
-def test_get_of_an_unknown_identifier_is_item_not_found(pykmip: OpenClient) -> None:
+def test_get_of_an_unknown_identifier_is_object_not_found(pykmip: OpenClient) -> None:
     with pytest.raises(KmipOperationFailure) as exc:
         pykmip(enums.KMIPVersion.KMIP_2_0).get(str(uuid.uuid4()))
-    assert _reason(exc) == enums.ResultReason.ITEM_NOT_FOUND
+    assert _reason(exc) == enums.ResultReason.OBJECT_NOT_FOUND
+
+
+def test_create_makes_triple_des_keys(pykmip: OpenClient) -> None:
+    client = pykmip(enums.KMIPVersion.KMIP_1_4)
+    uid = client.create(enums.CryptographicAlgorithm.TRIPLE_DES, 168)
+    # (PyKMIP's SymmetricKey wants 168 bits of material: read the answer as sent.)
+    block = client.proxy.get(uid).secret.key_block
+    assert block.cryptographic_length.value == 168
+    material = block.key_value.key_material.value
+    assert len(material) == 24  # three DES keys, odd parity (FIPS 46-3)
+    assert all(bin(b).count("1") % 2 == 1 for b in material)

@@ -370,10 +370,12 @@ def test_register_refusals(env: Env, version: ProtocolVersion) -> None:
     assert reg(sym, [name("dup")], symmetric_key(KEY)).failed(
         R.NON_UNIQUE_NAME_ATTRIBUTE if version.v2 else R.INVALID_FIELD
     )
-    cert = Item.structure(Tag.CERTIFICATE, Item.bytes_(Tag.CERTIFICATE_VALUE, b"x"))
-    assert reg(ObjectType.CERTIFICATE, [], cert).failed(
+    split = Item.structure(Tag.SPLIT_KEY, Item.integer(Tag.SPLIT_KEY_PARTS, 2))
+    assert reg(ObjectType.SPLIT_KEY, [], split).failed(
         R.INVALID_OBJECT_TYPE if version.v2 else R.INVALID_FIELD
     )
+    cert = Item.structure(Tag.CERTIFICATE, Item.bytes_(Tag.CERTIFICATE_VALUE, b"x"))
+    assert reg(ObjectType.CERTIFICATE, [], cert).failed(R.INVALID_FIELD)  # no Certificate Type
     opaque = Item.structure(
         Tag.OPAQUE_OBJECT,
         Item.enum(Tag.OPAQUE_DATA_TYPE, 0x80000001),

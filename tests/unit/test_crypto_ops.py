@@ -392,7 +392,8 @@ def test_key_must_be_active(gw: Gw) -> None:
     pre = gw.key(bytes(16), state=State.PRE_ACTIVE)
     request = (params(M.ECB), data(bytes(16)))
     assert failed(gw.call(ENC, uid(pre), *request), R.PERMISSION_DENIED)
-    assert failed(gw.call(ENC, uid(pre), *request, version=V20), R.WRONG_KEY_LIFECYCLE_STATE)
+    assert failed(gw.call(ENC, uid(pre), *request, version=V20), R.PERMISSION_DENIED)  # 2.0 too
+    assert failed(gw.call(ENC, uid(pre), *request, version=V21), R.WRONG_KEY_LIFECYCLE_STATE)
     past = date_attr("Activation Date", Tag.ACTIVATION_DATE, 1)
     due = gw.key(bytes(16), past, state=State.PRE_ACTIVE)  # its Activation Date is reached
     assert gw.call(ENC, uid(due), *request).status is ResultStatus.SUCCESS

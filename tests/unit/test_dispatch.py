@@ -111,8 +111,19 @@ def test_continue_runs_the_rest(env: tuple[Dispatcher, asyncio.AbstractEventLoop
     assert [i.status for i in r.items] == [ResultStatus.OPERATION_FAILED, ResultStatus.SUCCESS]
 
 
-def test_undo_is_refused_as_a_whole(env: tuple[Dispatcher, asyncio.AbstractEventLoop]) -> None:
+def test_undo_stops_at_the_failure(env: tuple[Dispatcher, asyncio.AbstractEventLoop]) -> None:
     msg = cm.request_message(V14, _bad_then_good(), continuation=BatchErrorContinuationOption.UNDO)
+    r = run(env, msg)
+    assert len(r.items) == 1 and r.items[0].reason is ResultReason.ITEM_NOT_FOUND
+
+
+def test_undo_of_what_cannot_be_undone_is_refused_as_a_whole(
+    env: tuple[Dispatcher, asyncio.AbstractEventLoop],
+) -> None:
+    register = cm.batch_item(Operation.REGISTER, cm.payload())  # not undoable, and not last
+    msg = cm.request_message(
+        V14, [register, cm.get_item("k")], continuation=BatchErrorContinuationOption.UNDO
+    )
     r = run(env, msg)
     assert len(r.items) == 1 and r.items[0].operation is None
     assert r.items[0].reason is ResultReason.FEATURE_NOT_SUPPORTED

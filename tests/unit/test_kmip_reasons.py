@@ -10,7 +10,6 @@ from krypton.ttlv.enums import Operation, ResultReason
 
 R = ResultReason
 V1 = [v for v in SUPPORTED if not v.v2]
-V2 = [v for v in SUPPORTED if v.v2]
 
 
 def test_every_v2_only_reason_has_a_default() -> None:
@@ -49,7 +48,26 @@ def test_v1_answers(version: ProtocolVersion) -> None:
     assert reason_for(version, R.ATTRIBUTE_READ_ONLY, 0x7FFF) is R.PERMISSION_DENIED
 
 
-@pytest.mark.parametrize("version", V2, ids=str)
-def test_v2_answers_unchanged(version: ProtocolVersion) -> None:
+def test_v21_answers_unchanged() -> None:
     for reason in R:
-        assert reason_for(version, reason, Operation.DESTROY) is reason
+        assert reason_for(ProtocolVersion(2, 1), reason, Operation.DESTROY) is reason
+
+
+def test_v20_answers_a_refusal_by_state_or_dates_with_permission_denied() -> None:
+    """2.0 error tables (and its profile cases: AKLC-M-2-20 Destroy of an Active key,
+    CS-BC-M-14-20 Encrypt past Protect Stop) where 2.1 says Wrong Key Lifecycle State."""
+    v20 = ProtocolVersion(2, 0)
+    for op in (Operation.DESTROY, Operation.ENCRYPT, Operation.ACTIVATE):
+        assert reason_for(v20, R.WRONG_KEY_LIFECYCLE_STATE, op) is R.PERMISSION_DENIED
+    for reason in R:
+        if reason is not R.WRONG_KEY_LIFECYCLE_STATE:
+            assert reason_for(v20, reason, Operation.DESTROY) is reason
+
+
+@pytest.mark.parametrize("version", V1, ids=str)
+def test_v1_encrypt_with_an_object_that_is_not_a_key_is_permission_denied(
+    version: ProtocolVersion,
+) -> None:
+    for op in (Operation.ENCRYPT, Operation.DECRYPT):  # KMIP 1.4 §11.30, §11.31
+        assert reason_for(version, R.INVALID_OBJECT_TYPE, op) is R.PERMISSION_DENIED
+    assert reason_for(version, R.INVALID_OBJECT_TYPE, Operation.REGISTER) is R.INVALID_FIELD

@@ -11,6 +11,7 @@ from __future__ import annotations
 from krypton.engine.context import RequestContext
 from krypton.engine.objects import payload_fields
 from krypton.errors import InvalidMessage
+from krypton.kmip.attr_versions import for_version
 from krypton.kmip.attributes import Attribute, attributes_v2, parse_reference, reference_v2, to_v1
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
@@ -46,6 +47,7 @@ def pick(attrs: list[Attribute], wanted: list[str]) -> list[Attribute]:
 
 
 def attributes_payload(ctx: RequestContext, uid: str, attrs: list[Attribute]) -> Item:
+    attrs = for_version(attrs, ctx.version)
     uid_item = Item.text(Tag.UNIQUE_IDENTIFIER, uid)
     if ctx.version.v2:
         return Item.structure(Tag.RESPONSE_PAYLOAD, uid_item, attributes_v2(attrs))
@@ -55,6 +57,7 @@ def attributes_payload(ctx: RequestContext, uid: str, attrs: list[Attribute]) ->
 
 
 def attribute_list_payload(ctx: RequestContext, uid: str, attrs: list[Attribute]) -> Item:
+    attrs = for_version(attrs, ctx.version)
     names = list(dict.fromkeys(a.name for a in attrs))
     if ctx.version.v2:
         refs = tuple(reference_v2(n) for n in names)

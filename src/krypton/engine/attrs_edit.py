@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from krypton.engine import server_attrs
 from krypton.engine.attr_view import (
     attribute_list_payload,
     attributes_payload,
@@ -133,8 +134,9 @@ async def _run(svc: CoreServices, ctx: RequestContext, f: dict[int, Item], edit:
     async def change(rec: ObjectRecord) -> ObjectRecord:
         result = await edit(rec, stored_attributes(rec))
         echoed[:] = [] if result.echo is None else [result.echo]
-        state = date_driven_state(rec.state, result.stored, ctx.now)
-        return replace(rebuild(rec, result.stored, ctx.now), state=state)
+        stored = server_attrs.follow_ups(result.stored)
+        state = date_driven_state(rec.state, stored, ctx.now)
+        return replace(rebuild(rec, stored, ctx.now), state=state)
 
     _, after, event = await mutate(svc, ctx, uid, change)
     extra = [] if ctx.version.v2 else [to_v1(e, with_index=e.index > 0) for e in echoed]

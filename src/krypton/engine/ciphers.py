@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import padding as block_padding
 from cryptography.hazmat.primitives.ciphers import (
     AEADDecryptionContext,
@@ -188,6 +189,7 @@ class Scheme:
     tags: frozenset[int] = frozenset()  # accepted tag lengths; empty: not AEAD
     oneshot: OneShot | None = None  # the AEAD class for whole messages (16-byte tag)
     expand: Callable[[bytes, Params], bytes] = _same  # IV as the cipher takes it
+    block_bytes: int = 16  # the cipher's block size (padding, whole blocks)
 
     @property
     def aead(self) -> bool:
@@ -200,8 +202,19 @@ _CHACHA_POLY = Scheme(
     "ChaCha20-Poly1305", frozenset((12,)), 12, None, tags=TAG_LENGTHS,
     oneshot=ChaCha20Poly1305,
 )  # fmt: skip
+def _tdes(mode: Callable[[bytes], modes.Mode]) -> Build:
+    """Triple DES (SP 800-67): for data made under legacy keys. The CS-BC profile
+    test cases register and use such keys; nothing here makes a 3DES key by default."""
+
+    def build(key: memoryview, iv: bytes, tag: bytes | None) -> Cipher[Any]:
+        return Cipher(TripleDES(bytes(key)), mode(iv))
+
+    return build
+
+
 # ECB only when a client (or its key) asks for it by name: the CS-BC profile requires it.
 _ECB = _aes(lambda iv, t: modes.ECB())  # noqa: S305
+_TDES_ECB = _tdes(lambda iv: modes.ECB())  # noqa: S305
 SCHEMES: dict[tuple[int, int | None], Scheme] = {
     (_A.AES, _M.ECB): Scheme("AES-ECB", frozenset(), 0, _ECB, block=True),
     (_A.AES, _M.CBC): Scheme(
@@ -213,6 +226,10 @@ SCHEMES: dict[tuple[int, int | None], Scheme] = {
     ),
     (_A.AES, _M.GCM): Scheme(
         "AES-GCM", frozenset(range(8, 129)), 12, _aes(_gcm), tags=TAG_LENGTHS, oneshot=AESGCM
+    ),
+    (_A.DES3, _M.ECB): Scheme("3DES-ECB", frozenset(), 0, _TDES_ECB, block=True, block_bytes=8),
+    (_A.DES3, _M.CBC): Scheme(
+        "3DES-CBC", frozenset((8,)), 8, _tdes(modes.CBC), block=True, block_bytes=8
     ),
     (_A.CHACHA20, None): Scheme(
         "ChaCha20", frozenset((8, 12, 16)), 12, _chacha, expand=_chacha_nonce
@@ -227,12 +244,13 @@ def scheme_for(algorithm: int, params: Params) -> Scheme:
     if params.algorithm is not None and params.algorithm != algorithm:
         raise BadParameters("the Cryptographic Algorithm does not match the key's")
     mode = None if algorithm in _MODE_OPTIONAL and params.mode is None else params.mode
-    if mode is None and algorithm == _A.AES:
-        raise BadParameters("AES needs a Block Cipher Mode (in the request or on the key)")
+    if mode is None and algorithm in (_A.AES, _A.DES3):
+        raise BadParameters("a block cipher needs a Block Cipher Mode (in the request or key)")
     scheme = SCHEMES.get((algorithm, mode))
     if scheme is None:
         raise UnsupportedParameters(
-            "supported: AES in ECB, CBC, CTR or GCM mode, ChaCha20, ChaCha20-Poly1305"
+            "supported: AES in ECB, CBC, CTR or GCM mode, Triple DES in ECB or CBC mode, "
+            "ChaCha20, ChaCha20-Poly1305"
         )
     return scheme
 
@@ -266,7 +284,7 @@ class Work:
         self.tag_length = tag_length
         self.padder: Any = None
         if pad:
-            pkcs7 = block_padding.PKCS7(128)
+            pkcs7 = block_padding.PKCS7(scheme.block_bytes * 8)
             self.padder = pkcs7.unpadder() if decrypting else pkcs7.padder()
 
     def update(self, data: bytes) -> bytes:
@@ -294,7 +312,8 @@ class Work:
                     f"Decrypt: {self.scheme.name} failed (bad padding or length)"
                 ) from None
             raise BadParameters(
-                f"{self.scheme.name}: without padding the data must be a multiple of 16 bytes"
+                f"{self.scheme.name}: without padding the data must be a multiple of "
+                f"{self.scheme.block_bytes} bytes"
             ) from None
         context = self.context
         tag = context.tag[: self.tag_length] if isinstance(context, AEADEncryptionContext) else None

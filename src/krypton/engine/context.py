@@ -23,6 +23,9 @@ class RequestContext:
     now: int
     request_id: str
     placeholder: str | None = None
+    # At the Core: the batch this item belongs to asked for Undo (krypton.engine.undo);
+    # what the item changes is journaled under this token until the batch ends.
+    undo_token: str | None = None
 
     def with_placeholder(self, uid: str | None) -> RequestContext:
         return self if uid is None or uid == self.placeholder else replace(self, placeholder=uid)

@@ -25,9 +25,9 @@ Object Not Found (Item Not Found in 1.x), never a hint that it exists.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from krypton.engine import attrs_edit, crypto_ops, keypair, lifecycle, locate, register
+from krypton.engine import attrs_edit, crypto_ops, keypair, lifecycle, locate, register, undo
 from krypton.engine.context import RequestContext
 from krypton.engine.core_objects import (
     ControlHandler,
@@ -77,6 +77,8 @@ CONTROL_HANDLERS: dict[int, ControlHandler] = {
     Operation.CREATE_KEY_PAIR: keypair.create_key_pair,
     Operation.GET_USAGE_ALLOCATION: crypto_ops.get_usage_allocation,
 }
+# A gateway's own operations, for a batch with Undo (krypton.engine.undo).
+PRIVATE_HANDLERS: dict[int, ControlHandler] = {undo.UNDO: undo.undo, undo.FORGET: undo.forget}
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,10 @@ async def execute_item(
     try:
         parsed = _parse(raw_batch_item)
         operation, batch_id, payload = parsed.operation, parsed.batch_id, parsed.payload
-        handler = CONTROL_HANDLERS.get(parsed.operation)
+        journal = undo.token(ctx, (audit or AuditContext()).gateway, raw_batch_item)
+        if journal is not None:
+            ctx = replace(ctx, undo_token=journal)
+        handler = CONTROL_HANDLERS.get(parsed.operation) or PRIVATE_HANDLERS.get(parsed.operation)
         if handler is None:
             raise OperationNotSupported(
                 f"operation {_name(parsed.operation)} is not supported by the Krypton Core"

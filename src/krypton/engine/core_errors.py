@@ -76,3 +76,15 @@ class IncompatibleUsageMask(KryptonError):
     """The object may not be used for the requested cryptographic usage."""
 
     reason = ResultReason.INCOMPATIBLE_CRYPTOGRAPHIC_USAGE_MASK
+
+
+class SensitiveObject(KryptonError):
+    """The object is Sensitive: its value is not given out unwrapped."""
+
+    reason = ResultReason.SENSITIVE
+
+
+class NotExtractable(KryptonError):
+    """The object is not Extractable: its value is not given out."""
+
+    reason = ResultReason.NOT_EXTRACTABLE

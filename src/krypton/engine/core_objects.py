@@ -26,13 +26,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from krypton.crypto.keyring import KeyRing
 from krypton.crypto.secret import SecretBytes
+from krypton.engine import server_attrs
 from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import InvalidAttributeValue, NonUniqueName, ObjectNotFound
+from krypton.engine.journal import UndoJournal
 from krypton.engine.objects import Outcome
 from krypton.errors import InvalidField, InvalidMessage, ReadOnlyAttribute, StorageError
 from krypton.kmip.attributes import Attribute, attributes_v2, parse_attributes
@@ -74,6 +76,7 @@ class CoreServices:
     sealer: Sealer
     new_uid: Callable[[], str] = _new_uid
     clock: Callable[[], float] = time.time
+    journal: UndoJournal = field(default_factory=UndoJournal)
 
 
 ControlHandler = Callable[[CoreServices, RequestContext, "Item | None"], Awaitable[Outcome]]
@@ -139,7 +142,12 @@ SERVER_ONLY = frozenset((
     "Archive Date", "Digest", "Lease Time", "Key Value Present", "Always Sensitive",
     "Never Extractable", "Certificate Type", "Certificate Length", "Digital Signature Algorithm",
     "Short Unique Identifier", "Rotate Date", "Rotate Generation", "Rotate Latest",
-    "Opaque Data Type", "Protection Storage Mask",
+    "Opaque Data Type", "Protection Storage Mask", "Key Format Type", "Certificate Length",
+    "X.509 Certificate Identifier", "X.509 Certificate Subject", "X.509 Certificate Issuer",
+    *(f"Certificate {who} {part}" for who in ("Subject", "Issuer") for part in (
+        "CN", "O", "OU", "Email", "C", "ST", "L", "UID", "Serial Number", "Title", "DC",
+        "DN Qualifier",
+    )),
 ))  # fmt: skip
 
 
@@ -210,7 +218,7 @@ def all_attributes(rec: ObjectRecord) -> list[Attribute]:
         stored.append(
             Attribute("Last Change Date", Item.datetime(Tag.LAST_CHANGE_DATE, rec.created))
         )
-    return derived_attributes(rec) + stored
+    return derived_attributes(rec) + stored + server_attrs.derived(rec.uid, rec.object_type, stored)
 
 
 def first(attrs: Iterable[Attribute], name: str) -> Item | None:
@@ -331,6 +339,8 @@ async def mutate(
             if attempt == CONFLICT_RETRIES - 1:
                 raise
             continue
+        if ctx.undo_token is not None:
+            svc.journal.record(ctx.undo_token, before, stored)
         return before, stored, StateChange(stored.tenant, stored.uid, stored.state, stored.revision)
     raise AssertionError("unreachable")  # pragma: no cover
 

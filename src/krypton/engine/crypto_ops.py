@@ -77,12 +77,10 @@ from krypton.errors import (
     IllegalOperation,
     InvalidField,
     InvalidMessage,
-    KryptonError,
     PermissionDenied,
     WrongKeyLifecycleState,
 )
 from krypton.kmip.attributes import Attribute
-from krypton.kmip.versions import ProtocolVersion
 from krypton.registry.base import ObjectRecord
 from krypton.ttlv import writer as w
 from krypton.ttlv.enums import (
@@ -98,7 +96,6 @@ from krypton.ttlv.tags import Tag
 from krypton.vault.record import KeyRecord
 
 MAX_RNG_LENGTH = 64 * 1024  # bytes one RNG Retrieve may ask for
-_V21 = ProtocolVersion(2, 1)
 
 
 # -- the request ------------------------------------------------------------------------
@@ -163,20 +160,11 @@ def _read_request(f: dict[int, Item], op: _Op) -> CryptoRequest:
 
 
 # -- may this key do this now -----------------------------------------------------------
-def _date_refusal(ctx: RequestContext, message: str) -> KryptonError:
-    """CS-BC-M-14: Permission Denied up to 2.0, Wrong Key Lifecycle State from 2.1."""
-    if ctx.version >= _V21:
-        return WrongKeyLifecycleState(message)
-    return PermissionDenied(message)
-
-
 def check_usable(ctx: RequestContext, rec: KeyRecord, stored: list[Attribute], op: _Op) -> None:
     if rec.object_type in (ObjectType.PUBLIC_KEY, ObjectType.PRIVATE_KEY):
         raise FeatureNotSupported(f"{op.name}: this server encrypts with symmetric keys only")
     if rec.object_type != ObjectType.SYMMETRIC_KEY:
-        if ctx.version.v2:
-            raise InvalidObjectType(f"{op.name}: object {rec.uid!r} is not a key")
-        raise PermissionDenied(f"{op.name}: object {rec.uid!r} is not a key")
+        raise InvalidObjectType(f"{op.name}: object {rec.uid!r} is not a key")
     state = date_driven_state(rec.state, stored, ctx.now)
     if state != State.ACTIVE or not rec.wrapped:
         raise WrongKeyLifecycleState(f"{op.name}: key {rec.uid!r} is not Active")
@@ -189,11 +177,11 @@ def check_usable(ctx: RequestContext, rec: KeyRecord, stored: list[Attribute], o
     if op.decrypting:
         start = int_of(first(stored, "Process Start Date"))
         if start is not None and start > ctx.now:
-            raise _date_refusal(ctx, f"Decrypt: key {rec.uid!r} is before its Process Start Date")
+            raise WrongKeyLifecycleState(f"Decrypt: key {rec.uid!r} is before its Process Start")
     else:
         stop = int_of(first(stored, "Protect Stop Date"))
         if stop is not None and stop <= ctx.now:
-            raise _date_refusal(ctx, f"Encrypt: key {rec.uid!r} is past its Protect Stop Date")
+            raise WrongKeyLifecycleState(f"Encrypt: key {rec.uid!r} is past its Protect Stop Date")
 
 
 def _allocation_item(uid: str, units: int) -> Item:
@@ -313,7 +301,8 @@ async def _crypt(svc: Services, ctx: RequestContext, payload: Item | None, op: _
     pad = pads(scheme, params)
     iv, drawn = _iv(scheme, params, request, op)
     tag_length = _tag_length(scheme, params, request, op)
-    whole_blocks = not scheme.block or pad or streaming or len(request.data or b"") % 16 == 0
+    size = len(request.data or b"")
+    whole_blocks = not scheme.block or pad or streaming or size % scheme.block_bytes == 0
     if not whole_blocks and not op.decrypting:  # refused before any usage is allocated
         raise BadParameters(f"{scheme.name}: without padding the data must be whole blocks")
     if not op.decrypting:

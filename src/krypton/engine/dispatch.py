@@ -15,8 +15,9 @@ validates the message structure, then runs the batch items in order:
   ``Create`` + ``Get`` in one batch returns the new key in one round trip;
 * a failing item becomes a failed response item carrying its error's result
   reason; with Batch Error Continuation Option *Stop* (the default) the items
-  after it are not run, with *Continue* they are. *Undo* is refused for
-  batches of more than one item (we do not undo a durable Create).
+  after it are not run, with *Continue* they are; with *Undo* the items before
+  it are undone too, for the batches :mod:`krypton.engine.undo` can undo (it
+  refuses the others whole, before running anything).
 
 Message-level failures (undecodable bytes, a wrong structure, a major
 version we do not speak) are answered by a response with a single batch item
@@ -32,11 +33,10 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from krypton.engine import crypto_ops, info, keys
+from krypton.engine import crypto_ops, info, keys, undo
 from krypton.engine.context import RequestContext
 from krypton.engine.objects import Handler, NotLocal, Outcome, Services
 from krypton.errors import (
-    FeatureNotSupported,
     KryptonError,
     OperationNotSupported,
     PermissionDenied,
@@ -68,6 +68,8 @@ HANDLERS: dict[int, Handler] = {
     Operation.ENCRYPT: crypto_ops.encrypt,
     Operation.DECRYPT: crypto_ops.decrypt,
     Operation.RNG_RETRIEVE: crypto_ops.rng_retrieve,
+    Operation.LOG: info.log_message,
+    Operation.INTEROP: info.interop,
 }
 
 
@@ -91,9 +93,14 @@ DELEGATED: tuple[int, ...] = (
 
 
 def supported_operations(services: Services | None = None) -> tuple[int, ...]:
+    local = tuple(
+        op
+        for op in HANDLERS
+        if op != Operation.INTEROP or (services is not None and services.interop)
+    )
     if services is not None and services.upstream is not None:
-        return (*HANDLERS, *DELEGATED)
-    return tuple(HANDLERS)
+        return (*local, *DELEGATED)
+    return local
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +137,15 @@ class Dispatcher:
             return encode(error_response(peek_version(message), now, exc.reason, exc.message))
 
         header = request.header
+        svc = self.services
+        pending: undo.PendingStore | None = None
         if header.continuation is _UNDO and len(request.items) > 1:
-            undo = FeatureNotSupported("Batch Error Continuation Option Undo is not supported")
-            return encode(error_response(header.version, now, undo.reason, undo.message))
+            try:
+                undo.check_batch(request.items, HANDLERS)
+            except KryptonError as exc:
+                return encode(error_response(header.version, now, exc.reason, exc.message))
+            pending = undo.PendingStore(svc.store)
+            svc = replace(svc, store=pending)
 
         ctx = RequestContext(
             identity=session.identity,
@@ -142,16 +155,19 @@ class Dispatcher:
             request_id=request_id,
         )
         results: list[ResponseItem] = []
+        failed = False
         for item in request.items:
             try:
+                undo.refuse_private(item)
                 if not session.grant.allows(item.operation):
                     raise PermissionDenied("this client may not run this operation")
-                outcome = await self._run(ctx, item)
+                outcome = await self._run(svc, ctx, item, journal=pending is not None)
             except KryptonError as exc:
                 reason = reason_for(header.version, exc.reason, item.operation)
                 results.append(
                     ResponseItem.failure(item.operation, item.batch_id, reason, exc.message)
                 )
+                failed = True
                 if header.continuation is not _CONTINUE:
                     break
                 continue
@@ -165,6 +181,7 @@ class Dispatcher:
                         f"internal error (request {request_id})",
                     )
                 )
+                failed = True
                 if header.continuation is not _CONTINUE:
                     break
                 continue
@@ -172,11 +189,10 @@ class Dispatcher:
             if outcome.response is not None:
                 relayed = ResponseItem.relayed(outcome.response)
                 results.append(relayed)
-                if (
-                    relayed.status is not ResultStatus.SUCCESS
-                    and header.continuation is not _CONTINUE
-                ):
-                    break
+                if relayed.status is not ResultStatus.SUCCESS:
+                    failed = True
+                    if header.continuation is not _CONTINUE:
+                        break
                 continue
             results.append(
                 ResponseItem(
@@ -186,6 +202,8 @@ class Dispatcher:
                     encoded=outcome.encoded,
                 )
             )
+        if pending is not None:
+            results = await self._end_undo_batch(svc, ctx, pending, results, failed)
 
         out = encode_response(header.version, now, results)
         limit = header.max_response_size
@@ -194,9 +212,49 @@ class Dispatcher:
             out = encode_response(header.version, now, results)
         return out
 
-    async def _run(self, ctx: RequestContext, item: RequestItem) -> Outcome:
-        """Locally when a handler can, else at the Core, else Operation Not Supported."""
-        svc = self.services
+    async def _end_undo_batch(
+        self,
+        svc: Services,
+        ctx: RequestContext,
+        pending: undo.PendingStore,
+        results: list[ResponseItem],
+        failed: bool,
+    ) -> list[ResponseItem]:
+        """Keep what an Undo batch did, or undo it (krypton.engine.undo)."""
+        journaled = any(r.raw is not None for r in results)
+        if not failed:
+            try:
+                await pending.commit()
+            except KryptonError as exc:  # the keys made were not stored: undo the rest
+                log.warning("request %s: %s", ctx.request_id, exc.message)
+                failed = True
+        if not failed:
+            if svc.upstream is not None:
+                svc.upstream.created()
+                if journaled:
+                    await self._private(svc, ctx, undo.FORGET)
+            return results
+        pending.records.clear()
+        if journaled and not await self._private(svc, ctx, undo.UNDO):
+            log.warning("request %s: Undo failed; the items keep their answers", ctx.request_id)
+            return results
+        return [undo.undone(r) if r.status is ResultStatus.SUCCESS else r for r in results]
+
+    async def _private(self, svc: Services, ctx: RequestContext, operation: int) -> bool:
+        assert svc.upstream is not None
+        try:
+            response, _ = await svc.upstream.execute(ctx, undo.private_item(operation))
+        except KryptonError as exc:
+            log.warning("request %s: the Core did not take %08X: %s", ctx.request_id,
+                        operation, exc.message)  # fmt: skip
+            return False
+        return undo.succeeded(response)
+
+    async def _run(
+        self, svc: Services, ctx: RequestContext, item: RequestItem, *, journal: bool = False
+    ) -> Outcome:
+        """Locally when a handler can, else at the Core, else Operation Not Supported.
+        ``journal``: the item belongs to an Undo batch, the Core keeps what it changes."""
         handler = HANDLERS.get(item.operation)
         if handler is not None:
             try:
@@ -209,7 +267,8 @@ class Dispatcher:
                 f"operation {OPERATION_NAMES.get(item.operation, item.operation)} "
                 "is not supported here"
             )
-        response, placeholder = await svc.upstream.execute(ctx, item.raw)
+        raw = undo.marked(item.raw) if journal else item.raw
+        response, placeholder = await svc.upstream.execute(ctx, raw)
         return Outcome(None, placeholder, response=response)
 
 

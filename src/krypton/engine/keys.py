@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from krypton.crypto.secret import generate_key
-from krypton.engine import keypair
+from krypton.engine import keypair, server_attrs, wrapping
 from krypton.engine.context import RequestContext
+from krypton.engine.core_errors import NotExtractable, ObjectDestroyed, SensitiveObject
 from krypton.engine.objects import (
     NotLocal,
     Outcome,
@@ -24,11 +24,12 @@ from krypton.engine.objects import (
     load_through,
     payload_fields,
     request_uid,
+    stored_attributes,
 )
+from krypton.engine.symmetric import check_quantum_safe, generate, key_bytes
 from krypton.errors import (
     FeatureNotSupported,
     InvalidField,
-    ItemNotFound,
     KeyFormatTypeNotSupported,
     MissingField,
 )
@@ -40,13 +41,12 @@ from krypton.kmip.attributes import (
 )
 from krypton.ttlv import writer as w
 from krypton.ttlv.codec import decode, encode
-from krypton.ttlv.enums import CryptographicAlgorithm, KeyFormatType, ObjectType, State
+from krypton.ttlv.enums import KeyFormatType, ObjectType, State
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 from krypton.vault.record import KeyRecord
 
 _S = ItemType.STRUCTURE
-AES_LENGTHS = frozenset((128, 192, 256))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,10 @@ CLIENT_ATTRIBUTES: dict[str, AttrRule] = {
     "Sensitive": AttrRule(ItemType.BOOLEAN),
     "Extractable": AttrRule(ItemType.BOOLEAN),
     "Link": AttrRule(_S, multi=True),
+    # KMIP 2.0 §4.42-4.45: the protection the client requires of the object.
+    "Protection Level": AttrRule(ItemType.ENUMERATION),
+    "Protection Period": AttrRule(ItemType.INTERVAL),
+    "Quantum Safe": AttrRule(ItemType.BOOLEAN),
 }
 
 # Read from the request into the record's own columns, not stored as attributes.
@@ -136,24 +140,27 @@ async def create(svc: Services, ctx: RequestContext, payload: Item | None) -> Ou
     alg = _value(attrs, "Cryptographic Algorithm")
     if alg is None:
         raise MissingField("Create: Cryptographic Algorithm is required")
-    if alg != CryptographicAlgorithm.AES:
-        raise InvalidField("Create: only AES symmetric keys are supported")
     length = _value(attrs, "Cryptographic Length")
     if length is None:
         raise MissingField("Create: Cryptographic Length is required")
-    if length not in AES_LENGTHS:
-        raise InvalidField("Create: Cryptographic Length must be 128, 192 or 256 for AES")
+    key_bytes(alg, length, "Create")
+    if server_attrs.flag(attrs, "Quantum Safe"):
+        check_quantum_safe(alg, length, "Create")
     activation = _value(attrs, "Activation Date")
     state = State.ACTIVE if activation is not None and activation <= ctx.now else State.PRE_ACTIVE
 
     stored = [a for a in attrs if a.name not in _COLUMNS]
-    stored.append(Attribute("Last Change Date", Item.datetime(Tag.LAST_CHANGE_DATE, ctx.now)))
     uid = svc.new_uid()
-    key = generate_key(length)
+    key = generate(alg, length, "Create")
     try:
+        made = [server_attrs.digest(key.view(), KeyFormatType.RAW)]
         l3_version, blob = svc.keyring.wrap(ctx.tenant, uid, key)
     finally:
         key.wipe()
+    stored += server_attrs.implied(
+        stored, ObjectType.SYMMETRIC_KEY, ctx.now, generated=True, digests=made
+    )
+    stored.append(Attribute("Last Change Date", Item.datetime(Tag.LAST_CHANGE_DATE, ctx.now)))
     record = KeyRecord(
         uid=uid,
         tenant=ctx.tenant,
@@ -180,29 +187,68 @@ async def create(svc: Services, ctx: RequestContext, payload: Item | None) -> Ou
 
 
 _FORMATS = frozenset((KeyFormatType.RAW, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY))
+# A symmetric key whose attribute blob holds none of these encodings has the
+# defaults (Sensitive False, Extractable True, Key Format Type Raw): the hot
+# path then serves it without decoding its attributes. Any of them present
+# (or the same bytes inside another value) only means the blob is read.
+_NOT_DEFAULT = (
+    encode(Item.boolean(Tag.SENSITIVE, True)),
+    encode(Item.boolean(Tag.EXTRACTABLE, False)),
+    encode(Item.enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY)),
+)
+
+
+def _served_format(rec: KeyRecord, *, wrapped: bool = False) -> int | None:
+    """Refuse a Get the object's Sensitive / Extractable forbid (KMIP 1.4 §3.48: a
+    Sensitive object only wrapped; §3.50); return the Key Format Type it was made or
+    registered in (None: the type's default)."""
+    if rec.object_type == ObjectType.SYMMETRIC_KEY and not any(
+        m in rec.attributes for m in _NOT_DEFAULT
+    ):
+        return None
+    stored = stored_attributes(rec)
+    if server_attrs.flag(stored, "Sensitive") and not wrapped:
+        raise SensitiveObject(f"Get: object {rec.uid!r} is Sensitive and cannot be exported")
+    if server_attrs.flag(stored, "Extractable") is False:
+        raise NotExtractable(f"Get: object {rec.uid!r} is not Extractable")
+    fmt = next((a.value.value for a in stored if a.name == "Key Format Type"), None)
+    return fmt if isinstance(fmt, int) else None
 
 
 async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
     f = payload_fields(payload, "Get")
     uid = request_uid(f, ctx)
     assert uid is not None
-    if Tag.KEY_WRAPPING_SPECIFICATION in f:
-        raise FeatureNotSupported("Get: key wrapping on export is not supported")
+    spec_item = f.get(Tag.KEY_WRAPPING_SPECIFICATION)
+    spec = wrapping.read_spec(spec_item) if spec_item is not None else None
     if Tag.KEY_COMPRESSION_TYPE in f:
         raise KeyFormatTypeNotSupported("Get: key compression does not apply to these objects")
     fmt_item = f.get(Tag.KEY_FORMAT_TYPE)
     rec = await load_through(svc, ctx, uid)
     if rec.state in (State.DESTROYED, State.DESTROYED_COMPROMISED) or not rec.wrapped:
-        raise ItemNotFound(f"object {uid!r} has been destroyed")
+        raise ObjectDestroyed(f"object {uid!r} has been destroyed")
+    kept_as = _served_format(rec, wrapped=spec is not None)
     if rec.object_type == ObjectType.SYMMETRIC_KEY:
-        fmt = KeyFormatType.RAW if fmt_item is None else fmt_item.value
+        fmt = (kept_as or KeyFormatType.RAW) if fmt_item is None else fmt_item.value
         if not isinstance(fmt, int) or fmt not in _FORMATS:
             raise KeyFormatTypeNotSupported(
                 "Get: symmetric keys are served as Raw or Transparent Symmetric Key"
             )
+        if spec is not None:
+            wrapper = await wrapping.wrapping_key(svc, ctx, spec)
+            return Outcome(
+                Item.structure(
+                    Tag.RESPONSE_PAYLOAD,
+                    Item.enum(Tag.OBJECT_TYPE, rec.object_type),
+                    Item.text(Tag.UNIQUE_IDENTIFIER, rec.uid),
+                    wrapping.wrapped_object(svc, rec, fmt, spec, wrapper),
+                )
+            )
         return Outcome(None, encoded=_symmetric_payload(svc, rec, fmt))
-    # Objects registered at the Core (Secret Data, Opaque Object) are sealed
-    # as the TTLV encoding of the whole object structure.
+    if spec is not None:
+        raise FeatureNotSupported("Get: only symmetric keys are served wrapped")
+    # Objects registered at the Core (Secret Data, Opaque Object, keys of a pair,
+    # certificates) are sealed as the TTLV encoding of the whole object structure.
     secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
     try:
         obj = decode(secret.view())

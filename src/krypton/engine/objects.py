@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from krypton.crypto.keyring import KeyRing
+from krypton.engine import server_attrs
 from krypton.engine.context import RequestContext
-from krypton.errors import InvalidField, InvalidMessage, ItemNotFound, KryptonError
+from krypton.engine.core_errors import ObjectNotFound
+from krypton.errors import InvalidField, InvalidMessage, KryptonError
 from krypton.kmip.attributes import Attribute, parse_attributes
 from krypton.kmip.messages import fields
 from krypton.registry.base import StateChange
@@ -26,6 +28,10 @@ class KeyStore(Protocol):
     def get(self, uid: str) -> KeyRecord | None: ...
 
     async def put(self, record: KeyRecord) -> None: ...
+
+    async def put_many(self, records: Iterable[KeyRecord]) -> None:
+        """All of ``records`` durably, in one transaction (all or none)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,7 @@ class Services:
     info: ServerInfo = field(default_factory=ServerInfo)
     new_uid: Callable[[], str] = _new_uid
     upstream: Upstream | None = None
+    interop: bool = False  # the Interop operation (test servers only: KMIP 2.1 §6.1.26)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +125,7 @@ def load(svc: Services, ctx: RequestContext, uid: str) -> KeyRecord:
     """A record of the caller's tenant; another tenant's key does not exist for them."""
     rec = svc.store.get(uid)
     if rec is None or rec.tenant != ctx.tenant:
-        raise ItemNotFound(f"no object with identifier {uid!r}")
+        raise ObjectNotFound(f"no object with identifier {uid!r}")
     return rec
 
 
@@ -128,7 +135,7 @@ async def load_through(svc: Services, ctx: RequestContext, uid: str) -> KeyRecor
     if rec is None and svc.upstream is not None:
         rec = await svc.upstream.fetch(ctx.tenant, uid)
     if rec is None or rec.tenant != ctx.tenant:
-        raise ItemNotFound(f"no object with identifier {uid!r}")
+        raise ObjectNotFound(f"no object with identifier {uid!r}")
     return rec
 
 
@@ -148,13 +155,21 @@ def object_attributes(rec: KeyRecord) -> list[Attribute]:
     derived = [
         Attribute("Unique Identifier", Item.text(Tag.UNIQUE_IDENTIFIER, rec.uid)),
         Attribute("Object Type", Item.enum(Tag.OBJECT_TYPE, rec.object_type)),
-        Attribute("Cryptographic Algorithm", Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, rec.algorithm)),
-        Attribute("Cryptographic Length", Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, rec.length)),
-        Attribute("State", Item.enum(Tag.STATE, rec.state)),
-        Attribute("Initial Date", Item.datetime(Tag.INITIAL_DATE, rec.created)),
     ]
+    if rec.algorithm:
+        derived.append(
+            Attribute(
+                "Cryptographic Algorithm", Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, rec.algorithm)
+            )
+        )
+    if rec.length:
+        derived.append(
+            Attribute("Cryptographic Length", Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, rec.length))
+        )
+    derived.append(Attribute("State", Item.enum(Tag.STATE, rec.state)))
+    derived.append(Attribute("Initial Date", Item.datetime(Tag.INITIAL_DATE, rec.created)))
     if "Last Change Date" not in have:
         derived.append(
             Attribute("Last Change Date", Item.datetime(Tag.LAST_CHANGE_DATE, rec.created))
         )
-    return derived + stored
+    return derived + stored + server_attrs.derived(rec.uid, rec.object_type, stored)

@@ -22,11 +22,12 @@ the new key), and links the two (Replacement / Replaced Object).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from krypton.crypto.secret import SecretBytes, generate_key
+from krypton.crypto.secret import SecretBytes
+from krypton.engine import server_attrs
+from krypton.engine.certificates import certificate_attributes
 from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import (
     AttributeSingleValued,
@@ -53,6 +54,7 @@ from krypton.engine.core_objects import (
     without,
 )
 from krypton.engine.objects import Outcome, payload_fields, request_uid
+from krypton.engine.symmetric import fits, generate
 from krypton.errors import (
     FeatureNotSupported,
     IllegalOperation,
@@ -65,7 +67,7 @@ from krypton.kmip.attributes import Attribute, parse_v1, parse_v2
 from krypton.kmip.messages import fields
 from krypton.registry.base import ObjectRecord
 from krypton.ttlv.codec import decode, encode_into
-from krypton.ttlv.enums import CryptographicAlgorithm, KeyFormatType, LinkType, ObjectType, State
+from krypton.ttlv.enums import KeyFormatType, LinkType, ObjectType, State
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import SPEC_NAME_BY_TAG, TAG_BY_SPEC_NAME, Tag
 
@@ -82,6 +84,7 @@ class Material:
     plaintext: SecretBytes
     algorithm: int | None = None
     length: int | None = None
+    derived: tuple[Attribute, ...] = ()  # what the server reads off the object itself
 
 
 def _known(child: Item) -> bool:
@@ -124,6 +127,8 @@ def creation_attributes(attrs: list[Attribute], object_type: int) -> list[Attrib
         if a.name == "Object Type":
             if int_of(a.value) != object_type:
                 raise InvalidField("the Object Type attribute contradicts the request's")
+            continue
+        if a.name in RESTATED:  # checked against the object by its reader
             continue
         rule = rule_for(a.name)
         if rule is None:
@@ -185,9 +190,36 @@ def _symmetric(obj: Item, attrs: list[Attribute]) -> Material:
     if algorithm is None:
         raise MissingField("Register: Cryptographic Algorithm is required for a Symmetric Key")
     length = _column(block, attrs, Tag.CRYPTOGRAPHIC_LENGTH, "Cryptographic Length")
-    if length is not None and length != len(key) * 8:
+    if length is not None and not fits(algorithm, length, len(key)):
         raise InvalidField("Register: Cryptographic Length does not match the key material")
-    return Material(SecretBytes(key), algorithm, len(key) * 8)
+    return Material(SecretBytes(key), algorithm, length or len(key) * 8)
+
+
+def _asymmetric(obj: Item, attrs: list[Attribute]) -> Material:
+    """A Public or Private Key, in whatever Key Format Type the client gives it:
+    kept (sealed) as given and served so (KMIP 2.1 §4.26)."""
+    what = "Private Key" if obj.tag == Tag.PRIVATE_KEY else "Public Key"
+    _, block = _key_block(obj, what)
+    value = block.find(Tag.KEY_VALUE)
+    if value is None or value.find(Tag.KEY_MATERIAL) is None:
+        raise InvalidField(f"Register: the {what} has no key material")
+    algorithm = _column(block, attrs, Tag.CRYPTOGRAPHIC_ALGORITHM, "Cryptographic Algorithm")
+    length = _column(block, attrs, Tag.CRYPTOGRAPHIC_LENGTH, "Cryptographic Length")
+    if algorithm is None or length is None:
+        raise MissingField(f"Register: a {what} needs its Cryptographic Algorithm and Length")
+    return Material(_sealable(obj), algorithm, length)
+
+
+def _certificate(obj: Item, attrs: list[Attribute]) -> Material:
+    f = fields(obj, "Certificate")
+    kind = int_of(f.get(Tag.CERTIFICATE_TYPE))
+    value = f.get(Tag.CERTIFICATE_VALUE)
+    if kind is None or value is None or not isinstance(value.value, bytes):
+        raise MissingField("Register: Certificate Type and Certificate Value are required")
+    given = first(attrs, "Certificate Type")
+    if given is not None and int_of(given) != kind:
+        raise InvalidField("Register: the Certificate Type attribute contradicts the object's")
+    return Material(_sealable(obj), derived=tuple(certificate_attributes(kind, value.value)))
 
 
 def _secret_data(obj: Item, attrs: list[Attribute]) -> Material:
@@ -218,7 +250,12 @@ _READERS: dict[int, tuple[int, Callable[[Item, list[Attribute]], Material]]] = {
     ObjectType.SYMMETRIC_KEY: (Tag.SYMMETRIC_KEY, _symmetric),
     ObjectType.SECRET_DATA: (Tag.SECRET_DATA, _secret_data),
     ObjectType.OPAQUE_OBJECT: (Tag.OPAQUE_OBJECT, _opaque),
+    ObjectType.PRIVATE_KEY: (Tag.PRIVATE_KEY, _asymmetric),
+    ObjectType.PUBLIC_KEY: (Tag.PUBLIC_KEY, _asymmetric),
+    ObjectType.CERTIFICATE: (Tag.CERTIFICATE, _certificate),
 }
+# Attributes a client may send that only restate the object (checked by its reader).
+RESTATED = frozenset(("Certificate Type",))
 
 
 def _names(attrs: list[Attribute]) -> list[str]:
@@ -263,18 +300,27 @@ async def register(svc: CoreServices, ctx: RequestContext, payload: Item | None)
     reader = _READERS.get(object_type)
     if reader is None:
         raise InvalidObjectType(
-            "Register: this server registers Symmetric Keys, Secret Data and Opaque Objects"
+            "Register: this server registers keys, certificates, Secret Data and Opaque Objects"
         )
     tag, read = reader
     obj = f.get(tag)
     if obj is None or obj.type is not _S:
         raise InvalidField("Register: the object does not match the Object Type")
+    restated = [a for a in request_attributes(f) if a.name in RESTATED]
     attrs = creation_attributes(request_attributes(f), object_type)
-    material = read(obj, attrs)
+    material = read(obj, attrs + restated)
     try:
         await check_names_free(svc, ctx.tenant, _names(attrs))
         uid = svc.new_uid()
         stored = without(attrs, *_COLUMNS)
+        digest = server_attrs.object_digest(obj)
+        stored += [
+            *material.derived,
+            *server_attrs.implied(
+                stored, object_type, ctx.now, generated=False,
+                digests=() if digest is None else (digest,), fmt=server_attrs.key_format(obj),
+            ),
+        ]  # fmt: skip
         await _store_new(svc, ctx, uid, object_type, material=material, stored=stored)
     finally:
         material.plaintext.wipe()
@@ -310,17 +356,11 @@ def open_object(svc: CoreServices, rec: ObjectRecord) -> Item:
 # -- Re-key ----------------------------------------------------------------------------
 _NOT_COPIED = (
     "Destroy Date", "Compromise Date", "Compromise Occurrence Date", "Revocation Reason",
-    "Link", "Digest", "Random Number Generator", "Last Change Date", *_COLUMNS,
+    "Link", "Digest", "Random Number Generator", "Last Change Date", "Fresh",
+    "Original Creation Date", "Always Sensitive", "Never Extractable", "Key Format Type",
+    *_COLUMNS,
 )  # fmt: skip
 _SHIFTED = ("Process Start Date", "Protect Stop Date", "Deactivation Date")
-
-
-def _generate(algorithm: int, length: int) -> SecretBytes:
-    if algorithm == CryptographicAlgorithm.AES:
-        return generate_key(length)
-    if length <= 0 or length % 8:
-        raise InvalidField(f"Re-key: cannot make a key of {length} bits")
-    return SecretBytes.adopt(bytearray(os.urandom(length // 8)))
 
 
 def _link(kind: LinkType, uid: str) -> Attribute:
@@ -390,7 +430,12 @@ async def re_key(svc: CoreServices, ctx: RequestContext, payload: Item | None) -
     stored = _replacement_attributes(old, requested, offset, ctx.now)
     await check_names_free(svc, ctx.tenant, _names(requested), skip=old.uid)
     new_uid = svc.new_uid()
-    material = Material(_generate(algorithm, length), algorithm, length)
+    key = generate(algorithm, length, "Re-key")
+    made = server_attrs.digest(key.view(), KeyFormatType.RAW)
+    stored += server_attrs.implied(
+        stored, ObjectType.SYMMETRIC_KEY, ctx.now, generated=True, digests=(made,)
+    )
+    material = Material(key, algorithm, length)
     await _store_new(svc, ctx, new_uid, ObjectType.SYMMETRIC_KEY, material=material, stored=stored)
 
     def retire(rec: ObjectRecord) -> ObjectRecord:

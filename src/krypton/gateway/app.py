@@ -70,7 +70,9 @@ class Gateway:
         await self.upstream.start()
         self.l3_source = UplinkL3Source(self.client)
         await self.l3_source.start(self.keyring)
-        services = Services(store=self.vault, keyring=self.keyring, upstream=self.upstream)
+        services = Services(
+            store=self.vault, keyring=self.keyring, upstream=self.upstream, interop=cfg.interop
+        )
         self.listener = Listener(
             Dispatcher(services, limits),
             policy,

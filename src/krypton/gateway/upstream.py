@@ -215,6 +215,11 @@ class Upstream:
             fresh = await self.client.fetch_key(change.tenant, change.uid)
         except KryptonError:
             fresh = None
+        if fresh is not None and fresh.wrapped and not rec.wrapped:
+            # The Core undid a Destroy (a batch with Undo: krypton.engine.undo) that
+            # erased the key here: take its material back.
+            await self.vault.reinstate(fresh)
+            return
         if fresh is not None:
             state = fresh.state
             if fresh.attributes and fresh.attributes != rec.attributes:

@@ -60,6 +60,8 @@ V1_EQUIVALENT: dict[tuple[ResultReason, Operation | None], ResultReason] = {
     (R.INVALID_OBJECT_TYPE, Op.REVOKE): R.ILLEGAL_OPERATION,  # 11.21
     (R.INVALID_OBJECT_TYPE, Op.RE_KEY): R.PERMISSION_DENIED,  # 11.5 "not able to be re-keyed"
     (R.INVALID_OBJECT_TYPE, Op.CHECK): R.ILLEGAL_OPERATION,  # 11.11
+    (R.INVALID_OBJECT_TYPE, Op.ENCRYPT): R.PERMISSION_DENIED,  # 11.30 "not able to be used"
+    (R.INVALID_OBJECT_TYPE, Op.DECRYPT): R.PERMISSION_DENIED,  # 11.31
     (R.KEY_WRAP_TYPE_NOT_SUPPORTED, None): R.FEATURE_NOT_SUPPORTED,  # 11.12
     (R.MISSING_INITIALIZATION_VECTOR, None): R.MISSING_DATA,
     (R.NON_UNIQUE_NAME_ATTRIBUTE, None): R.INVALID_FIELD,  # 11.2-11.4 "same Name"
@@ -94,6 +96,17 @@ V1_EQUIVALENT: dict[tuple[ResultReason, Operation | None], ResultReason] = {
 }
 
 
+# Reasons whose use KMIP 2.1 widened: a 2.0 client is told what the 2.0 error
+# tables give for the same error. 2.1 §6.1 answers an operation refused by
+# the object's state or dates (Encrypt past Protect Stop Date, Destroy of an
+# Active object) with Wrong Key Lifecycle State; the 2.0 tables, like 1.x,
+# with Permission Denied (the 2.0 profile cases, e.g. CS-BC-M-14-20, agree).
+V20_EQUIVALENT: dict[ResultReason, ResultReason] = {
+    R.WRONG_KEY_LIFECYCLE_STATE: R.PERMISSION_DENIED,
+}
+_V20 = ProtocolVersion(2, 0)
+
+
 def v2_only(reason: int) -> bool:
     """Whether a Result Reason exists only in KMIP 2.x."""
     return FIRST_V2_ONLY <= reason < R.GENERAL_FAILURE
@@ -103,6 +116,8 @@ def reason_for(
     version: ProtocolVersion, reason: ResultReason, operation: int | None = None
 ) -> ResultReason:
     """The reason to answer with in ``version`` for an error of ``operation``."""
+    if version == _V20:
+        return V20_EQUIVALENT.get(reason, reason)
     if version.v2 or not v2_only(reason):
         return reason
     op = Operation(operation) if operation in _OPERATIONS else None

@@ -271,6 +271,9 @@ vault_path = "gateway.db"
 policy_file = "policy.toml"
 workers = 1
 log_level = "info"
+# KMIP's Interop operation (Begin / End of a conformance test case). KMIP 2.1 §6.1.26:
+# it SHALL NOT be available in a production server; set false (the default) there.
+interop = true
 
 [gateway.tls]
 cert = "pki/gateway.pem"

@@ -63,6 +63,10 @@ _PUT: Final = 0
 _STATE: Final = 1
 _ATTRS: Final = 2
 _SYNCED: Final = 3
+_REINSTATE: Final = 4
+_RESTORE_SQL: Final = (
+    "UPDATE keys SET state=?, l3_version=?, wrapped=?, attributes=? WHERE uid=? AND tenant=?"
+)
 
 
 class _Op:
@@ -211,6 +215,11 @@ class Vault:
     async def update_attributes(self, uid: str, attributes: bytes) -> bool:
         """Replace a key's attribute blob; False if there is no such key."""
         return bool(await self._submit(_ATTRS, (uid, bytes(attributes))))
+
+    async def reinstate(self, record: KeyRecord) -> bool:
+        """Give a held key back its state, wrapped material and attributes (a Destroy
+        the Core has undone: krypton.engine.undo); False if there is no such key."""
+        return bool(await self._submit(_REINSTATE, record))
 
     async def mark_synced(self, uids: Iterable[str]) -> int:
         """Take records out of the outbox; how many were marked."""
@@ -371,6 +380,11 @@ class Vault:
             op.result = conn.execute(
                 "UPDATE keys SET attributes=? WHERE uid=?", (attrs, uid)
             ).rowcount
+        elif op.kind == _REINSTATE:
+            r = op.payload
+            op.result = conn.execute(
+                _RESTORE_SQL, (r.state, r.l3_version, r.wrapped, r.attributes, r.uid, r.tenant)
+            ).rowcount
         else:
             op.result = conn.executemany(
                 "UPDATE keys SET synced=1 WHERE uid=? AND synced=0", [(u,) for u in op.payload]
@@ -392,6 +406,15 @@ class Vault:
                     cache.update(op.payload[:1], _change(state=state))
             elif op.kind == _ATTRS:
                 cache.update(op.payload[:1], _change(attributes=op.payload[1]))
+            elif op.kind == _REINSTATE:
+                r = op.payload
+                cache.update(
+                    (r.uid,),
+                    _change(
+                        state=r.state, l3_version=r.l3_version, wrapped=r.wrapped,
+                        attributes=r.attributes,
+                    ),
+                )  # fmt: skip
             else:
                 cache.update(op.payload, _change(synced=True))
 
