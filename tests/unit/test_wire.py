@@ -57,3 +57,44 @@ def test_encode_response_matches_build_response() -> None:
         fast = encode_response(version, 1_800_000_000, items)
         assert fast == encode(build_response(version, 1_800_000_000, items))
         assert decode(fast).tag == Tag.RESPONSE_MESSAGE
+
+
+def test_precompiled_raw_get_payload_matches_the_encoder() -> None:
+    from krypton.crypto.keyring import KeyRing, L3State
+    from krypton.crypto.secret import SecretBytes, generate_key
+    from krypton.engine.keys import _raw_payload
+    from krypton.engine.objects import Services
+    from krypton.ttlv.enums import CryptographicAlgorithm, KeyFormatType, ObjectType
+    from krypton.vault.record import KeyRecord
+
+    ring = KeyRing()
+    ring.install("demo", 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(60))
+    svc = Services(store=None, keyring=ring)  # type: ignore[arg-type]
+    for uid, key in (("k", b"\x01" * 16), ("0123456789abcdef" * 2 + "xyz", bytes(range(24)))):
+        version, blob = ring.wrap("demo", uid, SecretBytes(key))
+        rec = KeyRecord(
+            uid=uid,
+            tenant="demo",
+            object_type=ObjectType.SYMMETRIC_KEY,
+            algorithm=CryptographicAlgorithm.AES,
+            length=len(key) * 8,
+            state=2,
+            l3_version=version,
+            wrapped=blob,
+        )
+        expected = Item.structure(
+            Tag.RESPONSE_PAYLOAD,
+            Item.enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY),
+            Item.text(Tag.UNIQUE_IDENTIFIER, uid),
+            Item.structure(
+                Tag.SYMMETRIC_KEY,
+                Item.structure(
+                    Tag.KEY_BLOCK,
+                    Item.enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.RAW),
+                    Item.structure(Tag.KEY_VALUE, Item.bytes_(Tag.KEY_MATERIAL, key)),
+                    Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+                    Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, len(key) * 8),
+                ),
+            ),
+        )
+        assert _raw_payload(svc, rec) == encode(expected)
