@@ -32,6 +32,7 @@ from krypton.kmip.attributes import parse_attributes
 from krypton.registry import ObjectRecord, Registry, open_registry
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.item import Item
+from krypton.uplink.types import WrappedKey
 from krypton.vault.record import KeyRecord
 from krypton.vault.sqlite import Vault
 
@@ -69,19 +70,7 @@ class LocalCore:
 
     @staticmethod
     def _record(rec: ObjectRecord) -> KeyRecord:
-        return KeyRecord(
-            uid=rec.uid,
-            tenant=rec.tenant,
-            object_type=rec.object_type,
-            algorithm=rec.algorithm or 0,
-            length=rec.length or 0,
-            state=rec.state,
-            l3_version=rec.l3_version or 0,
-            wrapped=rec.sealed or b"",
-            attributes=rec.attributes,
-            created=rec.created,
-            synced=True,
-        )
+        return WrappedKey.from_object(rec).record(synced=True)
 
     def created(self) -> None:
         """Keys are synced before each delegated item instead."""

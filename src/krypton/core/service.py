@@ -215,18 +215,5 @@ class CoreService:
 
     async def fetch_key(self, gateway: str, tenant: str, uid: str) -> WrappedKey | None:
         rec = await self.registry.get_object(tenant, uid)
-        if rec is None:
-            return None
-        return WrappedKey(
-            uid=rec.uid,
-            tenant=rec.tenant,
-            object_type=rec.object_type,
-            algorithm=rec.algorithm or 0,
-            length=rec.length or 0,
-            state=rec.state,
-            l3_version=rec.l3_version or 0,
-            wrapped=rec.sealed or b"",
-            attributes=rec.attributes,
-            created=rec.created,
-        )
+        return None if rec is None else WrappedKey.from_object(rec)
 

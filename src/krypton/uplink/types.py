@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from krypton.crypto.keyring import L3Grant
-from krypton.registry.base import StateChange
+from krypton.registry.base import ObjectRecord, StateChange
 from krypton.vault.record import KeyRecord
 
 __all__ = [
@@ -77,6 +77,22 @@ class WrappedKey:
             record.wrapped,
             record.attributes,
             record.created,
+        )
+
+    @classmethod
+    def from_object(cls, rec: ObjectRecord) -> WrappedKey:
+        """A registry object as a gateway holds it (no material once destroyed)."""
+        return cls(
+            rec.uid,
+            rec.tenant,
+            rec.object_type,
+            rec.algorithm or 0,
+            rec.length or 0,
+            rec.state,
+            rec.l3_version or 0,
+            rec.sealed or b"",
+            rec.attributes,
+            rec.created,
         )
 
     def record(self, *, synced: bool = True) -> KeyRecord:
