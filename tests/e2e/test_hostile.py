@@ -292,11 +292,9 @@ class Case:
     reason: ResultReason
     closes: bool
     operation: int | None = None  # echoed when only a batch item fails
-    known_bug: str | None = None  # where the fix belongs (an xfail(strict) until then)
 
     def param(self) -> object:
-        marks = [pytest.mark.xfail(strict=True, reason=self.known_bug)] if self.known_bug else []
-        return pytest.param(self, id=self.name, marks=marks)
+        return pytest.param(self, id=self.name)
 
 
 IM = ResultReason.INVALID_MESSAGE
