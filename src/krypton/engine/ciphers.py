@@ -202,6 +202,8 @@ _CHACHA_POLY = Scheme(
     "ChaCha20-Poly1305", frozenset((12,)), 12, None, tags=TAG_LENGTHS,
     oneshot=ChaCha20Poly1305,
 )  # fmt: skip
+
+
 def _tdes(mode: Callable[[bytes], modes.Mode]) -> Build:
     """Triple DES (SP 800-67): for data made under legacy keys. The CS-BC profile
     test cases register and use such keys; nothing here makes a 3DES key by default."""

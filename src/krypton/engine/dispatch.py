@@ -31,9 +31,10 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from krypton.engine import crypto_ops, info, keys, undo
+from krypton.engine import crypto_ops, fastget, info, keys, undo
 from krypton.engine.context import RequestContext
 from krypton.engine.objects import Handler, NotLocal, Outcome, Services
 from krypton.errors import (
@@ -116,14 +117,48 @@ _UNDO = BatchErrorContinuationOption.UNDO
 _CONTINUE = BatchErrorContinuationOption.CONTINUE
 
 
+# The plain Get (krypton.engine.fastget) nests structures 3 deep, has at most 14
+# items and 4 KiB: under lower limits the decoder refuses it, so must we.
+_FAST_LIMITS = Limits(max_message_size=fastget.MAX_SIZE, max_depth=3, max_items=14)
+
+
 class Dispatcher:
-    def __init__(self, services: Services, limits: Limits = DEFAULT_LIMITS) -> None:
+    """``fast``: answer the plain single-item Get by :mod:`krypton.engine.fastget`
+    (byte-identical to the generic path). ``clock``: seconds since the epoch."""
+
+    def __init__(
+        self,
+        services: Services,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        fast: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.services = services
         self.limits = limits
+        self.clock = clock
+        self.fast = fast and all(
+            getattr(limits, f) >= getattr(_FAST_LIMITS, f)
+            for f in ("max_message_size", "max_depth", "max_items")
+        )
         self._ids = itertools.count(1)
 
-    async def handle(self, frame: bytes | bytearray | memoryview, session: Session) -> bytes:
-        now = int(time.time())
+    def answer_now(self, frame: bytes | bytearray | memoryview, session: Session) -> bytes | None:
+        """The response to a plain Get, computed without waiting; None for anything else."""
+        if not self.fast:
+            return None
+        return fastget.answer(self.services, session.grant, frame, int(self.clock()))
+
+    async def handle(
+        self, frame: bytes | bytearray | memoryview, session: Session, *, fast: bool = True
+    ) -> bytes:
+        """The response message to one request message. ``fast=False``: the caller
+        already tried :meth:`answer_now`."""
+        if fast and self.fast:
+            answered = self.answer_now(frame, session)
+            if answered is not None:
+                return answered
+        now = int(self.clock())
         request_id = f"{session.connection_id}.{next(self._ids)}"
         try:
             message = decode(frame, self.limits)

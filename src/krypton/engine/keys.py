@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from krypton.engine import keypair, server_attrs, wrapping
 from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import NotExtractable, ObjectDestroyed, SensitiveObject
+from krypton.engine.fastget import plain_symmetric
 from krypton.engine.objects import (
     NotLocal,
     Outcome,
@@ -188,24 +189,13 @@ async def create(svc: Services, ctx: RequestContext, payload: Item | None) -> Ou
 
 
 _FORMATS = frozenset((KeyFormatType.RAW, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY))
-# A symmetric key whose attribute blob holds none of these encodings has the
-# defaults (Sensitive False, Extractable True, Key Format Type Raw): the hot
-# path then serves it without decoding its attributes. Any of them present
-# (or the same bytes inside another value) only means the blob is read.
-_NOT_DEFAULT = (
-    encode(Item.boolean(Tag.SENSITIVE, True)),
-    encode(Item.boolean(Tag.EXTRACTABLE, False)),
-    encode(Item.enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY)),
-)
 
 
 def _served_format(rec: KeyRecord, *, wrapped: bool = False) -> int | None:
     """Refuse a Get the object's Sensitive / Extractable forbid (KMIP 1.4 §3.48: a
     Sensitive object only wrapped; §3.50); return the Key Format Type it was made or
     registered in (None: the type's default)."""
-    if rec.object_type == ObjectType.SYMMETRIC_KEY and not any(
-        m in rec.attributes for m in _NOT_DEFAULT
-    ):
+    if rec.object_type == ObjectType.SYMMETRIC_KEY and plain_symmetric(rec):
         return None
     stored = stored_attributes(rec)
     if server_attrs.flag(stored, "Sensitive") and not wrapped:
@@ -305,7 +295,6 @@ def _symmetric_payload(svc: Services, rec: KeyRecord, fmt: int) -> bytes:
         return bytes(out)
     finally:
         out[:] = bytes(len(out))
-
 
 
 class _RawLayout:

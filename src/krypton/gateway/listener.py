@@ -203,12 +203,14 @@ class Connection(asyncio.BufferedProtocol):
     def _eager(self) -> bool:
         """Handle the next frame now, without a task, if it completes without waiting.
 
-        A ``Get`` never waits (record cache, in-memory L3), so on the hot path
-        the response is written from inside ``buffer_updated``: no task to
-        create and schedule. A handler that does wait (``Create`` waits for the
-        vault's fsync) is resumed by a task from where it stopped. Only one
-        frame is handled this way; a pipelined backlog goes to the task, which
-        yields between frames. Returns True when nothing is left to do.
+        The plain ``Get`` is answered by the dispatcher's fast path
+        (:mod:`krypton.engine.fastget`) and any other ``Get`` never waits
+        either (record cache, in-memory L3), so on the hot path the response is
+        written from inside ``buffer_updated``: no task to create and schedule.
+        A handler that does wait (``Create`` waits for the vault's fsync) is
+        resumed by a task from where it stopped. Only one frame is handled this
+        way; a pipelined backlog goes to the task, which yields between frames.
+        Returns True when nothing is left to do.
         """
         frame = self.queue[0]
         if (
@@ -219,7 +221,17 @@ class Connection(asyncio.BufferedProtocol):
         ):
             return False
         self.queue.popleft()
-        coro = self.listener.dispatcher.handle(frame, self.session)
+        dispatcher = self.listener.dispatcher
+        try:
+            answered = dispatcher.answer_now(frame, self.session)
+        except Exception:
+            log.exception("connection %d: dispatcher failed", self.id)
+            self.abort()
+            return True
+        if answered is not None:
+            self._respond(answered)
+            return not self.queue
+        coro = dispatcher.handle(frame, self.session, fast=False)
         try:
             pending = coro.send(None)
         except StopIteration as done:

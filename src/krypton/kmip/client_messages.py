@@ -35,7 +35,10 @@ def request_message(
     *,
     continuation: BatchErrorContinuationOption | None = None,
     max_response_size: int | None = None,
+    time_stamp: int | None = None,
+    batch_count: int | None = None,
 ) -> Item:
+    """``batch_count`` overrides the count of ``items`` (to send a wrong one)."""
     header: list[Item] = [
         Item.structure(
             Tag.PROTOCOL_VERSION,
@@ -47,7 +50,10 @@ def request_message(
         header.append(Item.integer(Tag.MAXIMUM_RESPONSE_SIZE, max_response_size))
     if continuation is not None:
         header.append(Item.enum(Tag.BATCH_ERROR_CONTINUATION_OPTION, continuation))
-    header.append(Item.integer(Tag.BATCH_COUNT, len(items)))
+    if time_stamp is not None:
+        header.append(Item.datetime(Tag.TIME_STAMP, time_stamp))
+    count = len(items) if batch_count is None else batch_count
+    header.append(Item.integer(Tag.BATCH_COUNT, count))
     return Item(Tag.REQUEST_MESSAGE, _S, (Item(Tag.REQUEST_HEADER, _S, tuple(header)), *items))
 
 
