@@ -84,7 +84,7 @@ _ZEROS = bytes(8)
 # empty identifier) and a bound well above any identifier we issue.
 _MIN_SIZE = 8 + 8 + 40 + 16 + 8 + 16 + 8 + 8
 MAX_SIZE = 4096
-_VERSIONS = {(v.major, v.minor): v for v in SUPPORTED}
+_VERSIONS = frozenset((v.major, v.minor) for v in SUPPORTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +212,7 @@ class _Layout:
     a single ``struct`` with every header and fixed field; the key is copied in
     afterwards at ``key_at``."""
 
-    __slots__ = ("bid_len", "key_at", "key_len", "size", "st")
+    __slots__ = ("bid_len", "key_at", "key_len", "size", "st", "zeros")
 
     def __init__(self, bid_len: int | None, uid_len: int, key_len: int) -> None:
         bid = "" if bid_len is None else f"II{bid_len}s{-bid_len % 8}x"
@@ -244,6 +244,7 @@ class _Layout:
         self.bid_len = bid_len
         self.key_len = key_len
         self.size = self.st.size
+        self.zeros = bytes(self.size)  # to wipe a written response with
         self.key_at = self.size - 32 - key_len - pk
 
     def write(
@@ -304,8 +305,8 @@ def answer(
     req = scan(frame)
     if req is None or not req.raw_format or not grant.allows(Operation.GET):
         return None
-    version = _VERSIONS.get((req.major, req.minor))
-    if version is None:
+    version = (req.major, req.minor)
+    if version not in _VERSIONS:
         return None
     try:
         rec = svc.store.get(req.uid)
@@ -329,7 +330,7 @@ def answer(
             if len(_LAYOUTS) >= 256:  # identifiers are ours, batch ids short: few shapes
                 _LAYOUTS.clear()
             layout = _LAYOUTS[shape] = _Layout(*shape)
-        out = layout.write((version.major, version.minor), now, req.batch_id, uid, rec)
+        out = layout.write(version, now, req.batch_id, uid, rec)
         out[layout.key_at : layout.key_at + shape[2]] = secret.view()
     finally:
         secret.wipe()
@@ -338,7 +339,7 @@ def answer(
             return None
         return bytes(out)
     finally:
-        out[:] = bytes(len(out))
+        out[:] = layout.zeros
 
 
 # A symmetric key whose attribute blob holds none of these encodings has the
@@ -352,7 +353,10 @@ _NOT_DEFAULT = (
 )
 
 
+_SENSITIVE, _NOT_EXTRACTABLE, _TRANSPARENT = _NOT_DEFAULT
+
+
 def plain_symmetric(rec: KeyRecord) -> bool:
     """True when a symmetric key's stored attributes cannot change how Get serves it."""
-    attributes = rec.attributes
-    return not any(m in attributes for m in _NOT_DEFAULT)
+    a = rec.attributes
+    return not (_SENSITIVE in a or _NOT_EXTRACTABLE in a or _TRANSPARENT in a)
