@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,3 +321,20 @@ def test_client_context_errors(dev: DevLayout, tmp_path: Path) -> None:
         client_context(tmp_path / "x.pem")
     with pytest.raises(ConfigError, match="both or neither"):
         client_context(dev.ca, dev.client)
+
+
+def test_tls_cost_script_resumes_and_prints_every_row(dev: DevLayout) -> None:
+    """scripts/tls_cost.py (docs/performance.md): each resumed row really resumed
+    (the script exits otherwise) and every row has two positive costs."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "tls_cost.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--pki", str(dev.pki), "--count", "3"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert out[0].split() == ["handshake", "client", "us", "server", "us"]
+    rows = {line[:26].strip(): line[26:].split() for line in out[1:]}
+    assert set(rows) == {
+        "TLS 1.3 full", "TLS 1.3 resumed", "TLS 1.2 full", "TLS 1.2 resumed",
+        "TLS 1.3 full, no ticket",
+    }  # fmt: skip
+    assert all(len(v) == 2 and all(float(x) > 0 for x in v) for v in rows.values())
