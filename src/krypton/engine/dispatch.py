@@ -154,7 +154,7 @@ class Dispatcher:
     ) -> bytes:
         """The response message to one request message. ``fast=False``: the caller
         already tried :meth:`answer_now`."""
-        if fast and self.fast:
+        if fast:
             answered = self.answer_now(frame, session)
             if answered is not None:
                 return answered

@@ -212,49 +212,39 @@ class _Layout:
     a single ``struct`` with every header and fixed field; the key is copied in
     afterwards at ``key_at``."""
 
-    __slots__ = ("bid_len", "key_at", "key_len", "size", "st", "zeros")
+    __slots__ = ("item_len", "key_at", "key_len", "object_len", "payload_len", "size", "st",
+                 "zeros")  # fmt: skip
 
     def __init__(self, bid_len: int | None, uid_len: int, key_len: int) -> None:
         bid = "" if bid_len is None else f"II{bid_len}s{-bid_len % 8}x"
         pu, pk = -uid_len % 8, -key_len % 8
         self.st = struct.Struct(
             ">II"  # Response Message
-            "II"
-            "II"
-            "IIi4x"
-            "IIi4x"  # Response Header, Protocol Version, Major, Minor
-            "IIq"
-            "IIi4x"  # Time Stamp, Batch Count
-            "II"
-            "IIII"
-            f"{bid}"
-            "IIII"  # Batch Item, Operation, [Batch Item ID], Status
-            "II"
-            "IIII"
-            f"II{uid_len}s{pu}x"  # Response Payload, Object Type, Identifier
-            "II"
-            "II"
-            "IIII"  # Symmetric Key, Key Block, Key Format Type
-            "II"
-            "II"
-            f"{key_len + pk}x"  # Key Value, Key Material, (the key)
-            "IIII"
-            "IIi4x"  # Cryptographic Algorithm, Cryptographic Length
-        )
-        self.bid_len = bid_len
+            "II" "II" "IIi4x" "IIi4x"  # Response Header, Protocol Version, Major, Minor
+            "IIq" "IIi4x"  # Time Stamp, Batch Count
+            "II" "IIII" f"{bid}" "IIII"  # Batch Item, Operation, [Batch Item ID], Status
+            "II" "IIII" f"II{uid_len}s{pu}x"  # Response Payload, Object Type, Identifier
+            "II" "II" "IIII"  # Symmetric Key, Key Block, Key Format Type
+            "II" "II" f"{key_len + pk}x"  # Key Value, Key Material, (the key)
+            "IIII" "IIi4x"  # Cryptographic Algorithm, Cryptographic Length
+        )  # fmt: skip
+        n = self.size = self.st.size
         self.key_len = key_len
-        self.size = self.st.size
-        self.zeros = bytes(self.size)  # to wipe a written response with
-        self.key_at = self.size - 32 - key_len - pk
+        self.zeros = bytes(n)  # to wipe a written response with
+        self.key_at = n - 32 - key_len - pk
+        # Structure lengths (each counted from the end of its own header).
+        item_at = 8 + 80  # after the message and response headers
+        payload_at = item_at + 8 + 16 + (0 if bid_len is None else 8 + _padded(bid_len)) + 16
+        object_at = payload_at + 8 + 16 + 8 + _padded(uid_len)
+        self.item_len = n - item_at - 8
+        self.payload_len = n - payload_at - 8
+        self.object_len = n - object_at - 8
 
     def write(
         self, version: tuple[int, int], now: int, bid: bytes | None, uid: bytes, rec: KeyRecord
     ) -> bytearray:
         n, k = self.size, self.key_len
-        item_at = 8 + 80  # after the message and response headers
-        bid_part = () if bid is None else (_BATCH_ID_OUT, len(bid), bid)
-        payload_at = item_at + 8 + 16 + (0 if bid is None else 8 + _padded(len(bid))) + 16
-        key_obj_at = payload_at + 8 + 16 + 8 + _padded(len(uid))
+        bid_part = () if bid is None else (_BATCH_ID, len(bid), bid)
         out = bytearray(n)
         self.st.pack_into(
             out, 0,
@@ -262,14 +252,14 @@ class _Layout:
             _RESPONSE_HEADER, 72, _PROTOCOL_VERSION, 32,
             _MAJOR, 4, version[0], _MINOR, 4, version[1],
             _TIME_STAMP, 8, now, _BATCH_COUNT, 4, 1,
-            _BATCH_ITEM, n - item_at - 8, _OPERATION, 4, Operation.GET, 0,
+            _BATCH_ITEM, self.item_len, _OPERATION, 4, Operation.GET, 0,
             *bid_part,
             _RESULT_STATUS, 4, ResultStatus.SUCCESS, 0,
-            _RESPONSE_PAYLOAD, n - payload_at - 8,
+            _RESPONSE_PAYLOAD, self.payload_len,
             _OBJECT_TYPE, 4, rec.object_type, 0,
             _UID, len(uid), uid,
-            _SYMMETRIC_KEY, n - key_obj_at - 8,
-            _KEY_BLOCK, n - key_obj_at - 16,
+            _SYMMETRIC_KEY, self.object_len,
+            _KEY_BLOCK, self.object_len - 8,
             _FORMAT, 4, KeyFormatType.RAW, 0,
             _KEY_VALUE, 8 + k + (-k % 8),
             _KEY_MATERIAL, k,
@@ -284,7 +274,6 @@ _RESPONSE_HEADER = _w(Tag.RESPONSE_HEADER, _S)
 _PROTOCOL_VERSION = _w(Tag.PROTOCOL_VERSION, _S)
 _MAJOR = _w(Tag.PROTOCOL_VERSION_MAJOR, _I)
 _MINOR = _w(Tag.PROTOCOL_VERSION_MINOR, _I)
-_BATCH_ID_OUT = _BATCH_ID
 _RESULT_STATUS = _w(Tag.RESULT_STATUS, _E)
 _RESPONSE_PAYLOAD = _w(Tag.RESPONSE_PAYLOAD, _S)
 _OBJECT_TYPE = _w(Tag.OBJECT_TYPE, _E)
