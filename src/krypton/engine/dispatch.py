@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from krypton.engine import crypto_ops, fastget, info, keys, undo
+from krypton.engine import crypto_ops, fastcreate, fastget, fastwire, info, keys, undo
 from krypton.engine.context import RequestContext
 from krypton.engine.objects import Handler, NotLocal, Outcome, Services
 from krypton.errors import (
@@ -119,11 +119,24 @@ _CONTINUE = BatchErrorContinuationOption.CONTINUE
 
 # The plain Get (krypton.engine.fastget) nests structures 3 deep, has at most 14
 # items and 4 KiB: under lower limits the decoder refuses it, so must we.
-_FAST_LIMITS = Limits(max_message_size=fastget.MAX_SIZE, max_depth=3, max_items=14)
+_FAST_LIMITS = Limits(max_message_size=fastwire.MAX_SIZE, max_depth=3, max_items=14)
+_FAST_CREATE_LIMITS = Limits(
+    max_message_size=fastwire.MAX_SIZE,
+    max_depth=fastcreate.MAX_DEPTH,
+    max_items=fastcreate.MAX_ITEMS,
+)
+
+
+def _within(limits: Limits, needs: Limits) -> bool:
+    return all(
+        getattr(limits, f) >= getattr(needs, f)
+        for f in ("max_message_size", "max_depth", "max_items")
+    )
 
 
 class Dispatcher:
-    """``fast``: answer the plain single-item Get by :mod:`krypton.engine.fastget`
+    """``fast``: answer the plain single-item Get and Create by
+    :mod:`krypton.engine.fastget` and :mod:`krypton.engine.fastcreate`
     (byte-identical to the generic path). ``clock``: seconds since the epoch."""
 
     def __init__(
@@ -137,10 +150,8 @@ class Dispatcher:
         self.services = services
         self.limits = limits
         self.clock = clock
-        self.fast = fast and all(
-            getattr(limits, f) >= getattr(_FAST_LIMITS, f)
-            for f in ("max_message_size", "max_depth", "max_items")
-        )
+        self.fast = fast and _within(limits, _FAST_LIMITS)
+        self.fast_create = fast and _within(limits, _FAST_CREATE_LIMITS)
         self._ids = itertools.count(1)
 
     def answer_now(self, frame: bytes | bytearray | memoryview, session: Session) -> bytes | None:
@@ -159,6 +170,10 @@ class Dispatcher:
             if answered is not None:
                 return answered
         now = int(self.clock())
+        if self.fast_create:
+            created = await fastcreate.answer(self.services, session.grant, frame, now)
+            if created is not None:
+                return created
         request_id = f"{session.connection_id}.{next(self._ids)}"
         try:
             message = decode(frame, self.limits)

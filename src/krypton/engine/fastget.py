@@ -41,8 +41,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from krypton.engine import fastwire as fw
 from krypton.errors import KryptonError
-from krypton.kmip.versions import SUPPORTED
 from krypton.ttlv.codec import encode
 from krypton.ttlv.enums import KeyFormatType, ObjectType, Operation, ResultStatus, State
 from krypton.ttlv.item import Item, ItemType
@@ -53,38 +53,8 @@ if TYPE_CHECKING:
     from krypton.gateway.policy import Grant
     from krypton.vault.record import KeyRecord
 
-_HDR = struct.Struct(">II")
-_WORD4 = struct.Struct(">IIiI")  # tag|type, length, 4-byte value, padding
-_VERSION = struct.Struct(">IIIIiIIIiI")  # Protocol Version with Major and Minor
-
-
-def _w(tag: int, itype: ItemType) -> int:
-    return tag << 8 | int(itype)
-
-
-_S, _I, _E = ItemType.STRUCTURE, ItemType.INTEGER, ItemType.ENUMERATION
-_MESSAGE = _w(Tag.REQUEST_MESSAGE, _S)
-_HEADER = _w(Tag.REQUEST_HEADER, _S)
-_PV_HEAD = (
-    _w(Tag.PROTOCOL_VERSION, _S), 32,
-    _w(Tag.PROTOCOL_VERSION_MAJOR, _I), 4,
-)  # fmt: skip
-_MINOR_HEAD = (_w(Tag.PROTOCOL_VERSION_MINOR, _I), 4)
-_MAX_RESPONSE = _w(Tag.MAXIMUM_RESPONSE_SIZE, _I)
-_BATCH_COUNT = _w(Tag.BATCH_COUNT, _I)
-_TIME_STAMP = _w(Tag.TIME_STAMP, ItemType.DATE_TIME)
-_BATCH_ITEM = _w(Tag.BATCH_ITEM, _S)
-_OPERATION = _w(Tag.OPERATION, _E)
-_BATCH_ID = _w(Tag.UNIQUE_BATCH_ITEM_ID, ItemType.BYTE_STRING)
-_PAYLOAD = _w(Tag.REQUEST_PAYLOAD, _S)
-_UID = _w(Tag.UNIQUE_IDENTIFIER, ItemType.TEXT_STRING)
-_FORMAT = _w(Tag.KEY_FORMAT_TYPE, _E)
-_ZEROS = bytes(8)
-# The shortest message of this shape (header with PV + Batch Count, a Get of an
-# empty identifier) and a bound well above any identifier we issue.
-_MIN_SIZE = 8 + 8 + 40 + 16 + 8 + 16 + 8 + 8
-MAX_SIZE = 4096
-_VERSIONS = frozenset((v.major, v.minor) for v in SUPPORTED)
+_UID = fw.UID
+_FORMAT = fw.word(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,80 +69,15 @@ class GetRequest:
     raw_format: bool  # Key Format Type absent or Raw
 
 
-def _padded(n: int) -> int:
-    return n + (-n % 8)
-
-
 def scan(frame: bytes | bytearray | memoryview) -> GetRequest | None:
     """The request if ``frame`` is a plain single-item Get, else None (never raises)."""
-    n = len(frame)
-    if n < _MIN_SIZE or n > MAX_SIZE:
+    env = fw.envelope(frame, Operation.GET)
+    if env is None:
         return None
-    unpack = _HDR.unpack_from
-    word, length = unpack(frame, 0)
-    if word != _MESSAGE or length + 8 != n:
-        return None
-    word, hlen = unpack(frame, 8)
-    hend = 16 + hlen
-    if word != _HEADER or hlen & 7 or hend > n:
-        return None
-    pw, pl, jw, jl, major, jpad, nw, nl, minor, npad = _VERSION.unpack_from(frame, 16)
-    if (pw, pl, jw, jl) != _PV_HEAD or (nw, nl) != _MINOR_HEAD or jpad or npad:
-        return None
-    off = 56
-    max_size: int | None = None
-    count: int | None = None
-    stamped = False
-    while off < hend:
-        if off + 16 > hend:
-            return None
-        word, length, value, pad = _WORD4.unpack_from(frame, off)
-        if word == _BATCH_COUNT and length == 4 and not pad and count is None:
-            count = value
-        elif word == _MAX_RESPONSE and length == 4 and not pad and max_size is None:
-            max_size = value
-        elif word == _TIME_STAMP and length == 8 and not stamped:
-            stamped = True
-        else:
-            return None
-        off += 16
-    if count != 1 or off + 8 > n:
-        return None
-    word, length = unpack(frame, off)
-    if word != _BATCH_ITEM or off + 8 + length != n:
-        return None
-    off += 8
-    get = False
-    batch_id: bytes | None = None
-    payload: tuple[int, int] | None = None
-    while off < n:
-        if off + 8 > n:
-            return None
-        word, length = unpack(frame, off)
-        if word == _OPERATION and not get and off + 16 <= n:
-            _, length, value, pad = _WORD4.unpack_from(frame, off)
-            if length != 4 or pad or value != Operation.GET:
-                return None
-            get = True
-            off += 16
-        elif word == _BATCH_ID and batch_id is None:
-            end = off + 8 + length
-            stop = off + 8 + _padded(length)
-            if stop > n or frame[end:stop] != _ZEROS[: stop - end]:
-                return None
-            batch_id = bytes(frame[off + 8 : end])
-            off = stop
-        elif word == _PAYLOAD and payload is None and not length & 7 and off + 8 + length <= n:
-            payload = (off + 8, off + 8 + length)
-            off += 8 + length
-        else:
-            return None
-    if not get or payload is None:
-        return None
-    found = _scan_payload(frame, *payload)
+    found = _scan_payload(frame, *env.payload)
     if found is None:
         return None
-    return GetRequest(major, minor, max_size, batch_id, *found)
+    return GetRequest(env.major, env.minor, env.max_response_size, env.batch_id, *found)
 
 
 def _scan_payload(
@@ -184,11 +89,11 @@ def _scan_payload(
     while off < stop:
         if off + 8 > stop:
             return None
-        word, length = _HDR.unpack_from(frame, off)
+        word, length = fw.HDR.unpack_from(frame, off)
         if word == _UID and uid is None:
             end = off + 8 + length
-            pad_end = off + 8 + _padded(length)
-            if pad_end > stop or frame[end:pad_end] != _ZEROS[: pad_end - end]:
+            pad_end = off + 8 + fw.padded(length)
+            if pad_end > stop or frame[end:pad_end] != fw.ZEROS[: pad_end - end]:
                 return None
             try:
                 uid = bytes(frame[off + 8 : end]).decode("utf-8")
@@ -196,7 +101,7 @@ def _scan_payload(
                 return None
             off = pad_end
         elif word == _FORMAT and fmt is None and off + 16 <= stop:
-            _, length, fmt, pad = _WORD4.unpack_from(frame, off)
+            _, length, fmt, pad = fw.WORD4.unpack_from(frame, off)
             if length != 4 or pad:
                 return None
             off += 16
@@ -234,8 +139,8 @@ class _Layout:
         self.key_at = n - 32 - key_len - pk
         # Structure lengths (each counted from the end of its own header).
         item_at = 8 + 80  # after the message and response headers
-        payload_at = item_at + 8 + 16 + (0 if bid_len is None else 8 + _padded(bid_len)) + 16
-        object_at = payload_at + 8 + 16 + 8 + _padded(uid_len)
+        payload_at = item_at + 8 + 16 + (0 if bid_len is None else 8 + fw.padded(bid_len)) + 16
+        object_at = payload_at + 8 + 16 + 8 + fw.padded(uid_len)
         self.item_len = n - item_at - 8
         self.payload_len = n - payload_at - 8
         self.object_len = n - object_at - 8
@@ -244,19 +149,19 @@ class _Layout:
         self, version: tuple[int, int], now: int, bid: bytes | None, uid: bytes, rec: KeyRecord
     ) -> bytearray:
         n, k = self.size, self.key_len
-        bid_part = () if bid is None else (_BATCH_ID, len(bid), bid)
+        bid_part = () if bid is None else (fw.BATCH_ID, len(bid), bid)
         out = bytearray(n)
         self.st.pack_into(
             out, 0,
-            _RESPONSE_MESSAGE, n - 8,
-            _RESPONSE_HEADER, 72, _PROTOCOL_VERSION, 32,
-            _MAJOR, 4, version[0], _MINOR, 4, version[1],
-            _TIME_STAMP, 8, now, _BATCH_COUNT, 4, 1,
-            _BATCH_ITEM, self.item_len, _OPERATION, 4, Operation.GET, 0,
+            fw.RESPONSE_MESSAGE, n - 8,
+            fw.RESPONSE_HEADER, 72, fw.PROTOCOL_VERSION, 32,
+            fw.MAJOR, 4, version[0], fw.MINOR, 4, version[1],
+            fw.TIME_STAMP, 8, now, fw.BATCH_COUNT, 4, 1,
+            fw.BATCH_ITEM, self.item_len, fw.OPERATION, 4, Operation.GET, 0,
             *bid_part,
-            _RESULT_STATUS, 4, ResultStatus.SUCCESS, 0,
-            _RESPONSE_PAYLOAD, self.payload_len,
-            _OBJECT_TYPE, 4, rec.object_type, 0,
+            fw.RESULT_STATUS, 4, ResultStatus.SUCCESS, 0,
+            fw.RESPONSE_PAYLOAD, self.payload_len,
+            fw.OBJECT_TYPE, 4, rec.object_type, 0,
             _UID, len(uid), uid,
             _SYMMETRIC_KEY, self.object_len,
             _KEY_BLOCK, self.object_len - 8,
@@ -269,21 +174,13 @@ class _Layout:
         return out
 
 
-_RESPONSE_MESSAGE = _w(Tag.RESPONSE_MESSAGE, _S)
-_RESPONSE_HEADER = _w(Tag.RESPONSE_HEADER, _S)
-_PROTOCOL_VERSION = _w(Tag.PROTOCOL_VERSION, _S)
-_MAJOR = _w(Tag.PROTOCOL_VERSION_MAJOR, _I)
-_MINOR = _w(Tag.PROTOCOL_VERSION_MINOR, _I)
-_RESULT_STATUS = _w(Tag.RESULT_STATUS, _E)
-_RESPONSE_PAYLOAD = _w(Tag.RESPONSE_PAYLOAD, _S)
-_OBJECT_TYPE = _w(Tag.OBJECT_TYPE, _E)
-_SYMMETRIC_KEY = _w(Tag.SYMMETRIC_KEY, _S)
-_KEY_BLOCK = _w(Tag.KEY_BLOCK, _S)
-_KEY_VALUE = _w(Tag.KEY_VALUE, _S)
-_KEY_MATERIAL = _w(Tag.KEY_MATERIAL, ItemType.BYTE_STRING)
-_ALGORITHM = _w(Tag.CRYPTOGRAPHIC_ALGORITHM, _E)
-_LENGTH = _w(Tag.CRYPTOGRAPHIC_LENGTH, _I)
-_LAYOUTS: dict[tuple[int | None, int, int], _Layout] = {}
+_SYMMETRIC_KEY = fw.word(Tag.SYMMETRIC_KEY, ItemType.STRUCTURE)
+_KEY_BLOCK = fw.word(Tag.KEY_BLOCK, ItemType.STRUCTURE)
+_KEY_VALUE = fw.word(Tag.KEY_VALUE, ItemType.STRUCTURE)
+_KEY_MATERIAL = fw.word(Tag.KEY_MATERIAL, ItemType.BYTE_STRING)
+_ALGORITHM = fw.word(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION)
+_LENGTH = fw.word(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
+_LAYOUTS = fw.Layouts(_Layout)
 _DESTROYED = (State.DESTROYED, State.DESTROYED_COMPROMISED)
 
 
@@ -295,7 +192,7 @@ def answer(
     if req is None or not req.raw_format or not grant.allows(Operation.GET):
         return None
     version = (req.major, req.minor)
-    if version not in _VERSIONS:
+    if version not in fw.VERSIONS:
         return None
     try:
         rec = svc.store.get(req.uid)
@@ -313,14 +210,10 @@ def answer(
         return None
     uid = rec.uid.encode("utf-8")
     try:
-        shape = (None if req.batch_id is None else len(req.batch_id), len(uid), len(secret))
-        layout = _LAYOUTS.get(shape)
-        if layout is None:
-            if len(_LAYOUTS) >= 256:  # identifiers are ours, batch ids short: few shapes
-                _LAYOUTS.clear()
-            layout = _LAYOUTS[shape] = _Layout(*shape)
+        bid_len = None if req.batch_id is None else len(req.batch_id)
+        layout = _LAYOUTS.get(bid_len, len(uid), len(secret))
         out = layout.write(version, now, req.batch_id, uid, rec)
-        out[layout.key_at : layout.key_at + shape[2]] = secret.view()
+        out[layout.key_at : layout.key_at + layout.key_len] = secret.view()
     finally:
         secret.wipe()
     try:

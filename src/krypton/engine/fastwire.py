@@ -1,0 +1,173 @@
+"""What the fast paths share: the envelope of a single-item request, read in place,
+and the tag|type words their precompiled response layouts are written with.
+
+A fast path (:mod:`krypton.engine.fastget`, :mod:`krypton.engine.fastcreate`)
+answers one common message shape straight from the bytes and declines every
+other one; :func:`envelope` is the part of that shape every fast path has:
+a header with a Protocol Version and a Batch Count of 1 (perhaps a Time Stamp
+and a Maximum Response Size, each once) and a single batch item of the
+expected operation (perhaps with a Unique Batch Item ID) holding a Request
+Payload. It accepts a strict subset of what the decoder accepts.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from krypton.kmip.versions import SUPPORTED
+from krypton.ttlv.item import ItemType
+from krypton.ttlv.tags import Tag
+
+HDR = struct.Struct(">II")  # tag|type, length
+WORD4 = struct.Struct(">IIiI")  # tag|type, length, 4-byte value, padding
+_VERSION = struct.Struct(">IIIIiIIIiI")  # Protocol Version with Major and Minor
+
+
+def word(tag: int, itype: ItemType) -> int:
+    """An item's first four bytes (tag and type) as one big-endian integer."""
+    return tag << 8 | int(itype)
+
+
+_S, _I, _E, _T = ItemType.STRUCTURE, ItemType.INTEGER, ItemType.ENUMERATION, ItemType.TEXT_STRING
+_MESSAGE = word(Tag.REQUEST_MESSAGE, _S)
+_HEADER = word(Tag.REQUEST_HEADER, _S)
+_PV_HEAD = (
+    word(Tag.PROTOCOL_VERSION, _S), 32,
+    word(Tag.PROTOCOL_VERSION_MAJOR, _I), 4,
+)  # fmt: skip
+_MINOR_HEAD = (word(Tag.PROTOCOL_VERSION_MINOR, _I), 4)
+_MAX_RESPONSE = word(Tag.MAXIMUM_RESPONSE_SIZE, _I)
+_BATCH_ITEM = word(Tag.BATCH_ITEM, _S)
+_PAYLOAD = word(Tag.REQUEST_PAYLOAD, _S)
+ZEROS = bytes(8)
+# The shortest message of the envelope's shape (header with PV + Batch Count, an
+# item with an empty payload) and a bound well above any request a fast path takes.
+_MIN_SIZE = 8 + 8 + 40 + 16 + 8 + 16 + 8
+MAX_SIZE = 4096
+VERSIONS = frozenset((v.major, v.minor) for v in SUPPORTED)
+
+# Words of the response layouts (and of the request fields both sides share).
+RESPONSE_MESSAGE = word(Tag.RESPONSE_MESSAGE, _S)
+RESPONSE_HEADER = word(Tag.RESPONSE_HEADER, _S)
+PROTOCOL_VERSION = word(Tag.PROTOCOL_VERSION, _S)
+MAJOR = word(Tag.PROTOCOL_VERSION_MAJOR, _I)
+MINOR = word(Tag.PROTOCOL_VERSION_MINOR, _I)
+TIME_STAMP = word(Tag.TIME_STAMP, ItemType.DATE_TIME)
+BATCH_COUNT = word(Tag.BATCH_COUNT, _I)
+BATCH_ITEM = _BATCH_ITEM
+OPERATION = word(Tag.OPERATION, _E)
+BATCH_ID = word(Tag.UNIQUE_BATCH_ITEM_ID, ItemType.BYTE_STRING)
+RESULT_STATUS = word(Tag.RESULT_STATUS, _E)
+RESPONSE_PAYLOAD = word(Tag.RESPONSE_PAYLOAD, _S)
+OBJECT_TYPE = word(Tag.OBJECT_TYPE, _E)
+UID = word(Tag.UNIQUE_IDENTIFIER, _T)
+
+
+def padded(n: int) -> int:
+    return n + (-n % 8)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The parts of a plain single-item request message the fast paths need."""
+
+    major: int
+    minor: int
+    max_response_size: int | None
+    batch_id: bytes | None
+    payload: tuple[int, int]  # where the Request Payload's children start and end
+
+
+def envelope(frame: bytes | bytearray | memoryview, operation: int) -> Envelope | None:
+    """``frame`` read as a header with Protocol Version and Batch Count 1 (perhaps a
+    Time Stamp, a Maximum Response Size) and one batch item of ``operation`` (perhaps
+    a Unique Batch Item ID) with a payload; None for anything else (never raises)."""
+    n = len(frame)
+    if n < _MIN_SIZE or n > MAX_SIZE:
+        return None
+    unpack = HDR.unpack_from
+    word, length = unpack(frame, 0)
+    if word != _MESSAGE or length + 8 != n:
+        return None
+    word, hlen = unpack(frame, 8)
+    hend = 16 + hlen
+    if word != _HEADER or hlen & 7 or hend > n:
+        return None
+    pw, pl, jw, jl, major, jpad, nw, nl, minor, npad = _VERSION.unpack_from(frame, 16)
+    if (pw, pl, jw, jl) != _PV_HEAD or (nw, nl) != _MINOR_HEAD or jpad or npad:
+        return None
+    off = 56
+    max_size: int | None = None
+    count: int | None = None
+    stamped = False
+    while off < hend:
+        if off + 16 > hend:
+            return None
+        word, length, value, pad = WORD4.unpack_from(frame, off)
+        if word == BATCH_COUNT and length == 4 and not pad and count is None:
+            count = value
+        elif word == _MAX_RESPONSE and length == 4 and not pad and max_size is None:
+            max_size = value
+        elif word == TIME_STAMP and length == 8 and not stamped:
+            stamped = True
+        else:
+            return None
+        off += 16
+    if count != 1 or off + 8 > n:
+        return None
+    word, length = unpack(frame, off)
+    if word != _BATCH_ITEM or off + 8 + length != n:
+        return None
+    off += 8
+    seen_op = False
+    batch_id: bytes | None = None
+    payload: tuple[int, int] | None = None
+    while off < n:
+        if off + 8 > n:
+            return None
+        word, length = unpack(frame, off)
+        if word == OPERATION and not seen_op and off + 16 <= n:
+            _, length, value, pad = WORD4.unpack_from(frame, off)
+            if length != 4 or pad or value != operation:
+                return None
+            seen_op = True
+            off += 16
+        elif word == BATCH_ID and batch_id is None:
+            end = off + 8 + length
+            stop = off + 8 + padded(length)
+            if stop > n or frame[end:stop] != ZEROS[: stop - end]:
+                return None
+            batch_id = bytes(frame[off + 8 : end])
+            off = stop
+        elif word == _PAYLOAD and payload is None and not length & 7 and off + 8 + length <= n:
+            payload = (off + 8, off + 8 + length)
+            off += 8 + length
+        else:
+            return None
+    if not seen_op or payload is None:
+        return None
+    return Envelope(major, minor, max_size, batch_id, payload)
+
+
+L = TypeVar("L")
+
+
+class Layouts(Generic[L]):
+    """Precompiled response layouts by shape (lengths of the variable fields).
+    Identifiers are ours and batch ids short, so shapes are few; the table is
+    emptied if a client manages to make it large."""
+
+    def __init__(self, make: type[L], limit: int = 256) -> None:
+        self._make = make
+        self._limit = limit
+        self._table: dict[tuple[int | None, ...], L] = {}
+
+    def get(self, *shape: int | None) -> L:
+        layout = self._table.get(shape)
+        if layout is None:
+            if len(self._table) >= self._limit:
+                self._table.clear()
+            layout = self._table[shape] = self._make(*shape)
+        return layout
