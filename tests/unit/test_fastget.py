@@ -226,3 +226,43 @@ def test_mutated_requests_never_diverge(env: Env, data: st.DataObject) -> None:
         return
     fast, slow = env.both(frame, _session())
     assert fast == slow
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_learned_shapes_read_exactly_what_the_full_scan_reads(data: st.DataObject) -> None:
+    """A message matched against a shape learned from another one is read as the
+    full scan reads it -- or refused, as the full scan refuses it."""
+    options = dict(
+        version=data.draw(st.sampled_from(SUPPORTED)),
+        batch_id=data.draw(st.sampled_from([None, b"", b"\x07", b"abcdefghi"])),
+        key_format=data.draw(st.sampled_from([None, KeyFormatType.RAW, KeyFormatType.PKCS_8])),
+        max_response_size=data.draw(st.sampled_from([None, 4096])),
+        time_stamp=data.draw(st.booleans()),
+    )
+    learned = get_request("0123456789abcdef0123456789abcdef0123", **options)  # type: ignore[arg-type]
+    assert fastget.scan(learned) == fastget.scan_in_full(learned) is not None
+    other = get_request(
+        data.draw(st.text(st.characters(max_codepoint=127), min_size=36, max_size=36)),
+        **options,  # type: ignore[arg-type]
+    )
+    assert fastget.scan(other) == fastget.scan_in_full(other) is not None
+    frame = mutate(data, other)
+    if frame is None:
+        return
+    assert fastget.scan(frame) == fastget.scan_in_full(frame)
+
+
+def test_a_learned_shape_matches_another_identifier_and_nothing_else() -> None:
+    a = get_request("a" * 36, batch_id=b"12345678", max_response_size=4096, time_stamp=True)
+    b = get_request("b" * 36, batch_id=b"87654321", max_response_size=2048, time_stamp=True)
+    fastget.scan(a)
+    shapes = fastget._SHAPES.get(len(a), [])
+    assert any(s.match(b) == fastget.scan_in_full(b) for s in shapes)
+    raw_then_pkcs8 = get_request("b" * 36, key_format=KeyFormatType.RAW)
+    fastget.scan(raw_then_pkcs8)
+    pkcs8 = get_request("b" * 36, key_format=KeyFormatType.PKCS_8)  # same length, other format
+    assert len(pkcs8) == len(raw_then_pkcs8)
+    assert all(s.match(pkcs8) is None for s in fastget._SHAPES.get(len(pkcs8), []))
+    req = fastget.scan(pkcs8)
+    assert req is not None and not req.raw_format

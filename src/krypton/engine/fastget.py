@@ -71,20 +71,36 @@ class GetRequest:
 
 def scan(frame: bytes | bytearray | memoryview) -> GetRequest | None:
     """The request if ``frame`` is a plain single-item Get, else None (never raises)."""
+    for shape in _SHAPES.get(len(frame), ()):
+        req = shape.match(frame)
+        if req is not None:
+            return req
+    return scan_in_full(frame, learn=True)
+
+
+def scan_in_full(
+    frame: bytes | bytearray | memoryview, *, learn: bool = False
+) -> GetRequest | None:
+    """:func:`scan` without the learned shapes (``learn``: add this one)."""
     env = fw.envelope(frame, Operation.GET)
     if env is None:
         return None
     found = _scan_payload(frame, *env.payload)
     if found is None:
         return None
-    return GetRequest(env.major, env.minor, env.max_response_size, env.batch_id, *found)
+    uid, raw, uid_at = found
+    if learn:
+        _learn(len(frame), _Shape(frame, env, uid_at, raw))
+    return GetRequest(env.major, env.minor, env.max_response_size, env.batch_id, uid, raw)
 
 
 def _scan_payload(
     frame: bytes | bytearray | memoryview, off: int, stop: int
-) -> tuple[str, bool] | None:
-    """The payload's (Unique Identifier, Key Format Type absent or Raw)."""
+) -> tuple[str, bool, tuple[int, int]] | None:
+    """The payload's Unique Identifier, whether the Key Format Type is absent or
+    Raw, and where the identifier's bytes are."""
     uid: str | None = None
+    uid_at = (0, 0)
     fmt: int | None = None
     while off < stop:
         if off + 8 > stop:
@@ -99,6 +115,7 @@ def _scan_payload(
                 uid = bytes(frame[off + 8 : end]).decode("utf-8")
             except UnicodeDecodeError:
                 return None
+            uid_at = (off + 8, end)
             off = pad_end
         elif word == _FORMAT and fmt is None and off + 16 <= stop:
             _, length, fmt, pad = fw.WORD4.unpack_from(frame, off)
@@ -109,7 +126,74 @@ def _scan_payload(
             return None
     if uid is None:
         return None
-    return uid, fmt is None or fmt == KeyFormatType.RAW
+    return uid, fmt is None or fmt == KeyFormatType.RAW, uid_at
+
+
+class _Shape:
+    """A message the full scan accepted, reduced to what another message of the
+    same length must repeat byte for byte to be the same kind of request: all
+    of it but the identifier, the batch id, the Time Stamp and the Maximum
+    Response Size values (lengths included, they are in the fixed bytes). A
+    message that matches is one the full scan accepts, with those four values
+    read from where the scan found them; clients repeat one shape, so the
+    next Get costs a few slice comparisons."""
+
+    __slots__ = ("bid", "fixed", "major", "max_at", "minor", "raw", "uid")
+
+    def __init__(
+        self,
+        frame: bytes | bytearray | memoryview,
+        env: fw.Envelope,
+        uid_at: tuple[int, int],
+        raw: bool,
+    ) -> None:
+        holes = [uid_at]
+        if env.time_stamp_at is not None:
+            holes.append((env.time_stamp_at, env.time_stamp_at + 8))
+        if env.max_response_at is not None:
+            holes.append((env.max_response_at, env.max_response_at + 4))
+        if env.batch_id_at is not None:
+            holes.append(env.batch_id_at)
+        fixed: list[tuple[int, int, bytes]] = []
+        pos = 0
+        for start, end in sorted(holes):
+            if start > pos:
+                fixed.append((pos, start, bytes(frame[pos:start])))
+            pos = end
+        if pos < len(frame):
+            fixed.append((pos, len(frame), bytes(frame[pos:])))
+        self.fixed = tuple(fixed)
+        self.uid = uid_at
+        self.bid = env.batch_id_at
+        self.max_at = env.max_response_at
+        self.major, self.minor, self.raw = env.major, env.minor, raw
+
+    def match(self, frame: bytes | bytearray | memoryview) -> GetRequest | None:
+        for start, end, want in self.fixed:
+            if frame[start:end] != want:
+                return None
+        start, end = self.uid
+        try:
+            uid = bytes(frame[start:end]).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        bid = None if self.bid is None else bytes(frame[self.bid[0] : self.bid[1]])
+        at = self.max_at
+        max_size = None if at is None else _INT.unpack_from(frame, at)[0]
+        return GetRequest(self.major, self.minor, max_size, bid, uid, self.raw)
+
+
+_INT = struct.Struct(">i")
+_SHAPES: dict[int, list[_Shape]] = {}
+_MAX_SHAPES = 64
+
+
+def _learn(size: int, shape: _Shape) -> None:
+    """Remember a shape; a client that makes many (batch ids of many lengths, say)
+    only empties the table now and then."""
+    if sum(len(v) for v in _SHAPES.values()) >= _MAX_SHAPES:
+        _SHAPES.clear()
+    _SHAPES.setdefault(size, []).append(shape)
 
 
 class _Layout:
@@ -238,7 +322,16 @@ _NOT_DEFAULT = (
 _SENSITIVE, _NOT_EXTRACTABLE, _TRANSPARENT = _NOT_DEFAULT
 
 
+_PLAIN: dict[bytes, bool] = {}  # attribute blob -> plain_symmetric (blobs repeat per key)
+
+
 def plain_symmetric(rec: KeyRecord) -> bool:
     """True when a symmetric key's stored attributes cannot change how Get serves it."""
     a = rec.attributes
-    return not (_SENSITIVE in a or _NOT_EXTRACTABLE in a or _TRANSPARENT in a)
+    plain = _PLAIN.get(a)
+    if plain is None:
+        plain = not (_SENSITIVE in a or _NOT_EXTRACTABLE in a or _TRANSPARENT in a)
+        if len(_PLAIN) >= 4096:
+            _PLAIN.clear()
+        _PLAIN[a] = plain
+    return plain

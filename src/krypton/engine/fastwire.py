@@ -78,6 +78,11 @@ class Envelope:
     max_response_size: int | None
     batch_id: bytes | None
     payload: tuple[int, int]  # where the Request Payload's children start and end
+    # Where the values a client varies from one request to the next sit (for
+    # the shapes fastget learns): Time Stamp, Maximum Response Size, batch id.
+    time_stamp_at: int | None = None
+    max_response_at: int | None = None
+    batch_id_at: tuple[int, int] | None = None
 
 
 def envelope(frame: bytes | bytearray | memoryview, operation: int) -> Envelope | None:
@@ -101,17 +106,19 @@ def envelope(frame: bytes | bytearray | memoryview, operation: int) -> Envelope 
     off = 56
     max_size: int | None = None
     count: int | None = None
-    stamped = False
+    stamp_at: int | None = None
+    max_at: int | None = None
     while off < hend:
         if off + 16 > hend:
             return None
         word, length, value, pad = WORD4.unpack_from(frame, off)
         if word == BATCH_COUNT and length == 4 and not pad and count is None:
             count = value
-        elif word == _MAX_RESPONSE and length == 4 and not pad and max_size is None:
+        elif word == _MAX_RESPONSE and length == 4 and not pad and max_at is None:
             max_size = value
-        elif word == TIME_STAMP and length == 8 and not stamped:
-            stamped = True
+            max_at = off + 8
+        elif word == TIME_STAMP and length == 8 and stamp_at is None:
+            stamp_at = off + 8
         else:
             return None
         off += 16
@@ -123,6 +130,7 @@ def envelope(frame: bytes | bytearray | memoryview, operation: int) -> Envelope 
     off += 8
     seen_op = False
     batch_id: bytes | None = None
+    bid_at: tuple[int, int] | None = None
     payload: tuple[int, int] | None = None
     while off < n:
         if off + 8 > n:
@@ -140,6 +148,7 @@ def envelope(frame: bytes | bytearray | memoryview, operation: int) -> Envelope 
             if stop > n or frame[end:stop] != ZEROS[: stop - end]:
                 return None
             batch_id = bytes(frame[off + 8 : end])
+            bid_at = (off + 8, end)
             off = stop
         elif word == _PAYLOAD and payload is None and not length & 7 and off + 8 + length <= n:
             payload = (off + 8, off + 8 + length)
@@ -148,7 +157,7 @@ def envelope(frame: bytes | bytearray | memoryview, operation: int) -> Envelope 
             return None
     if not seen_op or payload is None:
         return None
-    return Envelope(major, minor, max_size, batch_id, payload)
+    return Envelope(major, minor, max_size, batch_id, payload, stamp_at, max_at, bid_at)
 
 
 L = TypeVar("L")
