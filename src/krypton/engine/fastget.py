@@ -18,6 +18,13 @@ container, a duplicate, a wrong length, non-zero padding, invalid UTF-8. It
 accepts a strict subset of what the decoder accepts, so it never answers
 something the generic path would refuse.
 
+A client sends the same shape again and again, with only its identifier
+(and perhaps batch id, Time Stamp, Maximum Response Size) changing. Once a
+message has been scanned in full, its shape is remembered (:class:`_Shape`):
+the bytes outside those values, by message length. The next message of that
+length whose fixed bytes are the same is read by a few slice comparisons;
+any other takes the full scan.
+
 :func:`answer` then serves the request if -- and only if -- it is the plain
 case: the caller's grant allows Get, the vault holds the record (memory cache
 or a synchronous SQLite read, never a Core round trip) for the caller's
