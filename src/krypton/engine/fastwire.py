@@ -39,7 +39,6 @@ _PV_HEAD = (
 )  # fmt: skip
 _MINOR_HEAD = (word(Tag.PROTOCOL_VERSION_MINOR, _I), 4)
 _MAX_RESPONSE = word(Tag.MAXIMUM_RESPONSE_SIZE, _I)
-_BATCH_ITEM = word(Tag.BATCH_ITEM, _S)
 _PAYLOAD = word(Tag.REQUEST_PAYLOAD, _S)
 ZEROS = bytes(8)
 # The shortest message of the envelope's shape (header with PV + Batch Count, an
@@ -56,7 +55,7 @@ MAJOR = word(Tag.PROTOCOL_VERSION_MAJOR, _I)
 MINOR = word(Tag.PROTOCOL_VERSION_MINOR, _I)
 TIME_STAMP = word(Tag.TIME_STAMP, ItemType.DATE_TIME)
 BATCH_COUNT = word(Tag.BATCH_COUNT, _I)
-BATCH_ITEM = _BATCH_ITEM
+BATCH_ITEM = word(Tag.BATCH_ITEM, _S)
 OPERATION = word(Tag.OPERATION, _E)
 BATCH_ID = word(Tag.UNIQUE_BATCH_ITEM_ID, ItemType.BYTE_STRING)
 RESULT_STATUS = word(Tag.RESULT_STATUS, _E)
@@ -125,7 +124,7 @@ def envelope(frame: bytes | bytearray | memoryview, operation: int) -> Envelope 
     if count != 1 or off + 8 > n:
         return None
     word, length = unpack(frame, off)
-    if word != _BATCH_ITEM or off + 8 + length != n:
+    if word != BATCH_ITEM or off + 8 + length != n:
         return None
     off += 8
     seen_op = False
