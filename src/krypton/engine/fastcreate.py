@@ -20,11 +20,12 @@ type the attribute table requires, no Attribute Index. Anything else --
 another attribute, a duplicate, a name spelled differently, another order --
 returns None, and the dispatcher takes the generic path.
 
-:func:`answer` then does what ``krypton.engine.keys.create`` does with the
-same helpers (the key from the kernel CSPRNG, its digest, the wrap under the
-tenant's L3, the server's implied attributes, the durable ``put``) and
-writes the response message with one precompiled ``struct`` per (batch id,
-identifier) length. It declines -- before anything is stored -- whatever the
+:func:`answer` then does what ``krypton.engine.keys.create`` does (the key
+from the kernel CSPRNG, its SHA-256 digest, the wrap under the tenant's L3,
+the durable ``put``), writes the record's attributes -- the client's Usage
+Mask and what ``server_attrs.implied`` adds -- with prepacked items, and the
+response message with one precompiled ``struct`` per (batch id, identifier)
+length. It declines -- before anything is stored -- whatever the
 generic path would answer with an error (a grant without Create, an
 algorithm and length this server does not make, no L3 for the tenant, a
 Maximum Response Size below the response). A vault write that fails is
@@ -51,7 +52,6 @@ from krypton.ttlv.enums import (
     KeyFormatType,
     ObjectType,
     Operation,
-    ResultStatus,
     State,
 )
 from krypton.ttlv.item import Item, ItemType
@@ -169,31 +169,18 @@ def _scan_v2(frame: bytes | bytearray | memoryview, off: int, stop: int) -> list
 class _Layout:
     """The whole Create response for one (batch id, identifier) length."""
 
-    __slots__ = ("item_len", "size", "st")
+    __slots__ = ("size", "st")
 
     def __init__(self, bid_len: int | None, uid_len: int) -> None:
-        bid = "" if bid_len is None else f"II{bid_len}s{-bid_len % 8}x"
         self.st = struct.Struct(
-            ">II"  # Response Message
-            "II" "II" "IIi4x" "IIi4x"  # Response Header, Protocol Version, Major, Minor
-            "IIq" "IIi4x"  # Time Stamp, Batch Count
-            "II" "IIi4x" f"{bid}" "IIi4x"  # Batch Item, Operation, [Batch Item ID], Status
-            "II" "IIi4x" f"II{uid_len}s{-uid_len % 8}x"  # Payload, Object Type, Identifier
+            fw.head_format(bid_len)
+            + "II" "IIi4x" f"II{uid_len}s{-uid_len % 8}x"  # Payload, Object Type, Identifier
         )  # fmt: skip
         self.size = self.st.size
-        self.item_len = self.size - 88 - 8
 
     def write(self, version: tuple[int, int], now: int, bid: bytes | None, uid: bytes) -> bytes:
-        n = self.size
-        bid_part = () if bid is None else (fw.BATCH_ID, len(bid), bid)
         return self.st.pack(
-            fw.RESPONSE_MESSAGE, n - 8,
-            fw.RESPONSE_HEADER, 72, fw.PROTOCOL_VERSION, 32,
-            fw.MAJOR, 4, version[0], fw.MINOR, 4, version[1],
-            fw.TIME_STAMP, 8, now, fw.BATCH_COUNT, 4, 1,
-            fw.BATCH_ITEM, self.item_len, fw.OPERATION, 4, Operation.CREATE,
-            *bid_part,
-            fw.RESULT_STATUS, 4, ResultStatus.SUCCESS,
+            *fw.head(self.size, version, now, Operation.CREATE, bid),
             fw.RESPONSE_PAYLOAD, 24 + len(uid) + (-len(uid) % 8),
             fw.OBJECT_TYPE, 4, ObjectType.SYMMETRIC_KEY,
             fw.UID, len(uid), uid,

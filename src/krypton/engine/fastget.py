@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 from krypton.engine import fastwire as fw
 from krypton.errors import KryptonError
 from krypton.ttlv.codec import encode
-from krypton.ttlv.enums import KeyFormatType, ObjectType, Operation, ResultStatus, State
+from krypton.ttlv.enums import KeyFormatType, ObjectType, Operation, State
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
@@ -208,18 +208,13 @@ class _Layout:
     a single ``struct`` with every header and fixed field; the key is copied in
     afterwards at ``key_at``."""
 
-    __slots__ = ("item_len", "key_at", "key_len", "object_len", "payload_len", "size", "st",
-                 "zeros")  # fmt: skip
+    __slots__ = ("key_at", "key_len", "object_len", "payload_len", "size", "st", "zeros")
 
     def __init__(self, bid_len: int | None, uid_len: int, key_len: int) -> None:
-        bid = "" if bid_len is None else f"II{bid_len}s{-bid_len % 8}x"
         pu, pk = -uid_len % 8, -key_len % 8
         self.st = struct.Struct(
-            ">II"  # Response Message
-            "II" "II" "IIi4x" "IIi4x"  # Response Header, Protocol Version, Major, Minor
-            "IIq" "IIi4x"  # Time Stamp, Batch Count
-            "II" "IIII" f"{bid}" "IIII"  # Batch Item, Operation, [Batch Item ID], Status
-            "II" "IIII" f"II{uid_len}s{pu}x"  # Response Payload, Object Type, Identifier
+            fw.head_format(bid_len)
+            + "II" "IIII" f"II{uid_len}s{pu}x"  # Response Payload, Object Type, Identifier
             "II" "II" "IIII"  # Symmetric Key, Key Block, Key Format Type
             "II" "II" f"{key_len + pk}x"  # Key Value, Key Material, (the key)
             "IIII" "IIi4x"  # Cryptographic Algorithm, Cryptographic Length
@@ -229,10 +224,9 @@ class _Layout:
         self.zeros = bytes(n)  # to wipe a written response with
         self.key_at = n - 32 - key_len - pk
         # Structure lengths (each counted from the end of its own header).
-        item_at = 8 + 80  # after the message and response headers
+        item_at = fw.ITEM_AT
         payload_at = item_at + 8 + 16 + (0 if bid_len is None else 8 + fw.padded(bid_len)) + 16
         object_at = payload_at + 8 + 16 + 8 + fw.padded(uid_len)
-        self.item_len = n - item_at - 8
         self.payload_len = n - payload_at - 8
         self.object_len = n - object_at - 8
 
@@ -240,17 +234,10 @@ class _Layout:
         self, version: tuple[int, int], now: int, bid: bytes | None, uid: bytes, rec: KeyRecord
     ) -> bytearray:
         n, k = self.size, self.key_len
-        bid_part = () if bid is None else (fw.BATCH_ID, len(bid), bid)
         out = bytearray(n)
         self.st.pack_into(
             out, 0,
-            fw.RESPONSE_MESSAGE, n - 8,
-            fw.RESPONSE_HEADER, 72, fw.PROTOCOL_VERSION, 32,
-            fw.MAJOR, 4, version[0], fw.MINOR, 4, version[1],
-            fw.TIME_STAMP, 8, now, fw.BATCH_COUNT, 4, 1,
-            fw.BATCH_ITEM, self.item_len, fw.OPERATION, 4, Operation.GET, 0,
-            *bid_part,
-            fw.RESULT_STATUS, 4, ResultStatus.SUCCESS, 0,
+            *fw.head(n, version, now, Operation.GET, bid),
             fw.RESPONSE_PAYLOAD, self.payload_len,
             fw.OBJECT_TYPE, 4, rec.object_type, 0,
             _UID, len(uid), uid,

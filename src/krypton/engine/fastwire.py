@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from krypton.kmip.versions import SUPPORTED
+from krypton.ttlv.enums import ResultStatus
 from krypton.ttlv.item import ItemType
 from krypton.ttlv.tags import Tag
 
@@ -59,6 +60,7 @@ BATCH_ITEM = word(Tag.BATCH_ITEM, _S)
 OPERATION = word(Tag.OPERATION, _E)
 BATCH_ID = word(Tag.UNIQUE_BATCH_ITEM_ID, ItemType.BYTE_STRING)
 RESULT_STATUS = word(Tag.RESULT_STATUS, _E)
+RESULT_SUCCESS = int(ResultStatus.SUCCESS)
 RESPONSE_PAYLOAD = word(Tag.RESPONSE_PAYLOAD, _S)
 OBJECT_TYPE = word(Tag.OBJECT_TYPE, _E)
 UID = word(Tag.UNIQUE_IDENTIFIER, _T)
@@ -66,6 +68,40 @@ UID = word(Tag.UNIQUE_IDENTIFIER, _T)
 
 def padded(n: int) -> int:
     return n + (-n % 8)
+
+
+# What every single-item success response a fast path writes starts with: the
+# Response Message and Response Header (Protocol Version, Time Stamp, Batch
+# Count 1) headers, then the Batch Item's header, its Operation, [Unique Batch
+# Item ID] and Result Status Success. The Batch Item starts at ITEM_AT.
+ITEM_AT = 88
+
+
+def head_format(bid_len: int | None) -> str:
+    """The ``struct`` format of that head, for a batch id of ``bid_len`` (None: none)."""
+    bid = "" if bid_len is None else f"II{bid_len}s{-bid_len % 8}x"
+    return (
+        ">II"  # Response Message
+        "II" "II" "IIi4x" "IIi4x"  # Response Header, Protocol Version, Major, Minor
+        "IIq" "IIi4x"  # Time Stamp, Batch Count
+        "II" "IIi4x" f"{bid}" "IIi4x"  # Batch Item, Operation, [Batch Item ID], Status
+    )  # fmt: skip
+
+
+def head(
+    size: int, version: tuple[int, int], now: int, operation: int, bid: bytes | None
+) -> tuple[object, ...]:
+    """The values of that head, for a response message of ``size`` bytes."""
+    bid_part = () if bid is None else (BATCH_ID, len(bid), bid)
+    return (
+        RESPONSE_MESSAGE, size - 8,
+        RESPONSE_HEADER, 72, PROTOCOL_VERSION, 32,
+        MAJOR, 4, version[0], MINOR, 4, version[1],
+        TIME_STAMP, 8, now, BATCH_COUNT, 4, 1,
+        BATCH_ITEM, size - ITEM_AT - 8, OPERATION, 4, operation,
+        *bid_part,
+        RESULT_STATUS, 4, RESULT_SUCCESS,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
