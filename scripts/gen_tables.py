@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SPEC_DIR = Path(os.environ.get("KRYPTON_KMIP_SPEC", "/work/shared/kmip-spec"))
+DEFAULT_SPEC_DIR = Path(
+    os.environ.get("KRYPTON_KMIP_SPEC") or ROOT.parent / "shared" / "kmip-spec"
+)
 DEFAULT_OUT = ROOT / "src" / "krypton" / "ttlv"
 SPEC_14 = "kmip-spec-v1.4-os.txt"
 SPEC_21 = "kmip-spec-v2.1-os.txt"

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from tests.helpers.oasis import CASES, needs_cases
 
 from krypton.ttlv.codec import EncodeError, Placeholder, decode, encode
 from krypton.ttlv.enums import CryptographicAlgorithm, CryptographicUsageMask, ObjectType, State
@@ -23,7 +24,8 @@ from krypton.ttlv.xml import (
     parse_case_file,
 )
 
-CASES_DIR = Path("/work/shared/kmip-test-cases")
+CASES_DIR = CASES
+pytestmark = needs_cases
 CASE_FILES = sorted(CASES_DIR.rglob("*.xml"))
 
 DUMMIES: dict[ItemType, int | bool | str | bytes] = {

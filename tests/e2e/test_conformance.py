@@ -20,14 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.helpers.oasis import CASES, needs_cases
 from tests.servers import dev_server, free_port
 
 from krypton.pki.dev import init_dev_dir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, needs_cases]
 
 ROOT = Path(__file__).resolve().parents[2]
-CASES = Path("/work/shared/kmip-test-cases")
 PASSING = [  # mandatory cases of claimed profiles that krypton dev passes
     "v1.0/XML/mandatory/SKFF-M-1-10.xml",  # KMIP 1.0, literal time stamps
     "v1.0/XML/mandatory/SKLC-M-1-10.xml",  # a 1.0 Digest: no Key Format Type

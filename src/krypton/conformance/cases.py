@@ -4,7 +4,7 @@ A case is named by its file stem, ``<PROFILE>-<M|O>-<rest>-<version>``:
 ``SKLC-M-1-21`` (profile SKLC, mandatory, KMIP 2.1), ``CS-BC-M-GCM-2-14``
 (profile CS-BC, mandatory, the GCM variant, KMIP 1.4). Its *version folder*
 is the nearest ancestor directory named like ``v1.4`` (``v1.0`` holds the
-1.0, 1.1 and 1.2 cases), so ``--cases /work/shared/kmip-test-cases`` finds
+1.0, 1.1 and 1.2 cases), so ``--cases kmip-test-cases`` (the whole folder) finds
 every version and the report groups them per folder.
 """
 

@@ -21,6 +21,7 @@ from krypton.client.sync import KmipClient, tls_context
 from krypton.conformance.cases import CLAIMED_PROFILES, ERRATA, Case, discover, select
 from krypton.conformance.diff import redacted
 from krypton.conformance.match import DEFAULT_TOLERANCE
+from krypton.conformance.oasis import test_cases_dir
 from krypton.conformance.runner import (
     CaseResult,
     Connection,
@@ -46,7 +47,7 @@ DEFAULT_PKI = Path(os.environ.get("KRYPTON_DEV_DIR", ".krypton-dev")) / "pki"
 
 EPILOG = f"""\
 examples:
-  krypton conformance --cases /work/shared/kmip-test-cases --mandatory --profile claimed
+  krypton conformance --mandatory --profile claimed   # cases from $KRYPTON_KMIP_CASES
   krypton conformance --cases v2.1/XML/mandatory/SKLC-M-1-21.xml --port 5696 --pki .krypton-dev/pki
   krypton conformance --cases kmip-test-cases --version-dir v1.4,v2.1 --profile QS,BL \\
       --json results.json
@@ -96,9 +97,10 @@ def register(sub: Any) -> None:
         "--cases",
         nargs="+",
         type=Path,
-        required=True,
+        default=None,
         metavar="PATH",
-        help="case files or folders (searched for *.xml)",
+        help="case files or folders (searched for *.xml); default: $KRYPTON_KMIP_CASES, "
+        "else ../shared/kmip-test-cases beside the repository",
     )
     add("--json", type=Path, default=None, metavar="FILE", help="write a JSON summary")
     add(
@@ -263,7 +265,7 @@ def run_all(
 def cmd_conformance(args: argparse.Namespace) -> int:
     try:
         cases = select(
-            discover(args.cases),
+            discover(args.cases or [test_cases_dir()]),
             profiles=_profiles(args.profile),
             mandatory=args.mandatory,
             version_dirs=[v.strip() for v in args.version_dir.split(",") if v.strip()],
