@@ -4,7 +4,7 @@
     .venv/bin/python scripts/tls_cost.py --pki .krypton-dev/pki [--count 300]
 
 Client and server ``SSLObject``s (the gateway's own contexts,
-``krypton.gateway.tls``) are joined by memory BIOs and the CPU time of each
+``krypton.tls.contexts``) are joined by memory BIOs and the CPU time of each
 side's handshake calls is added up: a full handshake, a resumed one (the
 client offers the ticket of the previous connection), both with TLS 1.3 and
 with TLS 1.2, and the full TLS 1.3 handshake without issuing a ticket. This
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from krypton.config import TLSConfig
-from krypton.gateway.tls import client_context, server_context
+from krypton.tls.contexts import client_context, server_context
 
 
 @dataclass

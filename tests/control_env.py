@@ -13,13 +13,13 @@ from typing import Any, TypeVar
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.engine.context import RequestContext
 from krypton.engine.control import AuditContext, CoreServices, KeyRingSealer, execute_item
 from krypton.engine.objects import Outcome
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, to_v1
 from krypton.kmip.messages import ResponseItem, fields
 from krypton.kmip.versions import ProtocolVersion
+from krypton.model.context import RequestContext
 from krypton.registry import ObjectRecord, Registry, open_registry
 from krypton.ttlv.enums import (
     CryptographicAlgorithm,

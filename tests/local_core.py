@@ -21,19 +21,19 @@ from typing import Any, TypeVar
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.engine.context import RequestContext
 from krypton.engine.control import CoreServices, KeyRingSealer, execute_item
 from krypton.engine.core_objects import index_fields
 from krypton.engine.dispatch import Dispatcher, Session
 from krypton.engine.objects import Services
-from krypton.gateway.policy import Grant
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import parse_attributes
+from krypton.model.context import RequestContext
+from krypton.model.grant import Grant
+from krypton.model.record import KeyRecord
 from krypton.registry import ObjectRecord, Registry, open_registry
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.item import Item
 from krypton.uplink.types import WrappedKey
-from krypton.vault.record import KeyRecord
 from krypton.vault.sqlite import Vault
 
 T = TypeVar("T")

@@ -21,7 +21,8 @@ from krypton.vault import Vault
 
 CHILD = r"""
 import asyncio, os, sys
-from krypton.vault import KeyRecord, Vault, new_uid
+from krypton.model import KeyRecord, new_uid
+from krypton.vault import Vault
 
 async def writer(vault):
     out = sys.stdout

@@ -22,11 +22,12 @@ from krypton.crypto.secret import SecretBytes, generate_key
 from krypton.engine.ciphers import InvalidCorrelation, Streams
 from krypton.engine.dispatch import HANDLERS, Dispatcher, Session
 from krypton.engine.objects import Services
-from krypton.gateway.policy import Grant
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, to_v1
 from krypton.kmip.messages import ResponseItem
 from krypton.kmip.versions import ProtocolVersion
+from krypton.model.grant import Grant
+from krypton.model.record import KeyRecord
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import (
     BlockCipherMode,
@@ -42,7 +43,6 @@ from krypton.ttlv.enums import (
 )
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
-from krypton.vault.record import KeyRecord
 from krypton.vault.sqlite import Vault
 
 V14 = ProtocolVersion(1, 4)

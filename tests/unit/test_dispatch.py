@@ -12,9 +12,9 @@ from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
 from krypton.engine.dispatch import Dispatcher, Session
 from krypton.engine.objects import Services
-from krypton.gateway.policy import Grant
 from krypton.kmip import client_messages as cm
 from krypton.kmip.versions import ProtocolVersion
+from krypton.model.grant import Grant
 from krypton.ttlv.codec import Limits, decode, encode
 from krypton.ttlv.enums import (
     BatchErrorContinuationOption,

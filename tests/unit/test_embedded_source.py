@@ -14,12 +14,12 @@ import pytest
 from tests.keystore_env import opened_store
 
 from krypton.config import load_core_config, load_gateway_config
-from krypton.core.dev import EmbeddedStack, prepare_tenants
 from krypton.core.embedded import EmbeddedL3Source
 from krypton.crypto.keyring import KeyRing, L3Source, L3State
 from krypton.crypto.secret import generate_key
 from krypton.errors import KeyUnavailable
 from krypton.pki.dev import init_dev_dir
+from krypton.stack.dev import EmbeddedStack, prepare_tenants
 
 UID = "9d3f8b7e-0000-4000-8000-00000000c0de"
 A, D, C = L3State.ACTIVE, L3State.DEACTIVATED, L3State.COMPROMISED

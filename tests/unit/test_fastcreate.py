@@ -30,15 +30,15 @@ from krypton.crypto.secret import generate_key
 from krypton.engine import fastcreate
 from krypton.engine.dispatch import Dispatcher, Session
 from krypton.engine.objects import Services
-from krypton.gateway.policy import Grant
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, to_v1
 from krypton.kmip.versions import SUPPORTED, ProtocolVersion
+from krypton.model import KeyRecord
+from krypton.model.grant import Grant
 from krypton.ttlv.codec import Limits, decode, encode
 from krypton.ttlv.enums import CryptographicAlgorithm, ObjectType, Operation, ResultStatus
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
-from krypton.vault import KeyRecord
 from krypton.vault.sqlite import Vault
 
 V14 = ProtocolVersion(1, 4)
@@ -180,7 +180,9 @@ def test_the_fast_path_itself_answers(env: Env, monkeypatch: pytest.MonkeyPatch)
     env.uid = "direct-1"
     monkeypatch.setattr(os, "urandom", random.Random("direct").randbytes)
     svc = env.fast.services
-    direct = env.loop.run_until_complete(fastcreate.answer(svc, _session().grant, frame, NOW))
+    direct = env.loop.run_until_complete(
+        fastcreate.FastCreate().answer(svc, _session().grant, frame, NOW)
+    )
     monkeypatch.undo()
     assert direct is not None
     assert cm.unique_identifier(cm.parse_response(decode(direct)).items[0].payload) == "direct-1"  # type: ignore[arg-type]
@@ -263,7 +265,10 @@ def test_declined_requests_get_the_generic_answer(
     env.uid = f"declined-{why}"
     grant = _session().grant
     assert (
-        env.loop.run_until_complete(fastcreate.answer(env.fast.services, grant, frame, NOW)) is None
+        env.loop.run_until_complete(
+            fastcreate.FastCreate().answer(env.fast.services, grant, frame, NOW)
+        )
+        is None
     ), why
     assert env.fast_vault.get(env.uid) is None, why  # declining leaves nothing behind
     _assert_same(env, frame, monkeypatch, stored=stored)
@@ -297,7 +302,7 @@ def test_a_grant_without_create_or_a_tenant_without_l3_is_left_to_the_generic_pa
         env.uid = f"refused-{session.grant.tenant}"
         assert (
             env.loop.run_until_complete(
-                fastcreate.answer(env.fast.services, session.grant, frame, NOW)
+                fastcreate.FastCreate().answer(env.fast.services, session.grant, frame, NOW)
             )
             is None
         )

@@ -25,10 +25,10 @@ from krypton.crypto.secret import generate_key
 from krypton.engine import fastget
 from krypton.engine.dispatch import Dispatcher, Session
 from krypton.engine.objects import Services
-from krypton.gateway.policy import Grant
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute
 from krypton.kmip.versions import SUPPORTED, ProtocolVersion
+from krypton.model.grant import Grant
 from krypton.ttlv.codec import Limits, decode, encode
 from krypton.ttlv.enums import KeyFormatType, Operation, ResultStatus, State
 from krypton.ttlv.item import Item
@@ -131,7 +131,7 @@ def test_plain_gets_take_the_fast_path_and_match_byte_for_byte(env: Env, what: s
     session = _session()
     for options in PLAIN:
         frame = get_request(env.keys[what], **options)  # type: ignore[arg-type]
-        assert fastget.scan(frame) is not None, options
+        assert fastget.scan_in_full(frame) is not None, options
         fast, slow = env.both(frame, session)
         assert env.fast.answer_now(frame, session) == fast, options
         assert fast == slow, options
@@ -202,7 +202,8 @@ def test_other_shapes_are_not_scanned(env: Env) -> None:
     )
     create = encode(cm.request_message(V14, [cm.create_item(V14, cm.aes_attributes())]))
     for frame in (two, extra, create):
-        assert fastget.scan(frame) is None
+        assert fastget.scan_in_full(frame) is None
+        assert fastget.FastGet().scan(frame) is None
 
 
 @settings(
@@ -240,29 +241,46 @@ def test_learned_shapes_read_exactly_what_the_full_scan_reads(data: st.DataObjec
         max_response_size=data.draw(st.sampled_from([None, 4096])),
         time_stamp=data.draw(st.booleans()),
     )
+    fast = fastget.FastGet()
     learned = get_request("0123456789abcdef0123456789abcdef0123", **options)  # type: ignore[arg-type]
-    assert fastget.scan(learned) == fastget.scan_in_full(learned) is not None
+    assert fast.scan(learned) == fastget.scan_in_full(learned) is not None
     other = get_request(
         data.draw(st.text(st.characters(max_codepoint=127), min_size=36, max_size=36)),
         **options,  # type: ignore[arg-type]
     )
-    assert fastget.scan(other) == fastget.scan_in_full(other) is not None
+    assert fast.scan(other) == fastget.scan_in_full(other) is not None
+    assert fast.learned(len(other)) == 1
     frame = mutate(data, other)
     if frame is None:
         return
-    assert fastget.scan(frame) == fastget.scan_in_full(frame)
+    assert fast.scan(frame) == fastget.scan_in_full(frame)
 
 
 def test_a_learned_shape_matches_another_identifier_and_nothing_else() -> None:
+    fast = fastget.FastGet()
     a = get_request("a" * 36, batch_id=b"12345678", max_response_size=4096, time_stamp=True)
     b = get_request("b" * 36, batch_id=b"87654321", max_response_size=2048, time_stamp=True)
-    fastget.scan(a)
-    shapes = fastget._SHAPES.get(len(a), [])
-    assert any(s.match(b) == fastget.scan_in_full(b) for s in shapes)
+    assert fast.scan(a) == fastget.scan_in_full(a) is not None
+    assert fast.learned(len(a)) == 1
+    assert fast.scan(b) == fastget.scan_in_full(b) is not None
+    assert fast.learned(len(b)) == 1  # read through a's shape: nothing new learned
     raw_then_pkcs8 = get_request("b" * 36, key_format=KeyFormatType.RAW)
-    fastget.scan(raw_then_pkcs8)
+    fast.scan(raw_then_pkcs8)
     pkcs8 = get_request("b" * 36, key_format=KeyFormatType.PKCS_8)  # same length, other format
     assert len(pkcs8) == len(raw_then_pkcs8)
-    assert all(s.match(pkcs8) is None for s in fastget._SHAPES.get(len(pkcs8), []))
-    req = fastget.scan(pkcs8)
+    before = fast.learned(len(pkcs8))
+    req = fast.scan(pkcs8)
     assert req is not None and not req.raw_format
+    assert fast.learned(len(pkcs8)) == before + 1  # the Raw shape did not match it
+
+
+def test_each_fast_path_learns_for_itself_and_within_its_bound() -> None:
+    one, two = fastget.FastGet(max_shapes=2), fastget.FastGet()
+    a = get_request("a" * 36)
+    one.scan(a)
+    assert one.learned(len(a)) == 1 and two.learned(len(a)) == 0
+    for bid in (b"1", b"12345678", b"123456789"):
+        one.scan(get_request("a" * 36, batch_id=bid))
+        assert 1 <= one.learned() <= 2
+    with pytest.raises(ValueError):
+        fastget.FastGet(max_shapes=0)

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from krypton.errors import PermissionDenied
-from krypton.gateway.identity import identity_from_der, identity_from_peercert
 from krypton.pki import issue_ca, issue_leaf, new_key, write_cert_pem
+from krypton.tls.identity import identity_from_der, identity_from_peercert
 
 CA = issue_ca("identity test CA")
 

@@ -20,7 +20,7 @@ from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, parse_attributes, to_v1
 from krypton.kmip.messages import ResponseItem
 from krypton.kmip.versions import ProtocolVersion
-from krypton.registry.base import LocateQuery
+from krypton.model.registry import LocateQuery
 from krypton.ttlv.codec import decode
 from krypton.ttlv.enums import (
     CryptographicAlgorithm,

@@ -9,7 +9,8 @@ import pytest
 
 import krypton.gateway.policy as policy_module
 from krypton.errors import ConfigError
-from krypton.gateway.policy import Grant, Policy, operation_by_name
+from krypton.gateway.policy import Policy, operation_by_name
+from krypton.model.grant import Grant
 from krypton.pki import init_dev_dir
 from krypton.ttlv.enums import Operation
 

@@ -15,9 +15,9 @@ import pytest
 
 from krypton.config import TLSConfig
 from krypton.errors import ConfigError
-from krypton.gateway.identity import identity_from_der, identity_from_peercert
-from krypton.gateway.tls import client_context, server_context
 from krypton.pki import DevLayout, init_dev_dir, issue_ca, issue_leaf, write_cert_pem, write_key_pem
+from krypton.tls.contexts import client_context, server_context
+from krypton.tls.identity import identity_from_der, identity_from_peercert
 
 DEMO = "spiffe://krypton.dev/tenant/demo/workload/client"
 

@@ -25,6 +25,7 @@ from krypton.config import TLSConfig
 from krypton.crypto.keyring import KeyRing, L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import GeneralFailure, ItemNotFound, PermissionDenied, UpstreamUnavailable
+from krypton.model.record import KeyRecord
 from krypton.pki import DevLayout, init_dev_dir
 from krypton.pki.dev import gateway_spiffe_id
 from krypton.uplink.client import UplinkClient, UplinkL3Source, backoff_delay
@@ -40,7 +41,6 @@ from krypton.uplink.types import (
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
 from krypton.uplink.v1 import uplink_pb2_grpc as pb_grpc
-from krypton.vault.record import KeyRecord
 
 GATEWAY = gateway_spiffe_id()
 KEY_DEMO_1 = bytes(range(32))

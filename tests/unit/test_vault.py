@@ -13,7 +13,8 @@ import pytest
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
 from krypton.errors import StorageError
-from krypton.vault import KeyRecord, Vault, new_uid
+from krypton.model import KeyRecord, new_uid
+from krypton.vault import Vault
 
 
 def record(uid: str | None = None, *, tenant: str = "demo", state: int = 1) -> KeyRecord:

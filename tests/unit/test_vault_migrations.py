@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from krypton.errors import StorageError
-from krypton.vault import KeyRecord, Vault
+from krypton.model import KeyRecord
+from krypton.vault import Vault
 from krypton.vault.schema import LATEST, MIGRATIONS, migrate, schema_version
 
 

@@ -64,8 +64,8 @@ def test_precompiled_raw_get_payload_matches_the_encoder() -> None:
     from krypton.crypto.secret import SecretBytes, generate_key
     from krypton.engine.keys import _raw_payload
     from krypton.engine.objects import Services
+    from krypton.model.record import KeyRecord
     from krypton.ttlv.enums import CryptographicAlgorithm, KeyFormatType, ObjectType
-    from krypton.vault.record import KeyRecord
 
     ring = KeyRing()
     ring.install("demo", 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(60))

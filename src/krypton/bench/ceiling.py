@@ -28,9 +28,9 @@ from typing import cast
 
 from krypton.bench.wire import HEADER, REQUEST_WORD
 from krypton.config import TLSConfig
-from krypton.gateway.tls import server_context
 from krypton.kmip.messages import ResponseItem, build_response, error_response
 from krypton.kmip.versions import ProtocolVersion
+from krypton.tls.contexts import server_context
 from krypton.ttlv.codec import encode
 from krypton.ttlv.enums import (
     CryptographicAlgorithm,

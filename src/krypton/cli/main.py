@@ -19,12 +19,12 @@ from krypton.cli.core import register as register_core
 from krypton.config import load_core_config, load_gateway_config
 from krypton.conformance.cli import register as register_conformance
 from krypton.core.app import Core
-from krypton.core.dev import EmbeddedStack, prepare_tenants
 from krypton.errors import ConfigError, KryptonError
 from krypton.gateway.app import Gateway
-from krypton.gateway.tls import server_context
 from krypton.gateway.workers import run_workers
 from krypton.pki.dev import DevLayout, init_dev_dir
+from krypton.stack.dev import EmbeddedStack, prepare_tenants
+from krypton.tls.contexts import server_context
 
 DEFAULT_DEV_DIR = Path(".krypton-dev")
 

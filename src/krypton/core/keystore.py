@@ -4,8 +4,8 @@ How this works
 --------------
 A Core master key (32 bytes, from ``$KRYPTON_CORE_MASTER_KEY`` as hex or from
 a 0600 file created on first use) stands in for the customer's L1. Everything
-lives in the registry (:class:`~krypton.registry.base.Registry`, SQLite or
-PostgreSQL) as :class:`~krypton.registry.base.SealedKey` rows, so several Core
+lives in the registry (:class:`~krypton.model.registry.Registry`, SQLite or
+PostgreSQL) as :class:`~krypton.model.registry.SealedKey` rows, so several Core
 instances on one PostgreSQL database share the same keys:
 
 ===========  ==========  ========  ===============================================
@@ -29,7 +29,7 @@ check row with :class:`~krypton.errors.MasterKeyMismatch`.
 
 Concurrency between Core instances is optimistic, built on the registry's rule
 that an existing version's sealed material is never replaced (a clash raises
-:class:`~krypton.registry.base.RegistryConflict`). Every change to a tenant's
+:class:`~krypton.model.registry.RegistryConflict`). Every change to a tenant's
 L3 versions is ONE ``put_keys`` transaction whose first row is the tenant's
 next ``L3LOG`` version, computed from a read made *before* the L3 rows were
 read. Two Cores changing one tenant at once both claim the same log version
@@ -92,7 +92,7 @@ from krypton.errors import (
     UnwrapFailed,
     WrongKeyLifecycleState,
 )
-from krypton.registry.base import Change, KeyChange, Registry, RegistryConflict, SealedKey
+from krypton.model.registry import Change, KeyChange, Registry, RegistryConflict, SealedKey
 from krypton.registry.sqlite import SqliteRegistry
 
 log = logging.getLogger("krypton.core.keys")

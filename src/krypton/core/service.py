@@ -40,12 +40,12 @@ from dataclasses import dataclass, field
 from krypton.core.keystore import CoreKeyStore
 from krypton.crypto.keyring import L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
-from krypton.engine.context import RequestContext
 from krypton.engine.control import AuditContext, CoreServices, execute_item
 from krypton.engine.core_objects import index_fields
 from krypton.kmip.attributes import parse_attributes
 from krypton.kmip.versions import ProtocolVersion
-from krypton.registry.base import Change, ObjectRecord, Registry
+from krypton.model.context import RequestContext
+from krypton.model.registry import Change, ObjectRecord, Registry
 from krypton.ttlv.codec import Limits, decode, encode
 from krypton.uplink.types import (
     CoreEvent,

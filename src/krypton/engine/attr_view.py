@@ -8,11 +8,11 @@ pick and shape the answer.
 
 from __future__ import annotations
 
-from krypton.engine.context import RequestContext
 from krypton.engine.objects import payload_fields
 from krypton.errors import InvalidMessage
 from krypton.kmip.attr_versions import for_version
 from krypton.kmip.attributes import Attribute, attributes_v2, parse_reference, reference_v2, to_v1
+from krypton.model.context import RequestContext
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 

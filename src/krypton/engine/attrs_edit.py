@@ -34,7 +34,6 @@ from krypton.engine.attr_view import (
     pick,
     selected_names,
 )
-from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import (
     AttributeInstanceNotFound,
     AttributeSingleValued,
@@ -67,7 +66,8 @@ from krypton.errors import (
     WrongKeyLifecycleState,
 )
 from krypton.kmip.attributes import Attribute, canonical_name, parse_reference, parse_v2, to_v1
-from krypton.registry.base import ObjectRecord
+from krypton.model.context import RequestContext
+from krypton.model.registry import ObjectRecord
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 

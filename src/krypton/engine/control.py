@@ -28,7 +28,6 @@ import logging
 from dataclasses import dataclass, replace
 
 from krypton.engine import attrs_edit, crypto_ops, keypair, lifecycle, locate, register, undo
-from krypton.engine.context import RequestContext
 from krypton.engine.core_objects import (
     ControlHandler,
     CoreServices,
@@ -41,7 +40,8 @@ from krypton.engine.register import open_object
 from krypton.errors import InvalidMessage, KryptonError, OperationNotSupported, StorageError
 from krypton.kmip.messages import OPERATION_NAMES, ResponseItem, fields, response_item
 from krypton.kmip.reasons import reason_for
-from krypton.registry.base import AuditRecord
+from krypton.model.context import RequestContext
+from krypton.model.registry import AuditRecord
 from krypton.ttlv.enums import Operation, ResultReason, ResultStatus
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag

@@ -2,7 +2,7 @@
 
 How this works
 --------------
-A registry :class:`~krypton.registry.base.ObjectRecord` keeps a few facts in
+A registry :class:`~krypton.model.registry.ObjectRecord` keeps a few facts in
 columns (type, state, algorithm, length, creation time) and every other
 attribute in one TTLV ``Attributes`` blob (2.x form). A handler sees the
 object as one list of canonical :class:`Attribute` values: the ones derived
@@ -32,13 +32,19 @@ from typing import Protocol
 from krypton.crypto.keyring import KeyRing
 from krypton.crypto.secret import SecretBytes
 from krypton.engine import server_attrs
-from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import InvalidAttributeValue, NonUniqueName, ObjectNotFound
 from krypton.engine.journal import UndoJournal
 from krypton.engine.objects import Outcome
 from krypton.errors import InvalidField, InvalidMessage, ReadOnlyAttribute, StorageError
 from krypton.kmip.attributes import Attribute, attributes_v2, parse_attributes
-from krypton.registry.base import LocateQuery, ObjectRecord, Registry, RegistryConflict, StateChange
+from krypton.model.context import RequestContext
+from krypton.model.registry import (
+    LocateQuery,
+    ObjectRecord,
+    Registry,
+    RegistryConflict,
+    StateChange,
+)
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import State
 from krypton.ttlv.item import Item, ItemType

@@ -49,7 +49,6 @@ from krypton.engine.ciphers import (
     start,
     whole,
 )
-from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import IncompatibleUsageMask, InvalidObjectType, ObjectDestroyed
 from krypton.engine.core_objects import (
     DESTROYED_STATES,
@@ -81,7 +80,9 @@ from krypton.errors import (
     WrongKeyLifecycleState,
 )
 from krypton.kmip.attributes import Attribute
-from krypton.registry.base import ObjectRecord
+from krypton.model.context import RequestContext
+from krypton.model.record import KeyRecord
+from krypton.model.registry import ObjectRecord
 from krypton.ttlv import writer as w
 from krypton.ttlv.enums import (
     CryptographicUsageMask,
@@ -93,7 +94,6 @@ from krypton.ttlv.enums import (
 )
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
-from krypton.vault.record import KeyRecord
 
 MAX_RNG_LENGTH = 64 * 1024  # bytes one RNG Retrieve may ask for
 

@@ -35,14 +35,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from krypton.engine import crypto_ops, fastcreate, fastget, fastwire, info, keys, undo
-from krypton.engine.context import RequestContext
 from krypton.engine.objects import Handler, NotLocal, Outcome, Services
 from krypton.errors import (
     KryptonError,
     OperationNotSupported,
     PermissionDenied,
 )
-from krypton.gateway.policy import Grant
 from krypton.kmip.messages import (
     OPERATION_NAMES,
     RequestItem,
@@ -53,6 +51,8 @@ from krypton.kmip.messages import (
 )
 from krypton.kmip.reasons import reason_for
 from krypton.kmip.wire import encode_response
+from krypton.model.context import RequestContext
+from krypton.model.grant import Grant
 from krypton.ttlv.codec import DEFAULT_LIMITS, Limits, decode, encode
 from krypton.ttlv.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
 from krypton.ttlv.tags import Tag
@@ -153,12 +153,14 @@ class Dispatcher:
         self.fast = fast and _within(limits, _FAST_LIMITS)
         self.fast_create = fast and _within(limits, _FAST_CREATE_LIMITS)
         self._ids = itertools.count(1)
+        self._fast_get = fastget.FastGet()
+        self._fast_create = fastcreate.FastCreate()
 
     def answer_now(self, frame: bytes | bytearray | memoryview, session: Session) -> bytes | None:
         """The response to a plain Get, computed without waiting; None for anything else."""
         if not self.fast:
             return None
-        return fastget.answer(self.services, session.grant, frame, int(self.clock()))
+        return self._fast_get.answer(self.services, session.grant, frame, int(self.clock()))
 
     async def handle(
         self, frame: bytes | bytearray | memoryview, session: Session, *, fast: bool = True
@@ -171,7 +173,7 @@ class Dispatcher:
                 return answered
         now = int(self.clock())
         if self.fast_create:
-            created = await fastcreate.answer(self.services, session.grant, frame, now)
+            created = await self._fast_create.answer(self.services, session.grant, frame, now)
             if created is not None:
                 return created
         request_id = f"{session.connection_id}.{next(self._ids)}"

@@ -46,6 +46,7 @@ from krypton.engine import server_attrs
 from krypton.engine.fastwire import Envelope
 from krypton.engine.symmetric import generate, key_bytes
 from krypton.errors import KryptonError
+from krypton.model.record import KeyRecord
 from krypton.ttlv.codec import encode
 from krypton.ttlv.enums import (
     HashingAlgorithm,
@@ -56,11 +57,10 @@ from krypton.ttlv.enums import (
 )
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
-from krypton.vault.record import KeyRecord
 
 if TYPE_CHECKING:
     from krypton.engine.objects import Services
-    from krypton.gateway.policy import Grant
+    from krypton.model.grant import Grant
 
 _ATTR_HEAD = struct.Struct(">IIII")  # Attribute header, Attribute Name header
 _w = fw.word
@@ -187,8 +187,6 @@ class _Layout:
         )  # fmt: skip
 
 
-_LAYOUTS = fw.Layouts(_Layout)
-
 # The attributes a new key is stored with, as keys.create stores them (the
 # client's Usage Mask, then server_attrs.implied(), then Last Change Date), in
 # their 2.x encoding: constant parts encoded once, the rest packed per key.
@@ -222,51 +220,61 @@ def _attributes(usage_mask: int | None, digest: bytes, now: int) -> bytes:
     return fw.HDR.pack(_ATTRIBUTES, len(body)) + body
 
 
-async def answer(
-    svc: Services, grant: Grant, frame: bytes | bytearray | memoryview, now: int
-) -> bytes | None:
-    """The complete response to a plain Create, or None: take the generic path."""
-    req = scan(frame)
-    if req is None or not grant.allows(Operation.CREATE):
-        return None
-    env = req.envelope
-    version = (env.major, env.minor)
-    if version not in fw.VERSIONS:
-        return None
-    alg, length = req.algorithm, req.length
-    try:
-        key_bytes(alg, length, "Create")
-    except KryptonError:
-        return None
-    uid = svc.new_uid()
-    uid_bytes = uid.encode("utf-8")
-    layout = _LAYOUTS.get(None if env.batch_id is None else len(env.batch_id), len(uid_bytes))
-    if env.max_response_size is not None and layout.size > env.max_response_size:
-        return None
-    key = generate(alg, length, "Create")
-    try:
-        digest = hashlib.sha256(key.view()).digest()
-        l3_version, blob = svc.keyring.wrap(grant.tenant, uid, key)
-    except KryptonError:
-        return None
-    finally:
-        key.wipe()
-    record = KeyRecord(
-        uid=uid,
-        tenant=grant.tenant,
-        object_type=ObjectType.SYMMETRIC_KEY,
-        algorithm=alg,
-        length=length,
-        state=State.PRE_ACTIVE,
-        l3_version=l3_version,
-        wrapped=blob,
-        attributes=_attributes(req.usage_mask, digest, now),
-        created=now,
-    )
-    try:
-        await svc.store.put(record)
-    except KryptonError:
-        return None
-    if svc.upstream is not None:
-        svc.upstream.created()
-    return layout.write(version, now, env.batch_id, uid_bytes)
+class FastCreate:
+    """The Create fast path of one dispatcher, with its response layouts."""
+
+    __slots__ = ("_layouts",)
+
+    def __init__(self) -> None:
+        self._layouts = fw.Layouts(_Layout)
+
+    async def answer(
+        self, svc: Services, grant: Grant, frame: bytes | bytearray | memoryview, now: int
+    ) -> bytes | None:
+        """The complete response to a plain Create, or None: take the generic path."""
+        req = scan(frame)
+        if req is None or not grant.allows(Operation.CREATE):
+            return None
+        env = req.envelope
+        version = (env.major, env.minor)
+        if version not in fw.VERSIONS:
+            return None
+        alg, length = req.algorithm, req.length
+        try:
+            key_bytes(alg, length, "Create")
+        except KryptonError:
+            return None
+        uid = svc.new_uid()
+        uid_bytes = uid.encode("utf-8")
+        layout = self._layouts.get(
+            None if env.batch_id is None else len(env.batch_id), len(uid_bytes)
+        )
+        if env.max_response_size is not None and layout.size > env.max_response_size:
+            return None
+        key = generate(alg, length, "Create")
+        try:
+            digest = hashlib.sha256(key.view()).digest()
+            l3_version, blob = svc.keyring.wrap(grant.tenant, uid, key)
+        except KryptonError:
+            return None
+        finally:
+            key.wipe()
+        record = KeyRecord(
+            uid=uid,
+            tenant=grant.tenant,
+            object_type=ObjectType.SYMMETRIC_KEY,
+            algorithm=alg,
+            length=length,
+            state=State.PRE_ACTIVE,
+            l3_version=l3_version,
+            wrapped=blob,
+            attributes=_attributes(req.usage_mask, digest, now),
+            created=now,
+        )
+        try:
+            await svc.store.put(record)
+        except KryptonError:
+            return None
+        if svc.upstream is not None:
+            svc.upstream.created()
+        return layout.write(version, now, env.batch_id, uid_bytes)

@@ -57,8 +57,8 @@ from krypton.ttlv.tags import Tag
 
 if TYPE_CHECKING:
     from krypton.engine.objects import Services
-    from krypton.gateway.policy import Grant
-    from krypton.vault.record import KeyRecord
+    from krypton.model.grant import Grant
+    from krypton.model.record import KeyRecord
 
 _UID = fw.UID
 _FORMAT = fw.word(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION)
@@ -76,19 +76,14 @@ class GetRequest:
     raw_format: bool  # Key Format Type absent or Raw
 
 
-def scan(frame: bytes | bytearray | memoryview) -> GetRequest | None:
-    """The request if ``frame`` is a plain single-item Get, else None (never raises)."""
-    for shape in _SHAPES.get(len(frame), ()):
-        req = shape.match(frame)
-        if req is not None:
-            return req
-    return scan_in_full(frame, learn=True)
+def scan_in_full(frame: bytes | bytearray | memoryview) -> GetRequest | None:
+    """The request if ``frame`` is a plain single-item Get, else None (never raises):
+    the full scan, learning nothing."""
+    found = _scan(frame)
+    return None if found is None else found[0]
 
 
-def scan_in_full(
-    frame: bytes | bytearray | memoryview, *, learn: bool = False
-) -> GetRequest | None:
-    """:func:`scan` without the learned shapes (``learn``: add this one)."""
+def _scan(frame: bytes | bytearray | memoryview) -> tuple[GetRequest, _Shape] | None:
     env = fw.envelope(frame, Operation.GET)
     if env is None:
         return None
@@ -96,9 +91,8 @@ def scan_in_full(
     if found is None:
         return None
     uid, raw, uid_at = found
-    if learn:
-        _learn(len(frame), _Shape(frame, env, uid_at, raw))
-    return GetRequest(env.major, env.minor, env.max_response_size, env.batch_id, uid, raw)
+    req = GetRequest(env.major, env.minor, env.max_response_size, env.batch_id, uid, raw)
+    return req, _Shape(frame, env, uid_at, raw)
 
 
 def _scan_payload(
@@ -191,16 +185,6 @@ class _Shape:
 
 
 _INT = struct.Struct(">i")
-_SHAPES: dict[int, list[_Shape]] = {}
-_MAX_SHAPES = 64
-
-
-def _learn(size: int, shape: _Shape) -> None:
-    """Remember a shape; a client that makes many (batch ids of many lengths, say)
-    only empties the table now and then."""
-    if sum(len(v) for v in _SHAPES.values()) >= _MAX_SHAPES:
-        _SHAPES.clear()
-    _SHAPES.setdefault(size, []).append(shape)
 
 
 class _Layout:
@@ -258,48 +242,7 @@ _KEY_VALUE = fw.word(Tag.KEY_VALUE, ItemType.STRUCTURE)
 _KEY_MATERIAL = fw.word(Tag.KEY_MATERIAL, ItemType.BYTE_STRING)
 _ALGORITHM = fw.word(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION)
 _LENGTH = fw.word(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
-_LAYOUTS = fw.Layouts(_Layout)
 _DESTROYED = (State.DESTROYED, State.DESTROYED_COMPROMISED)
-
-
-def answer(
-    svc: Services, grant: Grant, frame: bytes | bytearray | memoryview, now: int
-) -> bytes | None:
-    """The complete response to a plain Get, or None: take the generic path."""
-    req = scan(frame)
-    if req is None or not req.raw_format or not grant.allows(Operation.GET):
-        return None
-    version = (req.major, req.minor)
-    if version not in fw.VERSIONS:
-        return None
-    try:
-        rec = svc.store.get(req.uid)
-        if (
-            rec is None
-            or rec.tenant != grant.tenant
-            or rec.object_type != ObjectType.SYMMETRIC_KEY
-            or rec.state in _DESTROYED
-            or not rec.wrapped
-            or not plain_symmetric(rec)
-        ):
-            return None
-        secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
-    except KryptonError:
-        return None
-    uid = rec.uid.encode("utf-8")
-    try:
-        bid_len = None if req.batch_id is None else len(req.batch_id)
-        layout = _LAYOUTS.get(bid_len, len(uid), len(secret))
-        out = layout.write(version, now, req.batch_id, uid, rec)
-        out[layout.key_at : layout.key_at + layout.key_len] = secret.view()
-    finally:
-        secret.wipe()
-    try:
-        if req.max_response_size is not None and len(out) > req.max_response_size:
-            return None
-        return bytes(out)
-    finally:
-        out[:] = layout.zeros
 
 
 # A symmetric key whose attribute blob holds none of these encodings has the
@@ -316,16 +259,97 @@ _NOT_DEFAULT = (
 _SENSITIVE, _NOT_EXTRACTABLE, _TRANSPARENT = _NOT_DEFAULT
 
 
-_PLAIN: dict[bytes, bool] = {}  # attribute blob -> plain_symmetric (blobs repeat per key)
-
-
 def plain_symmetric(rec: KeyRecord) -> bool:
     """True when a symmetric key's stored attributes cannot change how Get serves it."""
     a = rec.attributes
-    plain = _PLAIN.get(a)
-    if plain is None:
-        plain = not (_SENSITIVE in a or _NOT_EXTRACTABLE in a or _TRANSPARENT in a)
-        if len(_PLAIN) >= 4096:
-            _PLAIN.clear()
-        _PLAIN[a] = plain
-    return plain
+    return not (_SENSITIVE in a or _NOT_EXTRACTABLE in a or _TRANSPARENT in a)
+
+
+class FastGet:
+    """The Get fast path of one dispatcher, with what it learns as it serves:
+    the message shapes it has scanned (at most ``max_shapes``), the
+    :func:`plain_symmetric` verdict per attribute blob (blobs repeat per key;
+    at most ``max_memo``) and the response layouts. Each table is emptied when
+    full, so a client that makes many shapes costs only full scans."""
+
+    __slots__ = ("_layouts", "_max_memo", "_max_shapes", "_plain", "_shapes")
+
+    def __init__(self, *, max_shapes: int = 64, max_memo: int = 4096) -> None:
+        if max_shapes < 1 or max_memo < 1:
+            raise ValueError("FastGet: max_shapes and max_memo must be at least 1")
+        self._max_shapes = max_shapes
+        self._max_memo = max_memo
+        self._shapes: dict[int, list[_Shape]] = {}
+        self._plain: dict[bytes, bool] = {}
+        self._layouts = fw.Layouts(_Layout)
+
+    def scan(self, frame: bytes | bytearray | memoryview) -> GetRequest | None:
+        """:func:`scan_in_full`'s answer, read through a learned shape where one
+        matches; a message fully scanned teaches its shape."""
+        for shape in self._shapes.get(len(frame), ()):
+            req = shape.match(frame)
+            if req is not None:
+                return req
+        found = _scan(frame)
+        if found is None:
+            return None
+        if self.learned() >= self._max_shapes:
+            self._shapes.clear()
+        self._shapes.setdefault(len(frame), []).append(found[1])
+        return found[0]
+
+    def learned(self, size: int | None = None) -> int:
+        """How many shapes are remembered (of messages ``size`` bytes long)."""
+        if size is None:
+            return sum(len(v) for v in self._shapes.values())
+        return len(self._shapes.get(size, ()))
+
+    def plain(self, rec: KeyRecord) -> bool:
+        """:func:`plain_symmetric`, memoised per attribute blob."""
+        a = rec.attributes
+        plain = self._plain.get(a)
+        if plain is None:
+            plain = plain_symmetric(rec)
+            if len(self._plain) >= self._max_memo:
+                self._plain.clear()
+            self._plain[a] = plain
+        return plain
+
+    def answer(
+        self, svc: Services, grant: Grant, frame: bytes | bytearray | memoryview, now: int
+    ) -> bytes | None:
+        """The complete response to a plain Get, or None: take the generic path."""
+        req = self.scan(frame)
+        if req is None or not req.raw_format or not grant.allows(Operation.GET):
+            return None
+        version = (req.major, req.minor)
+        if version not in fw.VERSIONS:
+            return None
+        try:
+            rec = svc.store.get(req.uid)
+            if (
+                rec is None
+                or rec.tenant != grant.tenant
+                or rec.object_type != ObjectType.SYMMETRIC_KEY
+                or rec.state in _DESTROYED
+                or not rec.wrapped
+                or not self.plain(rec)
+            ):
+                return None
+            secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
+        except KryptonError:
+            return None
+        uid = rec.uid.encode("utf-8")
+        try:
+            bid_len = None if req.batch_id is None else len(req.batch_id)
+            layout = self._layouts.get(bid_len, len(uid), len(secret))
+            out = layout.write(version, now, req.batch_id, uid, rec)
+            out[layout.key_at : layout.key_at + layout.key_len] = secret.view()
+        finally:
+            secret.wipe()
+        try:
+            if req.max_response_size is not None and len(out) > req.max_response_size:
+                return None
+            return bytes(out)
+        finally:
+            out[:] = layout.zeros

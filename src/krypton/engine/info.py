@@ -12,7 +12,6 @@ from krypton.engine.attr_view import (
     pick,
     selected_names,
 )
-from krypton.engine.context import RequestContext
 from krypton.engine.objects import (
     Outcome,
     Services,
@@ -23,6 +22,7 @@ from krypton.engine.objects import (
 )
 from krypton.errors import FeatureNotSupported, InvalidField, InvalidMessage, OperationNotSupported
 from krypton.kmip.versions import SUPPORTED, ProtocolVersion
+from krypton.model.context import RequestContext
 from krypton.ttlv.enums import InteropFunction, ObjectType, Operation, QueryFunction
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag

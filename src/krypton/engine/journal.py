@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from krypton.registry.base import ObjectRecord
+from krypton.model.registry import ObjectRecord
 
 JOURNAL_SECONDS = 60.0
 JOURNAL_TOKENS = 1024

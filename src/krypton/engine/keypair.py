@@ -36,7 +36,6 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from krypton.crypto.secret import SecretBytes
-from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import InvalidAttributeValue
 from krypton.engine.core_objects import (
     CoreServices,
@@ -53,7 +52,8 @@ from krypton.engine.objects import Outcome, payload_fields
 from krypton.engine.register import creation_attributes, request_attributes
 from krypton.errors import InvalidField, KeyFormatTypeNotSupported, MissingField
 from krypton.kmip.attributes import Attribute
-from krypton.registry.base import ObjectRecord
+from krypton.model.context import RequestContext
+from krypton.model.registry import ObjectRecord
 from krypton.ttlv.codec import encode_into
 from krypton.ttlv.enums import (
     CryptographicAlgorithm,

@@ -16,7 +16,6 @@ import struct
 from dataclasses import dataclass
 
 from krypton.engine import keypair, server_attrs, wrapping
-from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import NotExtractable, ObjectDestroyed, SensitiveObject
 from krypton.engine.fastget import plain_symmetric
 from krypton.engine.objects import (
@@ -41,12 +40,13 @@ from krypton.kmip.attributes import (
     parse_attributes,
     parse_template_attribute,
 )
+from krypton.model.context import RequestContext
+from krypton.model.record import KeyRecord
 from krypton.ttlv import writer as w
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import KeyFormatType, ObjectType, State
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
-from krypton.vault.record import KeyRecord
 
 _S = ItemType.STRUCTURE
 

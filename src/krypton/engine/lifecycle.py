@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import IncompatibleUsageMask, ObjectDestroyed
 from krypton.engine.core_objects import (
     DESTROYED_STATES,
@@ -30,7 +29,8 @@ from krypton.engine.core_objects import (
 from krypton.engine.objects import Outcome, payload_fields, request_uid
 from krypton.errors import InvalidField, MissingField, WrongKeyLifecycleState
 from krypton.kmip.attributes import Attribute
-from krypton.registry.base import ObjectRecord
+from krypton.model.context import RequestContext
+from krypton.model.registry import ObjectRecord
 from krypton.ttlv.enums import RevocationReasonCode, State
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag

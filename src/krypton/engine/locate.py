@@ -6,7 +6,7 @@ The request's attributes (1.x: ``Attribute`` structures directly in the
 payload; 2.x: one ``Attributes`` structure; either is accepted in any
 version) are split in two. What the registry indexes — Object Type, State,
 one Name, one Object Group, custom attributes with a scalar value — becomes
-a :class:`~krypton.registry.base.LocateQuery`, answered from indexes. Every
+a :class:`~krypton.model.registry.LocateQuery`, answered from indexes. Every
 other attribute (a second Name, Cryptographic Algorithm, Usage Mask, dates,
 structures given in part...) is matched against the candidates' records
 afterwards, by the spec's rules (KMIP 2.1 §6.1.28): a structure matches when
@@ -28,7 +28,6 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
-from krypton.engine.context import RequestContext
 from krypton.engine.core_objects import (
     DESTROYED_STATES,
     CoreServices,
@@ -41,7 +40,8 @@ from krypton.engine.objects import Outcome, payload_fields
 from krypton.errors import InvalidField
 from krypton.kmip.attributes import Attribute, parse_attributes, parse_v2
 from krypton.kmip.versions import ProtocolVersion
-from krypton.registry.base import LocateQuery, ObjectRecord
+from krypton.model.context import RequestContext
+from krypton.model.registry import LocateQuery, ObjectRecord
 from krypton.ttlv.enums import StorageStatusMask
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag

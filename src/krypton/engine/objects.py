@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from krypton.crypto.keyring import KeyRing
 from krypton.engine import server_attrs
-from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import ObjectNotFound
 from krypton.errors import InvalidField, InvalidMessage, KryptonError
 from krypton.kmip.attributes import Attribute, parse_attributes
 from krypton.kmip.messages import fields
-from krypton.registry.base import StateChange
+from krypton.model.context import RequestContext
+from krypton.model.ports import KeyStore, Upstream
+from krypton.model.record import KeyRecord
+from krypton.model.registry import StateChange
 from krypton.ttlv.codec import decode
 from krypton.ttlv.enums import UniqueIdentifier
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
-from krypton.vault.record import KeyRecord
-
-
-class KeyStore(Protocol):
-    """The storage a gateway handler needs (the SQLite vault implements it)."""
-
-    def get(self, uid: str) -> KeyRecord | None: ...
-
-    async def put(self, record: KeyRecord) -> None: ...
-
-    async def put_many(self, records: Iterable[KeyRecord]) -> None:
-        """All of ``records`` durably, in one transaction (all or none)."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,23 +27,6 @@ class ServerInfo:
     vendor: str = "OpenKCM Krypton"
     product: str = "Krypton Gateway"
     version: str = "0.1.0"
-
-
-class Upstream(Protocol):
-    """The Krypton Core as a gateway handler sees it (``krypton.gateway.upstream``)."""
-
-    async def execute(self, ctx: RequestContext, raw_item: Item) -> tuple[Item, str | None]:
-        """Run one request batch item at the Core: its response batch item and new ID
-        Placeholder (state changes are applied to the vault before this returns)."""
-        ...
-
-    async def fetch(self, tenant: str, uid: str) -> KeyRecord | None:
-        """A wrapped record this gateway does not hold, from the Core (and kept)."""
-        ...
-
-    def created(self) -> None:
-        """A key was added to the outbox."""
-        ...
 
 
 class NotLocal(Exception):

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from krypton.crypto.secret import SecretBytes
 from krypton.engine import server_attrs
 from krypton.engine.certificates import certificate_attributes
-from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import (
     AttributeSingleValued,
     InvalidObjectType,
@@ -65,7 +64,8 @@ from krypton.errors import (
 )
 from krypton.kmip.attributes import Attribute, parse_v1, parse_v2
 from krypton.kmip.messages import fields
-from krypton.registry.base import ObjectRecord
+from krypton.model.context import RequestContext
+from krypton.model.registry import ObjectRecord
 from krypton.ttlv.codec import decode, encode_into
 from krypton.ttlv.enums import KeyFormatType, LinkType, ObjectType, State
 from krypton.ttlv.item import Item, ItemType

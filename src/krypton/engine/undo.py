@@ -37,9 +37,8 @@ import logging
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import replace
 
-from krypton.engine.context import RequestContext
 from krypton.engine.core_objects import CoreServices, load
-from krypton.engine.objects import KeyStore, Outcome, payload_fields
+from krypton.engine.objects import Outcome, payload_fields
 from krypton.errors import (
     FeatureNotSupported,
     GeneralFailure,
@@ -47,11 +46,13 @@ from krypton.errors import (
     OperationNotSupported,
 )
 from krypton.kmip.messages import OPERATION_NAMES, RequestItem, ResponseItem
-from krypton.registry.base import RegistryConflict, StateChange
+from krypton.model.context import RequestContext
+from krypton.model.ports import KeyStore
+from krypton.model.record import KeyRecord
+from krypton.model.registry import RegistryConflict, StateChange
 from krypton.ttlv.enums import Operation, ResultStatus
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
-from krypton.vault.record import KeyRecord
 
 log = logging.getLogger("krypton.undo")
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-from krypton.engine.context import RequestContext
 from krypton.engine.core_errors import IncompatibleUsageMask, InvalidObjectType
 from krypton.engine.core_objects import date_driven_state, first, int_of
 from krypton.engine.objects import Services, load_through, stored_attributes
@@ -32,6 +31,8 @@ from krypton.errors import (
     WrongKeyLifecycleState,
 )
 from krypton.kmip.messages import fields
+from krypton.model.context import RequestContext
+from krypton.model.record import KeyRecord
 from krypton.ttlv import writer as w
 from krypton.ttlv.enums import (
     BlockCipherMode,
@@ -46,7 +47,6 @@ from krypton.ttlv.enums import (
 )
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
-from krypton.vault.record import KeyRecord
 
 _S = ItemType.STRUCTURE
 

@@ -12,8 +12,8 @@ from krypton.engine.dispatch import Dispatcher
 from krypton.engine.objects import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
-from krypton.gateway.tls import server_context
 from krypton.gateway.upstream import Upstream
+from krypton.tls.contexts import server_context
 from krypton.ttlv.codec import Limits
 from krypton.uplink.client import UplinkClient, UplinkL3Source
 from krypton.vault.sqlite import Vault

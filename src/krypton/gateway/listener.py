@@ -60,9 +60,9 @@ from typing import Any, cast
 
 from krypton.engine.dispatch import Dispatcher, Session
 from krypton.errors import KryptonError, PermissionDenied
-from krypton.gateway.identity import identity_from_der
 from krypton.gateway.policy import Policy
 from krypton.kmip.messages import error_response
+from krypton.tls.identity import identity_from_der
 from krypton.ttlv.codec import Limits, encode
 from krypton.ttlv.framing import HEADER_SIZE, message_length
 from krypton.ttlv.tags import Tag

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from krypton.errors import ConfigError
+from krypton.model.grant import Grant
 from krypton.ttlv.enums import Operation
 
 CACHE_MAX = 65_536
@@ -46,17 +47,6 @@ _OPERATIONS: dict[str, Operation] = {_fold(op.name): op for op in Operation}
 def operation_by_name(name: str) -> Operation | None:
     """``"Get Attributes"``, ``"GetAttributes"`` or ``"GET_ATTRIBUTES"`` → the Operation."""
     return _OPERATIONS.get(_fold(name))
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """What an identity may do: its tenant and operations (``None`` = every operation)."""
-
-    tenant: str
-    operations: frozenset[int] | None = None
-
-    def allows(self, operation: int) -> bool:
-        return self.operations is None or operation in self.operations
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,15 +34,15 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from krypton.engine.context import RequestContext
 from krypton.errors import KryptonError
+from krypton.model.context import RequestContext
+from krypton.model.record import KeyRecord
 from krypton.ttlv.codec import Limits, decode, encode
 from krypton.ttlv.enums import Operation
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 from krypton.uplink.client import UplinkClient
 from krypton.uplink.types import ConnectionState, ExecuteRequest, StateChange
-from krypton.vault.record import KeyRecord
 from krypton.vault.sqlite import Vault
 
 log = logging.getLogger("krypton.upstream")

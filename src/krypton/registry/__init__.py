@@ -15,7 +15,7 @@ before it returns, so a wrong DSN fails at start-up, not at the first request.
 from __future__ import annotations
 
 from krypton.errors import ConfigError
-from krypton.registry.base import (
+from krypton.model.registry import (
     AuditRecord,
     Change,
     KeyChange,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from krypton.errors import InvalidField
-from krypton.registry.base import (
+from krypton.model.registry import (
     Change,
     LocateQuery,
     ObjectRecord,

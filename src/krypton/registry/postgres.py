@@ -45,6 +45,16 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from krypton.errors import ItemNotFound, StorageError
+from krypton.model.registry import (
+    AuditRecord,
+    Change,
+    KeyChange,
+    LocateQuery,
+    ObjectRecord,
+    RegistryConflict,
+    SealedKey,
+    StateChange,
+)
 from krypton.registry._common import (
     AUDIT_COLUMNS,
     KEY_COLUMNS,
@@ -57,16 +67,6 @@ from krypton.registry._common import (
     object_row,
     record_from_row,
     side_rows,
-)
-from krypton.registry.base import (
-    AuditRecord,
-    Change,
-    KeyChange,
-    LocateQuery,
-    ObjectRecord,
-    RegistryConflict,
-    SealedKey,
-    StateChange,
 )
 from krypton.registry.schema import LATEST, POSTGRES, VERSION_TABLE, too_new
 

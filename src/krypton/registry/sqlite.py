@@ -35,6 +35,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from krypton.errors import ItemNotFound, StorageError
+from krypton.model.registry import (
+    AuditRecord,
+    Change,
+    KeyChange,
+    LocateQuery,
+    ObjectRecord,
+    RegistryConflict,
+    SealedKey,
+    StateChange,
+)
 from krypton.registry._common import (
     AUDIT_COLUMNS,
     KEY_COLUMNS,
@@ -47,16 +57,6 @@ from krypton.registry._common import (
     object_row,
     record_from_row,
     side_rows,
-)
-from krypton.registry.base import (
-    AuditRecord,
-    Change,
-    KeyChange,
-    LocateQuery,
-    ObjectRecord,
-    RegistryConflict,
-    SealedKey,
-    StateChange,
 )
 from krypton.registry.schema import migrate_sqlite
 

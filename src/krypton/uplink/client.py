@@ -46,6 +46,7 @@ from krypton.config import GatewayConfig, TLSConfig
 from krypton.crypto.keyring import KeyRing, L3Grant
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import KryptonError, UpstreamUnavailable
+from krypton.model.record import KeyRecord
 from krypton.uplink import convert
 from krypton.uplink.types import (
     ConnectionState,
@@ -57,7 +58,6 @@ from krypton.uplink.types import (
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
 from krypton.uplink.v1 import uplink_pb2_grpc as pb_grpc
-from krypton.vault.record import KeyRecord
 
 log = logging.getLogger(__name__)
 

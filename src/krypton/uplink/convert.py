@@ -24,7 +24,7 @@ from krypton.errors import (
     PermissionDenied,
     UpstreamUnavailable,
 )
-from krypton.gateway.tls import server_context
+from krypton.tls.contexts import server_context
 from krypton.uplink.types import (
     CoreEvent,
     ExecuteRequest,

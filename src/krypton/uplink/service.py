@@ -6,7 +6,7 @@ How this works
 The server requires a client certificate chaining to the configured CA (gRPC
 checks that during the handshake: a client without one never gets a call in).
 For each RPC it reads the peer's certificate from ``context.auth_context()``,
-takes its SPIFFE ID (:func:`krypton.gateway.identity.identity_from_der`, the
+takes its SPIFFE ID (:func:`krypton.tls.identity.identity_from_der`, the
 same rule the KMIP listener uses) and looks it up in ``authorised``: SPIFFE ID
 → the tenants that gateway serves. An unknown gateway, or a request naming a
 tenant the gateway does not serve, is answered ``PERMISSION_DENIED`` before
@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from krypton.config import TLSConfig
 from krypton.crypto.keyring import L3Grant
 from krypton.errors import ConfigError, KryptonError, PermissionDenied
-from krypton.gateway.identity import identity_from_der
+from krypton.tls.identity import identity_from_der
 from krypton.uplink import convert
 from krypton.uplink.types import (
     CoreEvent,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from krypton.crypto.keyring import L3Grant
-from krypton.registry.base import ObjectRecord, StateChange
-from krypton.vault.record import KeyRecord
+from krypton.model.record import KeyRecord
+from krypton.model.registry import ObjectRecord, StateChange
 
 __all__ = [
     "ConnectionState",

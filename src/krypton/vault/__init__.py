@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from krypton.vault.record import KeyRecord, VaultStore, new_uid
 from krypton.vault.sqlite import Vault
 
-__all__ = ["KeyRecord", "Vault", "VaultStore", "new_uid"]
+__all__ = ["Vault"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.vault.record import KeyRecord, new_uid
+from krypton.model.record import KeyRecord, new_uid
 from krypton.vault.sqlite import Vault
 
 

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from krypton.vault.record import KeyRecord
+from krypton.model.record import KeyRecord
 
 
 class RecordCache:

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from krypton.errors import StorageError
+from krypton.model.record import KeyRecord
 from krypton.vault.cache import RecordCache
-from krypton.vault.record import KeyRecord
 from krypton.vault.schema import migrate
 
 _INSERT = (

@@ -1,13 +1,11 @@
-"""What the gateway vault stores: one wrapped L4 key per record, and the
-storage interface the engine sees (so another backend can replace SQLite)."""
+"""The key record: one wrapped L4 key with its metadata, as the gateway vault
+stores it and the uplink carries it. Never plaintext."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 
 def new_uid() -> str:
@@ -42,24 +40,3 @@ class KeyRecord:
             f"created={self.created}, synced={self.synced})"
         )
 
-
-class VaultStore(Protocol):
-    """The storage interface behind the hot path. Writes return once durable."""
-
-    async def put(self, record: KeyRecord) -> None: ...
-
-    async def put_many(self, records: Iterable[KeyRecord]) -> None: ...
-
-    def get(self, uid: str) -> KeyRecord | None: ...
-
-    async def update_state(self, uid: str, state: int) -> bool: ...
-
-    async def update_attributes(self, uid: str, attributes: bytes) -> bool: ...
-
-    async def reinstate(self, record: KeyRecord) -> bool: ...
-
-    def outbox(self, limit: int) -> list[KeyRecord]: ...
-
-    async def mark_synced(self, uids: Iterable[str]) -> int: ...
-
-    def close(self) -> None: ...

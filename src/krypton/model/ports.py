@@ -1,0 +1,47 @@
+"""The ports: the storage and upstream interfaces the handlers see.
+
+A gateway handler reads and writes keys through :class:`KeyStore` (the SQLite
+vault implements it) and reaches the Core through :class:`Upstream` (the
+gateway's uplink client implements it). The Core's handlers see
+:class:`krypton.model.registry.Registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from krypton.model.context import RequestContext
+from krypton.model.record import KeyRecord
+from krypton.ttlv.item import Item
+
+__all__ = ["KeyStore", "Upstream"]
+
+
+class KeyStore(Protocol):
+    """The storage a gateway handler needs (the SQLite vault implements it)."""
+
+    def get(self, uid: str) -> KeyRecord | None: ...
+
+    async def put(self, record: KeyRecord) -> None: ...
+
+    async def put_many(self, records: Iterable[KeyRecord]) -> None:
+        """All of ``records`` durably, in one transaction (all or none)."""
+        ...
+
+
+class Upstream(Protocol):
+    """The Krypton Core as a gateway handler sees it (``krypton.gateway.upstream``)."""
+
+    async def execute(self, ctx: RequestContext, raw_item: Item) -> tuple[Item, str | None]:
+        """Run one request batch item at the Core: its response batch item and new ID
+        Placeholder (state changes are applied to the vault before this returns)."""
+        ...
+
+    async def fetch(self, tenant: str, uid: str) -> KeyRecord | None:
+        """A wrapped record this gateway does not hold, from the Core (and kept)."""
+        ...
+
+    def created(self) -> None:
+        """A key was added to the outbox."""
+        ...
