@@ -38,6 +38,7 @@ from krypton.engine.objects import Outcome
 from krypton.errors import InvalidField, InvalidMessage, ReadOnlyAttribute, StorageError
 from krypton.kmip.attributes import Attribute, attributes_v2, parse_attributes
 from krypton.model.context import RequestContext
+from krypton.model.record import DESTROYED_STATES
 from krypton.model.registry import (
     LocateQuery,
     ObjectRecord,
@@ -90,7 +91,6 @@ ControlHandler = Callable[[CoreServices, RequestContext, "Item | None"], Awaitab
 _S = ItemType.STRUCTURE
 _DATE = ItemType.DATE_TIME
 _TEXT = ItemType.TEXT_STRING
-DESTROYED_STATES = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
 _LIVE = frozenset((State.PRE_ACTIVE, State.ACTIVE))
 
 

@@ -51,7 +51,6 @@ from krypton.engine.ciphers import (
 )
 from krypton.engine.core_errors import IncompatibleUsageMask, InvalidObjectType, ObjectDestroyed
 from krypton.engine.core_objects import (
-    DESTROYED_STATES,
     CoreServices,
     date_driven_state,
     first,
@@ -81,7 +80,7 @@ from krypton.errors import (
 )
 from krypton.kmip.attributes import Attribute
 from krypton.model.context import RequestContext
-from krypton.model.record import KeyRecord
+from krypton.model.record import DESTROYED_STATES, KeyRecord
 from krypton.model.registry import ObjectRecord
 from krypton.ttlv import writer as w
 from krypton.ttlv.enums import (

@@ -50,8 +50,9 @@ from typing import TYPE_CHECKING
 
 from krypton.engine import fastwire as fw
 from krypton.errors import KryptonError
+from krypton.model.record import DESTROYED_STATES
 from krypton.ttlv.codec import encode
-from krypton.ttlv.enums import KeyFormatType, ObjectType, Operation, State
+from krypton.ttlv.enums import KeyFormatType, ObjectType, Operation
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
@@ -242,7 +243,6 @@ _KEY_VALUE = fw.word(Tag.KEY_VALUE, ItemType.STRUCTURE)
 _KEY_MATERIAL = fw.word(Tag.KEY_MATERIAL, ItemType.BYTE_STRING)
 _ALGORITHM = fw.word(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION)
 _LENGTH = fw.word(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
-_DESTROYED = (State.DESTROYED, State.DESTROYED_COMPROMISED)
 
 
 # A symmetric key whose attribute blob holds none of these encodings has the
@@ -331,7 +331,7 @@ class FastGet:
                 rec is None
                 or rec.tenant != grant.tenant
                 or rec.object_type != ObjectType.SYMMETRIC_KEY
-                or rec.state in _DESTROYED
+                or rec.state in DESTROYED_STATES
                 or not rec.wrapped
                 or not self.plain(rec)
             ):

@@ -41,7 +41,7 @@ from krypton.kmip.attributes import (
     parse_template_attribute,
 )
 from krypton.model.context import RequestContext
-from krypton.model.record import KeyRecord
+from krypton.model.record import DESTROYED_STATES, KeyRecord
 from krypton.ttlv import writer as w
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import KeyFormatType, ObjectType, State
@@ -216,7 +216,7 @@ async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outco
         raise KeyFormatTypeNotSupported("Get: key compression does not apply to these objects")
     fmt_item = f.get(Tag.KEY_FORMAT_TYPE)
     rec = await load_through(svc, ctx, uid)
-    if rec.state in (State.DESTROYED, State.DESTROYED_COMPROMISED) or not rec.wrapped:
+    if rec.state in DESTROYED_STATES or not rec.wrapped:
         raise ObjectDestroyed(f"object {uid!r} has been destroyed")
     kept_as = _served_format(rec, wrapped=spec is not None)
     if rec.object_type == ObjectType.SYMMETRIC_KEY:

@@ -13,7 +13,6 @@ from dataclasses import replace
 
 from krypton.engine.core_errors import IncompatibleUsageMask, ObjectDestroyed
 from krypton.engine.core_objects import (
-    DESTROYED_STATES,
     CoreServices,
     all_attributes,
     date_attr,
@@ -30,6 +29,7 @@ from krypton.engine.objects import Outcome, payload_fields, request_uid
 from krypton.errors import InvalidField, MissingField, WrongKeyLifecycleState
 from krypton.kmip.attributes import Attribute
 from krypton.model.context import RequestContext
+from krypton.model.record import DESTROYED_STATES
 from krypton.model.registry import ObjectRecord
 from krypton.ttlv.enums import RevocationReasonCode, State
 from krypton.ttlv.item import Item, ItemType

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from krypton.engine.core_objects import (
-    DESTROYED_STATES,
     CoreServices,
     all_attributes,
     custom_text,
@@ -41,6 +40,7 @@ from krypton.errors import InvalidField
 from krypton.kmip.attributes import Attribute, parse_attributes, parse_v2
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model.context import RequestContext
+from krypton.model.record import DESTROYED_STATES
 from krypton.model.registry import LocateQuery, ObjectRecord
 from krypton.ttlv.enums import StorageStatusMask
 from krypton.ttlv.item import Item, ItemType

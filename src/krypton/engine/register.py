@@ -35,7 +35,6 @@ from krypton.engine.core_errors import (
     ObjectDestroyed,
 )
 from krypton.engine.core_objects import (
-    DESTROYED_STATES,
     CoreServices,
     check_names_free,
     check_type,
@@ -65,6 +64,7 @@ from krypton.errors import (
 from krypton.kmip.attributes import Attribute, parse_v1, parse_v2
 from krypton.kmip.messages import fields
 from krypton.model.context import RequestContext
+from krypton.model.record import DESTROYED_STATES
 from krypton.model.registry import ObjectRecord
 from krypton.ttlv.codec import decode, encode_into
 from krypton.ttlv.enums import KeyFormatType, LinkType, ObjectType, State

@@ -7,6 +7,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from krypton.ttlv.enums import State
+
+# The one definition of "destroyed": a key in either state is never served again.
+DESTROYED_STATES = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
+
 
 def new_uid() -> str:
     """A fresh unique identifier for an L4 key (random UUID, from os.urandom)."""
