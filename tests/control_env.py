@@ -19,8 +19,9 @@ from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, to_v1
 from krypton.kmip.messages import ResponseItem, fields
 from krypton.kmip.versions import ProtocolVersion
+from krypton.model import ObjectRecord, Registry
 from krypton.model.context import RequestContext
-from krypton.registry import ObjectRecord, Registry, open_registry
+from krypton.registry import open_registry
 from krypton.ttlv.enums import (
     CryptographicAlgorithm,
     KeyFormatType,

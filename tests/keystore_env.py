@@ -18,15 +18,8 @@ from pathlib import Path
 from krypton.core.keystore import CoreKeyStore, load_master_key
 from krypton.crypto.keyring import L3State
 from krypton.crypto.secret import SecretBytes
-from krypton.registry import (
-    AuditRecord,
-    Change,
-    LocateQuery,
-    ObjectRecord,
-    Registry,
-    SealedKey,
-    open_registry,
-)
+from krypton.model import AuditRecord, Change, LocateQuery, ObjectRecord, Registry, SealedKey
+from krypton.registry import open_registry
 
 REPO = Path(__file__).resolve().parents[1]
 Event = tuple[str, int, L3State]

@@ -27,10 +27,11 @@ from krypton.engine.dispatch import Dispatcher, Session
 from krypton.engine.objects import Services
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import parse_attributes
+from krypton.model import ObjectRecord, Registry
 from krypton.model.context import RequestContext
 from krypton.model.grant import Grant
 from krypton.model.record import KeyRecord
-from krypton.registry import ObjectRecord, Registry, open_registry
+from krypton.registry import open_registry
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.item import Item
 from krypton.uplink.types import WrappedKey

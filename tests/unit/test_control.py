@@ -27,7 +27,7 @@ from krypton.engine.control import CONTROL_HANDLERS, open_object
 from krypton.engine.core_errors import ObjectDestroyed
 from krypton.kmip.attributes import Attribute
 from krypton.kmip.versions import ProtocolVersion
-from krypton.registry import ObjectRecord
+from krypton.model import ObjectRecord
 from krypton.ttlv.codec import decode
 from krypton.ttlv.enums import (
     CryptographicUsageMask,

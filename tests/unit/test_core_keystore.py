@@ -37,7 +37,7 @@ from krypton.errors import (
     StorageError,
     WrongKeyLifecycleState,
 )
-from krypton.registry import Registry, RegistryConflict
+from krypton.model import Registry, RegistryConflict
 
 A, D, C, X = L3State.ACTIVE, L3State.DEACTIVATED, L3State.COMPROMISED, L3State.DESTROYED
 

@@ -21,7 +21,7 @@ import pytest
 from tests.pg import PgServer
 
 from krypton.errors import ConfigError, InvalidField, ItemNotFound, StorageError
-from krypton.registry import (
+from krypton.model import (
     AuditRecord,
     Change,
     KeyChange,
@@ -31,8 +31,8 @@ from krypton.registry import (
     RegistryConflict,
     SealedKey,
     StateChange,
-    open_registry,
 )
+from krypton.registry import open_registry
 from krypton.registry._common import locate_sql
 
 KEY, SECRET_DATA = 2, 7  # KMIP Object Type values

@@ -18,7 +18,7 @@ from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute
 from krypton.kmip.messages import ResponseItem
 from krypton.kmip.versions import ProtocolVersion
-from krypton.registry import ObjectRecord
+from krypton.model import ObjectRecord
 from krypton.ttlv.codec import decode
 from krypton.ttlv.enums import (
     BatchErrorContinuationOption,

@@ -10,7 +10,8 @@ from krypton.core.keystore import CoreKeyStore, load_master_key
 from krypton.core.service import CoreService
 from krypton.crypto.keyring import KeyRing
 from krypton.engine.control import CoreServices, KeyRingSealer
-from krypton.registry import Registry, open_registry
+from krypton.model import Registry
+from krypton.registry import open_registry
 from krypton.uplink.service import UplinkServer
 
 log = logging.getLogger("krypton.core")

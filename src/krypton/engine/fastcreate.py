@@ -20,7 +20,7 @@ type the attribute table requires, no Attribute Index. Anything else --
 another attribute, a duplicate, a name spelled differently, another order --
 returns None, and the dispatcher takes the generic path.
 
-:func:`answer` then does what ``krypton.engine.keys.create`` does (the key
+:meth:`FastCreate.answer` then does what ``krypton.engine.keys.create`` does (the key
 from the kernel CSPRNG, its SHA-256 digest, the wrap under the tenant's L3,
 the durable ``put``), writes the record's attributes -- the client's Usage
 Mask and what ``server_attrs.implied`` adds -- with prepacked items, and the

@@ -11,7 +11,7 @@ messages, builds a context, runs the handler and encodes the response --
 about a hundred microseconds of Python, most of it spent on objects that
 live for one request.
 
-:func:`scan` reads such a message in place with a few ``struct`` calls and
+:meth:`FastGet.scan` reads such a message in place with a few ``struct`` calls and
 returns the handful of values that matter (:class:`GetRequest`), or None the
 moment anything differs from that shape: another field, another order of
 container, a duplicate, a wrong length, non-zero padding, invalid UTF-8. It
@@ -25,7 +25,7 @@ the bytes outside those values, by message length. The next message of that
 length whose fixed bytes are the same is read by a few slice comparisons;
 any other takes the full scan.
 
-:func:`answer` then serves the request if -- and only if -- it is the plain
+:meth:`FastGet.answer` then serves the request if -- and only if -- it is the plain
 case: the caller's grant allows Get, the vault holds the record (memory cache
 or a synchronous SQLite read, never a Core round trip) for the caller's
 tenant, the object is a symmetric key with default attributes (not

@@ -1,4 +1,4 @@
-"""The Core registry: one interface (:class:`Registry`), two backends.
+"""The Core registry: one interface (:class:`krypton.model.Registry`), two backends.
 
 ``await open_registry(url)`` picks the backend from the URL, as
 ``CoreConfig.registry`` spells it:
@@ -15,30 +15,9 @@ before it returns, so a wrong DSN fails at start-up, not at the first request.
 from __future__ import annotations
 
 from krypton.errors import ConfigError
-from krypton.model.registry import (
-    AuditRecord,
-    Change,
-    KeyChange,
-    LocateQuery,
-    ObjectRecord,
-    Registry,
-    RegistryConflict,
-    SealedKey,
-    StateChange,
-)
+from krypton.model.registry import Registry
 
-__all__ = [
-    "AuditRecord",
-    "Change",
-    "KeyChange",
-    "LocateQuery",
-    "ObjectRecord",
-    "Registry",
-    "RegistryConflict",
-    "SealedKey",
-    "StateChange",
-    "open_registry",
-]
+__all__ = ["open_registry"]
 
 
 async def open_registry(url: str) -> Registry:
@@ -52,6 +31,4 @@ async def open_registry(url: str) -> Registry:
 
         return SqliteRegistry.open(url.removeprefix("sqlite:"))
     # Never echo the URL: a mistyped PostgreSQL URL may carry a password.
-    raise ConfigError(
-        "registry: must be 'sqlite:<path>', 'sqlite::memory:' or 'postgresql://...'"
-    )
+    raise ConfigError("registry: must be 'sqlite:<path>', 'sqlite::memory:' or 'postgresql://...'")
