@@ -19,6 +19,7 @@ from krypton.core.keystore import CoreKeyStore, load_master_key
 from krypton.crypto.keyring import L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.model import AuditRecord, Change, LocateQuery, ObjectRecord, Registry, SealedKey
+from krypton.model.registry import KeyFingerprint
 from krypton.registry import open_registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +114,9 @@ class Gate:
 
     async def subscribe(self, callback: Callable[[Change], Awaitable[None]]) -> Callable[[], None]:
         return await self.inner.subscribe(callback)
+
+    async def key_fingerprint(self, levels: Sequence[str]) -> KeyFingerprint | None:
+        return await self.inner.key_fingerprint(levels)
 
     async def put_objects(self, records: Sequence[ObjectRecord]) -> None:
         await self.inner.put_objects(records)

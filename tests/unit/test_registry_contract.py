@@ -330,6 +330,34 @@ def test_key_material_is_never_replaced(url: str) -> None:
     run(url, body)
 
 
+def test_key_fingerprint_moves_with_any_change_or_is_not_needed(url: str) -> None:
+    """A SQLite file is polled (another process's commit is not heard by
+    ``subscribe``): its fingerprint changes with every stored key version at the
+    levels asked for, whoever wrote it. PostgreSQL and an in-memory database
+    hear every change, so there is nothing to poll: None."""
+
+    async def body(reg: Registry) -> None:
+        levels = ("L3", "L3LOG")
+        await reg.put_key(key(1))
+        first = await reg.key_fingerprint(levels)
+        if not url.startswith("sqlite:") or url == "sqlite::memory:":
+            assert first is None
+            return
+        assert first is not None and set(first) == {"demo"}
+        await reg.put_key(key(1, level="L2"))  # a level not asked for
+        assert await reg.key_fingerprint(levels) == first
+        with sqlite3.connect(url.removeprefix("sqlite:")) as other:  # "another process"
+            other.execute(
+                "UPDATE keys SET state = ? WHERE tenant = 'demo' AND level = 'L3'", (DEACTIVATED,)
+            )
+        moved = await reg.key_fingerprint(levels)
+        assert moved is not None and moved != first
+        await reg.put_key(key(1, tenant="other", level="L3LOG"))
+        assert set(await reg.key_fingerprint(levels) or {}) == {"demo", "other"}
+
+    run(url, body)
+
+
 # -- subscriptions -------------------------------------------------------------------
 def test_subscribers_see_committed_changes_in_order(url: str) -> None:
     async def body(reg: Registry) -> None:

@@ -132,6 +132,23 @@ def test_a_failing_put_fails_only_its_caller(vault: Vault) -> None:
     assert vault.get(dup.uid) == dup
 
 
+def test_an_operation_the_vault_does_not_know_is_an_error(vault: Vault) -> None:
+    """Every operation has its entry in the table of cache updates; there is no
+    default branch that would treat a stranger as "mark synced"."""
+
+    def stranger(conn: sqlite3.Connection, payload: object) -> int:
+        return 1
+
+    async def main() -> None:
+        await vault._submit(stranger, None)
+
+    with pytest.raises(StorageError, match=r"^vault writer failed: KeyError"):
+        asyncio.run(main())
+    rec = record()
+    run(vault.put(rec))  # the writer goes on
+    assert vault.get(rec.uid) == rec
+
+
 def test_put_many_is_all_or_nothing(vault: Vault) -> None:
     dup = record()
     run(vault.put(dup))

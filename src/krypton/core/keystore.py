@@ -50,14 +50,15 @@ second store in this process) is found by the watcher
   a slow full re-read (``resync_interval``, a minute) only repairs what a lost
   LISTEN connection missed;
 * on a SQLite file, where ``subscribe`` only reports changes made through the
-  same registry object, a fingerprint of the key table (per tenant and level:
-  count, highest version, a state checksum and how many rows hold material)
-  changes. It is one aggregate statement every ``poll_interval`` (0.25 s) on a
-  read-only connection of our own to the registry's file (its ``keys``
-  table, :mod:`krypton.registry.schema`). That is acceptable here: the key
-  table holds a few rows per tenant, WAL readers never block the writer, and
-  SQLite is the single-node backend, so the readers are a handful of local
-  processes (a poll costs about 0.1 ms for two tenants, 2 ms for 200).
+  same registry object, the registry's ``key_fingerprint`` (per tenant and
+  level: count, highest version, a state checksum and how many rows hold
+  material) changes. The registry computes it with one aggregate statement
+  on a read-only connection; the store asks every ``poll_interval``
+  (0.25 s). That is acceptable here: the key table holds a few rows per
+  tenant, WAL readers never block the writer, and SQLite is the single-node
+  backend, so the readers are a handful of local processes (a poll costs
+  about 0.1 ms for two tenants, 2 ms for 200). A registry whose
+  ``subscribe`` hears every process answers None and is not polled.
 
 Reports are diffs against this store's own view, so an event heard twice (the
 subscription and the poll, or our own commit coming back) is reported once.
@@ -74,7 +75,6 @@ import contextlib
 import inspect
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -92,8 +92,14 @@ from krypton.errors import (
     UnwrapFailed,
     WrongKeyLifecycleState,
 )
-from krypton.model.registry import Change, KeyChange, Registry, RegistryConflict, SealedKey
-from krypton.registry.sqlite import SqliteRegistry
+from krypton.model.registry import (
+    Change,
+    KeyChange,
+    KeyFingerprint,
+    Registry,
+    RegistryConflict,
+    SealedKey,
+)
 
 log = logging.getLogger("krypton.core.keys")
 
@@ -118,11 +124,7 @@ _ALLOWED: Mapping[L3State, frozenset[L3State]] = {
     L3State.DESTROYED: frozenset({L3State.DESTROYED}),
 }
 _USABLE = frozenset({L3State.ACTIVE, L3State.DEACTIVATED})
-_FINGERPRINT = (
-    "SELECT tenant, level, count(*), max(version), total(state * version), count(sealed)"
-    " FROM keys WHERE level IN ('L3', 'L3LOG') GROUP BY tenant, level"
-)
-Fingerprint = dict[str, tuple[tuple[object, ...], ...]]
+_WATCHED = (L3, L3_LOG)
 
 
 def load_master_key(
@@ -202,12 +204,6 @@ def _log_row(tenant: str, log_rows: Sequence[SealedKey]) -> SealedKey:
     return _row(tenant, L3_LOG, _next(log_rows), os.urandom(16))
 
 
-def _sqlite_file(registry: Registry) -> str | None:
-    if isinstance(registry, SqliteRegistry) and registry.path != ":memory:":
-        return registry.path
-    return None
-
-
 def _clash(tenant: str) -> RegistryConflict:
     return RegistryConflict(
         f"tenant {tenant!r}: another Core changed its service keys (L3) at the same time;"
@@ -231,7 +227,6 @@ class CoreKeyStore:
         self._unsubscribe: Callable[[], None] | None = None
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._poll_conn: sqlite3.Connection | None = None
 
     @classmethod
     async def open(cls, registry: Registry, master_key: SecretBytes) -> CoreKeyStore:
@@ -286,10 +281,8 @@ class CoreKeyStore:
             return
         self._unsubscribe = await self._registry.subscribe(self._on_registry_change)
         self._tasks.append(asyncio.create_task(self._refresher(), name="core-keys-refresh"))
-        path = _sqlite_file(self._registry)
-        if path is not None:
-            self._poll_conn = await asyncio.to_thread(_poll_connection, path)
-            first = await asyncio.to_thread(self._fingerprint)
+        first = await self._registry.key_fingerprint(_WATCHED)
+        if first is not None:
             poll = self._poll(first, poll_interval)
             self._tasks.append(asyncio.create_task(poll, name="core-keys-poll"))
         else:
@@ -306,9 +299,6 @@ class CoreKeyStore:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._poll_conn is not None:
-            self._poll_conn.close()
-            self._poll_conn = None
 
     async def _on_registry_change(self, change: Change) -> None:
         if isinstance(change, KeyChange) and change.tenant and change.level in (L3, L3_LOG):
@@ -335,31 +325,21 @@ class CoreKeyStore:
             after = _states(await self._registry.keys(tenant, L3))
             await self._report(tenant, after)
 
-    async def _poll(self, last: Fingerprint, interval: float) -> None:
+    async def _poll(self, last: KeyFingerprint, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                now = await asyncio.to_thread(self._fingerprint)
+                now = await self._registry.key_fingerprint(_WATCHED)
             except StorageError as exc:
                 log.warning("polling the key table failed: %s", exc)
+                continue
+            if now is None:
                 continue
             changed = {t for t in now.keys() | last.keys() if now.get(t) != last.get(t)}
             last = now
             if changed:
                 self._dirty |= changed
                 self._wake.set()
-
-    def _fingerprint(self) -> Fingerprint:
-        conn = self._poll_conn
-        if conn is None:
-            raise StorageError("the key store is not watching")
-        out: dict[str, list[tuple[object, ...]]] = {}
-        try:
-            for tenant, *rest in conn.execute(_FINGERPRINT):
-                out.setdefault(tenant, []).append(tuple(rest))
-        except sqlite3.Error as exc:
-            raise StorageError(f"key table poll failed ({exc.__class__.__name__})") from None
-        return {t: tuple(rows) for t, rows in out.items()}
 
     async def _resync(self, interval: float) -> None:
         while True:
@@ -579,13 +559,3 @@ async def _check_master(registry: Registry, master: WrappingKey) -> None:
             ) from None
         return
     raise RegistryConflict("could not store the master key check (too many concurrent Cores)")
-
-
-def _poll_connection(path: str) -> sqlite3.Connection:
-    try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("PRAGMA busy_timeout = 10000")
-    except sqlite3.Error as exc:
-        raise StorageError(f"key table poll: open failed ({exc.__class__.__name__})") from None
-    return conn

@@ -46,11 +46,15 @@ Refinements of the first sketch of this interface (and why):
 - ``audit`` takes ``since`` (what the (tenant, time) index is for) and says
   which records ``limit`` keeps.
 - ``RegistryConflict``: a ``StorageError`` the engine can tell apart and retry.
+- ``key_fingerprint``: on a SQLite file ``subscribe`` hears only this
+  process, so the Core key store watches other processes' key changes by
+  polling a cheap summary of the key table, asked of the port (it used to run
+  its own SQL on the registry's file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
@@ -161,6 +165,10 @@ class KeyChange:
 
 Change: TypeAlias = StateChange | KeyChange
 
+# tenant -> one summary row per level (count, highest version, state checksum,
+# rows holding material); equal fingerprints mean no key version changed.
+KeyFingerprint: TypeAlias = Mapping[str, tuple[tuple[object, ...], ...]]
+
 
 class Registry(Protocol):
     """Async on purpose: the PostgreSQL backend is a network database.
@@ -209,5 +217,12 @@ class Registry(Protocol):
     async def subscribe(self, callback: Callable[[Change], Awaitable[None]]) -> Callable[[], None]:
         """Deliver every committed change (from now on) to ``callback`` on the
         calling event loop; returns the function that unsubscribes."""
+
+    async def key_fingerprint(self, levels: Sequence[str]) -> KeyFingerprint | None:
+        """For a watcher of tenant keys: a summary, per tenant, of the key
+        versions at ``levels`` that changes whenever any process changes one of
+        them; poll it and re-read a tenant whose summary moved. None when
+        ``subscribe`` already hears every process's changes (PostgreSQL's
+        LISTEN/NOTIFY; an in-memory database, which only this process sees)."""
 
     async def close(self) -> None: ...

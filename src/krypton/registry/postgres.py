@@ -49,6 +49,7 @@ from krypton.model.registry import (
     AuditRecord,
     Change,
     KeyChange,
+    KeyFingerprint,
     LocateQuery,
     ObjectRecord,
     RegistryConflict,
@@ -387,6 +388,10 @@ class PostgresRegistry:
     async def subscribe(self, callback: Callback) -> Callable[[], None]:
         await self._ensure_listener()
         return self._fanout.add(callback)
+
+    async def key_fingerprint(self, levels: Sequence[str]) -> KeyFingerprint | None:
+        """Nothing to poll: ``subscribe`` hears every instance (LISTEN/NOTIFY)."""
+        return None
 
     async def close(self) -> None:
         if self._closed:

@@ -17,6 +17,9 @@ from __future__ import annotations
 import sqlite3
 
 from krypton.errors import StorageError
+from krypton.storage.schema import VERSION_TABLE, migrate
+
+__all__ = ["LATEST", "POSTGRES", "SQLITE", "VERSION_TABLE", "migrate_sqlite", "too_new"]
 
 _INDEXES = (
     "CREATE INDEX objects_tenant_state ON objects(tenant, state)",
@@ -92,37 +95,12 @@ POSTGRES: tuple[tuple[str, ...], ...] = (
 LATEST = len(SQLITE)
 assert len(POSTGRES) == LATEST
 
-VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
-
-
 def too_new(version: int) -> StorageError:
     return StorageError(f"registry schema version {version} is newer than this Core's ({LATEST})")
 
 
 def migrate_sqlite(conn: sqlite3.Connection, target: int = LATEST) -> int:
-    """Bring the file up to ``target``; returns the version it is at. One
-    ``BEGIN IMMEDIATE`` per step, re-reading the version inside it, so two
-    processes opening an old file migrate it once. ``conn`` must be in
-    autocommit mode (``isolation_level=None``)."""
-    if target > LATEST:
-        raise ValueError(f"no migration to schema version {target}")
-    while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(VERSION_TABLE)
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
-            version = int(row[0]) if row else 0
-            if version > LATEST:
-                raise too_new(version)
-            if version >= target:
-                conn.execute("COMMIT")
-                return version
-            for stmt in SQLITE[version]:
-                conn.execute(stmt)
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version VALUES (?)", (version + 1,))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    """Bring the file up to ``target``; returns the version it is at (see
+    :mod:`krypton.storage.schema`). ``conn`` must be in autocommit mode
+    (``isolation_level=None``)."""
+    return migrate(conn, SQLITE, target, too_new)

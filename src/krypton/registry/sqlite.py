@@ -2,15 +2,15 @@
 
 How this works
 --------------
-One writer thread owns the write connection. Each write method queues an
-operation (a function of that connection) and awaits a future. The writer
-takes everything queued (up to ``max_batch`` operations) and runs it in ONE
-transaction, each operation inside its own ``SAVEPOINT``, then commits; with
-``journal_mode=WAL`` and ``synchronous=FULL`` one fsync covers the whole
-batch (group commit, as in the gateway vault). An operation that fails is
-rolled back to its savepoint and only its caller gets the error; if the
-commit fails, every caller in the batch does. Futures resolve after the
-commit, and only then do the batch's changes go to the subscribers.
+Writes go through the shared writer thread (:class:`krypton.storage.Writer`,
+as in the gateway vault). Each write method queues an operation, a function
+``(conn, payload) -> (result, changes)``, and awaits it. The writer runs a
+batch in ONE transaction, each operation inside its own ``SAVEPOINT``
+(compare-and-sets fail as a matter of course), and commits: one fsync covers
+the whole batch. An operation that fails is rolled back to its savepoint and
+only its caller gets the error; if the commit fails, every caller in the
+batch does. Futures resolve after the commit, and only then do the batch's
+changes go to the subscribers.
 
 Reads run in worker threads (``asyncio.to_thread``) on per-thread read-only
 connections; each read is one read transaction, so a read of several
@@ -24,21 +24,18 @@ reads are queued to the writer as well.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import queue
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from krypton.errors import ItemNotFound, StorageError
+from krypton.errors import ItemNotFound
 from krypton.model.registry import (
     AuditRecord,
     Change,
     KeyChange,
+    KeyFingerprint,
     LocateQuery,
     ObjectRecord,
     RegistryConflict,
@@ -59,13 +56,18 @@ from krypton.registry._common import (
     side_rows,
 )
 from krypton.registry.schema import migrate_sqlite
+from krypton.storage import Op, Readers, Writer, open_file, translated
 
 T = TypeVar("T")
-_Work = Callable[[sqlite3.Connection], tuple[Any, Sequence[Change]]]
+_Work = Callable[[sqlite3.Connection, Any], tuple[Any, Sequence[Change]]]
 
 _INSERT_OBJECT = (
     f"INSERT INTO objects ({OBJECT_COLUMNS}) VALUES ({', '.join('?' * 12)})"  # noqa: S608
     " ON CONFLICT(uid) DO NOTHING"
+)
+_FINGERPRINT = (
+    "SELECT tenant, level, count(*), max(version), total(state * version), count(sealed)"
+    " FROM keys"
 )
 _SIDE_INSERT = {
     "object_names": "INSERT INTO object_names (uid, pos, tenant, name) VALUES (?, ?, ?, ?)",
@@ -74,19 +76,6 @@ _SIDE_INSERT = {
         "INSERT INTO object_custom (uid, pos, tenant, name, value) VALUES (?, ?, ?, ?, ?)"
     ),
 }
-_STOP = object()
-
-
-def _storage_error(exc: sqlite3.Error, what: str) -> StorageError:
-    return StorageError(f"registry {what} failed ({exc.__class__.__name__}: {exc})")
-
-
-@contextlib.contextmanager
-def _translate(what: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise _storage_error(exc, what) from None
 
 
 # -- operations (run on the writer thread, inside a savepoint) --------------------
@@ -97,7 +86,7 @@ def _insert_sides(conn: sqlite3.Connection, r: ObjectRecord) -> None:
 
 
 def _put_objects(
-    records: Sequence[ObjectRecord], conn: sqlite3.Connection
+    conn: sqlite3.Connection, records: Sequence[ObjectRecord]
 ) -> tuple[None, tuple[()]]:
     for r in records:
         if conn.execute(_INSERT_OBJECT, object_row(r)).rowcount:
@@ -110,7 +99,7 @@ def _put_objects(
 
 
 def _update_object(
-    record: ObjectRecord, conn: sqlite3.Connection
+    conn: sqlite3.Connection, record: ObjectRecord
 ) -> tuple[ObjectRecord, tuple[Change]]:
     row = conn.execute(
         f"SELECT {OBJECT_COLUMNS} FROM objects WHERE uid = ?",  # noqa: S608
@@ -137,7 +126,7 @@ def _update_object(
     return new, (StateChange(new.tenant, new.uid, new.state, new.revision),)
 
 
-def _append_audit(r: AuditRecord, conn: sqlite3.Connection) -> tuple[None, tuple[()]]:
+def _append_audit(conn: sqlite3.Connection, r: AuditRecord) -> tuple[None, tuple[()]]:
     conn.execute(
         f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
         (
@@ -148,7 +137,7 @@ def _append_audit(r: AuditRecord, conn: sqlite3.Connection) -> tuple[None, tuple
     return None, ()
 
 
-def _put_keys(keys: Sequence[SealedKey], conn: sqlite3.Connection) -> tuple[None, list[Change]]:
+def _put_keys(conn: sqlite3.Connection, keys: Sequence[SealedKey]) -> tuple[None, list[Change]]:
     changes: list[Change] = []
     for k in keys:
         where = (k.tenant, k.level, int(k.version))
@@ -221,44 +210,25 @@ def _keys(tenant: str, level: str, conn: sqlite3.Connection) -> list[SealedKey]:
     ]
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if path != ":memory:":
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StorageError(f"registry {path}: WAL journal mode is not available here")
-            conn.execute("PRAGMA synchronous = FULL")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+def _fingerprint(levels: tuple[str, ...], conn: sqlite3.Connection) -> KeyFingerprint:
+    marks = ", ".join("?" * len(levels))
+    sql = f"{_FINGERPRINT} WHERE level IN ({marks}) GROUP BY tenant, level ORDER BY tenant, level"
+    out: dict[str, list[tuple[object, ...]]] = {}
+    for tenant, *rest in conn.execute(sql, levels):
+        out.setdefault(tenant, []).append(tuple(rest))
+    return {t: tuple(summary) for t, summary in out.items()}
 
 
-class _Op:
-    __slots__ = ("changes", "error", "future", "loop", "result", "work")
-
-    def __init__(
-        self, work: _Work, future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
-    ) -> None:
-        self.work = work
-        self.future = future
-        self.loop = loop
-        self.result: Any = None
-        self.changes: Sequence[Change] = ()
-        self.error: BaseException | None = None
+def _as_write(conn: sqlite3.Connection, read: Callable[[sqlite3.Connection], Any]) -> Any:
+    """A read queued to the writer (the in-memory database has one connection)."""
+    return read(conn), ()
 
 
-def _settle(ops: list[_Op]) -> None:
+def _changes(ops: list[Op[_Work]]) -> list[Change]:
+    changes: list[Change] = []
     for op in ops:
-        if op.future.done():
-            continue
-        if op.error is not None:
-            op.future.set_exception(op.error)
-        else:
-            op.future.set_result(op.result)
+        changes.extend(op.result[1])
+    return changes
 
 
 class SqliteRegistry:
@@ -267,60 +237,49 @@ class SqliteRegistry:
     def __init__(self, path: str, conn: sqlite3.Connection, max_batch: int) -> None:
         self.path = path
         self._memory = path == ":memory:"
-        self._wconn = conn
-        self._max_batch = max(1, max_batch)
-        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
-        self._gate = threading.Lock()
-        self._closed = False
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers = Readers(path, "registry")
         self._fanout = Fanout()
-        self.commits = 0
-        self._writer = threading.Thread(target=self._run, name="registry-writer", daemon=True)
-        self._writer.start()
+        self._writer: Writer[_Work] = Writer(
+            conn, name="registry", max_batch=max_batch, savepoint_each=True,
+            settled=lambda ops: self._fanout.publish(_changes(ops)),
+        )  # fmt: skip
 
     @classmethod
     def open(cls, path: str | Path, *, max_batch: int = 1024) -> SqliteRegistry:
         """Open (creating and migrating as needed) the registry at ``path``."""
         path = str(path)
-        new = path != ":memory:" and not os.path.exists(path)
-        with _translate(f"open of {path}"):
-            conn = _connect(path)
-            try:
-                migrate_sqlite(conn)
-            except BaseException:
-                conn.close()
-                raise
-        if new:
-            with contextlib.suppress(OSError):
-                fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        conn = open_file(
+            path, name="registry", migrate=migrate_sqlite, pragmas=("foreign_keys = ON",)
+        )
         return cls(path, conn, max_batch)
 
     def __repr__(self) -> str:
         return f"SqliteRegistry({self.path!r})"
 
+    @property
+    def commits(self) -> int:
+        """Transactions committed by the writer (each one fsync of the WAL)."""
+        return self._writer.commits
+
     # -- the Registry interface ----------------------------------------------------
     async def put_objects(self, records: Sequence[ObjectRecord]) -> None:
         batch = tuple(records)
         if batch:
-            await self._write(lambda conn: _put_objects(batch, conn))
+            await self._write(_put_objects, batch)
 
     async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
         return await self._read(lambda conn: _get_object(tenant, uid, conn))
 
     async def update_object(self, record: ObjectRecord) -> ObjectRecord:
-        return await self._write(lambda conn: _update_object(record, conn))
+        result: ObjectRecord = await self._write(_update_object, record)
+        return result
 
     async def locate(self, query: LocateQuery) -> list[str]:
         sql, params = locate_sql(query, "sqlite")
         return await self._read(lambda conn: [r[0] for r in conn.execute(sql, params)])
 
     async def append_audit(self, record: AuditRecord) -> None:
-        await self._write(lambda conn: _append_audit(record, conn))
+        await self._write(_append_audit, record)
 
     async def audit(
         self, tenant: str | None = None, limit: int = 1000, *, since: float | None = None
@@ -330,7 +289,7 @@ class SqliteRegistry:
     async def put_keys(self, keys: Sequence[SealedKey]) -> None:
         batch = tuple(keys)
         if batch:
-            await self._write(lambda conn: _put_keys(batch, conn))
+            await self._write(_put_keys, batch)
 
     async def put_key(self, key: SealedKey) -> None:
         await self.put_keys((key,))
@@ -341,121 +300,37 @@ class SqliteRegistry:
     async def subscribe(self, callback: Callback) -> Callable[[], None]:
         return self._fanout.add(callback)
 
+    async def key_fingerprint(self, levels: Sequence[str]) -> KeyFingerprint | None:
+        """A file's other users (processes) are not heard by ``subscribe``: poll this."""
+        if self._memory:
+            return None
+        wanted = tuple(levels)
+        return await self._read(lambda conn: _fingerprint(wanted, conn))
+
     async def close(self) -> None:
         """Finish every queued write, stop the writer, close the file."""
-        with self._gate:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(_STOP)
+        if not self._writer.stop():
+            return
         await asyncio.to_thread(self._writer.join)
-        with self._gate:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
-        self._wconn.close()
+        self._readers.close()
         await self._fanout.close()
 
     # -- plumbing ------------------------------------------------------------------
-    async def _write(self, work: Callable[[sqlite3.Connection], tuple[T, Sequence[Change]]]) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._gate:
-            if self._closed:
-                raise StorageError("the registry is closed")
-            self._queue.put(_Op(work, future, loop))
-        return await future
+    async def _write(self, work: _Work, payload: Any) -> Any:
+        result, _ = await self._writer.submit(work, payload)
+        return result
 
-    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
         if self._memory:
-            return await self._write(lambda conn: (work(conn), ()))
-        return await asyncio.to_thread(self._read_now, work)
+            result: T = await self._write(_as_write, read)
+            return result
+        return await asyncio.to_thread(self._read_now, read)
 
-    def _read_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._reader()
-        with _translate("read"):
+    def _read_now(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._readers.get()
+        with translated("registry read"):
             conn.execute("BEGIN")
             try:
-                return work(conn)
+                return read(conn)
             finally:
                 conn.execute("ROLLBACK")
-
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            with self._gate, _translate("open for reading"):
-                if self._closed:
-                    raise StorageError("the registry is closed")
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA query_only = ON")
-                conn.execute("PRAGMA busy_timeout = 10000")
-                self._readers.append(conn)
-            self._local.conn = conn
-        return conn
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            batch: list[_Op] = []
-            while True:
-                if item is _STOP:
-                    stop = True
-                    break
-                assert isinstance(item, _Op)
-                batch.append(item)
-                if len(batch) >= self._max_batch:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if not batch:
-                continue
-            try:
-                changes = self._commit(batch)
-            except BaseException as exc:  # a bug here must not strand callers
-                changes = []
-                for op in batch:
-                    op.error = op.error or StorageError(f"registry writer failed: {exc!r}")
-            self._resolve(batch)
-            self._fanout.publish(changes)
-
-    def _commit(self, batch: list[_Op]) -> list[Change]:
-        conn = self._wconn
-        changes: list[Change] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    op.result, op.changes = op.work(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    if isinstance(exc, sqlite3.Error):
-                        op.error = _storage_error(exc, "write")
-                    else:
-                        op.error = exc
-                    continue
-                conn.execute("RELEASE op")
-                changes.extend(op.changes)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            error = _storage_error(exc, "commit")
-            for op in batch:
-                op.error = op.error or error
-            return []
-        self.commits += 1
-        return changes
-
-    def _resolve(self, batch: list[_Op]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
-        for op in batch:
-            by_loop.setdefault(op.loop, []).append(op)
-        for loop, ops in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop has been closed
-                loop.call_soon_threadsafe(_settle, ops)

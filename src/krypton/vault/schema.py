@@ -12,6 +12,10 @@ from __future__ import annotations
 import sqlite3
 
 from krypton.errors import StorageError
+from krypton.storage.schema import migrate as storage_migrate
+from krypton.storage.schema import schema_version
+
+__all__ = ["LATEST", "MIGRATIONS", "migrate", "schema_version"]
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # v1: wrapped L4 keys.
@@ -40,38 +44,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 LATEST = len(MIGRATIONS)
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
-    """The file's schema version (0 for a new file)."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT version FROM schema_version").fetchone()
-    return int(row[0]) if row else 0
+def _too_new(version: int) -> StorageError:
+    return StorageError(f"vault schema version {version} is newer than this gateway's ({LATEST})")
 
 
 def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
     """Bring the file up to ``target``; returns the version it is at.
 
     ``conn`` must be in autocommit mode (``isolation_level=None``)."""
-    if target > LATEST:
-        raise ValueError(f"no migration to schema version {target}")
-    while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = schema_version(conn)
-            if version > LATEST:
-                raise StorageError(
-                    f"vault schema version {version} is newer than this gateway's ({LATEST})"
-                )
-            if version >= target:
-                conn.execute("COMMIT")
-                return version
-            for stmt in MIGRATIONS[version]:
-                conn.execute(stmt)
-            if version == 0:
-                conn.execute("INSERT INTO schema_version VALUES (1)")
-            else:
-                conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    return storage_migrate(conn, MIGRATIONS, target, _too_new)
