@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.pg import PgServer, postgres_server
+from tests.helpers.pg import PgServer, postgres_server
 
 
 @pytest.fixture(scope="session")

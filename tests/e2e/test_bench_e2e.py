@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.servers import DevServer, free_port, recv_message, start_dev_server
+from tests.helpers.servers import DevServer, free_port, recv_message, start_dev_server
 
 from krypton.bench import plot
 from krypton.client.sync import KmipClient, tls_context

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from tests.helpers.oasis import CASES, needs_cases
-from tests.servers import dev_server, free_port
+from tests.helpers.servers import dev_server, free_port
 
 from krypton.pki.dev import init_dev_dir
 

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.servers import DevServer, start_dev_server
+from tests.helpers.servers import DevServer, start_dev_server
 
 from krypton.client.sync import KmipClient, tls_context
 from krypton.kmip.versions import ProtocolVersion

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from tests.servers import DevServer, dev_server, recv_message
+from tests.helpers.servers import DevServer, dev_server, recv_message
 
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import (

@@ -6,7 +6,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from tests.servers import start_dev_server
+from tests.helpers.servers import start_dev_server
 
 from krypton.client.sync import KmipClient, tls_context
 from krypton.kmip.versions import ProtocolVersion

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from kmip.pie.client import ProxyKmipClient
-from tests.servers import DevServer, dev_server
+from tests.helpers.servers import DevServer, dev_server
 
 OpenClient = Callable[..., Any]
 

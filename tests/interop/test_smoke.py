@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kmip.core import enums
 from kmip.pie.client import ProxyKmipClient
-from tests.servers import dev_server
+from tests.helpers.servers import dev_server
 
 
 def test_pykmip_create_get_roundtrip(tmp_path: Path) -> None:

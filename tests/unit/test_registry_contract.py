@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.pg import PgServer
+from tests.helpers.pg import PgServer
 
 from krypton.errors import ConfigError, InvalidField, ItemNotFound, StorageError
 from krypton.model import (
