@@ -32,8 +32,7 @@ from krypton.model import (
     SealedKey,
     StateChange,
 )
-from krypton.registry import open_registry
-from krypton.registry._common import locate_sql
+from krypton.registry import locate_sql, open_registry
 
 KEY, SECRET_DATA = 2, 7  # KMIP Object Type values
 PRE_ACTIVE, ACTIVE, DEACTIVATED, DESTROYED = 1, 2, 3, 6
