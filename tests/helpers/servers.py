@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from krypton.pki.dev import DevLayout, init_dev_dir
-from krypton.ttlv.framing import _HEADER as _FRAME_HEADER
 from krypton.ttlv.framing import HEADER_SIZE
 
 READY_LINE = "Krypton dev stack is up"
@@ -114,7 +113,7 @@ def dev_server(root: Path, **kw: object) -> Iterator[DevServer]:
 def recv_message(sock: ssl.SSLSocket) -> bytes:
     """One whole TTLV message from a socket (header first, then the body)."""
     header = _recv_exact(sock, HEADER_SIZE)
-    _, length = _FRAME_HEADER.unpack(header)
+    length = int.from_bytes(header[4:HEADER_SIZE], "big")  # tag, type, then the length
     return header + _recv_exact(sock, length)
 
 
