@@ -25,13 +25,13 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from tests.helpers.servers import DevServer, dev_server, recv_message
+from tests.helpers.fixtures import DevStacks
+from tests.helpers.servers import DevServer, recv_message
 
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import (
@@ -67,9 +67,8 @@ ENV = {
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    with dev_server(tmp_path_factory.mktemp("hostile"), env=ENV) as server:
-        yield server
+def srv(start_module_dev: DevStacks) -> DevServer:
+    return start_module_dev(env=ENV)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,15 +97,6 @@ def start_dev_server(
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError("krypton dev did not start:\n" + log_path.read_text())
-
-
-@contextmanager
-def dev_server(root: Path, **kw: object) -> Iterator[DevServer]:
-    server = start_dev_server(root, **kw)  # type: ignore[arg-type]
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def recv_message(sock: ssl.SSLSocket) -> bytes:
