@@ -1,5 +1,5 @@
 """The registry contract, run against every backend: a SQLite file, SQLite in
-memory, and a real PostgreSQL server that this module starts (tests/pg.py).
+memory, and a real PostgreSQL server (the session's ``pg`` fixture).
 
 Each test opens its registries inside ``asyncio.run`` (psycopg's async
 connections belong to one event loop) on a fresh database: a new file, a new
