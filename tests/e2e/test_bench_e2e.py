@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.servers import DevServer, free_port, recv_message, start_dev_server
+from tests.helpers.fixtures import DevStacks
+from tests.helpers.servers import DevServer, free_port, recv_message
 
 from krypton.bench import plot
 from krypton.client.sync import KmipClient, tls_context
@@ -70,12 +71,8 @@ def assert_clean(out: Any, *, ops: int = COUNT) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    server = start_dev_server(tmp_path_factory.mktemp("bench-gw"))
-    try:
-        yield server
-    finally:
-        server.stop()
+def gateway(start_module_dev: DevStacks) -> DevServer:
+    return start_module_dev()
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cluster import (
+from tests.helpers.cluster import (
     V21,
     Cluster,
     activate_item,
@@ -51,7 +51,7 @@ from tests.cluster import (
     uid_item,
     wait_for,
 )
-from tests.pg import PgServer
+from tests.helpers.pg import PgServer
 
 from krypton.client.sync import KmipClient
 from krypton.kmip import client_messages as cm

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.helpers.fixtures import DevStacks
 from tests.helpers.oasis import CASES, needs_cases
-from tests.servers import dev_server, free_port
+from tests.helpers.servers import free_port
 
 from krypton.pki.dev import init_dev_dir
 
@@ -74,19 +75,19 @@ def check_report(out: str, total: int) -> dict[str, str]:
     return {t.split()[1].rstrip(":"): t for t in lines[:-1]}
 
 
-def test_against_krypton_dev(tmp_path: Path) -> None:
+def test_against_krypton_dev(tmp_path: Path, start_dev: DevStacks) -> None:
     files = [str(CASES / name) for name in [*PASSING, *PASSING_ONCE, FAILING]]
-    with dev_server(tmp_path / "dev") as server:
-        run = conformance(
-            server.port, server.pki, "--cases", *files, "--json", str(tmp_path / "out.json")
-        )
-        clean = conformance(
-            server.port,
-            server.pki,
-            "--reuse-connection",
-            "--cases",
-            *(str(CASES / n) for n in PASSING),
-        )
+    server = start_dev()
+    run = conformance(
+        server.port, server.pki, "--cases", *files, "--json", str(tmp_path / "out.json")
+    )
+    clean = conformance(
+        server.port,
+        server.pki,
+        "--reuse-connection",
+        "--cases",
+        *(str(CASES / n) for n in PASSING),
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     lines = check_report(run.stdout, len(files))
     for name in [*PASSING, *PASSING_ONCE]:

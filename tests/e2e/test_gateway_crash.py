@@ -13,7 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.servers import DevServer, start_dev_server
+from tests.helpers.fixtures import DevStacks
+from tests.helpers.servers import DevServer
 
 from krypton.client.sync import KmipClient, tls_context
 from krypton.kmip.versions import ProtocolVersion
@@ -26,8 +27,8 @@ def _client(srv: DevServer) -> KmipClient:
     return KmipClient(srv.host, srv.port, ctx, version=ProtocolVersion(1, 4), timeout=5.0)
 
 
-def test_sigkill_after_ack_loses_no_key(tmp_path: Path) -> None:
-    srv = start_dev_server(tmp_path)
+def test_sigkill_after_ack_loses_no_key(tmp_path: Path, start_dev: DevStacks) -> None:
+    srv = start_dev(tmp_path)
     acked: dict[str, bytes | None] = {}
     lock = threading.Lock()
     stop = threading.Event()
@@ -62,14 +63,11 @@ def test_sigkill_after_ack_loses_no_key(tmp_path: Path) -> None:
         snapshot = dict(acked)
     assert len(snapshot) >= 300, "the writers did not get far enough to test anything"
 
-    restarted = start_dev_server(tmp_path, port=srv.port)
-    try:
-        with _client(restarted) as c:
-            for uid, key in snapshot.items():
-                material = c.get(uid)
-                if key is not None:
-                    assert material == key, f"key {uid} changed across the crash"
-                else:
-                    assert len(material) == 16
-    finally:
-        restarted.stop()
+    restarted = start_dev(tmp_path, port=srv.port)  # the same directory, vault and port
+    with _client(restarted) as c:
+        for uid, key in snapshot.items():
+            material = c.get(uid)
+            if key is not None:
+                assert material == key, f"key {uid} changed across the crash"
+            else:
+                assert len(material) == 16

@@ -8,8 +8,8 @@ of ``CASES``: the bytes, the Result Reason the error response must carry, and
 whether the server hangs up afterwards (a framing error loses the stream
 position) or keeps serving the same connection (a message that was framed but
 does not parse). After each row a fresh connection must Create + Get a key;
-every key received is kept, and the last test scans the server's log for
-them in raw, hex, base64 and escaped form.
+the keys a test received are looked for in the server's log, in raw, hex,
+base64 and escaped form, when that test ends (the ``keys`` fixture).
 
 Every socket has a timeout: a hang fails a test instead of blocking it.
 """
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from tests.servers import DevServer, dev_server, recv_message
+from tests.helpers.fixtures import DevStacks
+from tests.helpers.servers import DevServer, recv_message
 
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import (
@@ -67,15 +68,18 @@ ENV = {
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    with dev_server(tmp_path_factory.mktemp("hostile"), env=ENV) as server:
-        yield server
+def srv(start_module_dev: DevStacks) -> DevServer:
+    return start_module_dev(env=ENV)
 
 
-@pytest.fixture(scope="module")
-def keys() -> list[bytes]:
-    """Every key the server handed out during the module (scanned for in the log)."""
-    return []
+@pytest.fixture
+def keys(srv: DevServer) -> Iterator[list[bytes]]:
+    """The keys the server hands out during one test; when the test ends, the
+    server's log must hold none of them (in any of the forms of ``_forms``)."""
+    got: list[bytes] = []
+    yield got
+    fresh_round_trip(srv, got)  # the server is done with what the test sent
+    assert_not_logged(srv, got)
 
 
 # -- building requests -------------------------------------------------------------
@@ -523,7 +527,8 @@ def test_hostile_message_is_answered(srv: DevServer, keys: list[bytes], case: Ca
 def test_message_that_carries_a_served_key_is_not_logged(
     srv: DevServer, keys: list[bytes]
 ) -> None:
-    """Hostile messages built around real key bytes: the final scan must not find them."""
+    """Hostile messages built around real key bytes: the scan when the test ends must
+    not find them."""
     fresh_round_trip(srv, keys)
     key = keys[-1]
     carriers = [
@@ -894,7 +899,7 @@ def test_silent_tcp_client_is_dropped_after_handshake_timeout(
     fresh_round_trip(srv, keys)
 
 
-# -- last: the log and the process ------------------------------------------------------
+# -- the log and the process ------------------------------------------------------------
 def _forms(key: bytes) -> list[bytes]:
     return [
         key,
@@ -909,11 +914,14 @@ def _forms(key: bytes) -> list[bytes]:
     ]
 
 
+def assert_not_logged(srv: DevServer, keys: list[bytes]) -> None:
+    low = Path(srv.log_path).read_bytes().lower()
+    leaks = [k.hex()[:8] for k in keys for form in _forms(k) if form.lower() in low]
+    assert not leaks, f"key material found in the server log (keys starting {leaks})"
+
+
 def test_log_holds_no_key_material_and_server_is_alive(srv: DevServer, keys: list[bytes]) -> None:
     fresh_round_trip(srv, keys)
     assert srv.proc.poll() is None, "the server process died"
-    raw = Path(srv.log_path).read_bytes()
-    assert raw, "debug logging should have written something"
-    low = raw.lower()
-    leaks = [k.hex()[:8] for k in keys for form in _forms(k) if form.lower() in low]
-    assert not leaks, f"key material found in the server log (keys starting {leaks})"
+    assert Path(srv.log_path).read_bytes(), "debug logging should have written something"
+    assert_not_logged(srv, keys)

@@ -1,1 +1,1 @@
-"""Shared test helpers: OASIS documents, servers, clusters, PostgreSQL."""
+"""Shared test helpers: OASIS documents, servers, clusters, PostgreSQL (see README.md)."""

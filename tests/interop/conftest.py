@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 from kmip.pie.client import ProxyKmipClient
-from tests.servers import DevServer, dev_server
+from tests.helpers.fixtures import DevStacks
+from tests.helpers.servers import DevServer
 
 OpenClient = Callable[..., Any]
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    with dev_server(tmp_path_factory.mktemp("krypton")) as server:
-        yield server
+def srv(start_module_dev: DevStacks) -> DevServer:
+    return start_module_dev()
 
 
 def pykmip_client(srv: DevServer, version: Any, who: str = "client") -> Any:

@@ -29,7 +29,7 @@ from typing import Any
 from kmip.core import enums as pk
 from kmip.core.messages.messages import ResponseMessage
 from kmip.core.utils import BytearrayStream
-from tests.servers import DevServer, recv_message
+from tests.helpers.servers import DevServer, recv_message
 
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import (

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kmip.core import enums as pk
 from kmip.core.factories.attributes import AttributeFactory
 from kmip.pie.exceptions import KmipOperationFailure
+from tests.helpers.servers import DevServer
 from tests.interop.product_wire import (
     Header,
     Reply,
@@ -52,7 +53,6 @@ from tests.interop.product_wire import (
     v1_attributes,
     with_uid,
 )
-from tests.servers import DevServer
 
 from krypton.ttlv.enums import (
     CryptographicAlgorithm,

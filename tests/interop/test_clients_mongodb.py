@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 
+from tests.helpers.servers import DevServer
 from tests.interop.product_wire import (
     Header,
     Session,
@@ -35,7 +36,6 @@ from tests.interop.product_wire import (
     template,
     with_uid,
 )
-from tests.servers import DevServer
 
 from krypton.ttlv.enums import (
     BlockCipherMode,

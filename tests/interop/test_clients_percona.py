@@ -23,6 +23,7 @@ import os
 import time
 import uuid
 
+from tests.helpers.servers import DevServer
 from tests.interop.product_wire import (
     OBJECT_TAG,
     Answer,
@@ -47,7 +48,6 @@ from tests.interop.product_wire import (
     v1_attributes,
     with_uid,
 )
-from tests.servers import DevServer
 
 from krypton.ttlv.enums import (
     CryptographicAlgorithm,

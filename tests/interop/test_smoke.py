@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kmip.core import enums
 from kmip.pie.client import ProxyKmipClient
-from tests.servers import dev_server
+from tests.helpers.fixtures import DevStacks
 
 
-def test_pykmip_create_get_roundtrip(tmp_path: Path) -> None:
-    with (
-        dev_server(tmp_path) as srv,
-        ProxyKmipClient(
-            hostname=srv.host,
-            port=srv.port,
-            cert=str(srv.pki / "client.pem"),
-            key=str(srv.pki / "client-key.pem"),
-            ca=str(srv.pki / "ca.pem"),
-            config_file="/dev/null",
-        ) as client,
-    ):
+def test_pykmip_create_get_roundtrip(start_dev: DevStacks) -> None:
+    srv = start_dev()
+    with ProxyKmipClient(
+        hostname=srv.host,
+        port=srv.port,
+        cert=str(srv.pki / "client.pem"),
+        key=str(srv.pki / "client-key.pem"),
+        ca=str(srv.pki / "ca.pem"),
+        config_file="/dev/null",
+    ) as client:
         uid = client.create(enums.CryptographicAlgorithm.AES, 256)
         key = client.get(uid)
         assert len(key.value) == 32

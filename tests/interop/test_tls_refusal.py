@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from kmip.core import enums
 from kmip.pie.client import ProxyKmipClient
-from tests.servers import DevServer, recv_message
+from tests.helpers.servers import DevServer, recv_message
 
 from krypton.pki.certs import issue_ca, issue_leaf, write_cert_pem, write_key_pem
 from krypton.pki.dev import workload_spiffe_id

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.pg import PgServer
+from tests.helpers.pg import PgServer
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.control_env import (
+from tests.helpers.control_env import (
     V14,
     V21,
     Answer,

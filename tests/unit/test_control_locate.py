@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.control_env import (
+from tests.helpers.control_env import (
     V10,
     V12,
     V14,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from tests.control_env import Env, core_env
+from tests.helpers.control_env import Env, core_env
 from tests.helpers.oasis import CASES, needs_cases
 
 from krypton.engine.control import CONTROL_HANDLERS

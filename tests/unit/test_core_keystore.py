@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from tests.keystore_env import (
+from tests.helpers.keystore_env import (
     Gate,
     Heard,
     materials,
@@ -23,7 +23,7 @@ from tests.keystore_env import (
     opened_store,
     run_elsewhere,
 )
-from tests.pg import PgServer
+from tests.helpers.pg import PgServer
 
 from krypton.core.keystore import MASTER_KEY_ENV, CoreKeyStore, load_master_key
 from krypton.crypto.keyring import L3State

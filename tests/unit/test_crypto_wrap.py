@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -79,16 +80,21 @@ def _key(version: int = 1, material: bytes | None = None) -> WrappingKey:
 
 @pytest.mark.parametrize(("key", "iv", "aad", "pt", "ct", "tag"), NIST_VECTORS)
 def test_inner_aead_matches_published_vectors(
-    key: str, iv: str, aad: str, pt: str, ct: str, tag: str
+    key: str, iv: str, aad: str, pt: str, ct: str, tag: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The AEAD object a WrappingKey builds once and reuses for every wrap.
-    aead = _key(1, bytes.fromhex(key))._aead
-    assert aead is not None
-    sealed = aead.encrypt(bytes.fromhex(iv), bytes.fromhex(pt), bytes.fromhex(aad))
-    assert sealed == bytes.fromhex(ct + tag)
-    out = bytearray(len(pt) // 2)
-    aead.decrypt_into(bytes.fromhex(iv), sealed, bytes.fromhex(aad), out)
-    assert out == bytes.fromhex(pt)
+    # The published vector pins AES-256-GCM; a WrappingKey seals with exactly that
+    # cipher under its key (nonce from os.urandom, AAD = header + binding) and opens it.
+    raw, nonce, plain = bytes.fromhex(key), bytes.fromhex(iv), bytes.fromhex(pt)
+    reference = AESGCM(raw)
+    assert reference.encrypt(nonce, plain, bytes.fromhex(aad)) == bytes.fromhex(ct + tag)
+    bind = binding("L4", TENANT, UID)
+    wrapping_key = _key(1, raw)
+    monkeypatch.setattr(os, "urandom", lambda n: nonce[:n])
+    sealed = wrapping_key.seal(bind, plain)
+    monkeypatch.undo()
+    head = sealed[: HEADER_LEN - len(nonce)]
+    assert sealed == head + nonce + reference.encrypt(nonce, plain, head + bind)
+    assert wrapping_key.open(bind, sealed).reveal() == plain
 
 
 def test_blob_is_the_documented_construction() -> None:
@@ -202,15 +208,20 @@ def test_failure_messages_carry_no_key_bytes() -> None:
 
 
 def test_wrap_counter_and_limit() -> None:
-    key = _key()
+    material = bytes(range(32))
+    key = _key(1, material)
     for _ in range(5):
         wrap(key, TENANT, UID, b"k" * 16)
     assert key.wraps == 5
     blob = wrap(key, TENANT, UID, b"k" * 16)
-    key._wraps = MAX_WRAPS
+    worn = WrappingKey(1, SecretBytes(material), wraps=MAX_WRAPS)  # the same key, used up
+    assert worn.wraps == MAX_WRAPS
     with pytest.raises(KeyUnavailable, match="rotation"):
-        wrap(key, TENANT, UID, b"k" * 16)
-    assert unwrap(key, TENANT, UID, blob).reveal() == b"k" * 16  # unwrapping still works
+        wrap(worn, TENANT, UID, b"k" * 16)
+    assert unwrap(worn, TENANT, UID, blob).reveal() == b"k" * 16  # unwrapping still works
+    for wraps in (-1, MAX_WRAPS + 1):
+        with pytest.raises(InvalidField, match="wrap count"):
+            WrappingKey(1, SecretBytes(material), wraps=wraps)
 
 
 def test_wiped_key_refuses_and_zeroes() -> None:

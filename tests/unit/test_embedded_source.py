@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from tests.keystore_env import opened_store
+from tests.helpers.keystore_env import opened_store
 
 from krypton.config import load_core_config, load_gateway_config
 from krypton.core.embedded import EmbeddedL3Source

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.fastpath import NOW, mutate, single
+from tests.helpers.fastpath import NOW, mutate, single
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key

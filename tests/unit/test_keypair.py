@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import rsa
-from tests.control_env import V14, V21, Answer, Env, core_env, name
+from tests.helpers.control_env import V14, V21, Answer, Env, core_env, name
 from tests.local_core import Stack, local_stack
 
 from krypton.engine.control import CONTROL_HANDLERS, open_object

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import krypton.gateway.policy as policy_module
 from krypton.errors import ConfigError
 from krypton.gateway.policy import Policy, operation_by_name
 from krypton.model.grant import Grant
@@ -96,16 +95,27 @@ def test_star_alone_matches_everyone() -> None:
     assert p.lookup("anything") == Grant("t", frozenset({Operation.QUERY}))
 
 
-def test_lookup_is_cached(policy: Policy, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lookup_is_cached(policy: Policy) -> None:
+    policy = Policy(policy.rules, cache_max=2)
+    assert policy.cached == 0
     first = policy.lookup(DEMO)
     assert policy.lookup(DEMO) is first
-    assert DEMO in policy._cache
+    assert policy.cached == 1
+    assert policy.lookup("nobody") is None  # a miss is remembered too
     assert policy.lookup("nobody") is None
-    assert "nobody" in policy._cache
-    monkeypatch.setattr(policy_module, "CACHE_MAX", 2)
-    policy.lookup("third")
-    assert set(policy._cache) == {"third"}
+    assert policy.cached == 2
+    policy.lookup("third")  # full: forget all, then remember this one
+    assert policy.cached == 1
     assert policy.lookup(DEMO) == first
+    assert policy.cached == 2
+
+
+def test_a_full_cache_forgets_everything() -> None:
+    assert Policy([]).cached == 0
+    p = Policy([], cache_max=1)
+    for n in range(3):
+        assert p.lookup(f"id-{n}") is None
+        assert p.cached == 1
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """The registry contract, run against every backend: a SQLite file, SQLite in
-memory, and a real PostgreSQL server that this module starts (tests/pg.py).
+memory, and a real PostgreSQL server (the session's ``pg`` fixture).
 
 Each test opens its registries inside ``asyncio.run`` (psycopg's async
 connections belong to one event loop) on a fresh database: a new file, a new
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.pg import PgServer
+from tests.helpers.pg import PgServer
 
 from krypton.errors import ConfigError, InvalidField, ItemNotFound, StorageError
 from krypton.model import (
@@ -32,8 +32,7 @@ from krypton.model import (
     SealedKey,
     StateChange,
 )
-from krypton.registry import open_registry
-from krypton.registry._common import locate_sql
+from krypton.registry import locate_sql, open_registry
 
 KEY, SECRET_DATA = 2, 7  # KMIP Object Type values
 PRE_ACTIVE, ACTIVE, DEACTIVATED, DESTROYED = 1, 2, 3, 6

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.control_env import V14, V21, Env, core_env, date, uid_item
+from tests.helpers.control_env import V14, V21, Env, core_env, date, uid_item
 
 from krypton.engine.control import CONTROL_HANDLERS
 from krypton.kmip.attributes import Attribute, parse_attributes

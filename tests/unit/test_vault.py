@@ -140,7 +140,7 @@ def test_an_operation_the_vault_does_not_know_is_an_error(vault: Vault) -> None:
         return 1
 
     async def main() -> None:
-        await vault._submit(stranger, None)
+        await vault.submit(stranger, None)
 
     with pytest.raises(StorageError, match=r"^vault writer failed: KeyError"):
         asyncio.run(main())
@@ -211,20 +211,21 @@ def test_cache_is_bounded_and_optional(tmp_path: Path) -> None:
         v = Vault.open(tmp_path / f"v{size}.db", cache_size=size)
         records = [record() for _ in range(5)]
         run(v.put_many(records))
-        assert len(v._cache) == size
+        assert v.cached == size
         assert [v.get(r.uid) for r in records] == records
-        assert len(v._cache) == size
+        assert v.cached == size
         v.close()
 
 
-def test_reads_from_another_thread(vault: Vault) -> None:
+def test_reads_from_another_thread(tmp_path: Path) -> None:
+    vault = Vault.open(tmp_path / "uncached.db", cache_size=0)  # every read goes to SQLite
     rec = record()
     run(vault.put(rec))
     seen: list[KeyRecord | None] = []
     t = threading.Thread(target=lambda: seen.append(vault.get(rec.uid)))
-    vault._cache.clear()
     t.start()
     t.join()
+    vault.close()
     assert seen == [rec]
 
 

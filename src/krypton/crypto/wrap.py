@@ -78,16 +78,20 @@ class WrappingKey:
 
     __slots__ = ("_aead", "_head", "_secret", "_wraps", "key_id")
 
-    def __init__(self, key_id: int, material: SecretBytes) -> None:
+    def __init__(self, key_id: int, material: SecretBytes, *, wraps: int = 0) -> None:
+        """``wraps``: how many blobs the key has sealed already (the counter starts
+        there; :data:`MAX_WRAPS` bounds it), 0 for a key new to this process."""
         if len(material) != 32:
             raise InvalidField("a wrapping key must be 256 bits")
         if not 0 <= key_id < 2**32:
             raise InvalidField("wrapping key id out of range")
+        if not 0 <= wraps <= MAX_WRAPS:
+            raise InvalidField("wrap count out of range")
         self.key_id = key_id
         self._secret = material
         self._aead: AESGCM | None = AESGCM(material.view())
         self._head = _HEAD.pack(FORMAT_V1, key_id)
-        self._wraps = 0
+        self._wraps = wraps
 
     @property
     def wraps(self) -> int:

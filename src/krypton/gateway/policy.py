@@ -66,10 +66,15 @@ class Rule:
 class Policy:
     """Rules by exact identity, and prefixes longest first."""
 
-    __slots__ = ("_cache", "_exact", "_prefixes", "rules")
+    __slots__ = ("_cache", "_cache_max", "_exact", "_prefixes", "rules")
 
-    def __init__(self, rules: Iterable[Rule], *, source: str = "policy") -> None:
+    def __init__(
+        self, rules: Iterable[Rule], *, source: str = "policy", cache_max: int = CACHE_MAX
+    ) -> None:
+        """``cache_max``: how many identities :meth:`lookup` remembers before it
+        forgets them all and starts again (a bound on memory, not an LRU)."""
         self.rules = tuple(rules)
+        self._cache_max = cache_max
         self._exact: dict[str, Grant] = {}
         by_prefix: dict[str, Grant] = {}
         for rule in self.rules:
@@ -117,10 +122,15 @@ class Policy:
         grant = self._exact.get(identity)
         if grant is None:
             grant = next((g for p, g in self._prefixes if identity.startswith(p)), None)
-        if len(self._cache) >= CACHE_MAX:
+        if len(self._cache) >= self._cache_max:
             self._cache.clear()
         self._cache[identity] = grant
         return grant
+
+    @property
+    def cached(self) -> int:
+        """How many identities (matched or not) :meth:`lookup` remembers now."""
+        return len(self._cache)
 
     @property
     def tenants(self) -> frozenset[str]:

@@ -8,6 +8,9 @@
 - ``postgresql://...`` or ``postgres://...``: PostgreSQL, for any number of
   Core instances on one database.
 
+``locate_sql(query, dialect)`` is the one SQL statement both backends run for a
+Locate, public so that it can be read and EXPLAINed (tests check its plan).
+
 Opening is async because the PostgreSQL backend connects (and migrates)
 before it returns, so a wrong DSN fails at start-up, not at the first request.
 """
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 from krypton.errors import ConfigError
 from krypton.model.registry import Registry
+from krypton.registry._common import Dialect, locate_sql
 
-__all__ = ["open_registry"]
+__all__ = ["Dialect", "locate_sql", "open_registry"]
 
 
 async def open_registry(url: str) -> Registry:
@@ -32,3 +36,4 @@ async def open_registry(url: str) -> Registry:
         return SqliteRegistry.open(url.removeprefix("sqlite:"))
     # Never echo the URL: a mistyped PostgreSQL URL may carry a password.
     raise ConfigError("registry: must be 'sqlite:<path>', 'sqlite::memory:' or 'postgresql://...'")
+

@@ -23,6 +23,7 @@ see :mod:`krypton.vault.cache` for how it stays coherent with the writer.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -201,7 +202,19 @@ class Vault:
     def largest_batch(self) -> int:
         return self._writer.largest_batch
 
+    @property
+    def cached(self) -> int:
+        """How many records the read cache holds now (at most ``cache_size``)."""
+        return len(self._cache)
+
     # -- writes (durable when they return) -------------------------------------
+    def submit(self, work: Work, payload: Any) -> asyncio.Future[Any]:
+        """Queue ``work(conn, payload)`` for the writer thread; the future is done
+        once its transaction committed. Every write below is one of these. A
+        ``work`` without an entry in the table of cache updates fails with
+        StorageError (after its commit) instead of leaving the cache stale."""
+        return self._submit(work, payload)
+
     async def put(self, record: KeyRecord) -> None:
         await self._submit(_put, (record,))
 

@@ -9,13 +9,10 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from krypton.pki.dev import DevLayout, init_dev_dir
-from krypton.ttlv.framing import _HEADER as _FRAME_HEADER
 from krypton.ttlv.framing import HEADER_SIZE
 
 READY_LINE = "Krypton dev stack is up"
@@ -102,19 +99,10 @@ def start_dev_server(
     raise RuntimeError("krypton dev did not start:\n" + log_path.read_text())
 
 
-@contextmanager
-def dev_server(root: Path, **kw: object) -> Iterator[DevServer]:
-    server = start_dev_server(root, **kw)  # type: ignore[arg-type]
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def recv_message(sock: ssl.SSLSocket) -> bytes:
     """One whole TTLV message from a socket (header first, then the body)."""
     header = _recv_exact(sock, HEADER_SIZE)
-    _, length = _FRAME_HEADER.unpack(header)
+    length = int.from_bytes(header[4:HEADER_SIZE], "big")  # tag, type, then the length
     return header + _recv_exact(sock, length)
 
 

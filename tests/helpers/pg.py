@@ -33,7 +33,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,9 +44,10 @@ from typing import Any
 
 import psycopg
 
+from tests.helpers.servers import free_port
+
 _PR_SET_PDEATHSIG = 1
 PG_USER = "postgres"  # the database superuser initdb makes, and (as root) the OS user
-_names = itertools.count(1)
 
 
 class PostgresUnavailable(RuntimeError):
@@ -95,12 +95,6 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGQUIT)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class PgServer:
     """A running server; ``url(db)`` names a database on it."""
@@ -113,6 +107,7 @@ class PgServer:
     host: str = "127.0.0.1"
     startup_seconds: float = 0.0
     _created: list[str] = field(default_factory=list)
+    _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{PG_USER}@{self.host}:{self.port}/{dbname}"
@@ -125,7 +120,7 @@ class PgServer:
 
     def create_database(self, prefix: str = "t") -> str:
         """A new empty database; returns its URL."""
-        name = f"{prefix}_{os.getpid()}_{next(_names)}"
+        name = f"{prefix}_{os.getpid()}_{next(self._names)}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         self._created.append(name)
@@ -171,7 +166,7 @@ def postgres_server(timeout: float = 30.0) -> Iterator[PgServer]:
             ],
             "initdb", cwd=root, log=log_path,
         )  # fmt: skip
-        port = _free_port()
+        port = free_port()
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
                 [

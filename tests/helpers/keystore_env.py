@@ -1,6 +1,6 @@
 """Test helpers for the Core key store: open a real registry and a store on it,
 hear what a store reports, force two stores to write at the same moment, and
-(run as ``python -m tests.keystore_env``) change keys from another process.
+(run as ``python -m tests.helpers.keystore_env``) change keys from another process.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from krypton.model import AuditRecord, Change, LocateQuery, ObjectRecord, Regist
 from krypton.model.registry import KeyFingerprint
 from krypton.registry import open_registry
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 Event = tuple[str, int, L3State]
 
 
@@ -148,7 +148,7 @@ def run_elsewhere(url: str, master_raw: bytes, *action: str) -> dict[str, float]
     Python process; what it printed: the result and the time it committed."""
     env = {**os.environ, "KRYPTON_CORE_MASTER_KEY": master_raw.hex()}
     done = subprocess.run(
-        [sys.executable, "-m", "tests.keystore_env", url, *action],
+        [sys.executable, "-m", "tests.helpers.keystore_env", url, *action],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     if done.returncode != 0:

@@ -60,7 +60,7 @@ from krypton.ttlv.enums import (
 )
 from krypton.ttlv.item import Item
 from krypton.ttlv.tags import Tag
-from tests.servers import free_port
+from tests.helpers.servers import free_port
 
 CORE_READY = "uplink on"
 GATEWAY_READY = "KMIP on"
