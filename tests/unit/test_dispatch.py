@@ -10,8 +10,8 @@ import pytest
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.engine.dispatch import Dispatcher, Session
-from krypton.engine.objects import Services
+from krypton.gateway.engine.dispatch import Dispatcher, Session
+from krypton.gateway.engine.services import Services
 from krypton.kmip import client_messages as cm
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model.grant import Grant

@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 from tests.local_core import Stack, local_stack
 
+from krypton.core.engine.journal import UndoJournal
 from krypton.engine import undo
-from krypton.engine.journal import UndoJournal
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute
 from krypton.kmip.messages import ResponseItem

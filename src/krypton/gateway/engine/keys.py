@@ -13,20 +13,11 @@ response item is built) and in the response bytes.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
-from krypton.engine import keypair, server_attrs, wrapping
-from krypton.engine.core_errors import NotExtractable, ObjectDestroyed, SensitiveObject
-from krypton.engine.fastget import plain_symmetric
-from krypton.engine.objects import (
-    NotLocal,
-    Outcome,
-    Services,
-    load_through,
-    payload_fields,
-    request_uid,
-    stored_attributes,
-)
+from krypton.engine import keyformat, server_attrs
+from krypton.engine.attr_rules import RULES, check_single, check_type
+from krypton.engine.object_errors import NotExtractable, ObjectDestroyed, SensitiveObject
+from krypton.engine.objects import Outcome, payload_fields, request_uid, stored_attributes
 from krypton.engine.symmetric import check_quantum_safe, generate, key_bytes
 from krypton.errors import (
     FeatureNotSupported,
@@ -34,6 +25,9 @@ from krypton.errors import (
     KeyFormatTypeNotSupported,
     MissingField,
 )
+from krypton.gateway.engine import wrapping
+from krypton.gateway.engine.services import NotLocal, Services, load_through
+from krypton.gateway.fast.fastget import plain_symmetric
 from krypton.kmip.attributes import (
     Attribute,
     attributes_v2,
@@ -51,62 +45,24 @@ from krypton.ttlv.tags import Tag
 _S = ItemType.STRUCTURE
 
 
-@dataclass(frozen=True, slots=True)
-class AttrRule:
-    type: ItemType
-    multi: bool = False
-
-
-# What a client may set on Create. Server-maintained attributes (Unique
-# Identifier, State, Initial Date, ...) are refused with Invalid Field.
-CLIENT_ATTRIBUTES: dict[str, AttrRule] = {
-    "Cryptographic Algorithm": AttrRule(ItemType.ENUMERATION),
-    "Cryptographic Length": AttrRule(ItemType.INTEGER),
-    "Cryptographic Usage Mask": AttrRule(ItemType.INTEGER),
-    "Cryptographic Parameters": AttrRule(_S, multi=True),
-    "Name": AttrRule(_S, multi=True),
-    "Object Group": AttrRule(ItemType.TEXT_STRING, multi=True),
-    "Activation Date": AttrRule(ItemType.DATE_TIME),
-    "Deactivation Date": AttrRule(ItemType.DATE_TIME),
-    "Process Start Date": AttrRule(ItemType.DATE_TIME),
-    "Protect Stop Date": AttrRule(ItemType.DATE_TIME),
-    "Operation Policy Name": AttrRule(ItemType.TEXT_STRING),
-    "Contact Information": AttrRule(ItemType.TEXT_STRING),
-    "Application Specific Information": AttrRule(_S, multi=True),
-    "Description": AttrRule(ItemType.TEXT_STRING),
-    "Comment": AttrRule(ItemType.TEXT_STRING),
-    "Sensitive": AttrRule(ItemType.BOOLEAN),
-    "Extractable": AttrRule(ItemType.BOOLEAN),
-    "Link": AttrRule(_S, multi=True),
-    # KMIP 2.0 §4.42-4.45: the protection the client requires of the object.
-    "Protection Level": AttrRule(ItemType.ENUMERATION),
-    "Protection Period": AttrRule(ItemType.INTERVAL),
-    "Quantum Safe": AttrRule(ItemType.BOOLEAN),
-}
-
 # Read from the request into the record's own columns, not stored as attributes.
 _COLUMNS = frozenset(("Cryptographic Algorithm", "Cryptographic Length"))
 
 
 def check_client_attributes(attrs: list[Attribute]) -> list[Attribute]:
-    """Validate types and multiplicity; number multi-valued instances."""
+    """Check types and multiplicity against :data:`~krypton.engine.attr_rules.RULES`
+    (the Core's Register checks the same table, with the same reasons); number
+    multi-valued instances. What a gateway Create cannot set is Invalid Field."""
     seen: dict[str, int] = {}
     out: list[Attribute] = []
     for a in attrs:
         count = seen.get(a.name, 0)
-        if a.custom:
-            out.append(Attribute(a.name, a.value, count))
-            seen[a.name] = count + 1
-            continue
-        rule = CLIENT_ATTRIBUTES.get(a.name)
-        if rule is None:
-            raise InvalidField(f"attribute {a.name!r} cannot be set by a client")
-        if a.value.type is not rule.type:
-            raise InvalidField(
-                f"attribute {a.name!r} must be {rule.type.name}, got {a.value.type.name}"
-            )
-        if count and not rule.multi:
-            raise InvalidField(f"attribute {a.name!r} may appear only once")
+        if not a.custom:
+            rule = RULES.get(a.name)
+            if rule is None or not rule.at_gateway:
+                raise InvalidField(f"attribute {a.name!r} cannot be set by a client")
+            check_type(a, rule)
+            check_single(a, rule, count)
         out.append(Attribute(a.name, a.value, count))
         seen[a.name] = count + 1
     return out
@@ -245,10 +201,10 @@ async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outco
         obj = decode(secret.view())
     finally:
         secret.wipe()
-    if fmt_item is not None and rec.object_type in keypair.ASYMMETRIC:
+    if fmt_item is not None and rec.object_type in keyformat.ASYMMETRIC:
         if not isinstance(fmt_item.value, int):
             raise InvalidField("Get: Key Format Type must be an Enumeration")
-        obj = keypair.reformat(obj, rec.object_type, fmt_item.value)
+        obj = keyformat.reformat(obj, rec.object_type, fmt_item.value)
     return Outcome(
         Item.structure(
             Tag.RESPONSE_PAYLOAD,

@@ -34,13 +34,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from krypton.engine import crypto_ops, fastcreate, fastget, fastwire, info, keys, undo
-from krypton.engine.objects import Handler, NotLocal, Outcome, Services
+from krypton.engine.objects import Outcome
+from krypton.engine.undo import FORGET, UNDO, marked, private_item
 from krypton.errors import (
     KryptonError,
     OperationNotSupported,
     PermissionDenied,
 )
+from krypton.gateway.engine import crypto_ops, info, keys, undo
+from krypton.gateway.engine.services import Handler, NotLocal, Services
+from krypton.gateway.fast import fastcreate, fastget, fastwire
 from krypton.kmip.messages import (
     OPERATION_NAMES,
     RequestItem,
@@ -284,10 +287,10 @@ class Dispatcher:
             if svc.upstream is not None:
                 svc.upstream.created()
                 if journaled:
-                    await self._private(svc, ctx, undo.FORGET)
+                    await self._private(svc, ctx, FORGET)
             return results
         pending.records.clear()
-        if journaled and not await self._private(svc, ctx, undo.UNDO):
+        if journaled and not await self._private(svc, ctx, UNDO):
             log.warning("request %s: Undo failed; the items keep their answers", ctx.request_id)
             return results
         return [undo.undone(r) if r.status is ResultStatus.SUCCESS else r for r in results]
@@ -295,7 +298,7 @@ class Dispatcher:
     async def _private(self, svc: Services, ctx: RequestContext, operation: int) -> bool:
         assert svc.upstream is not None
         try:
-            response, _ = await svc.upstream.execute(ctx, undo.private_item(operation))
+            response, _ = await svc.upstream.execute(ctx, private_item(operation))
         except KryptonError as exc:
             log.warning("request %s: the Core did not take %08X: %s", ctx.request_id,
                         operation, exc.message)  # fmt: skip
@@ -319,7 +322,7 @@ class Dispatcher:
                 f"operation {OPERATION_NAMES.get(item.operation, item.operation)} "
                 "is not supported here"
             )
-        raw = undo.marked(item.raw) if journal else item.raw
+        raw = marked(item.raw) if journal else item.raw
         response, placeholder = await svc.upstream.execute(ctx, raw)
         return Outcome(None, placeholder, response=response)
 

@@ -48,8 +48,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from krypton.engine import fastwire as fw
 from krypton.errors import KryptonError
+from krypton.gateway.fast import fastwire as fw
 from krypton.model.record import DESTROYED_STATES
 from krypton.ttlv.codec import encode
 from krypton.ttlv.enums import KeyFormatType, ObjectType, Operation
@@ -57,7 +57,7 @@ from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
 if TYPE_CHECKING:
-    from krypton.engine.objects import Services
+    from krypton.gateway.engine.services import Services
     from krypton.model.grant import Grant
     from krypton.model.record import KeyRecord
 

@@ -41,11 +41,11 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from krypton.engine import fastwire as fw
 from krypton.engine import server_attrs
-from krypton.engine.fastwire import Envelope
 from krypton.engine.symmetric import generate, key_bytes
 from krypton.errors import KryptonError
+from krypton.gateway.fast import fastwire as fw
+from krypton.gateway.fast.fastwire import Envelope
 from krypton.model.record import KeyRecord
 from krypton.ttlv.codec import encode
 from krypton.ttlv.enums import (
@@ -59,7 +59,7 @@ from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
 if TYPE_CHECKING:
-    from krypton.engine.objects import Services
+    from krypton.gateway.engine.services import Services
     from krypton.model.grant import Grant
 
 _ATTR_HEAD = struct.Struct(">IIII")  # Attribute header, Attribute Name header
