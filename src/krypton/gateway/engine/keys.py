@@ -12,8 +12,6 @@ response item is built) and in the response bytes.
 
 from __future__ import annotations
 
-import struct
-
 from krypton.engine import keyformat, server_attrs
 from krypton.engine.attr_rules import RULES, check_single, check_type
 from krypton.engine.object_errors import NotExtractable, ObjectDestroyed, SensitiveObject
@@ -26,8 +24,8 @@ from krypton.errors import (
     MissingField,
 )
 from krypton.gateway.engine import wrapping
+from krypton.gateway.engine.rawkey import plain_symmetric, raw_key_layout
 from krypton.gateway.engine.services import NotLocal, Services, load_through
-from krypton.gateway.fast.fastget import plain_symmetric
 from krypton.kmip.attributes import (
     Attribute,
     attributes_v2,
@@ -253,69 +251,13 @@ def _symmetric_payload(svc: Services, rec: KeyRecord, fmt: int) -> bytes:
         out[:] = bytes(len(out))
 
 
-class _RawLayout:
-    """A precompiled ``struct`` layout of the Raw symmetric-key Get payload for one
-    (identifier length, key length): every header and fixed field in one
-    ``pack_into``; the key is then copied in from the unwrapped buffer. The
-    bytes are exactly what the ``writer`` path produces (a test compares)."""
-
-    __slots__ = ("a", "key_len", "size", "st")
-
-    def __init__(self, uid_len: int, key_len: int) -> None:
-        pu, pk = -uid_len % 8, -key_len % 8
-        self.st = struct.Struct(
-            ">II"  # Response Payload
-            "IIII"  # Object Type
-            f"II{uid_len}s{pu}x"  # Unique Identifier
-            "IIII"  # Symmetric Key, Key Block
-            "IIII"  # Key Format Type
-            "IIII"  # Key Value, Key Material headers
-            f"{key_len + pk}x"  # the key, copied in afterwards
-            "IIII"  # Cryptographic Algorithm
-            "IIi4x"  # Cryptographic Length
-        )
-        self.size = self.st.size
-        self.key_len = key_len
-        self.a = 32 + uid_len + pu  # where the Symmetric Key structure starts
-
-    @property
-    def key_at(self) -> int:
-        return self.a + 48
-
-    def write(self, uid: bytes, object_type: int, algorithm: int, length: int) -> bytearray:
-        n, a, k = self.size, self.a, self.key_len
-        out = bytearray(n)
-        self.st.pack_into(
-            out, 0,
-            Tag.RESPONSE_PAYLOAD << 8 | 1, n - 8,
-            Tag.OBJECT_TYPE << 8 | 5, 4, object_type, 0,
-            Tag.UNIQUE_IDENTIFIER << 8 | 7, len(uid), uid,
-            Tag.SYMMETRIC_KEY << 8 | 1, n - a - 8,
-            Tag.KEY_BLOCK << 8 | 1, n - a - 16,
-            Tag.KEY_FORMAT_TYPE << 8 | 5, 4, KeyFormatType.RAW, 0,
-            Tag.KEY_VALUE << 8 | 1, 8 + k + (-k % 8),
-            Tag.KEY_MATERIAL << 8 | 8, k,
-            Tag.CRYPTOGRAPHIC_ALGORITHM << 8 | 5, 4, algorithm, 0,
-            Tag.CRYPTOGRAPHIC_LENGTH << 8 | 2, 4, length,
-        )  # fmt: skip
-        return out
-
-
-_LAYOUTS: dict[tuple[int, int], _RawLayout] = {}
-
-
 def _raw_payload(svc: Services, rec: KeyRecord) -> bytes:
     uid = rec.uid.encode("utf-8")
     secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
     try:
-        shape = (len(uid), len(secret))
-        layout = _LAYOUTS.get(shape)
-        if layout is None:
-            if len(_LAYOUTS) >= 64:  # identifiers are ours: a handful of shapes
-                _LAYOUTS.clear()
-            layout = _LAYOUTS[shape] = _RawLayout(*shape)
-        out = layout.write(uid, rec.object_type, rec.algorithm, rec.length)
-        out[layout.key_at : layout.key_at + shape[1]] = secret.view()
+        layout = raw_key_layout(len(uid), len(secret))
+        out = layout.write(uid, rec)
+        out[layout.key_at : layout.key_at + layout.key_len] = secret.view()
     finally:
         secret.wipe()
     try:
