@@ -14,6 +14,7 @@ from krypton.engine.attr_view import (
 )
 from krypton.engine.objects import Outcome, all_attributes, payload_fields, request_uid
 from krypton.errors import FeatureNotSupported, InvalidField, InvalidMessage, OperationNotSupported
+from krypton.gateway.engine.operations import supported_operations
 from krypton.gateway.engine.services import Services, load_through
 from krypton.kmip.versions import SUPPORTED, ProtocolVersion
 from krypton.model.context import RequestContext
@@ -89,8 +90,6 @@ async def discover_versions(svc: Services, ctx: RequestContext, payload: Item | 
 
 
 async def query(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
-    from krypton.gateway.engine.dispatch import supported_operations
-
     functions: list[int] = []
     for c in payload.children if payload is not None else ():
         if c.tag == Tag.QUERY_FUNCTION:

@@ -47,7 +47,7 @@ from krypton.errors import KryptonError
 from krypton.gateway.fast import fastwire as fw
 from krypton.gateway.fast.fastwire import Envelope
 from krypton.model.record import KeyRecord
-from krypton.ttlv.codec import encode
+from krypton.ttlv.codec import Limits, encode
 from krypton.ttlv.enums import (
     HashingAlgorithm,
     KeyFormatType,
@@ -86,6 +86,7 @@ _V2: dict[int, int] = {
 # lower limits the decoder refuses it, so the fast path must not run.
 MAX_DEPTH = 5
 MAX_ITEMS = 23
+NEEDS = Limits(max_message_size=fw.MAX_SIZE, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ from krypton.errors import KryptonError
 from krypton.gateway.engine.rawkey import RawKeyLayout, plain_symmetric
 from krypton.gateway.fast import fastwire as fw
 from krypton.model.record import DESTROYED_STATES
+from krypton.ttlv.codec import Limits
 from krypton.ttlv.enums import KeyFormatType, ObjectType, Operation
 from krypton.ttlv.item import ItemType
 from krypton.ttlv.tags import Tag
@@ -63,6 +64,21 @@ if TYPE_CHECKING:
 
 _UID = fw.UID
 _FORMAT = fw.word(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION)
+
+# The plain Get nests structures 3 deep and has at most 14 items: a dispatcher
+# whose decoder limits are lower refuses it, so must its fast path.
+MAX_DEPTH = 3
+MAX_ITEMS = 14
+NEEDS = Limits(max_message_size=fw.MAX_SIZE, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
+
+
+@dataclass(frozen=True, slots=True)
+class GetCache:
+    """How much one dispatcher's Get fast path remembers: message shapes
+    (``max_shapes``) and plain-attributes verdicts (``max_memo``)."""
+
+    max_shapes: int = 64
+    max_memo: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
