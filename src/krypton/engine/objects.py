@@ -57,10 +57,15 @@ class StoredObject(Protocol):
 Rec = TypeVar("Rec", bound=StoredObject)
 
 
+def belongs(rec: StoredObject | None, tenant: str) -> bool:
+    """The one tenant check: ``rec`` exists and is an object of ``tenant``."""
+    return rec is not None and rec.tenant == tenant
+
+
 def owned(rec: Rec | None, tenant: str, uid: str) -> Rec:
     """``rec`` when it is an object of ``tenant``; another tenant's object, like a
     missing one, is Object Not Found."""
-    if rec is None or rec.tenant != tenant:
+    if rec is None or not belongs(rec, tenant):
         raise ObjectNotFound(f"no object with identifier {uid!r}")
     return rec
 

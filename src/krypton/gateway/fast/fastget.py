@@ -48,6 +48,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from krypton.engine.objects import belongs
 from krypton.errors import KryptonError
 from krypton.gateway.engine.rawkey import RawKeyLayout, plain_symmetric
 from krypton.gateway.fast import fastwire as fw
@@ -295,7 +296,7 @@ class FastGet:
             rec = svc.store.get(req.uid)
             if (
                 rec is None
-                or rec.tenant != grant.tenant
+                or not belongs(rec, grant.tenant)
                 or rec.object_type != ObjectType.SYMMETRIC_KEY
                 or rec.state in DESTROYED_STATES
                 or not rec.wrapped
