@@ -1,5 +1,5 @@
 """Batch Error Continuation Option Undo (krypton.engine.undo) and Get with key
-wrapping (krypton.engine.wrapping), on a gateway dispatcher and the Core's engine in
+wrapping (krypton.gateway.engine.wrapping), on a gateway dispatcher and the Core's engine in
 one process (tests/local_core.py) over a real vault and registry."""
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ Attribute`` (the attribute in its own tag) and, for Delete, an ``Attribute
 Reference``; an instance is chosen by its current value. Each handler reads
 whichever form the payload carries, turns it into "which instance of which
 attribute" and edits the object's attribute list through
-:func:`~krypton.engine.core_objects.mutate`.
+:func:`~krypton.core.engine.objects.mutate`.
 
-Who may change what comes from :data:`~krypton.engine.core_objects.RULES`:
+Who may change what comes from :data:`~krypton.core.engine.objects.RULES`:
 server-maintained attributes are Attribute Read Only; a date the spec lets a
 client move only in some states (Activation Date: Pre-Active) is Wrong Key
 Lifecycle State outside them. Moving a date into the past makes the state

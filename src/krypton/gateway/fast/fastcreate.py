@@ -13,14 +13,14 @@ response tree: some 200 microseconds of Python, on top of the vault's
 durable write.
 
 :func:`scan` reads that shape in place, after the envelope that
-:func:`krypton.engine.fastwire.envelope` reads for Get: exactly an Object
+:func:`krypton.gateway.fast.fastwire.envelope` reads for Get: exactly an Object
 Type of Symmetric Key followed by one attribute container holding the
 Algorithm and the Length (and perhaps the Usage Mask), each once, with the
 type the attribute table requires, no Attribute Index. Anything else --
 another attribute, a duplicate, a name spelled differently, another order --
 returns None, and the dispatcher takes the generic path.
 
-:meth:`FastCreate.answer` then does what ``krypton.engine.keys.create`` does (the key
+:meth:`FastCreate.answer` then does what ``krypton.gateway.engine.keys.create`` does (the key
 from the kernel CSPRNG, its SHA-256 digest, the wrap under the tenant's L3,
 the durable ``put``), writes the record's attributes -- the client's Usage
 Mask and what ``server_attrs.implied`` adds -- with prepacked items, and the
