@@ -12,7 +12,7 @@ whichever form the payload carries, turns it into "which instance of which
 attribute" and edits the object's attribute list through
 :func:`~krypton.core.engine.objects.mutate`.
 
-Who may change what comes from :data:`~krypton.core.engine.objects.RULES`:
+Who may change what comes from :data:`~krypton.engine.attr_rules.RULES`:
 server-maintained attributes are Attribute Read Only; a date the spec lets a
 client move only in some states (Activation Date: Pre-Active) is Wrong Key
 Lifecycle State outside them. Moving a date into the past makes the state

@@ -4,7 +4,7 @@ How this works
 --------------
 Register reads the object the client sends (Symmetric Key in Raw or
 Transparent Symmetric Key format, Secret Data, Opaque Object), checks the
-client's attributes against :data:`~krypton.core.engine.objects.RULES`,
+client's attributes against :data:`~krypton.engine.attr_rules.RULES`,
 seals the material with the tenant's L3 (:class:`Sealer`) and stores only the
 sealed blob. What is sealed depends on the type:
 

@@ -7,8 +7,10 @@ How this works
 check that this key may do this now, unwrap it, run the cipher and wipe the
 unwrapped buffer before answering:
 
-* **who may**: a Symmetric Key of the caller's tenant, Active (an Activation
-  or Deactivation Date already reached counts), whose Cryptographic Usage
+* **who may** (:mod:`krypton.engine.usable`, the check the Core's usage
+  allocation and key wrapping make too): a Symmetric Key of the caller's
+  tenant, Active (an Activation or Deactivation Date already reached counts),
+  whose Cryptographic Usage
   Mask has Encrypt / Decrypt (or Unrestricted; a key without a mask is not
   restricted), before its Protect Stop Date (Encrypt) and after its Process
   Start Date (Decrypt). The answer is the 2.x reason; a 1.x client gets
@@ -25,7 +27,7 @@ unwrapped buffer before answering:
   mode is refused: it would hand out plaintext before the tag is checked;
 * **Usage Limits** are the Core's to count: an Encrypt with a key that has
   them first asks the Core for a ``Get Usage Allocation`` (the Core handler
-  :func:`get_usage_allocation` is below), and fails closed when it cannot.
+  is :mod:`krypton.core.engine.allocation`), and fails closed when it cannot.
 
 Error reasons follow the OASIS CS-BC test cases where they say something
 (missing IV: Invalid Message; bad tag: Cryptographic Failure; bad tag length:

@@ -1,7 +1,7 @@
 """The hot path: Create and Get of symmetric (L4) keys at the gateway.
 
-Create: check the attributes the client sends against a table of what a
-client may set (type, single or multi-valued) → draw the key from the kernel
+Create: check the attributes the client sends against the one table of what a
+client may set (:mod:`krypton.engine.attr_rules`) → draw the key from the kernel
 CSPRNG → wrap it under the tenant's active L3 → store the wrapped record →
 answer only once the vault says the record is durable. Get: look up the
 wrapped record (the vault caches records in memory, never plaintext) →
