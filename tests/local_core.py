@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from krypton.core.engine.control import execute_item
+from krypton.core.engine.objects import CoreServices, KeyRingSealer, index_fields
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.engine.control import CoreServices, KeyRingSealer, execute_item
-from krypton.engine.core_objects import index_fields
-from krypton.engine.dispatch import Dispatcher, Session
-from krypton.engine.objects import Services
+from krypton.gateway.engine.dispatch import Dispatcher, Session
+from krypton.gateway.engine.services import Services
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import parse_attributes
 from krypton.model import ObjectRecord, Registry

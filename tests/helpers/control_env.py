@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from krypton.core.engine.control import AuditContext, execute_item
+from krypton.core.engine.objects import CoreServices, KeyRingSealer
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.engine.control import AuditContext, CoreServices, KeyRingSealer, execute_item
 from krypton.engine.objects import Outcome
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, to_v1

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.x509.oid import NameOID
 from tests.local_core import Stack, local_stack
 
-from krypton.engine.dispatch import Dispatcher
+from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, parse_v1, parse_v2, to_v1
 from krypton.kmip.messages import ResponseItem

@@ -23,8 +23,9 @@ from tests.helpers.control_env import (
     uid_item,
 )
 
-from krypton.engine.control import CONTROL_HANDLERS, open_object
-from krypton.engine.core_errors import ObjectDestroyed
+from krypton.core.engine.control import CONTROL_HANDLERS
+from krypton.core.engine.register import open_object
+from krypton.engine.object_errors import ObjectDestroyed
 from krypton.kmip.attributes import Attribute
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model import ObjectRecord

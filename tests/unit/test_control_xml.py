@@ -18,7 +18,7 @@ import pytest
 from tests.helpers.control_env import Env, core_env
 from tests.helpers.oasis import CASES, needs_cases
 
-from krypton.engine.control import CONTROL_HANDLERS
+from krypton.core.engine.control import CONTROL_HANDLERS
 from krypton.kmip.messages import fields
 from krypton.kmip.versions import ProtocolVersion
 from krypton.ttlv.codec import Placeholder

@@ -20,8 +20,8 @@ from tests.local_core import local_stack
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import SecretBytes, generate_key
 from krypton.engine.ciphers import InvalidCorrelation, Streams
-from krypton.engine.dispatch import HANDLERS, Dispatcher, Session
-from krypton.engine.objects import Services
+from krypton.gateway.engine.dispatch import HANDLERS, Dispatcher, Session
+from krypton.gateway.engine.services import Services
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, to_v1
 from krypton.kmip.messages import ResponseItem
@@ -625,9 +625,7 @@ def test_usage_limits_are_counted_by_the_core(tmp_path: Path) -> None:
 @pytest.mark.parametrize("version", [V14, V21], ids=str)
 def test_rng_retrieve(gw: Gw, version: ProtocolVersion) -> None:
     def ask(n: int) -> ResponseItem:
-        return gw.call(
-            Operation.RNG_RETRIEVE, Item.integer(Tag.DATA_LENGTH, n), version=version
-        )
+        return gw.call(Operation.RNG_RETRIEVE, Item.integer(Tag.DATA_LENGTH, n), version=version)
 
     a, b = out(ask(32)), out(ask(32))
     assert len(a) == len(b) == 32 and a != b

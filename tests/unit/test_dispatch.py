@@ -10,8 +10,8 @@ import pytest
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.engine.dispatch import Dispatcher, Session
-from krypton.engine.objects import Services
+from krypton.gateway.engine.dispatch import Dispatcher, Session
+from krypton.gateway.engine.services import Services
 from krypton.kmip import client_messages as cm
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model.grant import Grant
@@ -229,3 +229,9 @@ def test_get_attributes_both_dialects(env: tuple[Dispatcher, asyncio.AbstractEve
     attrs = p2.find(Tag.ATTRIBUTES)
     assert attrs is not None
     assert attrs.children == (Item(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER, 256),)
+
+
+def test_the_handler_table_serves_the_operations_query_lists() -> None:
+    from krypton.gateway.engine import dispatch, operations
+
+    assert tuple(dispatch.HANDLERS) == operations.LOCAL

@@ -27,9 +27,9 @@ from tests.helpers.fastpath import NOW, mutate, single
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.engine import fastcreate
-from krypton.engine.dispatch import Dispatcher, Session
-from krypton.engine.objects import Services
+from krypton.gateway.engine.dispatch import Dispatcher, Session
+from krypton.gateway.engine.services import Services
+from krypton.gateway.fast import fastcreate
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, to_v1
 from krypton.kmip.versions import SUPPORTED, ProtocolVersion

@@ -22,9 +22,9 @@ from tests.helpers.fastpath import NOW, mutate, single
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.engine import fastget
-from krypton.engine.dispatch import Dispatcher, Session
-from krypton.engine.objects import Services
+from krypton.gateway.engine.dispatch import Dispatcher, Session
+from krypton.gateway.engine.services import Services
+from krypton.gateway.fast import fastget
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute
 from krypton.kmip.versions import SUPPORTED, ProtocolVersion

@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.helpers.control_env import V14, V21, Answer, Env, core_env, name
 from tests.local_core import Stack, local_stack
 
-from krypton.engine.control import CONTROL_HANDLERS, open_object
-from krypton.engine.keypair import key_object, reformat
+from krypton.core.engine.control import CONTROL_HANDLERS
+from krypton.core.engine.register import open_object
+from krypton.engine.keyformat import key_object, reformat
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, parse_attributes, to_v1
 from krypton.kmip.messages import ResponseItem

@@ -1,5 +1,5 @@
 """Batch Error Continuation Option Undo (krypton.engine.undo) and Get with key
-wrapping (krypton.engine.wrapping), on a gateway dispatcher and the Core's engine in
+wrapping (krypton.gateway.engine.wrapping), on a gateway dispatcher and the Core's engine in
 one process (tests/local_core.py) over a real vault and registry."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 from tests.local_core import Stack, local_stack
 
+from krypton.core.engine.journal import UndoJournal
 from krypton.engine import undo
-from krypton.engine.journal import UndoJournal
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute
 from krypton.kmip.messages import ResponseItem

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.helpers.control_env import V14, V21, Env, core_env, date, uid_item
 
-from krypton.engine.control import CONTROL_HANDLERS
+from krypton.core.engine.control import CONTROL_HANDLERS
 from krypton.kmip.attributes import Attribute, parse_attributes
 from krypton.ttlv.codec import decode
 from krypton.ttlv.enums import Operation, ResultReason, State, UsageLimitsUnit

@@ -62,8 +62,8 @@ def test_encode_response_matches_build_response() -> None:
 def test_precompiled_raw_get_payload_matches_the_encoder() -> None:
     from krypton.crypto.keyring import KeyRing, L3State
     from krypton.crypto.secret import SecretBytes, generate_key
-    from krypton.engine.keys import _raw_payload
-    from krypton.engine.objects import Services
+    from krypton.gateway.engine.keys import _raw_payload
+    from krypton.gateway.engine.services import Services
     from krypton.model.record import KeyRecord
     from krypton.ttlv.enums import CryptographicAlgorithm, KeyFormatType, ObjectType
 

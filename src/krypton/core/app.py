@@ -6,10 +6,10 @@ import logging
 
 from krypton.config import CoreConfig
 from krypton.core.embedded import EmbeddedL3Source
+from krypton.core.engine.objects import CoreServices, KeyRingSealer
 from krypton.core.keystore import CoreKeyStore, load_master_key
 from krypton.core.service import CoreService
 from krypton.crypto.keyring import KeyRing
-from krypton.engine.control import CoreServices, KeyRingSealer
 from krypton.model import Registry
 from krypton.registry import open_registry
 from krypton.uplink.service import UplinkServer

@@ -37,11 +37,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from krypton.core.engine.control import AuditContext, execute_item
+from krypton.core.engine.objects import CoreServices, index_fields
 from krypton.core.keystore import CoreKeyStore
 from krypton.crypto.keyring import L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
-from krypton.engine.control import AuditContext, CoreServices, execute_item
-from krypton.engine.core_objects import index_fields
 from krypton.kmip.attributes import parse_attributes
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model.context import RequestContext
@@ -216,4 +216,3 @@ class CoreService:
     async def fetch_key(self, gateway: str, tenant: str, uid: str) -> WrappedKey | None:
         rec = await self.registry.get_object(tenant, uid)
         return None if rec is None else WrappedKey.from_object(rec)
-

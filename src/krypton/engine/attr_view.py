@@ -1,7 +1,7 @@
 """Get Attributes / Get Attribute List: reading the selectors, answering in either dialect.
 
-Shared by the gateway's handlers (:mod:`krypton.engine.info`, vault records)
-and the Core's (:mod:`krypton.engine.attrs_edit`, registry records): both
+Shared by the gateway's handlers (:mod:`krypton.gateway.engine.info`, vault records)
+and the Core's (:mod:`krypton.core.engine.attrs_edit`, registry records): both
 turn their record into a list of canonical attributes and let these helpers
 pick and shape the answer.
 """

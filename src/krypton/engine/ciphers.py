@@ -16,7 +16,7 @@ number and idle time; a context holds its own copy of the key inside
 OpenSSL until it is finished or dropped, never the unwrapped key buffer.
 
 Nothing here reads key records or talks to anyone: the handlers in
-:mod:`krypton.engine.crypto_ops` unwrap the key, pass a view of it in, and
+:mod:`krypton.gateway.engine.crypto_ops` unwrap the key, pass a view of it in, and
 wipe it after.
 """
 

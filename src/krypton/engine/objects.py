@@ -1,57 +1,73 @@
-"""What handlers share: services, outcomes, payload readers, object attributes."""
+"""What both sides' handlers share: outcomes, payload readers, objects as attributes.
+
+How this works
+--------------
+A stored object -- the gateway vault's :class:`~krypton.model.record.KeyRecord`
+or the Core registry's :class:`~krypton.model.registry.ObjectRecord`, both
+:class:`StoredObject` -- keeps a few facts in columns (type, state, algorithm,
+length, creation time) and every other attribute in one TTLV ``Attributes``
+blob (2.x form). A handler sees it as one list of canonical
+:class:`Attribute` values (:func:`all_attributes`): the ones derived from the
+columns first, then the stored ones, each multi-valued attribute numbered 0,
+1, ... in stored order (the 1.x Attribute Index), then the ones the server
+derives from those. :func:`owned` is the one tenant check: another tenant's
+object does not exist for the caller.
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from krypton.crypto.keyring import KeyRing
 from krypton.engine import server_attrs
-from krypton.engine.core_errors import ObjectNotFound
-from krypton.errors import InvalidField, InvalidMessage, KryptonError
+from krypton.engine.object_errors import ObjectNotFound
+from krypton.errors import InvalidField, InvalidMessage, StorageError
 from krypton.kmip.attributes import Attribute, parse_attributes
 from krypton.kmip.messages import fields
 from krypton.model.context import RequestContext
-from krypton.model.ports import KeyStore, Upstream
-from krypton.model.record import KeyRecord
 from krypton.model.registry import StateChange
 from krypton.ttlv.codec import decode
-from krypton.ttlv.enums import UniqueIdentifier
+from krypton.ttlv.enums import State, UniqueIdentifier
 from krypton.ttlv.item import Item, ItemType
-from krypton.ttlv.tags import Tag
+from krypton.ttlv.tags import TAG_BY_SPEC_NAME, Tag
 
 
-@dataclass(frozen=True, slots=True)
-class ServerInfo:
-    vendor: str = "OpenKCM Krypton"
-    product: str = "Krypton Gateway"
-    version: str = "0.1.0"
+class StoredObject(Protocol):
+    """What a vault key record and a registry object record both have."""
+
+    @property
+    def uid(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def object_type(self) -> int: ...
+    @property
+    def algorithm(self) -> int | None: ...
+    @property
+    def length(self) -> int | None: ...
+    @property
+    def state(self) -> int: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def attributes(self) -> bytes: ...
 
 
-class NotLocal(Exception):
-    """A handler cannot serve this request at the gateway: the Core must.
-
-    ``fallback`` is the error to answer with when there is no Core to ask.
-    """
-
-    def __init__(self, fallback: KryptonError) -> None:
-        super().__init__(fallback.message)
-        self.fallback = fallback
+Rec = TypeVar("Rec", bound=StoredObject)
 
 
-def _new_uid() -> str:
-    return str(uuid.uuid4())
+def belongs(rec: StoredObject | None, tenant: str) -> bool:
+    """The one tenant check: ``rec`` exists and is an object of ``tenant``."""
+    return rec is not None and rec.tenant == tenant
 
 
-@dataclass(frozen=True, slots=True)
-class Services:
-    store: KeyStore
-    keyring: KeyRing
-    info: ServerInfo = field(default_factory=ServerInfo)
-    new_uid: Callable[[], str] = _new_uid
-    upstream: Upstream | None = None
-    interop: bool = False  # the Interop operation (test servers only: KMIP 2.1 §6.1.26)
+def owned(rec: Rec | None, tenant: str, uid: str) -> Rec:
+    """``rec`` when it is an object of ``tenant``; another tenant's object, like a
+    missing one, is Object Not Found."""
+    if rec is None or not belongs(rec, tenant):
+        raise ObjectNotFound(f"no object with identifier {uid!r}")
+    return rec
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +81,6 @@ class Outcome:
     changes: tuple[StateChange, ...] = ()
     response: Item | None = None  # a whole response batch item, relayed as it is
     encoded: bytes | None = None  # the payload already written as TTLV (hot path)
-
-
-Handler = Callable[[Services, RequestContext, "Item | None"], Awaitable[Outcome]]
-
-_S = ItemType.STRUCTURE
 
 
 def payload_fields(payload: Item | None, operation: str) -> dict[int, Item]:
@@ -92,55 +103,82 @@ def request_uid(f: dict[int, Item], ctx: RequestContext, *, required: bool = Tru
     return item.value
 
 
-def load(svc: Services, ctx: RequestContext, uid: str) -> KeyRecord:
-    """A record of the caller's tenant; another tenant's key does not exist for them."""
-    rec = svc.store.get(uid)
-    if rec is None or rec.tenant != ctx.tenant:
-        raise ObjectNotFound(f"no object with identifier {uid!r}")
-    return rec
+def numbered(attrs: Iterable[Attribute]) -> list[Attribute]:
+    """Give each instance of a multi-valued attribute its index, in list order."""
+    seen: dict[str, int] = {}
+    out: list[Attribute] = []
+    for a in attrs:
+        i = seen.get(a.name, 0)
+        seen[a.name] = i + 1
+        out.append(a if a.index == i else Attribute(a.name, a.value, i))
+    return out
 
 
-async def load_through(svc: Services, ctx: RequestContext, uid: str) -> KeyRecord:
-    """Like :func:`load`, asking the Core for a key made at another gateway."""
-    rec = svc.store.get(uid)
-    if rec is None and svc.upstream is not None:
-        rec = await svc.upstream.fetch(ctx.tenant, uid)
-    if rec is None or rec.tenant != ctx.tenant:
-        raise ObjectNotFound(f"no object with identifier {uid!r}")
-    return rec
-
-
-def stored_attributes(rec: KeyRecord) -> list[Attribute]:
-    if not rec.attributes:
-        return []
-    try:
-        return parse_attributes(decode(rec.attributes))
-    except (InvalidMessage, InvalidField) as exc:  # our own bytes: corruption
-        raise InvalidField(f"stored attributes of {rec.uid!r} are unreadable") from exc
-
-
-def object_attributes(rec: KeyRecord) -> list[Attribute]:
-    """Every attribute of an object: server-derived first, then the stored ones."""
-    stored = stored_attributes(rec)
-    have = {a.name for a in stored}
-    derived = [
+def derived_attributes(rec: StoredObject) -> list[Attribute]:
+    out = [
         Attribute("Unique Identifier", Item.text(Tag.UNIQUE_IDENTIFIER, rec.uid)),
         Attribute("Object Type", Item.enum(Tag.OBJECT_TYPE, rec.object_type)),
     ]
-    if rec.algorithm:
-        derived.append(
+    if rec.algorithm:  # a vault record keeps 0 for none
+        out.append(
             Attribute(
                 "Cryptographic Algorithm", Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, rec.algorithm)
             )
         )
     if rec.length:
-        derived.append(
+        out.append(
             Attribute("Cryptographic Length", Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, rec.length))
         )
-    derived.append(Attribute("State", Item.enum(Tag.STATE, rec.state)))
-    derived.append(Attribute("Initial Date", Item.datetime(Tag.INITIAL_DATE, rec.created)))
-    if "Last Change Date" not in have:
-        derived.append(
+    out.append(Attribute("State", Item.enum(Tag.STATE, rec.state)))
+    out.append(Attribute("Initial Date", Item.datetime(Tag.INITIAL_DATE, rec.created)))
+    return out
+
+
+def all_attributes(rec: StoredObject) -> list[Attribute]:
+    """Every attribute of an object: server-derived first, then the stored ones."""
+    stored = stored_attributes(rec)
+    if not any(a.name == "Last Change Date" for a in stored):
+        stored.append(
             Attribute("Last Change Date", Item.datetime(Tag.LAST_CHANGE_DATE, rec.created))
         )
-    return derived + stored + server_attrs.derived(rec.uid, rec.object_type, stored)
+    return derived_attributes(rec) + stored + server_attrs.derived(rec.uid, rec.object_type, stored)
+
+
+def first(attrs: Iterable[Attribute], name: str) -> Item | None:
+    return next((a.value for a in attrs if a.name == name), None)
+
+
+def int_of(item: Item | None) -> int | None:
+    if item is None or isinstance(item.value, bool) or not isinstance(item.value, int):
+        return None
+    return item.value
+
+
+def without(attrs: Iterable[Attribute], *names: str) -> list[Attribute]:
+    drop = frozenset(names)
+    return [a for a in attrs if a.name not in drop]
+
+
+def date_attr(name: str, when: int) -> Attribute:
+    return Attribute(name, Item.datetime(TAG_BY_SPEC_NAME[name], when))
+
+
+def date_driven_state(state: int, stored: Iterable[Attribute], now: int) -> int:
+    """Apply the transitions a reached Activation / Deactivation Date causes (3.22 4., 6.)."""
+    attrs = list(stored)
+    activation = int_of(first(attrs, "Activation Date"))
+    deactivation = int_of(first(attrs, "Deactivation Date"))
+    if state == State.PRE_ACTIVE and activation is not None and activation <= now:
+        state = State.ACTIVE
+    if state == State.ACTIVE and deactivation is not None and deactivation <= now:
+        state = State.DEACTIVATED
+    return state
+
+
+def stored_attributes(rec: StoredObject) -> list[Attribute]:
+    if not rec.attributes:
+        return []
+    try:
+        return numbered(parse_attributes(decode(rec.attributes)))
+    except (InvalidMessage, InvalidField) as exc:  # our own bytes: corruption
+        raise StorageError(f"stored attributes of {rec.uid!r} are unreadable") from exc

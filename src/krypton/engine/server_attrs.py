@@ -2,8 +2,8 @@
 
 How this works
 --------------
-Shared by the gateway (:mod:`krypton.engine.keys`, vault records) and the
-Core (:mod:`krypton.engine.register`, registry records), so both keep the
+Shared by the gateway (:mod:`krypton.gateway.engine.keys`, vault records) and the
+Core (:mod:`krypton.core.engine.register`, registry records), so both keep the
 same attributes for an object whichever of them made it.
 
 * :func:`implied` — stored when an object is made (KMIP 1.4 §3 / 2.1 §4,

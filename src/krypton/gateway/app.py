@@ -8,8 +8,8 @@ import ssl
 
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing
-from krypton.engine.dispatch import Dispatcher
-from krypton.engine.objects import Services
+from krypton.gateway.engine.dispatch import Dispatcher
+from krypton.gateway.engine.services import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
 from krypton.gateway.upstream import Upstream

@@ -58,8 +58,8 @@ import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, cast
 
-from krypton.engine.dispatch import Dispatcher, Session
 from krypton.errors import KryptonError, PermissionDenied
+from krypton.gateway.engine.dispatch import Dispatcher, Session
 from krypton.gateway.policy import Policy
 from krypton.kmip.messages import error_response
 from krypton.tls.identity import identity_from_der

@@ -1,7 +1,7 @@
 """The hot path: Create and Get of symmetric (L4) keys at the gateway.
 
-Create: check the attributes the client sends against a table of what a
-client may set (type, single or multi-valued) → draw the key from the kernel
+Create: check the attributes the client sends against the one table of what a
+client may set (:mod:`krypton.engine.attr_rules`) → draw the key from the kernel
 CSPRNG → wrap it under the tenant's active L3 → store the wrapped record →
 answer only once the vault says the record is durable. Get: look up the
 wrapped record (the vault caches records in memory, never plaintext) →
@@ -12,21 +12,10 @@ response item is built) and in the response bytes.
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
-
-from krypton.engine import keypair, server_attrs, wrapping
-from krypton.engine.core_errors import NotExtractable, ObjectDestroyed, SensitiveObject
-from krypton.engine.fastget import plain_symmetric
-from krypton.engine.objects import (
-    NotLocal,
-    Outcome,
-    Services,
-    load_through,
-    payload_fields,
-    request_uid,
-    stored_attributes,
-)
+from krypton.engine import keyformat, server_attrs
+from krypton.engine.attr_rules import RULES, check_single, check_type
+from krypton.engine.object_errors import NotExtractable, ObjectDestroyed, SensitiveObject
+from krypton.engine.objects import Outcome, payload_fields, request_uid, stored_attributes
 from krypton.engine.symmetric import check_quantum_safe, generate, key_bytes
 from krypton.errors import (
     FeatureNotSupported,
@@ -34,6 +23,9 @@ from krypton.errors import (
     KeyFormatTypeNotSupported,
     MissingField,
 )
+from krypton.gateway.engine import wrapping
+from krypton.gateway.engine.rawkey import plain_symmetric, raw_key_layout
+from krypton.gateway.engine.services import NotLocal, Services, load_through
 from krypton.kmip.attributes import (
     Attribute,
     attributes_v2,
@@ -51,62 +43,24 @@ from krypton.ttlv.tags import Tag
 _S = ItemType.STRUCTURE
 
 
-@dataclass(frozen=True, slots=True)
-class AttrRule:
-    type: ItemType
-    multi: bool = False
-
-
-# What a client may set on Create. Server-maintained attributes (Unique
-# Identifier, State, Initial Date, ...) are refused with Invalid Field.
-CLIENT_ATTRIBUTES: dict[str, AttrRule] = {
-    "Cryptographic Algorithm": AttrRule(ItemType.ENUMERATION),
-    "Cryptographic Length": AttrRule(ItemType.INTEGER),
-    "Cryptographic Usage Mask": AttrRule(ItemType.INTEGER),
-    "Cryptographic Parameters": AttrRule(_S, multi=True),
-    "Name": AttrRule(_S, multi=True),
-    "Object Group": AttrRule(ItemType.TEXT_STRING, multi=True),
-    "Activation Date": AttrRule(ItemType.DATE_TIME),
-    "Deactivation Date": AttrRule(ItemType.DATE_TIME),
-    "Process Start Date": AttrRule(ItemType.DATE_TIME),
-    "Protect Stop Date": AttrRule(ItemType.DATE_TIME),
-    "Operation Policy Name": AttrRule(ItemType.TEXT_STRING),
-    "Contact Information": AttrRule(ItemType.TEXT_STRING),
-    "Application Specific Information": AttrRule(_S, multi=True),
-    "Description": AttrRule(ItemType.TEXT_STRING),
-    "Comment": AttrRule(ItemType.TEXT_STRING),
-    "Sensitive": AttrRule(ItemType.BOOLEAN),
-    "Extractable": AttrRule(ItemType.BOOLEAN),
-    "Link": AttrRule(_S, multi=True),
-    # KMIP 2.0 §4.42-4.45: the protection the client requires of the object.
-    "Protection Level": AttrRule(ItemType.ENUMERATION),
-    "Protection Period": AttrRule(ItemType.INTERVAL),
-    "Quantum Safe": AttrRule(ItemType.BOOLEAN),
-}
-
 # Read from the request into the record's own columns, not stored as attributes.
 _COLUMNS = frozenset(("Cryptographic Algorithm", "Cryptographic Length"))
 
 
 def check_client_attributes(attrs: list[Attribute]) -> list[Attribute]:
-    """Validate types and multiplicity; number multi-valued instances."""
+    """Check types and multiplicity against :data:`~krypton.engine.attr_rules.RULES`
+    (the Core's Register checks the same table, with the same reasons); number
+    multi-valued instances. What a gateway Create cannot set is Invalid Field."""
     seen: dict[str, int] = {}
     out: list[Attribute] = []
     for a in attrs:
         count = seen.get(a.name, 0)
-        if a.custom:
-            out.append(Attribute(a.name, a.value, count))
-            seen[a.name] = count + 1
-            continue
-        rule = CLIENT_ATTRIBUTES.get(a.name)
-        if rule is None:
-            raise InvalidField(f"attribute {a.name!r} cannot be set by a client")
-        if a.value.type is not rule.type:
-            raise InvalidField(
-                f"attribute {a.name!r} must be {rule.type.name}, got {a.value.type.name}"
-            )
-        if count and not rule.multi:
-            raise InvalidField(f"attribute {a.name!r} may appear only once")
+        if not a.custom:
+            rule = RULES.get(a.name)
+            if rule is None or not rule.at_gateway:
+                raise InvalidField(f"attribute {a.name!r} cannot be set by a client")
+            check_type(a, rule)
+            check_single(a, rule, count)
         out.append(Attribute(a.name, a.value, count))
         seen[a.name] = count + 1
     return out
@@ -245,10 +199,10 @@ async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outco
         obj = decode(secret.view())
     finally:
         secret.wipe()
-    if fmt_item is not None and rec.object_type in keypair.ASYMMETRIC:
+    if fmt_item is not None and rec.object_type in keyformat.ASYMMETRIC:
         if not isinstance(fmt_item.value, int):
             raise InvalidField("Get: Key Format Type must be an Enumeration")
-        obj = keypair.reformat(obj, rec.object_type, fmt_item.value)
+        obj = keyformat.reformat(obj, rec.object_type, fmt_item.value)
     return Outcome(
         Item.structure(
             Tag.RESPONSE_PAYLOAD,
@@ -297,69 +251,13 @@ def _symmetric_payload(svc: Services, rec: KeyRecord, fmt: int) -> bytes:
         out[:] = bytes(len(out))
 
 
-class _RawLayout:
-    """A precompiled ``struct`` layout of the Raw symmetric-key Get payload for one
-    (identifier length, key length): every header and fixed field in one
-    ``pack_into``; the key is then copied in from the unwrapped buffer. The
-    bytes are exactly what the ``writer`` path produces (a test compares)."""
-
-    __slots__ = ("a", "key_len", "size", "st")
-
-    def __init__(self, uid_len: int, key_len: int) -> None:
-        pu, pk = -uid_len % 8, -key_len % 8
-        self.st = struct.Struct(
-            ">II"  # Response Payload
-            "IIII"  # Object Type
-            f"II{uid_len}s{pu}x"  # Unique Identifier
-            "IIII"  # Symmetric Key, Key Block
-            "IIII"  # Key Format Type
-            "IIII"  # Key Value, Key Material headers
-            f"{key_len + pk}x"  # the key, copied in afterwards
-            "IIII"  # Cryptographic Algorithm
-            "IIi4x"  # Cryptographic Length
-        )
-        self.size = self.st.size
-        self.key_len = key_len
-        self.a = 32 + uid_len + pu  # where the Symmetric Key structure starts
-
-    @property
-    def key_at(self) -> int:
-        return self.a + 48
-
-    def write(self, uid: bytes, object_type: int, algorithm: int, length: int) -> bytearray:
-        n, a, k = self.size, self.a, self.key_len
-        out = bytearray(n)
-        self.st.pack_into(
-            out, 0,
-            Tag.RESPONSE_PAYLOAD << 8 | 1, n - 8,
-            Tag.OBJECT_TYPE << 8 | 5, 4, object_type, 0,
-            Tag.UNIQUE_IDENTIFIER << 8 | 7, len(uid), uid,
-            Tag.SYMMETRIC_KEY << 8 | 1, n - a - 8,
-            Tag.KEY_BLOCK << 8 | 1, n - a - 16,
-            Tag.KEY_FORMAT_TYPE << 8 | 5, 4, KeyFormatType.RAW, 0,
-            Tag.KEY_VALUE << 8 | 1, 8 + k + (-k % 8),
-            Tag.KEY_MATERIAL << 8 | 8, k,
-            Tag.CRYPTOGRAPHIC_ALGORITHM << 8 | 5, 4, algorithm, 0,
-            Tag.CRYPTOGRAPHIC_LENGTH << 8 | 2, 4, length,
-        )  # fmt: skip
-        return out
-
-
-_LAYOUTS: dict[tuple[int, int], _RawLayout] = {}
-
-
 def _raw_payload(svc: Services, rec: KeyRecord) -> bytes:
     uid = rec.uid.encode("utf-8")
     secret = svc.keyring.unwrap(rec.tenant, rec.uid, rec.l3_version, rec.wrapped)
     try:
-        shape = (len(uid), len(secret))
-        layout = _LAYOUTS.get(shape)
-        if layout is None:
-            if len(_LAYOUTS) >= 64:  # identifiers are ours: a handful of shapes
-                _LAYOUTS.clear()
-            layout = _LAYOUTS[shape] = _RawLayout(*shape)
-        out = layout.write(uid, rec.object_type, rec.algorithm, rec.length)
-        out[layout.key_at : layout.key_at + shape[1]] = secret.view()
+        layout = raw_key_layout(len(uid), len(secret))
+        out = layout.write(uid, rec)
+        out[layout.key_at : layout.key_at + layout.key_len] = secret.view()
     finally:
         secret.wipe()
     try:

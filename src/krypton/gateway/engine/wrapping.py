@@ -20,16 +20,16 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-from krypton.engine.core_errors import IncompatibleUsageMask, InvalidObjectType
-from krypton.engine.core_objects import date_driven_state, first, int_of
-from krypton.engine.objects import Services, load_through, stored_attributes
+from krypton.engine.object_errors import InvalidObjectType
+from krypton.engine.objects import first, int_of, stored_attributes
+from krypton.engine.usable import Use, check_usable
 from krypton.errors import (
     FeatureNotSupported,
     InvalidField,
     ItemNotFound,
     KryptonError,
-    WrongKeyLifecycleState,
 )
+from krypton.gateway.engine.services import Services, load_through
 from krypton.kmip.messages import fields
 from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
@@ -42,7 +42,6 @@ from krypton.ttlv.enums import (
     KeyFormatType,
     ObjectType,
     ResultReason,
-    State,
     WrappingMethod,
 )
 from krypton.ttlv.item import Item, ItemType
@@ -90,6 +89,9 @@ def read_spec(spec: Item) -> WrapSpec:
     return WrapSpec(uid.value, ki.get(Tag.CRYPTOGRAPHIC_PARAMETERS), encoding)
 
 
+_WRAP = Use("Get", CryptographicUsageMask.WRAP_KEY)
+
+
 async def wrapping_key(svc: Services, ctx: RequestContext, spec: WrapSpec) -> KeyRecord:
     try:
         rec = await load_through(svc, ctx, spec.key_uid)
@@ -98,11 +100,7 @@ async def wrapping_key(svc: Services, ctx: RequestContext, spec: WrapSpec) -> Ke
     if rec.object_type != ObjectType.SYMMETRIC_KEY or rec.algorithm != CryptographicAlgorithm.AES:
         raise InvalidObjectType(f"Get: {rec.uid!r} is not an AES key: it cannot wrap")
     stored = stored_attributes(rec)
-    if date_driven_state(rec.state, stored, ctx.now) != State.ACTIVE or not rec.wrapped:
-        raise WrongKeyLifecycleState(f"Get: the wrapping key {rec.uid!r} is not Active")
-    mask = int_of(first(stored, "Cryptographic Usage Mask"))
-    if mask is not None and not mask & CryptographicUsageMask.WRAP_KEY:
-        raise IncompatibleUsageMask(f"Get: the usage mask of {rec.uid!r} does not allow Wrap Key")
+    check_usable(_WRAP, rec.uid, rec.state, stored, ctx.now, has_material=bool(rec.wrapped))
     params = spec.params or first(stored, "Cryptographic Parameters")
     mode = int_of(params.find(Tag.BLOCK_CIPHER_MODE)) if params is not None else None
     if mode not in (None, BlockCipherMode.NISTKEYWRAP):

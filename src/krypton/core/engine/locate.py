@@ -28,14 +28,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
-from krypton.engine.core_objects import (
-    CoreServices,
-    all_attributes,
-    custom_text,
-    int_of,
-    name_value,
-)
-from krypton.engine.objects import Outcome, payload_fields
+from krypton.core.engine.objects import CoreServices, custom_text, name_value
+from krypton.engine.objects import Outcome, all_attributes, int_of, payload_fields
 from krypton.errors import InvalidField
 from krypton.kmip.attributes import Attribute, parse_attributes, parse_v2
 from krypton.kmip.versions import ProtocolVersion

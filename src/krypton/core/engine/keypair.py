@@ -1,4 +1,4 @@
-"""Create Key Pair at the Core (RSA), and the key formats a Get of either key may ask for.
+"""Create Key Pair at the Core (RSA).
 
 How this works
 --------------
@@ -20,37 +20,32 @@ links to the other (Public Key Link / Private Key Link) and carries a SHA-256
 Digest of its PKCS#1 encoding, an Original Creation Date and a Random Number
 Generator (Unspecified: OpenSSL's). Both objects are written in one
 transaction; the ID Placeholder is the private key.
-
-:func:`reformat` serves a Get that asks for another Key Format Type: PKCS#1 or
-PKCS#8 for the private key, PKCS#1 or X.509 (SubjectPublicKeyInfo) for the
-public one; anything else is Key Format Type Not Supported.
+The key objects and their other Key Format Types are :mod:`krypton.engine.keyformat`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
 
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from krypton.core.engine.objects import CoreServices, check_names_free, name_value, rebuild
+from krypton.core.engine.register import creation_attributes, request_attributes
 from krypton.crypto.secret import SecretBytes
-from krypton.engine.core_errors import InvalidAttributeValue
-from krypton.engine.core_objects import (
-    CoreServices,
-    check_names_free,
+from krypton.engine.attr_rules import rule_for
+from krypton.engine.keyformat import key_object
+from krypton.engine.object_errors import InvalidAttributeValue
+from krypton.engine.objects import (
+    Outcome,
     date_driven_state,
     first,
     int_of,
-    name_value,
-    rebuild,
-    rule_for,
+    payload_fields,
     without,
 )
-from krypton.engine.objects import Outcome, payload_fields
-from krypton.engine.register import creation_attributes, request_attributes
-from krypton.errors import InvalidField, KeyFormatTypeNotSupported, MissingField
+from krypton.errors import InvalidField, MissingField
 from krypton.kmip.attributes import Attribute
 from krypton.model.context import RequestContext
 from krypton.model.registry import ObjectRecord
@@ -71,7 +66,6 @@ from krypton.ttlv.tags import Tag
 RSA_LENGTHS = frozenset((1024, 2048, 3072, 4096))
 DEFAULT_LENGTH = 2048
 PUBLIC_EXPONENT = 65537
-ASYMMETRIC = frozenset((ObjectType.PRIVATE_KEY, ObjectType.PUBLIC_KEY))
 _S = ItemType.STRUCTURE
 _COLUMNS = ("Cryptographic Algorithm", "Cryptographic Length")
 _PKCS1 = KeyFormatType.PKCS_1
@@ -130,22 +124,6 @@ def _shared(private: list[Attribute], public: list[Attribute], name: str) -> int
 
 def _names(attrs: list[Attribute]) -> list[str]:
     return [n for a in attrs if a.name == "Name" for n in (name_value(a.value),) if n is not None]
-
-
-# -- the key objects ------------------------------------------------------------------------
-def key_object(object_type: int, fmt: int, der: bytes, length: int) -> Item:
-    """A Private Key / Public Key object structure: material, algorithm, length only."""
-    tag = Tag.PRIVATE_KEY if object_type == ObjectType.PRIVATE_KEY else Tag.PUBLIC_KEY
-    return Item.structure(
-        tag,
-        Item.structure(
-            Tag.KEY_BLOCK,
-            Item.enum(Tag.KEY_FORMAT_TYPE, fmt),
-            Item.structure(Tag.KEY_VALUE, Item.bytes_(Tag.KEY_MATERIAL, der)),
-            Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.RSA),
-            Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, length),
-        ),
-    )
 
 
 def _sealable(item: Item) -> SecretBytes:
@@ -249,62 +227,3 @@ async def create_key_pair(svc: CoreServices, ctx: RequestContext, payload: Item 
         ),
         uid=private_uid,
     )
-
-
-# -- Get in another Key Format Type -----------------------------------------------------------
-def _private_der(der: bytes, fmt: int) -> bytes:
-    key = ser.load_der_private_key(der, None)
-    pkcs8 = fmt == KeyFormatType.PKCS_8
-    wanted = ser.PrivateFormat.PKCS8 if pkcs8 else ser.PrivateFormat.TraditionalOpenSSL
-    return key.private_bytes(ser.Encoding.DER, wanted, ser.NoEncryption())
-
-
-def _public_der(der: bytes, fmt: int) -> bytes:
-    key = ser.load_der_public_key(der)
-    x509 = fmt == KeyFormatType.X_509
-    wanted = ser.PublicFormat.SubjectPublicKeyInfo if x509 else ser.PublicFormat.PKCS1
-    return key.public_bytes(ser.Encoding.DER, wanted)
-
-
-Convert = Callable[[bytes, int], bytes]
-_FORMATS: dict[int, tuple[frozenset[int], Convert]] = {
-    ObjectType.PRIVATE_KEY: (frozenset((KeyFormatType.PKCS_1, KeyFormatType.PKCS_8)), _private_der),
-    ObjectType.PUBLIC_KEY: (frozenset((KeyFormatType.PKCS_1, KeyFormatType.X_509)), _public_der),
-}
-
-
-def _unsupported(der: bytes, fmt: int) -> bytes:
-    raise ValueError("no conversion")
-
-
-def reformat(obj: Item, object_type: int, wanted: int) -> Item:
-    """``obj`` (a stored Private Key / Public Key structure) in Key Format Type ``wanted``."""
-    block = obj.find(Tag.KEY_BLOCK)
-    value = block.find(Tag.KEY_VALUE) if block is not None else None
-    material = value.find(Tag.KEY_MATERIAL) if value is not None else None
-    stored = int_of(block.find(Tag.KEY_FORMAT_TYPE)) if block is not None else None
-    if stored == wanted:
-        return obj
-    formats, convert = _FORMATS.get(object_type, (frozenset(), _unsupported))
-    if (
-        block is None
-        or wanted not in formats
-        or stored not in formats
-        or material is None
-        or not isinstance(material.value, bytes)
-    ):
-        raise KeyFormatTypeNotSupported(
-            "Get: RSA private keys are served as PKCS#1 or PKCS#8, public keys as PKCS#1 or X.509"
-        )
-    try:
-        der = convert(material.value, wanted)
-    except (ValueError, TypeError) as exc:
-        raise KeyFormatTypeNotSupported("Get: the stored key cannot be converted") from exc
-    rest = [c for c in block.children if c.tag not in (Tag.KEY_FORMAT_TYPE, Tag.KEY_VALUE)]
-    new_block = Item.structure(
-        Tag.KEY_BLOCK,
-        Item.enum(Tag.KEY_FORMAT_TYPE, wanted),
-        Item.structure(Tag.KEY_VALUE, Item.bytes_(Tag.KEY_MATERIAL, der)),
-        *rest,
-    )
-    return Item(obj.tag, _S, (new_block,))

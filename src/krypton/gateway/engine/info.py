@@ -12,15 +12,10 @@ from krypton.engine.attr_view import (
     pick,
     selected_names,
 )
-from krypton.engine.objects import (
-    Outcome,
-    Services,
-    load_through,
-    object_attributes,
-    payload_fields,
-    request_uid,
-)
+from krypton.engine.objects import Outcome, all_attributes, payload_fields, request_uid
 from krypton.errors import FeatureNotSupported, InvalidField, InvalidMessage, OperationNotSupported
+from krypton.gateway.engine.operations import supported_operations
+from krypton.gateway.engine.services import Services, load_through
 from krypton.kmip.versions import SUPPORTED, ProtocolVersion
 from krypton.model.context import RequestContext
 from krypton.ttlv.enums import InteropFunction, ObjectType, Operation, QueryFunction
@@ -50,7 +45,7 @@ async def get_attributes(svc: Services, ctx: RequestContext, payload: Item | Non
     uid = request_uid(f, ctx)
     assert uid is not None
     rec = await load_through(svc, ctx, uid)
-    attrs = pick(object_attributes(rec), selected_names(payload))
+    attrs = pick(all_attributes(rec), selected_names(payload))
     return Outcome(attributes_payload(ctx, rec.uid, attrs))
 
 
@@ -59,7 +54,7 @@ async def get_attribute_list(svc: Services, ctx: RequestContext, payload: Item |
     uid = request_uid(f, ctx)
     assert uid is not None
     rec = await load_through(svc, ctx, uid)
-    return Outcome(attribute_list_payload(ctx, rec.uid, object_attributes(rec)))
+    return Outcome(attribute_list_payload(ctx, rec.uid, all_attributes(rec)))
 
 
 def _version_item(v: ProtocolVersion) -> Item:
@@ -95,8 +90,6 @@ async def discover_versions(svc: Services, ctx: RequestContext, payload: Item | 
 
 
 async def query(svc: Services, ctx: RequestContext, payload: Item | None) -> Outcome:
-    from krypton.engine.dispatch import supported_operations
-
     functions: list[int] = []
     for c in payload.children if payload is not None else ():
         if c.tag == Tag.QUERY_FUNCTION:

@@ -10,9 +10,9 @@ Attribute`` (the attribute in its own tag) and, for Delete, an ``Attribute
 Reference``; an instance is chosen by its current value. Each handler reads
 whichever form the payload carries, turns it into "which instance of which
 attribute" and edits the object's attribute list through
-:func:`~krypton.engine.core_objects.mutate`.
+:func:`~krypton.core.engine.objects.mutate`.
 
-Who may change what comes from :data:`~krypton.engine.core_objects.RULES`:
+Who may change what comes from :data:`~krypton.engine.attr_rules.RULES`:
 server-maintained attributes are Attribute Read Only; a date the spec lets a
 client move only in some states (Activation Date: Pre-Active) is Wrong Key
 Lifecycle State outside them. Moving a date into the past makes the state
@@ -26,7 +26,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from krypton.core.engine.objects import (
+    CoreServices,
+    check_names_free,
+    load,
+    mutate,
+    name_value,
+    rebuild,
+    uid_payload,
+)
 from krypton.engine import server_attrs
+from krypton.engine.attr_rules import Rule, check_type, rule_for
 from krypton.engine.attr_view import (
     attribute_list_payload,
     attributes_payload,
@@ -34,29 +44,21 @@ from krypton.engine.attr_view import (
     pick,
     selected_names,
 )
-from krypton.engine.core_errors import (
+from krypton.engine.object_errors import (
     AttributeInstanceNotFound,
     AttributeSingleValued,
     InvalidAttribute,
     MultiValuedAttribute,
 )
-from krypton.engine.core_objects import (
-    CoreServices,
-    Rule,
+from krypton.engine.objects import (
+    Outcome,
     all_attributes,
-    check_names_free,
-    check_type,
     date_driven_state,
-    load,
-    mutate,
-    name_value,
     numbered,
-    rebuild,
-    rule_for,
+    payload_fields,
+    request_uid,
     stored_attributes,
-    uid_payload,
 )
-from krypton.engine.objects import Outcome, payload_fields, request_uid
 from krypton.errors import (
     AttributeNotFound,
     InvalidField,

@@ -48,21 +48,38 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from krypton.engine import fastwire as fw
+from krypton.engine.objects import belongs
 from krypton.errors import KryptonError
+from krypton.gateway.engine.rawkey import RawKeyLayout, plain_symmetric
+from krypton.gateway.fast import fastwire as fw
 from krypton.model.record import DESTROYED_STATES
-from krypton.ttlv.codec import encode
+from krypton.ttlv.codec import Limits
 from krypton.ttlv.enums import KeyFormatType, ObjectType, Operation
-from krypton.ttlv.item import Item, ItemType
+from krypton.ttlv.item import ItemType
 from krypton.ttlv.tags import Tag
 
 if TYPE_CHECKING:
-    from krypton.engine.objects import Services
+    from krypton.gateway.engine.services import Services
     from krypton.model.grant import Grant
     from krypton.model.record import KeyRecord
 
 _UID = fw.UID
 _FORMAT = fw.word(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION)
+
+# The plain Get nests structures 3 deep and has at most 14 items: a dispatcher
+# whose decoder limits are lower refuses it, so must its fast path.
+MAX_DEPTH = 3
+MAX_ITEMS = 14
+NEEDS = Limits(max_message_size=fw.MAX_SIZE, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
+
+
+@dataclass(frozen=True, slots=True)
+class GetCache:
+    """How much one dispatcher's Get fast path remembers: message shapes
+    (``max_shapes``) and plain-attributes verdicts (``max_memo``)."""
+
+    max_shapes: int = 64
+    max_memo: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,79 +207,29 @@ _INT = struct.Struct(">i")
 
 class _Layout:
     """The whole Get response message for one (batch id, identifier, key) length:
-    a single ``struct`` with every header and fixed field; the key is copied in
-    afterwards at ``key_at``."""
+    a single ``struct`` with the envelope's headers and the payload's
+    (:class:`~krypton.gateway.engine.rawkey.RawKeyLayout`, the one writer of the
+    Raw key payload); the key is copied in afterwards at ``key_at``."""
 
-    __slots__ = ("key_at", "key_len", "object_len", "payload_len", "size", "st", "zeros")
+    __slots__ = ("key_at", "key_len", "payload", "size", "st", "zeros")
 
     def __init__(self, bid_len: int | None, uid_len: int, key_len: int) -> None:
-        pu, pk = -uid_len % 8, -key_len % 8
-        self.st = struct.Struct(
-            fw.head_format(bid_len)
-            + "II" "IIII" f"II{uid_len}s{pu}x"  # Response Payload, Object Type, Identifier
-            "II" "II" "IIII"  # Symmetric Key, Key Block, Key Format Type
-            "II" "II" f"{key_len + pk}x"  # Key Value, Key Material, (the key)
-            "IIII" "IIi4x"  # Cryptographic Algorithm, Cryptographic Length
-        )  # fmt: skip
+        payload = self.payload = RawKeyLayout(uid_len, key_len)
+        self.st = struct.Struct(fw.head_format(bid_len) + payload.fmt)
         n = self.size = self.st.size
         self.key_len = key_len
         self.zeros = bytes(n)  # to wipe a written response with
-        self.key_at = n - 32 - key_len - pk
-        # Structure lengths (each counted from the end of its own header).
-        item_at = fw.ITEM_AT
-        payload_at = item_at + 8 + 16 + (0 if bid_len is None else 8 + fw.padded(bid_len)) + 16
-        object_at = payload_at + 8 + 16 + 8 + fw.padded(uid_len)
-        self.payload_len = n - payload_at - 8
-        self.object_len = n - object_at - 8
+        self.key_at = n - payload.size + payload.key_at
 
     def write(
         self, version: tuple[int, int], now: int, bid: bytes | None, uid: bytes, rec: KeyRecord
     ) -> bytearray:
-        n, k = self.size, self.key_len
-        out = bytearray(n)
+        out = bytearray(self.size)
         self.st.pack_into(
-            out, 0,
-            *fw.head(n, version, now, Operation.GET, bid),
-            fw.RESPONSE_PAYLOAD, self.payload_len,
-            fw.OBJECT_TYPE, 4, rec.object_type, 0,
-            _UID, len(uid), uid,
-            _SYMMETRIC_KEY, self.object_len,
-            _KEY_BLOCK, self.object_len - 8,
-            _FORMAT, 4, KeyFormatType.RAW, 0,
-            _KEY_VALUE, 8 + k + (-k % 8),
-            _KEY_MATERIAL, k,
-            _ALGORITHM, 4, rec.algorithm, 0,
-            _LENGTH, 4, rec.length,
+            out, 0, *fw.head(self.size, version, now, Operation.GET, bid),
+            *self.payload.fields(uid, rec),
         )  # fmt: skip
         return out
-
-
-_SYMMETRIC_KEY = fw.word(Tag.SYMMETRIC_KEY, ItemType.STRUCTURE)
-_KEY_BLOCK = fw.word(Tag.KEY_BLOCK, ItemType.STRUCTURE)
-_KEY_VALUE = fw.word(Tag.KEY_VALUE, ItemType.STRUCTURE)
-_KEY_MATERIAL = fw.word(Tag.KEY_MATERIAL, ItemType.BYTE_STRING)
-_ALGORITHM = fw.word(Tag.CRYPTOGRAPHIC_ALGORITHM, ItemType.ENUMERATION)
-_LENGTH = fw.word(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER)
-
-
-# A symmetric key whose attribute blob holds none of these encodings has the
-# defaults (Sensitive False, Extractable True, Key Format Type Raw): Get then
-# serves it without decoding its attributes. Any of them present (or the same
-# bytes inside another value) only means the blob is read.
-_NOT_DEFAULT = (
-    encode(Item.boolean(Tag.SENSITIVE, True)),
-    encode(Item.boolean(Tag.EXTRACTABLE, False)),
-    encode(Item.enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY)),
-)
-
-
-_SENSITIVE, _NOT_EXTRACTABLE, _TRANSPARENT = _NOT_DEFAULT
-
-
-def plain_symmetric(rec: KeyRecord) -> bool:
-    """True when a symmetric key's stored attributes cannot change how Get serves it."""
-    a = rec.attributes
-    return not (_SENSITIVE in a or _NOT_EXTRACTABLE in a or _TRANSPARENT in a)
 
 
 class FastGet:
@@ -329,7 +296,7 @@ class FastGet:
             rec = svc.store.get(req.uid)
             if (
                 rec is None
-                or rec.tenant != grant.tenant
+                or not belongs(rec, grant.tenant)
                 or rec.object_type != ObjectType.SYMMETRIC_KEY
                 or rec.state in DESTROYED_STATES
                 or not rec.wrapped

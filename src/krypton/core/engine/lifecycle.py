@@ -11,21 +11,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from krypton.engine.core_errors import IncompatibleUsageMask, ObjectDestroyed
-from krypton.engine.core_objects import (
-    CoreServices,
+from krypton.core.engine.objects import CoreServices, load, mutate, rebuild, uid_payload
+from krypton.engine.object_errors import IncompatibleUsageMask, ObjectDestroyed
+from krypton.engine.objects import (
+    Outcome,
     all_attributes,
     date_attr,
     first,
     int_of,
-    load,
-    mutate,
-    rebuild,
+    payload_fields,
+    request_uid,
     stored_attributes,
-    uid_payload,
     without,
 )
-from krypton.engine.objects import Outcome, payload_fields, request_uid
 from krypton.errors import InvalidField, MissingField, WrongKeyLifecycleState
 from krypton.kmip.attributes import Attribute
 from krypton.model.context import RequestContext

@@ -34,13 +34,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from krypton.engine import crypto_ops, fastcreate, fastget, fastwire, info, keys, undo
-from krypton.engine.objects import Handler, NotLocal, Outcome, Services
+from krypton.engine.objects import Outcome
+from krypton.engine.undo import FORGET, UNDO, marked, private_item
 from krypton.errors import (
     KryptonError,
     OperationNotSupported,
     PermissionDenied,
 )
+from krypton.gateway.engine import crypto_ops, info, keys, undo
+from krypton.gateway.engine.services import Handler, NotLocal, Services
+from krypton.gateway.fast import fastcreate, fastget
 from krypton.kmip.messages import (
     OPERATION_NAMES,
     RequestItem,
@@ -74,36 +77,6 @@ HANDLERS: dict[int, Handler] = {
 }
 
 
-# What the Krypton Core runs for a gateway (krypton.engine.control.CONTROL_HANDLERS);
-# listed here so Query at a gateway can answer without importing the Core's engine.
-DELEGATED: tuple[int, ...] = (
-    Operation.REGISTER,
-    Operation.RE_KEY,
-    Operation.LOCATE,
-    Operation.CHECK,
-    Operation.ADD_ATTRIBUTE,
-    Operation.MODIFY_ATTRIBUTE,
-    Operation.DELETE_ATTRIBUTE,
-    Operation.SET_ATTRIBUTE,
-    Operation.ACTIVATE,
-    Operation.REVOKE,
-    Operation.DESTROY,
-    Operation.CREATE_KEY_PAIR,
-    Operation.GET_USAGE_ALLOCATION,
-)
-
-
-def supported_operations(services: Services | None = None) -> tuple[int, ...]:
-    local = tuple(
-        op
-        for op in HANDLERS
-        if op != Operation.INTEROP or (services is not None and services.interop)
-    )
-    if services is not None and services.upstream is not None:
-        return (*local, *DELEGATED)
-    return local
-
-
 @dataclass(frozen=True, slots=True)
 class Session:
     """What the TLS connection established: who the peer is and what it may do."""
@@ -117,16 +90,6 @@ _UNDO = BatchErrorContinuationOption.UNDO
 _CONTINUE = BatchErrorContinuationOption.CONTINUE
 
 
-# The plain Get (krypton.engine.fastget) nests structures 3 deep, has at most 14
-# items and 4 KiB: under lower limits the decoder refuses it, so must we.
-_FAST_LIMITS = Limits(max_message_size=fastwire.MAX_SIZE, max_depth=3, max_items=14)
-_FAST_CREATE_LIMITS = Limits(
-    max_message_size=fastwire.MAX_SIZE,
-    max_depth=fastcreate.MAX_DEPTH,
-    max_items=fastcreate.MAX_ITEMS,
-)
-
-
 def _within(limits: Limits, needs: Limits) -> bool:
     return all(
         getattr(limits, f) >= getattr(needs, f)
@@ -134,10 +97,15 @@ def _within(limits: Limits, needs: Limits) -> bool:
     )
 
 
+_GET_CACHE = fastget.GetCache()  # the defaults
+
+
 class Dispatcher:
     """``fast``: answer the plain single-item Get and Create by
-    :mod:`krypton.engine.fastget` and :mod:`krypton.engine.fastcreate`
-    (byte-identical to the generic path). ``clock``: seconds since the epoch."""
+    :mod:`krypton.gateway.fast.fastget` and :mod:`krypton.gateway.fast.fastcreate`
+    (byte-identical to the generic path), with caches of this dispatcher's own
+    (``get_cache``: how much the Get fast path remembers). ``clock``: seconds
+    since the epoch."""
 
     def __init__(
         self,
@@ -145,15 +113,18 @@ class Dispatcher:
         limits: Limits = DEFAULT_LIMITS,
         *,
         fast: bool = True,
+        get_cache: fastget.GetCache = _GET_CACHE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.services = services
         self.limits = limits
         self.clock = clock
-        self.fast = fast and _within(limits, _FAST_LIMITS)
-        self.fast_create = fast and _within(limits, _FAST_CREATE_LIMITS)
+        self.fast = fast and _within(limits, fastget.NEEDS)
+        self.fast_create = fast and _within(limits, fastcreate.NEEDS)
         self._ids = itertools.count(1)
-        self._fast_get = fastget.FastGet()
+        self._fast_get = fastget.FastGet(
+            max_shapes=get_cache.max_shapes, max_memo=get_cache.max_memo
+        )
         self._fast_create = fastcreate.FastCreate()
 
     def answer_now(self, frame: bytes | bytearray | memoryview, session: Session) -> bytes | None:
@@ -284,10 +255,10 @@ class Dispatcher:
             if svc.upstream is not None:
                 svc.upstream.created()
                 if journaled:
-                    await self._private(svc, ctx, undo.FORGET)
+                    await self._private(svc, ctx, FORGET)
             return results
         pending.records.clear()
-        if journaled and not await self._private(svc, ctx, undo.UNDO):
+        if journaled and not await self._private(svc, ctx, UNDO):
             log.warning("request %s: Undo failed; the items keep their answers", ctx.request_id)
             return results
         return [undo.undone(r) if r.status is ResultStatus.SUCCESS else r for r in results]
@@ -295,7 +266,7 @@ class Dispatcher:
     async def _private(self, svc: Services, ctx: RequestContext, operation: int) -> bool:
         assert svc.upstream is not None
         try:
-            response, _ = await svc.upstream.execute(ctx, undo.private_item(operation))
+            response, _ = await svc.upstream.execute(ctx, private_item(operation))
         except KryptonError as exc:
             log.warning("request %s: the Core did not take %08X: %s", ctx.request_id,
                         operation, exc.message)  # fmt: skip
@@ -319,7 +290,7 @@ class Dispatcher:
                 f"operation {OPERATION_NAMES.get(item.operation, item.operation)} "
                 "is not supported here"
             )
-        raw = undo.marked(item.raw) if journal else item.raw
+        raw = marked(item.raw) if journal else item.raw
         response, placeholder = await svc.upstream.execute(ctx, raw)
         return Outcome(None, placeholder, response=response)
 

@@ -13,14 +13,14 @@ response tree: some 200 microseconds of Python, on top of the vault's
 durable write.
 
 :func:`scan` reads that shape in place, after the envelope that
-:func:`krypton.engine.fastwire.envelope` reads for Get: exactly an Object
+:func:`krypton.gateway.fast.fastwire.envelope` reads for Get: exactly an Object
 Type of Symmetric Key followed by one attribute container holding the
 Algorithm and the Length (and perhaps the Usage Mask), each once, with the
 type the attribute table requires, no Attribute Index. Anything else --
 another attribute, a duplicate, a name spelled differently, another order --
 returns None, and the dispatcher takes the generic path.
 
-:meth:`FastCreate.answer` then does what ``krypton.engine.keys.create`` does (the key
+:meth:`FastCreate.answer` then does what ``krypton.gateway.engine.keys.create`` does (the key
 from the kernel CSPRNG, its SHA-256 digest, the wrap under the tenant's L3,
 the durable ``put``), writes the record's attributes -- the client's Usage
 Mask and what ``server_attrs.implied`` adds -- with prepacked items, and the
@@ -41,13 +41,13 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from krypton.engine import fastwire as fw
 from krypton.engine import server_attrs
-from krypton.engine.fastwire import Envelope
 from krypton.engine.symmetric import generate, key_bytes
 from krypton.errors import KryptonError
+from krypton.gateway.fast import fastwire as fw
+from krypton.gateway.fast.fastwire import Envelope
 from krypton.model.record import KeyRecord
-from krypton.ttlv.codec import encode
+from krypton.ttlv.codec import Limits, encode
 from krypton.ttlv.enums import (
     HashingAlgorithm,
     KeyFormatType,
@@ -59,7 +59,7 @@ from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
 if TYPE_CHECKING:
-    from krypton.engine.objects import Services
+    from krypton.gateway.engine.services import Services
     from krypton.model.grant import Grant
 
 _ATTR_HEAD = struct.Struct(">IIII")  # Attribute header, Attribute Name header
@@ -86,6 +86,7 @@ _V2: dict[int, int] = {
 # lower limits the decoder refuses it, so the fast path must not run.
 MAX_DEPTH = 5
 MAX_ITEMS = 23
+NEEDS = Limits(max_message_size=fw.MAX_SIZE, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
 
 
 @dataclass(frozen=True, slots=True)

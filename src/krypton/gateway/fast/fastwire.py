@@ -1,7 +1,7 @@
 """What the fast paths share: the envelope of a single-item request, read in place,
 and the tag|type words their precompiled response layouts are written with.
 
-A fast path (:mod:`krypton.engine.fastget`, :mod:`krypton.engine.fastcreate`)
+A fast path (:mod:`krypton.gateway.fast.fastget`, :mod:`krypton.gateway.fast.fastcreate`)
 answers one common message shape straight from the bytes and declines every
 other one; :func:`envelope` is the part of that shape every fast path has:
 a header with a Protocol Version and a Batch Count of 1 (perhaps a Time Stamp

@@ -7,8 +7,10 @@ How this works
 check that this key may do this now, unwrap it, run the cipher and wipe the
 unwrapped buffer before answering:
 
-* **who may**: a Symmetric Key of the caller's tenant, Active (an Activation
-  or Deactivation Date already reached counts), whose Cryptographic Usage
+* **who may** (:mod:`krypton.engine.usable`, the check the Core's usage
+  allocation and key wrapping make too): a Symmetric Key of the caller's
+  tenant, Active (an Activation or Deactivation Date already reached counts),
+  whose Cryptographic Usage
   Mask has Encrypt / Decrypt (or Unrestricted; a key without a mask is not
   restricted), before its Protect Stop Date (Encrypt) and after its Process
   Start Date (Decrypt). The answer is the 2.x reason; a 1.x client gets
@@ -25,7 +27,7 @@ unwrapped buffer before answering:
   mode is refused: it would hand out plaintext before the tag is checked;
 * **Usage Limits** are the Core's to count: an Encrypt with a key that has
   them first asks the Core for a ``Get Usage Allocation`` (the Core handler
-  :func:`get_usage_allocation` is below), and fails closed when it cannot.
+  is :mod:`krypton.core.engine.allocation`), and fails closed when it cannot.
 
 Error reasons follow the OASIS CS-BC test cases where they say something
 (missing IV: Invalid Message; bad tag: Cryptographic Failure; bad tag length:
@@ -49,46 +51,34 @@ from krypton.engine.ciphers import (
     start,
     whole,
 )
-from krypton.engine.core_errors import IncompatibleUsageMask, InvalidObjectType, ObjectDestroyed
-from krypton.engine.core_objects import (
-    CoreServices,
-    date_driven_state,
-    first,
-    int_of,
-    mutate,
-    rebuild,
-    uid_payload,
-)
-from krypton.engine.core_objects import stored_attributes as core_stored_attributes
+from krypton.engine.object_errors import InvalidObjectType
 from krypton.engine.objects import (
     Outcome,
-    Services,
-    load_through,
+    first,
+    int_of,
     payload_fields,
     request_uid,
     stored_attributes,
 )
+from krypton.engine.usable import Use, check_usable
 from krypton.errors import (
     CryptographicFailure,
     FeatureNotSupported,
     GeneralFailure,
-    IllegalOperation,
     InvalidField,
     InvalidMessage,
     PermissionDenied,
-    WrongKeyLifecycleState,
 )
+from krypton.gateway.engine.services import Services, load_through
 from krypton.kmip.attributes import Attribute
 from krypton.model.context import RequestContext
-from krypton.model.record import DESTROYED_STATES, KeyRecord
-from krypton.model.registry import ObjectRecord
+from krypton.model.record import KeyRecord
 from krypton.ttlv import writer as w
 from krypton.ttlv.enums import (
     CryptographicUsageMask,
     ObjectType,
     Operation,
     ResultStatus,
-    State,
     UsageLimitsUnit,
 )
 from krypton.ttlv.item import Item, ItemType
@@ -102,12 +92,18 @@ MAX_RNG_LENGTH = 64 * 1024  # bytes one RNG Retrieve may ask for
 class _Op:
     name: str
     operation: Operation
-    usage: int
+    use: Use
     decrypting: bool
 
 
-_ENCRYPT = _Op("Encrypt", Operation.ENCRYPT, CryptographicUsageMask.ENCRYPT, False)
-_DECRYPT = _Op("Decrypt", Operation.DECRYPT, CryptographicUsageMask.DECRYPT, True)
+_ENCRYPT = _Op(
+    "Encrypt", Operation.ENCRYPT, Use("Encrypt", CryptographicUsageMask.ENCRYPT, protects=True),
+    False,
+)  # fmt: skip
+_DECRYPT = _Op(
+    "Decrypt", Operation.DECRYPT, Use("Decrypt", CryptographicUsageMask.DECRYPT, processes=True),
+    True,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -159,28 +155,12 @@ def _read_request(f: dict[int, Item], op: _Op) -> CryptoRequest:
 
 
 # -- may this key do this now -----------------------------------------------------------
-def check_usable(ctx: RequestContext, rec: KeyRecord, stored: list[Attribute], op: _Op) -> None:
+def _check_key(ctx: RequestContext, rec: KeyRecord, stored: list[Attribute], op: _Op) -> None:
     if rec.object_type in (ObjectType.PUBLIC_KEY, ObjectType.PRIVATE_KEY):
         raise FeatureNotSupported(f"{op.name}: this server encrypts with symmetric keys only")
     if rec.object_type != ObjectType.SYMMETRIC_KEY:
         raise InvalidObjectType(f"{op.name}: object {rec.uid!r} is not a key")
-    state = date_driven_state(rec.state, stored, ctx.now)
-    if state != State.ACTIVE or not rec.wrapped:
-        raise WrongKeyLifecycleState(f"{op.name}: key {rec.uid!r} is not Active")
-    mask = int_of(first(stored, "Cryptographic Usage Mask"))
-    allowed = op.usage | CryptographicUsageMask.UNRESTRICTED
-    if mask is not None and not mask & allowed:
-        raise IncompatibleUsageMask(
-            f"{op.name}: the Cryptographic Usage Mask of {rec.uid!r} does not allow it"
-        )
-    if op.decrypting:
-        start = int_of(first(stored, "Process Start Date"))
-        if start is not None and start > ctx.now:
-            raise WrongKeyLifecycleState(f"Decrypt: key {rec.uid!r} is before its Process Start")
-    else:
-        stop = int_of(first(stored, "Protect Stop Date"))
-        if stop is not None and stop <= ctx.now:
-            raise WrongKeyLifecycleState(f"Encrypt: key {rec.uid!r} is past its Protect Stop Date")
+    check_usable(op.use, rec.uid, rec.state, stored, ctx.now, has_material=bool(rec.wrapped))
 
 
 def _allocation_item(uid: str, units: int) -> Item:
@@ -287,7 +267,7 @@ async def _crypt(svc: Services, ctx: RequestContext, payload: Item | None, op: _
     assert uid is not None
     rec = await load_through(svc, ctx, uid)
     stored = stored_attributes(rec)
-    check_usable(ctx, rec, stored, op)
+    _check_key(ctx, rec, stored, op)
     own = read_params(first(stored, "Cryptographic Parameters"), Params())
     params = read_params(f.get(Tag.CRYPTOGRAPHIC_PARAMETERS), own)
     scheme = scheme_for(rec.algorithm, params)
@@ -341,7 +321,7 @@ async def _continue(
         raise InvalidCorrelation("this Correlation Value belongs to another key's stream")
     rec = await load_through(svc, ctx, uid)
     stored = stored_attributes(rec)
-    check_usable(ctx, rec, stored, op)
+    _check_key(ctx, rec, stored, op)
     data = request.data or b""
     if not op.decrypting:
         await allocate(svc, ctx, rec, stored, len(data), first_part=False)
@@ -379,53 +359,3 @@ async def rng_retrieve(svc: Services, ctx: RequestContext, payload: Item | None)
 
 
 # -- Get Usage Allocation (the Core: the one authoritative counter) ----------------------
-def _limits_item(total: int, count: int, unit: int) -> Item:
-    return Item.structure(
-        Tag.USAGE_LIMITS,
-        Item(Tag.USAGE_LIMITS_TOTAL, ItemType.LONG_INTEGER, total),
-        Item(Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, count),
-        Item.enum(Tag.USAGE_LIMITS_UNIT, unit),
-    )
-
-
-async def get_usage_allocation(
-    svc: CoreServices, ctx: RequestContext, payload: Item | None
-) -> Outcome:
-    """KMIP 1.4 §4.18: take ``Usage Limits Count`` units from the object's remaining
-    Usage Limits (compare-and-set in the registry), or refuse."""
-    f = payload_fields(payload, "Get Usage Allocation")
-    uid = request_uid(f, ctx)
-    assert uid is not None
-    units = int_of(f.get(Tag.USAGE_LIMITS_COUNT))
-
-    def take(rec: ObjectRecord) -> ObjectRecord:
-        if units is None:
-            raise InvalidMessage("Get Usage Allocation: Usage Limits Count is required")
-        if units <= 0:
-            raise InvalidField("Get Usage Allocation: Usage Limits Count must be positive")
-        if rec.state in DESTROYED_STATES:
-            raise ObjectDestroyed(f"object {rec.uid!r} has been destroyed")
-        stored = core_stored_attributes(rec)
-        limits = first(stored, "Usage Limits")
-        if limits is None or rec.object_type not in (
-            ObjectType.SYMMETRIC_KEY, ObjectType.PRIVATE_KEY, ObjectType.PUBLIC_KEY
-        ):  # fmt: skip
-            raise IllegalOperation(f"Get Usage Allocation: {rec.uid!r} has no Usage Limits")
-        if date_driven_state(rec.state, stored, ctx.now) != State.ACTIVE:
-            raise WrongKeyLifecycleState(f"Get Usage Allocation: {rec.uid!r} is not Active")
-        stop = int_of(first(stored, "Protect Stop Date"))
-        if stop is not None and stop <= ctx.now:
-            raise PermissionDenied(f"Get Usage Allocation: {rec.uid!r} is past Protect Stop")
-        total = int_of(limits.find(Tag.USAGE_LIMITS_TOTAL)) or 0
-        count = int_of(limits.find(Tag.USAGE_LIMITS_COUNT))
-        unit = int_of(limits.find(Tag.USAGE_LIMITS_UNIT)) or UsageLimitsUnit.BYTE
-        left = total if count is None else count
-        if units > left:
-            raise PermissionDenied(
-                f"Get Usage Allocation: {units} units asked, {left} left on {rec.uid!r}"
-            )
-        new = Attribute("Usage Limits", _limits_item(total, left - units, unit))
-        return rebuild(rec, [new if a.name == "Usage Limits" else a for a in stored], ctx.now)
-
-    _, _, event = await mutate(svc, ctx, uid, take)
-    return Outcome(uid_payload(uid), changes=(event,))

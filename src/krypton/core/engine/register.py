@@ -4,7 +4,7 @@ How this works
 --------------
 Register reads the object the client sends (Symmetric Key in Raw or
 Transparent Symmetric Key format, Secret Data, Opaque Object), checks the
-client's attributes against :data:`~krypton.engine.core_objects.RULES`,
+client's attributes against :data:`~krypton.engine.attr_rules.RULES`,
 seals the material with the tenant's L3 (:class:`Sealer`) and stores only the
 sealed blob. What is sealed depends on the type:
 
@@ -25,33 +25,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from krypton.crypto.secret import SecretBytes
-from krypton.engine import server_attrs
-from krypton.engine.certificates import certificate_attributes
-from krypton.engine.core_errors import (
-    AttributeSingleValued,
-    InvalidObjectType,
-    KeyValueNotPresent,
-    ObjectDestroyed,
-)
-from krypton.engine.core_objects import (
+from krypton.core.engine.objects import (
     CoreServices,
     check_names_free,
-    check_type,
-    date_attr,
-    date_driven_state,
-    first,
-    int_of,
     load,
     mutate,
     name_value,
     rebuild,
-    rule_for,
-    stored_attributes,
     uid_payload,
+)
+from krypton.crypto.secret import SecretBytes
+from krypton.engine import server_attrs
+from krypton.engine.attr_rules import check_single, check_type, rule_for
+from krypton.engine.certificates import certificate_attributes
+from krypton.engine.object_errors import (
+    InvalidObjectType,
+    KeyValueNotPresent,
+    ObjectDestroyed,
+)
+from krypton.engine.objects import (
+    Outcome,
+    date_attr,
+    date_driven_state,
+    first,
+    int_of,
+    payload_fields,
+    request_uid,
+    stored_attributes,
     without,
 )
-from krypton.engine.objects import Outcome, payload_fields, request_uid
 from krypton.engine.symmetric import fits, generate
 from krypton.errors import (
     FeatureNotSupported,
@@ -134,8 +136,7 @@ def creation_attributes(attrs: list[Attribute], object_type: int) -> list[Attrib
         if rule is None:
             continue
         check_type(a, rule)
-        if counts.get(a.name) and not rule.multi:
-            raise AttributeSingleValued(f"attribute {a.name!r} may appear only once")
+        check_single(a, rule, counts.get(a.name, 0))
         counts[a.name] = counts.get(a.name, 0) + 1
         out.append(a)
     return out

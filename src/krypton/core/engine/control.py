@@ -27,16 +27,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from krypton.engine import attrs_edit, crypto_ops, keypair, lifecycle, locate, register, undo
-from krypton.engine.core_objects import (
-    ControlHandler,
-    CoreServices,
-    KeyRingSealer,
-    Sealer,
-    fetch,
-)
+from krypton.core.engine import allocation, attrs_edit, keypair, lifecycle, locate, register, undo
+from krypton.core.engine.objects import ControlHandler, CoreServices, KeyRingSealer, Sealer, fetch
+from krypton.core.engine.register import open_object
 from krypton.engine.objects import Outcome
-from krypton.engine.register import open_object
+from krypton.engine.undo import FORGET, UNDO
 from krypton.errors import InvalidMessage, KryptonError, OperationNotSupported, StorageError
 from krypton.kmip.messages import OPERATION_NAMES, ResponseItem, fields, response_item
 from krypton.kmip.reasons import reason_for
@@ -75,10 +70,10 @@ CONTROL_HANDLERS: dict[int, ControlHandler] = {
     Operation.GET_ATTRIBUTES: attrs_edit.get_attributes,
     Operation.GET_ATTRIBUTE_LIST: attrs_edit.get_attribute_list,
     Operation.CREATE_KEY_PAIR: keypair.create_key_pair,
-    Operation.GET_USAGE_ALLOCATION: crypto_ops.get_usage_allocation,
+    Operation.GET_USAGE_ALLOCATION: allocation.get_usage_allocation,
 }
 # A gateway's own operations, for a batch with Undo (krypton.engine.undo).
-PRIVATE_HANDLERS: dict[int, ControlHandler] = {undo.UNDO: undo.undo, undo.FORGET: undo.forget}
+PRIVATE_HANDLERS: dict[int, ControlHandler] = {UNDO: undo.undo, FORGET: undo.forget}
 
 
 @dataclass(frozen=True, slots=True)

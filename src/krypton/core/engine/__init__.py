@@ -1,0 +1,1 @@
+"""The Core's KMIP handlers: the control table and what it runs."""

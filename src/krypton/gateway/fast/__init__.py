@@ -1,0 +1,1 @@
+"""The gateway's fast paths: Get and Create answered straight off the wire."""
