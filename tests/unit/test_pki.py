@@ -112,7 +112,7 @@ def test_dev_dir_files_and_modes(dev: DevLayout) -> None:
         ("gateway", "spiffe://krypton.dev/gateway/gw-dev",
          {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}),
         ("core", "spiffe://krypton.dev/core/core-dev",
-         {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}),
+         {ExtendedKeyUsageOID.SERVER_AUTH}),  # role-specific: the Core is never a client
     ],
 )
 def test_dev_leaves(dev: DevLayout, stem: str, spiffe: str,

@@ -27,7 +27,7 @@ from krypton.crypto.secret import SecretBytes
 from krypton.errors import GeneralFailure, ItemNotFound, PermissionDenied, UpstreamUnavailable
 from krypton.model.record import KeyRecord
 from krypton.pki import DevLayout, init_dev_dir
-from krypton.pki.dev import gateway_spiffe_id
+from krypton.pki.dev import core_spiffe_id, gateway_spiffe_id
 from krypton.uplink.client import UplinkClient, UplinkL3Source, backoff_delay
 from krypton.uplink.service import UplinkServer
 from krypton.uplink.types import (
@@ -43,6 +43,7 @@ from krypton.uplink.v1 import uplink_pb2 as pb
 from krypton.uplink.v1 import uplink_pb2_grpc as pb_grpc
 
 GATEWAY = gateway_spiffe_id()
+CORE = core_spiffe_id()
 KEY_DEMO_1 = bytes(range(32))
 KEY_DEMO_2 = bytes(range(32, 64))
 KEY_OTHER_1 = bytes(range(64, 96))
@@ -152,6 +153,7 @@ def server(dev: DevLayout, core: DictCore, port: int = 0, heartbeat: float = 5.0
 
 def client(tls: TLSConfig, port: int, tenants: tuple[str, ...] = ("demo",),
            timeout: float = 1.0, **kw: Any) -> UplinkClient:
+    kw.setdefault("core_id", CORE)
     return UplinkClient(f"127.0.0.1:{port}", tls, "gw-test", tenants, timeout, **kw)
 
 
