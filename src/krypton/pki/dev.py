@@ -221,7 +221,31 @@ def init_dev_dir(d: Path, *, force: bool = False) -> DevLayout:
         if force or not path.exists():
             write_atomic(path, text.encode(), 0o644)
             written.append(path)
+        elif _upgrade(path):
+            written.append(path)
     return DevLayout(layout.root, tuple(written))
+
+
+# Lines of configs written before the trust boundary (issue 11) → what they mean now:
+# the gateway names the Core it trusts, and the Core lists the dev gateway's tenants.
+_UPGRADES = (
+    ('timeout = 2.0\n', f'timeout = 2.0\ncore_id = "{core_spiffe_id()}"\n', "\ncore_id ="),
+    (f'\ngateways = ["{gateway_spiffe_id()}"]\n',
+     f'\ngateways = ["{gateway_spiffe_id()}=demo+other"]\n', "\n[[core.gateway]]"),
+)
+
+
+def _upgrade(path: Path) -> bool:
+    """Bring a dev config written by an older ``krypton dev init`` up to date, in place."""
+    text = path.read_text(encoding="utf-8")
+    new = text
+    for old, replacement, done in _UPGRADES:
+        if old in new and done not in new and new.count(old) == 1:
+            new = new.replace(old, replacement)
+    if new == text:
+        return False
+    write_atomic(path, new.encode(), 0o644)
+    return True
 
 
 def issue_client(d: Path, tenant: str, name: str, *, force: bool = False) -> IssuedCert:
