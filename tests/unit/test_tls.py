@@ -324,6 +324,21 @@ def test_client_leaf_without_client_auth_is_refused(dev: DevLayout, tmp_path: Pa
     assert seen.error is not None or isinstance(seen.checked, PermissionDenied)
 
 
+def test_deny_list_refuses_a_listed_identity(dev: DevLayout, tmp_path: Path) -> None:
+    deny = tmp_path / "deny.txt"
+    deny.write_text(f"# revoked\n{DEMO}\n")
+    srv = Server(server_context(gateway_tls(dev, deny_list=deny)))
+    try:
+        talk(demo_client(dev), srv.port)
+        talk(client_context(dev.ca, dev.other_client, dev.other_client_key), srv.port)
+        srv.wait(2)
+        denied, other = srv.seen[0].checked, srv.seen[1].checked
+        assert isinstance(denied, PermissionDenied) and "deny list" in denied.message
+        assert other == "spiffe://krypton.dev/tenant/other/workload/client"
+    finally:
+        srv.close()
+
+
 def test_no_resumption_when_tickets_are_off(dev: DevLayout) -> None:
     srv = Server(server_context(gateway_tls(dev, session_tickets=False)))
     try:
