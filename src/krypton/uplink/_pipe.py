@@ -43,6 +43,7 @@ CHUNK = 256 * 1024
 # Like gRPC's own: a Core that accepts but never finishes the handshake keeps the
 # channel CONNECTING (calls are bounded by their own deadlines meanwhile).
 HANDSHAKE_TIMEOUT = 10.0
+_SUN_PATH_MAX = 100  # a Unix socket's path must fit sockaddr_un (108 bytes on Linux)
 
 
 def uplink_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -75,6 +76,10 @@ class CorePipe:
         """Listen; the gRPC target (``unix:<path>``)."""
         self._dir = Path(tempfile.mkdtemp(prefix="krypton-uplink-"))
         path = self._dir / "core.sock"
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:  # a long TMPDIR: fall back to /tmp
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="krypton-uplink-", dir="/tmp"))
+            path = self._dir / "core.sock"
         self._server = await asyncio.start_unix_server(self._serve, path=os.fspath(path))
         return f"unix:{path}"
 
