@@ -23,6 +23,21 @@ dotted name upper-cased with every ``.`` replaced by ``_``::
     gateway.limits.max_connections  KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS=10
     gateway.tls.min_version         KRYPTON_GATEWAY_TLS_MIN_VERSION=1.3
     core.tenants                    KRYPTON_CORE_TENANTS=demo,other
+    core.gateways                   KRYPTON_CORE_GATEWAYS=spiffe://td/gateway/a=demo+other
+
+Gateways at the Core
+--------------------
+The Core serves a gateway only the tenants listed for it, by its SPIFFE ID,
+either as tables::
+
+    [[core.gateway]]
+    id = "spiffe://krypton.dev/gateway/gw-eu1"
+    tenants = ["demo"]
+
+or in the shorthand ``core.gateways = ["<SPIFFE ID>=<tenant>+<tenant>", ...]``
+(handy in an environment variable). Both may be used; a gateway listed twice,
+or given a tenant that is not in ``core.tenants``, is an error. A gateway is
+never given every tenant by default.
 
 The variable wins over the file, which wins over the default. Values are text:
 integers in decimal, numbers as decimals, booleans as true/false, 1/0, yes/no
@@ -64,6 +79,17 @@ class TLSConfig:
     ca: Path
     min_version: str = "1.2"
     session_tickets: bool = True
+    # SPIFFE IDs of peers must be in this trust domain.
+    trust_domain: str = "krypton.dev"
+    # Certificate serials / identities refused, one a line (krypton.tls.denylist).
+    deny_list: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayTLSConfig(TLSConfig):
+    """The KMIP listener's TLS: also how long a TLS session may be resumed."""
+
+    session_lifetime: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,14 +114,17 @@ class CacheConfig:
 class UplinkConfig:
     core_address: str = "127.0.0.1:5697"
     timeout: float = 2.0
+    # The Core's SPIFFE ID: the uplink refuses any other server. Required in a
+    # config file ("" only when built in code, e.g. by tests: no check).
+    core_id: str = ""
 
     @property
     def host(self) -> str:
-        return _split_address(self.core_address)[0]
+        return split_address(self.core_address)[0]
 
     @property
     def port(self) -> int:
-        return _split_address(self.core_address)[1]
+        return split_address(self.core_address)[1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,7 +137,7 @@ class GatewayConfig:
     workers: int = 1
     log_level: str = "info"
     interop: bool = False  # the KMIP Interop operation (test harnesses only, never production)
-    tls: TLSConfig
+    tls: GatewayTLSConfig
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
@@ -123,12 +152,13 @@ class CoreConfig:
     master_key_file: Path = Path("master.key")
     l3_lease_seconds: int = 86_400
     tenants: tuple[str, ...] = ("demo", "other")
-    gateways: tuple[str, ...] = ("spiffe://krypton.dev/gateway/gw-dev",)
+    gateway: tuple[GatewayGrant, ...] = ()
+    gateways: tuple[GatewayGrant, ...] = ()
     tls: TLSConfig
 
     def authorised_gateways(self) -> dict[str, frozenset[str]]:
-        """Each gateway's SPIFFE ID → the tenants it is served (all of this Core's)."""
-        return {g: frozenset(self.tenants) for g in self.gateways}
+        """Each gateway's SPIFFE ID → the tenants it is served (as listed for it)."""
+        return {g.id: frozenset(g.tenants) for g in (*self.gateway, *self.gateways)}
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -136,6 +166,14 @@ class CoreConfig:
         if self.registry.startswith("sqlite:") and self.registry != "sqlite::memory:":
             return Path(self.registry.removeprefix("sqlite:"))
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayGrant:
+    """One gateway the Core serves: its SPIFFE ID and the tenants it is given."""
+
+    id: str
+    tenants: tuple[str, ...]
 
 
 # -- converters -------------------------------------------------------------------
@@ -233,7 +271,7 @@ def _path(*, must_exist: bool) -> Convert:
     return convert
 
 
-def _split_address(v: str) -> tuple[str, int]:
+def split_address(v: str) -> tuple[str, int]:
     if v.startswith("["):
         host, sep, port = v[1:].partition("]:")
     else:
@@ -250,7 +288,7 @@ def _address(v: Any, ctx: _Ctx) -> str:
     if not isinstance(v, str):
         raise _Bad(want)
     try:
-        _split_address(v.strip())
+        split_address(v.strip())
     except ValueError:
         raise _Bad(want) from None
     return v.strip()
@@ -280,15 +318,78 @@ def _tenants(v: Any, ctx: _Ctx) -> tuple[str, ...]:
     return tuple(v)
 
 
-def _spiffe_ids(v: Any, ctx: _Ctx) -> tuple[str, ...]:
-    want = "must be a list of gateway SPIFFE IDs (spiffe://trust-domain/path)"
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
+_SPIFFE = re.compile(r"spiffe://[a-z0-9._-]{1,255}(/[A-Za-z0-9._-]+)*")
+
+
+def _spiffe_id(v: Any) -> str | None:
+    if not isinstance(v, str) or not _SPIFFE.fullmatch(v.strip()):
+        return None
+    text = v.strip()
+    return None if {".", ".."} & set(text.split("/")[3:]) else text
+
+
+def _trust_domain(v: Any, ctx: _Ctx) -> str:
+    if not isinstance(v, str) or not _TRUST_DOMAIN.fullmatch(v.strip()):
+        raise _Bad("must be a SPIFFE trust domain (lower-case letters, digits, '.', '-', '_')")
+    return v.strip()
+
+
+def _core_id(v: Any, ctx: _Ctx) -> str:
+    if v == "" and not ctx.from_env:
+        raise _Bad("required setting is missing: the Core's SPIFFE ID "
+                   "(spiffe://trust-domain/path); `krypton dev init` writes it", show=False)
+    spiffe = _spiffe_id(v)
+    if spiffe is None:
+        raise _Bad("must be the Core's SPIFFE ID (spiffe://trust-domain/path)")
+    return spiffe
+
+
+def _optional_file(v: Any, ctx: _Ctx) -> Path | None:
+    if v is None:
+        return None
+    path: Path = _path(must_exist=False)(v, ctx)
+    return path
+
+
+def _grant(gid: Any, tenants: Any, want: str) -> GatewayGrant:
+    spiffe = _spiffe_id(gid)
+    if spiffe is None or not isinstance(tenants, list | tuple) or not tenants:
+        raise _Bad(want)
+    if not all(isinstance(t, str) and _SEGMENT.fullmatch(t) for t in tenants):
+        raise _Bad(want)
+    return GatewayGrant(spiffe, tuple(dict.fromkeys(tenants)))
+
+
+def _gateway_tables(v: Any, ctx: _Ctx) -> tuple[GatewayGrant, ...]:
+    want = ("must be tables [[core.gateway]] each with id = \"<gateway SPIFFE ID>\" and "
+            "tenants = [\"<tenant>\", ...] (and nothing else)")
     if ctx.from_env and isinstance(v, str):
         v = _env_list(v)
     if not isinstance(v, list | tuple):
         raise _Bad(want)
-    if not all(isinstance(g, str) and g.startswith("spiffe://") and len(g) > 9 for g in v):
+    grants = []
+    for table in v:
+        if not isinstance(table, dict) or set(table) != {"id", "tenants"}:
+            raise _Bad(want)
+        grants.append(_grant(table["id"], table["tenants"], want))
+    return tuple(grants)
+
+
+def _gateway_shorthand(v: Any, ctx: _Ctx) -> tuple[GatewayGrant, ...]:
+    want = ("must be a list of '<gateway SPIFFE ID>=<tenant>[+<tenant>...]' "
+            "(each gateway names its tenants)")
+    if ctx.from_env and isinstance(v, str):
+        v = _env_list(v)
+    if not isinstance(v, list | tuple):
         raise _Bad(want)
-    return tuple(v)
+    grants = []
+    for entry in v:
+        if not isinstance(entry, str) or "=" not in entry:
+            raise _Bad(want)
+        gid, _, tenants = entry.partition("=")
+        grants.append(_grant(gid, [t.strip() for t in tenants.split("+")], want))
+    return tuple(grants)
 
 
 def _env_list(s: str) -> list[Any]:
@@ -324,7 +425,12 @@ _TLS = _Section(
         "ca": _FILE,
         "min_version": _choice(TLS_VERSIONS),
         "session_tickets": _boolean,
+        "trust_domain": _trust_domain,
+        "deny_list": _optional_file,
     },
+)
+_GATEWAY_TLS = _Section(
+    GatewayTLSConfig, {**_TLS.settings, "session_lifetime": _seconds}
 )
 _GATEWAY = _Section(
     GatewayConfig,
@@ -339,7 +445,7 @@ _GATEWAY = _Section(
         "interop": _boolean,
     },
     {
-        "tls": _TLS,
+        "tls": _GATEWAY_TLS,
         "limits": _Section(
             LimitsConfig,
             {
@@ -355,7 +461,9 @@ _GATEWAY = _Section(
             },
         ),
         "cache": _Section(CacheConfig, {"records": _integer(0)}),
-        "uplink": _Section(UplinkConfig, {"core_address": _address, "timeout": _seconds}),
+        "uplink": _Section(
+            UplinkConfig, {"core_address": _address, "timeout": _seconds, "core_id": _core_id}
+        ),
     },
 )
 _CORE = _Section(
@@ -368,7 +476,8 @@ _CORE = _Section(
         "master_key_file": _path(must_exist=False),
         "l3_lease_seconds": _integer(1),
         "tenants": _tenants,
-        "gateways": _spiffe_ids,
+        "gateway": _gateway_tables,
+        "gateways": _gateway_shorthand,
     },
     {"tls": _TLS},
 )
@@ -476,4 +585,26 @@ def load_core_config(
 ) -> CoreConfig:
     """Load ``[core]`` from a TOML file, applying ``KRYPTON_CORE_*`` overrides."""
     config: CoreConfig = _load("core", path, env)
+    _check_gateways(config)
     return config
+
+
+def _check_gateways(config: CoreConfig) -> None:
+    """Each gateway listed once, with tenants this Core has."""
+    seen: set[str] = set()
+    for setting, grants in (("core.gateway", config.gateway), ("core.gateways", config.gateways)):
+        for grant in grants:
+            if grant.id in seen:
+                raise ConfigError(f"{setting}: gateway {grant.id} is listed twice")
+            seen.add(grant.id)
+            unknown = sorted(set(grant.tenants) - set(config.tenants))
+            if unknown:
+                raise ConfigError(
+                    f"{setting}: gateway {grant.id} is given tenant(s) {', '.join(unknown)} "
+                    "that are not in core.tenants"
+                )
+    if any(not g.startswith(f"spiffe://{config.tls.trust_domain}/") for g in seen):
+        raise ConfigError(
+            f"core.gateway: every gateway's SPIFFE ID must be in the trust domain "
+            f"{config.tls.trust_domain!r} (core.tls.trust_domain)"
+        )

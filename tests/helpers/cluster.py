@@ -9,7 +9,8 @@ each extra gateway (``gw-b``, ...) gets its own certificate from the dev CA
 issued with :mod:`krypton.pki.certs`). Everything else is set per process by
 environment variable, never by editing the TOML files: every gateway has its
 own KMIP port, vault file and name, and the Core is told its uplink port, the
-gateways it accepts (``KRYPTON_CORE_GATEWAYS``) and, when given, a registry
+gateways it accepts with the tenants each serves (``KRYPTON_CORE_GATEWAY``,
+by default both dev tenants) and, when given, a registry
 URL (``KRYPTON_CORE_REGISTRY``, e.g. a PostgreSQL database). The Core port is
 fixed for the life of the cluster, so a Core that was killed comes back where
 its gateways look for it.
@@ -161,6 +162,7 @@ class GatewaySpec:
     key: Path
     port: int
     vault: Path
+    tenants: tuple[str, ...] = ("demo", "other")
 
     @property
     def spiffe_id(self) -> str:
@@ -188,7 +190,10 @@ class Cluster:
     def core_env(self) -> dict[str, str]:
         env = _base_env()
         env["KRYPTON_CORE_LISTEN_PORT"] = str(self.core_port)
-        env["KRYPTON_CORE_GATEWAYS"] = ",".join(g.spiffe_id for g in self.gateways.values())
+        env["KRYPTON_CORE_GATEWAY"] = "[" + ", ".join(
+            f'{{id = "{g.spiffe_id}", tenants = [{", ".join(repr(t) for t in g.tenants)}]}}'
+            for g in self.gateways.values()
+        ) + "]"
         if self.registry is not None:
             env["KRYPTON_CORE_REGISTRY"] = self.registry
         return env
@@ -208,15 +213,17 @@ class Cluster:
         return env
 
     # -- processes --------------------------------------------------------------
-    def start_core(self, timeout: float = START_TIMEOUT) -> Proc:
+    def start_core(self, timeout: float = START_TIMEOUT, **env: str) -> Proc:
+        """Start the Core; ``env`` adds settings (e.g. another certificate)."""
         args = ["core", "--config", str(self.layout.core_config)]
-        self.core = _spawn("core", args, self.core_env(), self.logs)
+        self.core = _spawn("core", args, {**self.core_env(), **env}, self.logs)
         _wait_line(self.core, CORE_READY, timeout)
         return self.core
 
-    def start_gateways(self, *names: str, timeout: float = START_TIMEOUT) -> list[Proc]:
+    def start_gateways(self, *names: str, timeout: float = START_TIMEOUT,
+                       serving: bool = True) -> list[Proc]:
         """Start gateways side by side; each is ready once it printed its line and
-        made a key (so it holds its tenants' L3 keys from the Core)."""
+        (unless not ``serving``) made a key (so it holds its tenants' L3 keys)."""
         procs = []
         for name in names or tuple(self.gateways):
             args = ["gateway", "--config", str(self.layout.gateway_config)]
@@ -224,6 +231,8 @@ class Cluster:
         for p in procs:
             _wait_line(p, GATEWAY_READY, timeout)
             self.running[p.name] = p
+            if not serving:
+                continue
             with self.client(p.name) as c:
                 wait_for(f"{p.name} serving Create", c.create, timeout)
         return procs

@@ -11,8 +11,9 @@ from krypton.config import (
     CacheConfig,
     CoreConfig,
     GatewayConfig,
+    GatewayGrant,
+    GatewayTLSConfig,
     LimitsConfig,
-    TLSConfig,
     UplinkConfig,
     env_name,
     load_core_config,
@@ -23,6 +24,9 @@ from krypton.errors import ConfigError
 from krypton.pki import DevLayout, init_dev_dir
 
 MINIMAL_GATEWAY = """
+[gateway.uplink]
+core_id = "spiffe://krypton.dev/core/core-dev"
+
 [gateway.tls]
 cert = "pki/gateway.pem"
 key = "pki/gateway-key.pem"
@@ -60,13 +64,15 @@ def test_defaults(dev: DevLayout) -> None:
         "127.0.0.1", 5696, 1, "info")
     assert cfg.vault_path == root / "gateway.db"
     assert cfg.policy_file == root / "policy.toml"
-    assert cfg.tls == TLSConfig(cert=root / "pki/gateway.pem", key=root / "pki/gateway-key.pem",
-                                ca=root / "pki/ca.pem", min_version="1.2", session_tickets=True)
+    assert cfg.tls == GatewayTLSConfig(
+        cert=root / "pki/gateway.pem", key=root / "pki/gateway-key.pem", ca=root / "pki/ca.pem",
+        min_version="1.2", session_tickets=True, trust_domain="krypton.dev", deny_list=None,
+        session_lifetime=3600.0)
     assert cfg.limits == LimitsConfig()
     assert cfg.limits.max_message_size == 1_048_576
     assert cfg.limits.read_timeout == 10.0
     assert cfg.cache == CacheConfig(records=100_000)
-    assert cfg.uplink == UplinkConfig()
+    assert cfg.uplink == UplinkConfig(core_id="spiffe://krypton.dev/core/core-dev")
     assert (cfg.uplink.host, cfg.uplink.port, cfg.uplink.timeout) == ("127.0.0.1", 5697, 2.0)
 
 
@@ -78,7 +84,10 @@ def test_dev_configs_load_and_match_defaults(dev: DevLayout) -> None:
     assert dataclasses.replace(cfg, interop=False) == gateway(dev)
     core = load_core_config(dev.core_config, env={})
     root = dev.root.absolute()
-    assert core == load_core_config(write(dev, MINIMAL_CORE), env={})
+    assert dataclasses.replace(core, gateway=()) == load_core_config(write(dev, MINIMAL_CORE),
+                                                                      env={})
+    assert core.authorised_gateways() == {
+        "spiffe://krypton.dev/gateway/gw-dev": frozenset({"demo", "other"})}
     assert core.registry == f"sqlite:{root / 'core.db'}"
     assert core.sqlite_path == root / "core.db"
     assert core.master_key_file == root / "master.key"
@@ -191,6 +200,8 @@ def test_bad_file_value_names_the_setting(dev: DevLayout, setting: str, toml: st
     if section == ["gateway", "tls"]:
         text = text.replace(f'{key} = "pki/ca.pem"', "")
         text += f"{key} = {toml}\n"
+    elif section == ["gateway", "uplink"]:
+        text = text.replace("[gateway.uplink]\n", f"[gateway.uplink]\n{key} = {toml}\n")
     else:
         text += f"[{'.'.join(section)}]\n{key} = {toml}\n"
     with pytest.raises(ConfigError) as err:
@@ -281,3 +292,62 @@ def test_one_file_may_hold_both_sections(dev: DevLayout) -> None:
 def test_min_version_written_as_a_number(dev: DevLayout) -> None:
     text = MINIMAL_GATEWAY + "min_version = 1.3\n"
     assert load_gateway_config(write(dev, text), env={}).tls.min_version == "1.3"
+
+
+# -- the trust boundary (issue 11) ----------------------------------------------------
+def core(dev: DevLayout, extra: str = "", env: dict[str, str] | None = None) -> CoreConfig:
+    return load_core_config(write(dev, "[core]\n" + extra + MINIMAL_CORE, "core-t.toml"),
+                            env=env or {})
+
+
+def test_each_gateway_gets_only_its_tenants(dev: DevLayout) -> None:
+    cfg = core(dev, 'gateways = ["spiffe://krypton.dev/gateway/b=other"]\n'
+                    '[[core.gateway]]\nid = "spiffe://krypton.dev/gateway/a"\n'
+                    'tenants = ["demo"]\n')
+    assert cfg.gateway == (GatewayGrant("spiffe://krypton.dev/gateway/a", ("demo",)),)
+    assert cfg.authorised_gateways() == {
+        "spiffe://krypton.dev/gateway/a": frozenset({"demo"}),
+        "spiffe://krypton.dev/gateway/b": frozenset({"other"}),
+    }
+    env = {"KRYPTON_CORE_GATEWAYS": "spiffe://krypton.dev/gateway/a=demo+other,"
+                                    "spiffe://krypton.dev/gateway/b=other"}
+    assert core(dev, env=env).authorised_gateways() == {
+        "spiffe://krypton.dev/gateway/a": frozenset({"demo", "other"}),
+        "spiffe://krypton.dev/gateway/b": frozenset({"other"}),
+    }
+    assert core(dev).authorised_gateways() == {}  # nobody is served by default
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('gateways = ["spiffe://krypton.dev/gateway/a"]\n', "core.gateways: must be a list of"),
+    ('gateways = ["spiffe://krypton.dev/gateway/a=nope"]\n', "not in core.tenants"),
+    ('gateways = ["spiffe://krypton.dev/gateway/../a=demo"]\n', "core.gateways: must be"),
+    ('gateways = ["spiffe://krypton.dev/gateway/a=demo", "spiffe://krypton.dev/gateway/a=other"]'
+     '\n', "listed twice"),
+    ('gateways = ["spiffe://elsewhere/gateway/a=demo"]\n', "trust domain 'krypton.dev'"),
+    ('[[core.gateway]]\nid = "spiffe://krypton.dev/gateway/a"\n', "core.gateway: must be"),
+])
+def test_bad_gateway_lists_name_the_setting(dev: DevLayout, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        core(dev, extra)
+
+
+def test_core_id_is_required_and_checked(dev: DevLayout) -> None:
+    no_id = MINIMAL_GATEWAY.replace('core_id = "spiffe://krypton.dev/core/core-dev"', "")
+    with pytest.raises(ConfigError, match=r"gateway\.uplink\.core_id: required setting is missing"):
+        load_gateway_config(write(dev, no_id), env={})
+    with pytest.raises(ConfigError, match=r"gateway\.uplink\.core_id: must be the Core's SPIFFE"):
+        gateway(dev, env={"KRYPTON_GATEWAY_UPLINK_CORE_ID": "spiffe://krypton.dev/core/../x"})
+
+
+def test_tls_trust_settings(dev: DevLayout) -> None:
+    cfg = gateway(dev, env={"KRYPTON_GATEWAY_TLS_SESSION_LIFETIME": "600",
+                            "KRYPTON_GATEWAY_TLS_DENY_LIST": "deny.txt",
+                            "KRYPTON_GATEWAY_TLS_TRUST_DOMAIN": "example.org"})
+    assert cfg.tls.session_lifetime == 600.0
+    assert cfg.tls.deny_list == dev.root.absolute() / "deny.txt"
+    assert cfg.tls.trust_domain == "example.org"
+    with pytest.raises(ConfigError, match=r"gateway\.tls\.session_lifetime: must be a number"):
+        gateway(dev, env={"KRYPTON_GATEWAY_TLS_SESSION_LIFETIME": "0"})
+    with pytest.raises(ConfigError, match=r"gateway\.tls\.trust_domain: must be a SPIFFE trust"):
+        gateway(dev, env={"KRYPTON_GATEWAY_TLS_TRUST_DOMAIN": "Upper.Case"})

@@ -13,7 +13,15 @@ from cryptography.x509.oid import NameOID
 
 from krypton.errors import PermissionDenied
 from krypton.pki import issue_ca, issue_leaf, new_key, write_cert_pem
-from krypton.tls.identity import identity_from_der, identity_from_peercert
+from krypton.tls.denylist import DenyList, parse_deny_list
+from krypton.tls.identity import (
+    PeerRules,
+    Usage,
+    check_peer,
+    identity_from_der,
+    identity_from_peercert,
+)
+from krypton.tls.spiffe import SpiffeId, parse_spiffe_id
 
 CA = issue_ca("identity test CA")
 
@@ -31,7 +39,8 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def custom(subject: x509.Name, sans: list[x509.GeneralName]) -> x509.Certificate:
+def custom(subject: x509.Name, sans: list[x509.GeneralName], *,
+           ca: bool = False) -> x509.Certificate:
     key = new_key()
     builder = (
         x509.CertificateBuilder()
@@ -44,6 +53,10 @@ def custom(subject: x509.Name, sans: list[x509.GeneralName]) -> x509.Certificate
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), False)
     return builder.sign(CA[1], hashes.SHA256())
 
 
@@ -59,13 +72,108 @@ def test_spiffe_id_wins(tmp_path: Path) -> None:
     assert both(cert, tmp_path) == "spiffe://krypton.dev/tenant/demo/workload/client"
 
 
-def test_first_spiffe_uri_among_other_uris(tmp_path: Path) -> None:
+def test_two_uri_sans_with_a_spiffe_id_are_refused(tmp_path: Path) -> None:
+    """Issue 11 finding 6: with several URI SANs the first SPIFFE one used to win."""
     cert = custom(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "c")]), [
         x509.UniformResourceIdentifier("https://example.com/x"),
         x509.DNSName("spiffe.example"),
         x509.UniformResourceIdentifier("spiffe://krypton.dev/a"),
     ])
-    assert both(cert, tmp_path) == "spiffe://krypton.dev/a"
+    with pytest.raises(PermissionDenied, match="2 URI SANs"):
+        identity_from_peercert(peercert(cert, tmp_path))
+    with pytest.raises(PermissionDenied, match="2 URI SANs"):
+        identity_from_der(der(cert))
+    two = custom(x509.Name([]), [
+        x509.UniformResourceIdentifier("spiffe://krypton.dev/tenant/demo/w/a"),
+        x509.UniformResourceIdentifier("spiffe://krypton.dev/tenant/other/w/b"),
+    ])
+    with pytest.raises(PermissionDenied, match="exactly one"):
+        identity_from_der(der(two))
+
+
+@pytest.mark.parametrize("uri", [
+    "spiffe://krypton.dev/tenant/demo/../other/x",   # dot segment matched the demo/ prefix
+    "spiffe://krypton.dev/tenant/demo/./x",
+    "spiffe://krypton.dev/tenant//demo",
+    "spiffe://krypton.dev/tenant/demo/",
+    "spiffe://krypton.dev/tenant/de%6Do/x",
+    "spiffe://krypton.dev/tenant/demo/x?y=1",
+    "spiffe://krypton.dev/tenant/demo/x#frag",
+    "spiffe://Krypton.dev/tenant/demo/x",
+    "spiffe://krypton.dev:443/tenant/demo/x",
+    "spiffe://user@krypton.dev/tenant/demo/x",
+    "spiffe:///tenant/demo/x",
+    "SPIFFE://krypton.dev/tenant/demo/x",
+])
+def test_malformed_spiffe_ids_are_refused(uri: str) -> None:
+    cert = custom(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "c")]),
+                  [x509.UniformResourceIdentifier(uri)])
+    with pytest.raises(PermissionDenied, match="SPIFFE ID"):
+        identity_from_der(der(cert))
+
+
+def test_spiffe_id_grammar() -> None:
+    assert parse_spiffe_id("spiffe://krypton.dev") == SpiffeId("krypton.dev", "")
+    ok = parse_spiffe_id("spiffe://a-b_c.d/tenant/demo/workload/x.y-z_1")
+    assert ok.segments == ("tenant", "demo", "workload", "x.y-z_1")
+    assert str(ok) == "spiffe://a-b_c.d/tenant/demo/workload/x.y-z_1"
+    with pytest.raises(PermissionDenied, match="longer than 2048"):
+        parse_spiffe_id("spiffe://krypton.dev/" + "a" * 2048)
+
+
+def _leaf(**kw: Any) -> bytes:
+    cert, _ = issue_leaf(*CA, common_name="leaf",
+                         spiffe_id=kw.pop("spiffe_id", "spiffe://krypton.dev/tenant/demo/w/a"),
+                         **kw)
+    return der(cert)
+
+
+def test_check_peer_needs_a_leaf_with_the_usage_of_its_role() -> None:
+    """Issue 11 finding 6: CA:TRUE leaves and leaves without clientAuth were accepted."""
+    client = PeerRules(usage=Usage.CLIENT)
+    assert check_peer(_leaf(), client).identity == "spiffe://krypton.dev/tenant/demo/w/a"
+    with pytest.raises(PermissionDenied, match="lacks the clientAuth"):
+        check_peer(_leaf(server=True, client=False), client)
+    with pytest.raises(PermissionDenied, match="lacks the serverAuth"):
+        check_peer(_leaf(), PeerRules(usage=Usage.SERVER))
+    ca_leaf = custom(x509.Name([]), [x509.UniformResourceIdentifier("spiffe://krypton.dev/x")],
+                     ca=True)
+    with pytest.raises(PermissionDenied, match="CA certificate"):
+        check_peer(der(ca_leaf), client)
+    no_eku = custom(x509.Name([]), [x509.UniformResourceIdentifier("spiffe://krypton.dev/y")])
+    with pytest.raises(PermissionDenied, match="lacks the clientAuth"):
+        check_peer(der(no_eku), client)
+
+
+def test_check_peer_trust_domain_validity_and_deny_list(tmp_path: Path) -> None:
+    leaf = _leaf(seconds=20)
+    facts = check_peer(leaf, PeerRules(trust_domain="krypton.dev"))
+    with pytest.raises(PermissionDenied, match=r"'krypton\.dev' is not 'example\.org'"):
+        check_peer(leaf, PeerRules(trust_domain="example.org"))
+    with pytest.raises(PermissionDenied, match="expired"):
+        check_peer(leaf, PeerRules(clock=lambda: facts.not_after + 1))
+    with pytest.raises(PermissionDenied, match="not yet valid"):
+        check_peer(leaf, PeerRules(clock=lambda: facts.not_before - 1))
+    deny_file = tmp_path / "deny.txt"
+    deny_file.write_text("# nothing yet\n")
+    ticks = [0.0]
+    deny = DenyList(deny_file, clock=lambda: ticks[0])
+    rules = PeerRules(deny=deny)
+    check_peer(leaf, rules)
+    deny_file.write_text(f"{facts.serial:x}  # lost\n")
+    ticks[0] += 0.5  # not looked at again within the recheck period
+    check_peer(leaf, rules)
+    ticks[0] += 1.0
+    with pytest.raises(PermissionDenied, match="deny list"):
+        check_peer(leaf, rules)
+    deny_file.write_text("spiffe://krypton.dev/tenant/demo/w/a\n0x01:02\n")
+    ticks[0] += 1.0
+    with pytest.raises(PermissionDenied, match="deny list"):
+        check_peer(leaf, rules)
+    assert parse_deny_list("0x01:02\nCN=x,O=y\n") == (frozenset({0x102}), frozenset({"CN=x,O=y"}))
+    deny_file.unlink()
+    ticks[0] += 1.0
+    check_peer(leaf, rules)
 
 
 def test_subject_when_no_spiffe_id(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from krypton.config import load_core_config, load_gateway_config
 from krypton.errors import ConfigError
 from krypton.gateway.policy import Policy
 from krypton.pki import (
@@ -25,6 +26,7 @@ from krypton.pki import (
     policy_rule,
     write_key_pem,
 )
+from krypton.pki.dev import CORE_TOML, GATEWAY_TOML, core_spiffe_id, gateway_spiffe_id
 
 DEV_FILES = (
     "ca", "ca-key", "client", "client-key", "other-client", "other-client-key",
@@ -112,7 +114,7 @@ def test_dev_dir_files_and_modes(dev: DevLayout) -> None:
         ("gateway", "spiffe://krypton.dev/gateway/gw-dev",
          {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}),
         ("core", "spiffe://krypton.dev/core/core-dev",
-         {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}),
+         {ExtendedKeyUsageOID.SERVER_AUTH}),  # role-specific: the Core is never a client
     ],
 )
 def test_dev_leaves(dev: DevLayout, stem: str, spiffe: str,
@@ -237,3 +239,20 @@ def test_policy_rule_grants_the_new_tenant() -> None:
     assert grant is not None
     assert grant.tenant == "acme"
     assert policy.lookup("spiffe://krypton.dev/tenant/demo/workload/client") is None
+
+
+def test_dev_configs_of_an_older_init_are_upgraded(tmp_path: Path) -> None:
+    """A dev directory from before per-gateway tenants and core_id still starts."""
+    layout = init_dev_dir(tmp_path)
+    old_gateway = GATEWAY_TOML.replace(f'core_id = "{core_spiffe_id()}"', "#")
+    old_core = CORE_TOML.replace(
+        f'[[core.gateway]]\nid = "{gateway_spiffe_id()}"\ntenants = ["demo", "other"]\n',
+        f'gateways = ["{gateway_spiffe_id()}"]\n')
+    layout.gateway_config.write_text(old_gateway)
+    layout.core_config.write_text(old_core)
+    again = init_dev_dir(tmp_path)
+    assert set(again.written) == {layout.gateway_config, layout.core_config}
+    assert load_gateway_config(layout.gateway_config, env={}).uplink.core_id == core_spiffe_id()
+    assert load_core_config(layout.core_config, env={}).authorised_gateways() == {
+        gateway_spiffe_id(): frozenset({"demo", "other"})}
+    assert init_dev_dir(tmp_path).written == ()

@@ -8,16 +8,31 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from krypton.config import TLSConfig
-from krypton.errors import ConfigError
-from krypton.pki import DevLayout, init_dev_dir, issue_ca, issue_leaf, write_cert_pem, write_key_pem
-from krypton.tls.contexts import client_context, server_context
-from krypton.tls.identity import identity_from_der, identity_from_peercert
+from krypton.config import GatewayTLSConfig, TLSConfig
+from krypton.errors import ConfigError, PermissionDenied
+from krypton.pki import (
+    DevLayout,
+    init_dev_dir,
+    issue_ca,
+    issue_leaf,
+    load_cert_pem,
+    load_key_pem,
+    write_cert_pem,
+    write_key_pem,
+)
+from krypton.tls.contexts import (
+    client_context,
+    peer_identity,
+    server_context,
+    set_listener_rules,
+)
+from krypton.tls.identity import PeerRules, identity_from_der, identity_from_peercert
 
 DEMO = "spiffe://krypton.dev/tenant/demo/workload/client"
 
@@ -29,6 +44,7 @@ class Seen:
     version: str | None = None
     cipher: str | None = None
     reused: bool | None = None
+    checked: str | BaseException | None = None  # peer_identity: as the listener sees it
     error: BaseException | None = None
 
 
@@ -61,6 +77,10 @@ class Server:
                     seen.version = tls.version()
                     seen.cipher = (tls.cipher() or ("",))[0]
                     seen.reused = tls.session_reused
+                    try:
+                        seen.checked = peer_identity(tls, tls.getpeercert(binary_form=True))
+                    except PermissionDenied as e:
+                        seen.checked = e
                     tls.sendall(b"ok")
                     tls.recv(1)
             except (ssl.SSLError, OSError) as e:
@@ -240,6 +260,83 @@ def test_session_resumption_with_tickets(dev: DevLayout, server: Server,
     server.wait(2)
     assert server.seen[1].reused
     assert server.seen[1].identity == DEMO  # the identity survives resumption
+
+
+def test_resumed_session_after_the_certificate_expired_is_refused(
+        dev: DevLayout, tmp_path: Path) -> None:
+    """Issue 11 finding 7: OpenSSL resumes a session without looking at the certificate
+    again; the listener's check on every connection refuses it once the certificate
+    has expired (a 20 s certificate, a fake clock instead of a sleep)."""
+    cert, key = issue_leaf(load_cert_pem(dev.ca), load_key_pem(dev.ca_key),
+                           common_name="short", spiffe_id=DEMO, seconds=20)
+    write_cert_pem(tmp_path / "short.pem", cert)
+    write_key_pem(tmp_path / "short-key.pem", key)
+    ctx = server_context(gateway_tls(dev))
+    now = [time.time()]
+    set_listener_rules(ctx, PeerRules(clock=lambda: now[0]))
+    srv = Server(ctx)
+    try:
+        client = client_context(dev.ca, tmp_path / "short.pem", tmp_path / "short-key.pem")
+        data, session, _ = talk(client, srv.port)
+        assert data == b"ok"
+        assert srv.last().checked == DEMO
+        now[0] = cert.not_valid_after_utc.timestamp() + 1
+        _, _, reused = talk(client, srv.port, session=session)
+        srv.wait(2)
+        assert reused and srv.seen[1].reused  # OpenSSL alone would have let it in
+        checked = srv.seen[1].checked
+        assert isinstance(checked, PermissionDenied)
+        assert "certificate expired" in checked.message
+    finally:
+        srv.close()
+
+
+def test_session_lifetime_bounds_tickets(dev: DevLayout) -> None:
+    """OpenSSL's session timeout (two hours by default) becomes gateway.tls.session_lifetime:
+    it refuses older tickets itself, and tells clients in each ticket's lifetime hint."""
+    for lifetime, hint in ((60.0, 60), (None, 3600)):
+        tls = GatewayTLSConfig(cert=dev.gateway, key=dev.gateway_key, ca=dev.ca)
+        if lifetime is not None:
+            tls = dataclasses.replace(tls, session_lifetime=lifetime)
+        srv = Server(server_context(tls))
+        try:
+            _, session, _ = talk(demo_client(dev), srv.port)
+            assert session is not None
+            assert session.ticket_lifetime_hint == hint
+        finally:
+            srv.close()
+
+
+def test_client_leaf_without_client_auth_is_refused(dev: DevLayout, tmp_path: Path) -> None:
+    cert, key = issue_leaf(load_cert_pem(dev.ca), load_key_pem(dev.ca_key), common_name="srv",
+                           spiffe_id=DEMO, server=True, client=False)
+    write_cert_pem(tmp_path / "s.pem", cert)
+    write_key_pem(tmp_path / "s-key.pem", key)
+    srv = Server(server_context(gateway_tls(dev)))
+    try:
+        talk(client_context(dev.ca, tmp_path / "s.pem", tmp_path / "s-key.pem"), srv.port)
+    except (ssl.SSLError, OSError):
+        pass  # OpenSSL may refuse it already (its purpose check); either way it is out
+    finally:
+        srv.wait(1)
+        srv.close()
+    seen = srv.seen[0]
+    assert seen.error is not None or isinstance(seen.checked, PermissionDenied)
+
+
+def test_deny_list_refuses_a_listed_identity(dev: DevLayout, tmp_path: Path) -> None:
+    deny = tmp_path / "deny.txt"
+    deny.write_text(f"# revoked\n{DEMO}\n")
+    srv = Server(server_context(gateway_tls(dev, deny_list=deny)))
+    try:
+        talk(demo_client(dev), srv.port)
+        talk(client_context(dev.ca, dev.other_client, dev.other_client_key), srv.port)
+        srv.wait(2)
+        denied, other = srv.seen[0].checked, srv.seen[1].checked
+        assert isinstance(denied, PermissionDenied) and "deny list" in denied.message
+        assert other == "spiffe://krypton.dev/tenant/other/workload/client"
+    finally:
+        srv.close()
 
 
 def test_no_resumption_when_tickets_are_off(dev: DevLayout) -> None:

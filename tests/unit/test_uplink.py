@@ -26,8 +26,11 @@ from krypton.crypto.keyring import KeyRing, L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import GeneralFailure, ItemNotFound, PermissionDenied, UpstreamUnavailable
 from krypton.model.record import KeyRecord
+from krypton.model.registry import AuditRecord
 from krypton.pki import DevLayout, init_dev_dir
-from krypton.pki.dev import gateway_spiffe_id
+from krypton.pki.dev import core_spiffe_id, gateway_spiffe_id
+from krypton.tls.identity import PeerRules
+from krypton.uplink import convert
 from krypton.uplink.client import UplinkClient, UplinkL3Source, backoff_delay
 from krypton.uplink.service import UplinkServer
 from krypton.uplink.types import (
@@ -43,6 +46,7 @@ from krypton.uplink.v1 import uplink_pb2 as pb
 from krypton.uplink.v1 import uplink_pb2_grpc as pb_grpc
 
 GATEWAY = gateway_spiffe_id()
+CORE = core_spiffe_id()
 KEY_DEMO_1 = bytes(range(32))
 KEY_DEMO_2 = bytes(range(32, 64))
 KEY_OTHER_1 = bytes(range(64, 96))
@@ -152,6 +156,7 @@ def server(dev: DevLayout, core: DictCore, port: int = 0, heartbeat: float = 5.0
 
 def client(tls: TLSConfig, port: int, tenants: tuple[str, ...] = ("demo",),
            timeout: float = 1.0, **kw: Any) -> UplinkClient:
+    kw.setdefault("core_id", CORE)
     return UplinkClient(f"127.0.0.1:{port}", tls, "gw-test", tenants, timeout, **kw)
 
 
@@ -394,6 +399,117 @@ def test_tenant_not_served_is_refused(dev: DevLayout) -> None:
                 assert core.calls == [("execute", GATEWAY)]
             finally:
                 await srv.stop(0)
+
+    run(main)
+
+
+def test_a_fake_core_with_a_gateway_certificate_is_refused(dev: DevLayout) -> None:
+    """Issue 11 finding 3: a server holding a gateway's certificate from the same CA."""
+    async def main() -> None:
+        core = DictCore()
+        fake = UplinkServer(core, gateway_tls(dev), {GATEWAY: frozenset({"demo"})},
+                            "127.0.0.1", 0)
+        port = await fake.start()
+        grants: list[L3Grant] = []
+        try:
+            async with client(gateway_tls(dev), port, backoff=(0.05, 0.1)) as up:
+                up.add_listener(on_l3=grants.append)
+                assert not await up.wait_ready(0.5)
+                assert "is not the Core" in up.last_error
+                with pytest.raises(UpstreamUnavailable):
+                    await up.execute(ExecuteRequest(b"x", "id", "demo", (2, 1)))
+                with pytest.raises(UpstreamUnavailable):
+                    await up.sync_keys([record("k-1")])
+            assert core.calls == [] and grants == []
+        finally:
+            await fake.stop(0)
+
+    run(main)
+
+
+class LyingCore(pb_grpc.UplinkServicer):
+    """A server with the Core's own certificate that answers other things than asked."""
+
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Any
+                        ) -> AsyncIterator[pb.CoreEvent]:
+        for event in (DictCore().grant("other", 1), Heartbeat.now(),
+                      StateChange("other", "k-9", 5, 1)):
+            yield convert.event_to_pb(event)
+        await asyncio.Event().wait()
+
+    async def SyncKeys(self, request: pb.SyncKeysRequest, context: Any) -> pb.SyncKeysResponse:
+        return pb.SyncKeysResponse()
+
+    async def Execute(self, request: pb.ExecuteRequest, context: Any) -> pb.ExecuteResponse:
+        return pb.ExecuteResponse()
+
+    async def FetchKey(self, request: pb.FetchKeyRequest, context: Any) -> pb.FetchKeyResponse:
+        other = WrappedKey.of(record("k-other", "other"))
+        return pb.FetchKeyResponse(found=True, key=convert.wrapped_to_pb(other))
+
+
+def test_answers_are_checked_against_the_question(dev: DevLayout) -> None:
+    """Issue 11 finding 3: a FetchKey answer for another uid or tenant, and pushed events
+    of a tenant not subscribed, are refused by the gateway."""
+    async def main() -> None:
+        srv = grpc.aio.server()
+        pb_grpc.add_UplinkServicer_to_server(LyingCore(), srv)
+        port = srv.add_secure_port("127.0.0.1:0", convert.server_credentials(core_tls(dev)))
+        await srv.start()
+        grants: list[L3Grant] = []
+        changes: list[StateChange] = []
+        try:
+            async with client(gateway_tls(dev), port) as up:
+                up.add_listener(on_l3=grants.append, on_state=changes.append)
+                assert await up.wait_ready(3.0), up.last_error
+                with pytest.raises(PermissionDenied, match="another key"):
+                    await up.fetch_key("demo", "k-1")
+            assert grants == [] and changes == []
+        finally:
+            await srv.stop(0)
+
+    run(main)
+
+
+def test_refusals_and_forged_claims_are_audited(dev: DevLayout) -> None:
+    """Issue 11 findings 1 and 2 at the uplink server: every refused call leaves an audit
+    record naming the gateway (and the client it claimed); malformed claims are refused."""
+    async def main() -> None:
+        core = DictCore()
+        audited: list[AuditRecord] = []
+
+        async def audit(rec: AuditRecord) -> None:
+            audited.append(rec)
+
+        srv = UplinkServer(core, core_tls(dev), {GATEWAY: frozenset({"demo"})}, "127.0.0.1", 0,
+                           rules=PeerRules(trust_domain="krypton.dev"), audit=audit)
+        port = await srv.start()
+        try:
+            async with client(gateway_tls(dev), port, tenants=("demo",)) as up:
+                with pytest.raises(PermissionDenied):
+                    await up.execute(ExecuteRequest(b"x", "spiffe://krypton.dev/w", "other",
+                                                    (2, 1)))
+                with pytest.raises(PermissionDenied):
+                    await up.fetch_key("other", "k-1")
+                with pytest.raises(PermissionDenied):
+                    await up.sync_keys([record("k-2", "other")])
+                for forged in ("spiffe://forged/identity", "spiffe://krypton.dev/a/../b", " "):
+                    with pytest.raises(PermissionDenied):
+                        await up.execute(ExecuteRequest(b"x", forged, "demo", (2, 1)))
+                await up.execute(ExecuteRequest(b"x", "spiffe://krypton.dev/tenant/demo/w/c",
+                                                "demo", (2, 1)))
+        finally:
+            await srv.stop(0)
+        assert [(r.operation, r.tenant, r.identity, r.result) for r in audited] == [
+            ("Execute", "other", "spiffe://krypton.dev/w", "PermissionDenied"),
+            ("FetchKey", "other", GATEWAY, "PermissionDenied"),
+            ("SyncKeys", "other", GATEWAY, "PermissionDenied"),
+            ("Execute", "demo", "spiffe://forged/identity", "PermissionDenied"),
+            ("Execute", "demo", "spiffe://krypton.dev/a/../b", "PermissionDenied"),
+            ("Execute", "demo", " ", "PermissionDenied"),
+        ]
+        assert all(r.gateway == GATEWAY for r in audited)
+        assert [c for c in core.calls if c[0] != "subscribe"] == [("execute", GATEWAY)]
 
     run(main)
 

@@ -12,6 +12,8 @@ from krypton.core.service import CoreService
 from krypton.crypto.keyring import KeyRing
 from krypton.model import Registry
 from krypton.registry import open_registry
+from krypton.tls.contexts import peer_rules
+from krypton.tls.identity import Usage
 from krypton.uplink.service import UplinkServer
 
 log = logging.getLogger("krypton.core")
@@ -53,7 +55,8 @@ class Core:
         )
         await self.service.start()
         self.server = UplinkServer(
-            self.service, cfg.tls, cfg.authorised_gateways(), cfg.listen_host, cfg.listen_port
+            self.service, cfg.tls, cfg.authorised_gateways(), cfg.listen_host, cfg.listen_port,
+            rules=peer_rules(cfg.tls, Usage.CLIENT), audit=self.registry.append_audit,
         )
         port = await self.server.start()
         log.info("core %s: uplink on %s:%d", cfg.name, cfg.listen_host, port)

@@ -24,6 +24,12 @@ How this works
   gateway applies those before relaying the answer.
 * **FetchKey** — a wrapped record by uid, for a key made at another gateway.
 
+Every call leaves an audit record naming the gateway (its authenticated
+SPIFFE ID): a Subscribe one per tenant, a SyncKeys one per tenant with the
+number of records, a FetchKey one with the uid; an Execute's record names
+the client identity the gateway vouches for as well. (Refused calls are
+audited by the uplink server, before they get here.)
+
 Key material never passes through here in the clear except L3 grants, which
 the uplink server wipes once serialised onto the mutual-TLS channel.
 """
@@ -42,10 +48,11 @@ from krypton.core.engine.objects import CoreServices, index_fields
 from krypton.core.keystore import CoreKeyStore
 from krypton.crypto.keyring import L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
+from krypton.errors import StorageError
 from krypton.kmip.attributes import parse_attributes
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model.context import RequestContext
-from krypton.model.registry import Change, ObjectRecord, Registry
+from krypton.model.registry import AuditRecord, Change, ObjectRecord, Registry
 from krypton.ttlv.codec import Limits, decode, encode
 from krypton.uplink.types import (
     CoreEvent,
@@ -144,6 +151,8 @@ class CoreService:
         sub = _Subscriber(gateway, tenants)
         self._subscribers.add(sub)
         log.info("gateway %s subscribed for %s", gateway, ", ".join(sorted(tenants)))
+        for tenant in sorted(tenants):
+            await self._audit(gateway, tenant, "Subscribe")
         renew = max(self.lease_seconds / 2, 1.0)
         try:
             for grant in await self.keys.grants(sorted(tenants), self.lease_seconds):
@@ -171,6 +180,9 @@ class CoreService:
     async def sync_keys(self, gateway: str, keys: Sequence[WrappedKey]) -> list[str]:
         records = [self._record(gateway, k) for k in keys]
         await self.registry.put_objects(records)
+        for tenant in sorted({r.tenant for r in records}):
+            n = sum(1 for r in records if r.tenant == tenant)
+            await self._audit(gateway, tenant, "SyncKeys", detail=f"{n} record(s)")
         return [r.uid for r in records]
 
     def _record(self, gateway: str, key: WrappedKey) -> ObjectRecord:
@@ -215,4 +227,17 @@ class CoreService:
 
     async def fetch_key(self, gateway: str, tenant: str, uid: str) -> WrappedKey | None:
         rec = await self.registry.get_object(tenant, uid)
+        found = "Success" if rec is not None else "ItemNotFound"
+        await self._audit(gateway, tenant, "FetchKey", uid, result=found)
         return None if rec is None else WrappedKey.from_object(rec)
+
+    async def _audit(self, gateway: str, tenant: str, operation: str, uid: str | None = None, *,
+                     result: str = "Success", detail: str = "") -> None:
+        record = AuditRecord(time=time.time(), identity=gateway, tenant=tenant,
+                             operation=operation, uid=uid, result=result, gateway=gateway,
+                             detail=detail)
+        try:
+            await self.registry.append_audit(record)
+        except StorageError:
+            log.error("audit record of %s by %s not written", operation, gateway)
+

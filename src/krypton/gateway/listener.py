@@ -62,7 +62,7 @@ from krypton.errors import KryptonError, PermissionDenied
 from krypton.gateway.engine.dispatch import Dispatcher, Session
 from krypton.gateway.policy import Policy
 from krypton.kmip.messages import error_response
-from krypton.tls.identity import identity_from_der
+from krypton.tls.contexts import peer_identity
 from krypton.ttlv.codec import Limits, encode
 from krypton.ttlv.framing import HEADER_SIZE, message_length
 from krypton.ttlv.tags import Tag
@@ -108,11 +108,11 @@ class Connection(asyncio.BufferedProtocol):
         sslobj = transport.get_extra_info("ssl_object")
         if isinstance(sslobj, ssl.SSLObject):
             der = sslobj.getpeercert(binary_form=True)
-        if not der:
+        if not der or not isinstance(sslobj, ssl.SSLObject):
             self.abort()
             return
         try:
-            identity = identity_from_der(der)
+            identity = peer_identity(sslobj, der)
         except KryptonError as exc:
             self.refused = exc.message
             return

@@ -96,8 +96,12 @@ def issue_leaf(
     server: bool = False,
     client: bool = True,
     days: int = LEAF_DAYS,
+    seconds: int | None = None,
 ) -> tuple[Certificate, PrivateKey]:
     """A leaf signed by ``ca``/``key``; returns the certificate and its new key.
+
+    It is valid for ``days``, or for ``seconds`` when given (short-lived
+    certificates, e.g. to test what happens when one expires).
 
     ``spiffe_id`` becomes the URI SAN (must start with ``spiffe://``); ``dns``
     and ``ips`` become DNS and IP SANs. At least one of ``server``/``client``.
@@ -119,6 +123,10 @@ def issue_leaf(
         if wanted
     ]
     not_before, not_after = _validity(days)
+    if seconds is not None:
+        if seconds < 1:
+            raise ValueError(f"seconds must be >= 1, got {seconds}")
+        not_after = not_before + _BACKDATE + dt.timedelta(seconds=seconds)
     builder = (
         x509.CertificateBuilder()
         .subject_name(

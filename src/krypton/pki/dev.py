@@ -11,10 +11,16 @@ Layout (all paths in the configs are relative to ``d``)::
     d/pki/ca.pem  ca-key.pem
           client.pem  client-key.pem              .../tenant/demo/workload/client
           other-client.pem  other-client-key.pem  .../tenant/other/workload/client
-          gateway.pem  gateway-key.pem            .../gateway/gw-dev (server and client)
-          core.pem  core-key.pem                  .../core/core-dev (server and client)
+          gateway.pem  gateway-key.pem            .../gateway/gw-dev
+          core.pem  core-key.pem                  .../core/core-dev
 
-where ``...`` is ``spiffe://krypton.dev``.
+where ``...`` is ``spiffe://krypton.dev``. Certificates are role-specific:
+a workload's has clientAuth only (and no DNS/IP names); a gateway's has
+serverAuth (its KMIP listener) and clientAuth (its uplink); the Core's has
+serverAuth only (it is never a client). The gateway's config names the Core's
+SPIFFE ID (``gateway.uplink.core_id``), so neither a workload's nor a
+gateway's certificate can stand in for the Core; the Core's config lists the
+gateway with the tenants it serves (``[[core.gateway]]``).
 """
 
 from __future__ import annotations
@@ -145,7 +151,7 @@ _DEV_LEAVES = (
     _Leaf("client", "demo client", workload_spiffe_id("demo", "client"), False, True),
     _Leaf("other-client", "other client", workload_spiffe_id("other", "client"), False, True),
     _Leaf("gateway", GATEWAY_NAME, gateway_spiffe_id(), True, True),
-    _Leaf("core", CORE_NAME, core_spiffe_id(), True, True),
+    _Leaf("core", CORE_NAME, core_spiffe_id(), True, False),
 )
 
 
@@ -215,7 +221,31 @@ def init_dev_dir(d: Path, *, force: bool = False) -> DevLayout:
         if force or not path.exists():
             write_atomic(path, text.encode(), 0o644)
             written.append(path)
+        elif _upgrade(path):
+            written.append(path)
     return DevLayout(layout.root, tuple(written))
+
+
+# Lines of configs written before the trust boundary (issue 11) → what they mean now:
+# the gateway names the Core it trusts, and the Core lists the dev gateway's tenants.
+_UPGRADES = (
+    ('timeout = 2.0\n', f'timeout = 2.0\ncore_id = "{core_spiffe_id()}"\n', "\ncore_id ="),
+    (f'\ngateways = ["{gateway_spiffe_id()}"]\n',
+     f'\ngateways = ["{gateway_spiffe_id()}=demo+other"]\n', "\n[[core.gateway]]"),
+)
+
+
+def _upgrade(path: Path) -> bool:
+    """Bring a dev config written by an older ``krypton dev init`` up to date, in place."""
+    text = path.read_text(encoding="utf-8")
+    new = text
+    for old, replacement, done in _UPGRADES:
+        if old in new and done not in new and new.count(old) == 1:
+            new = new.replace(old, replacement)
+    if new == text:
+        return False
+    write_atomic(path, new.encode(), 0o644)
+    return True
 
 
 def issue_client(d: Path, tenant: str, name: str, *, force: bool = False) -> IssuedCert:
@@ -281,6 +311,9 @@ key = "pki/gateway-key.pem"
 ca = "pki/ca.pem"
 min_version = "1.2"
 session_tickets = true
+session_lifetime = 3600.0  # seconds a TLS session may be resumed
+trust_domain = "{TRUST_DOMAIN}"  # clients' SPIFFE IDs must be in it
+# deny_list = "deny.txt"   # certificate serials (hex) / identities refused, one a line
 
 [gateway.limits]
 max_message_size = 1048576
@@ -299,6 +332,7 @@ records = 100000
 [gateway.uplink]
 core_address = "127.0.0.1:5697"
 timeout = 2.0
+core_id = "{core_spiffe_id()}"  # the uplink refuses any other server
 """
 
 CORE_TOML = f"""\
@@ -314,12 +348,17 @@ registry = "sqlite:core.db"
 master_key_file = "master.key"
 l3_lease_seconds = 86400
 tenants = ["demo", "other"]
-# Gateways (by their certificate's SPIFFE ID) allowed on the uplink; each is
-# served the tenants above.
-gateways = ["{gateway_spiffe_id()}"]
+
+# Gateways allowed on the uplink (by their certificate's SPIFFE ID), each with
+# the tenants it is served; any other tenant is refused to it. Shorthand:
+# gateways = ["spiffe://.../gateway/gw-a=demo+other"] (or KRYPTON_CORE_GATEWAYS).
+[[core.gateway]]
+id = "{gateway_spiffe_id()}"
+tenants = ["demo", "other"]
 
 [core.tls]
 cert = "pki/core.pem"
 key = "pki/core-key.pem"
 ca = "pki/ca.pem"
+trust_domain = "{TRUST_DOMAIN}"  # gateways' SPIFFE IDs must be in it
 """

@@ -7,7 +7,18 @@ only for TLS 1.2 (TLS 1.3 suites are all AEAD), no compression, no
 renegotiation, strict X.509 checks. Session resumption is stateless: tickets
 (``OP_NO_TICKET`` cleared, ``num_tickets`` set for TLS 1.3), encrypted with a
 key OpenSSL creates per context, so resumption works across the connections
-of one process (or of workers forked after the context is made).
+of one process (or of workers forked after the context is made). A session
+may be resumed for ``session_lifetime`` seconds at most (OpenSSL's session
+timeout, which also bounds each ticket; its default is two hours).
+
+(If that timeout cannot be set, tickets are turned off rather than left at
+two hours.)
+
+A resumed session skips certificate verification, so the listener asks
+:func:`peer_identity` on every connection: it checks the peer certificate
+now (:func:`krypton.tls.identity.check_peer`: a leaf with clientAuth, valid
+now, in the trust domain, not on the deny list). The rules travel with the
+context (:data:`PEER_RULES_ATTR`).
 
 Every problem loading the certificate, key or CA is a ConfigError naming the
 setting (``gateway.tls.key: does not match gateway.tls.cert ...``).
@@ -15,6 +26,7 @@ setting (``gateway.tls.key: does not match gateway.tls.cert ...``).
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from pathlib import Path
@@ -23,8 +35,13 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from krypton.config import TLSConfig
+from krypton.config import GatewayTLSConfig, TLSConfig
 from krypton.errors import ConfigError
+from krypton.tls._openssl import set_session_timeout
+from krypton.tls.denylist import DenyList
+from krypton.tls.identity import PeerRules, Usage, check_peer
+
+log = logging.getLogger("krypton.tls")
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
 # Each TLS 1.3 ticket costs the server ~0.45 ms here (OpenSSL 3.0: it serialises and
@@ -34,6 +51,8 @@ _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _HARDENING = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
 
 PathArg = str | os.PathLike[str]
+PEER_RULES_ATTR = "krypton_peer_rules"
+DEFAULT_SESSION_LIFETIME = 3600.0
 
 
 def _read(path: Path, setting: str) -> bytes:
@@ -99,9 +118,40 @@ def server_context(tls: TLSConfig, *, setting: str = "gateway.tls") -> ssl.SSLCo
     else:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
+    lifetime = (tls.session_lifetime if isinstance(tls, GatewayTLSConfig)
+                else DEFAULT_SESSION_LIFETIME)
+    if tls.session_tickets and not set_session_timeout(ctx, max(1, int(lifetime))):
+        log.warning("%s.session_lifetime: OpenSSL's session timeout could not be set; "
+                    "session tickets are off", setting)
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
     _load_chain(ctx, tls.cert, tls.key, (f"{setting}.cert", f"{setting}.key"))
     _load_ca(ctx, tls.ca, f"{setting}.ca")
+    set_listener_rules(ctx, peer_rules(tls, Usage.CLIENT))
     return ctx
+
+
+def peer_rules(tls: TLSConfig, usage: Usage) -> PeerRules:
+    """The checks for peers of a side configured by ``tls`` (trust domain, deny list)."""
+    deny = DenyList(tls.deny_list) if tls.deny_list is not None else None
+    return PeerRules(usage=usage, trust_domain=tls.trust_domain, deny=deny)
+
+
+def set_listener_rules(ctx: ssl.SSLContext, rules: PeerRules) -> None:
+    """Attach ``rules`` to a server context (tests replace its clock this way)."""
+    setattr(ctx, PEER_RULES_ATTR, rules)
+
+
+def peer_identity(sslobj: ssl.SSLObject | ssl.SSLSocket, der: bytes | None) -> str:
+    """The client's identity once its certificate passes this connection's checks.
+
+    Called by the listener on every connection, resumed ones included. A
+    context not made by :func:`server_context` gets the default checks.
+    """
+    rules = getattr(sslobj.context, PEER_RULES_ATTR, None)
+    if not isinstance(rules, PeerRules):
+        rules = PeerRules()
+    return check_peer(der, rules).identity
 
 
 def client_context(

@@ -24,6 +24,13 @@ unreachable: ..."); other gRPC failures are translated by
 :func:`krypton.uplink.convert.error_of`. A call that timed out may still have
 reached the Core (the Core's handler is cancelled when the deadline passes).
 
+The Core is recognised by its SPIFFE ID (``core_id``,
+``gateway.uplink.core_id``): the TLS of every connection the channel makes is
+done by :class:`krypton.uplink._pipe.CorePipe`, which checks the server's
+certificate before gRPC may use the connection. What the Core sends is
+checked against what was asked: a pushed event must be for a subscribed
+tenant, a FetchKey answer for the uid and tenant asked.
+
 L3 material pushed by the Core becomes a :class:`SecretBytes` at once and is
 owned by the (first) ``on_l3`` listener, e.g. :class:`UplinkL3Source`, which
 installs it into the gateway's :class:`~krypton.crypto.keyring.KeyRing`.
@@ -42,12 +49,13 @@ from typing import TypeVar
 
 import grpc
 
-from krypton.config import GatewayConfig, TLSConfig
+from krypton.config import GatewayConfig, TLSConfig, split_address
 from krypton.crypto.keyring import KeyRing, L3Grant
 from krypton.crypto.secret import SecretBytes
-from krypton.errors import KryptonError, UpstreamUnavailable
+from krypton.errors import KryptonError, PermissionDenied, UpstreamUnavailable
 from krypton.model.record import KeyRecord
 from krypton.uplink import convert
+from krypton.uplink._pipe import CorePipe
 from krypton.uplink.types import (
     ConnectionState,
     ExecuteRequest,
@@ -107,6 +115,7 @@ class UplinkClient:
         stale_after: float = DEFAULT_STALE_AFTER,
         server_name: str | None = None,
         setting: str = "gateway",
+        core_id: str | None = None,
     ) -> None:
         if timeout <= 0 or stale_after <= 0 or not 0 < backoff[0] <= backoff[1]:
             raise ValueError("timeout, stale_after and backoff must be positive (base ≤ cap)")
@@ -119,6 +128,8 @@ class UplinkClient:
         self._stale_after = stale_after
         self._server_name = server_name
         self._setting = setting
+        self._core_id = core_id or None
+        self._pipe: CorePipe | None = None
         self._listeners: list[_Listener] = []
         self._state = ConnectionState.DOWN
         self._last_error = "not started"
@@ -131,7 +142,7 @@ class UplinkClient:
     @classmethod
     def from_config(cls, config: GatewayConfig, tenants: Iterable[str]) -> UplinkClient:
         return cls(config.uplink.core_address, config.tls, config.name, tenants,
-                   config.uplink.timeout)
+                   config.uplink.timeout, core_id=config.uplink.core_id)
 
     # -- state -------------------------------------------------------------------
     @property
@@ -213,7 +224,6 @@ class UplinkClient:
         """Open the channel and start the Subscribe consumer (returns at once)."""
         if self._task is not None:
             return
-        credentials = convert.channel_credentials(self._tls, f"{self._setting}.tls")
         options: list[tuple[str, str | int]] = [
             ("grpc.initial_reconnect_backoff_ms", int(self._backoff[0] * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(self._backoff[1] * 1000)),
@@ -222,9 +232,16 @@ class UplinkClient:
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
-        if self._server_name:
-            options.append(("grpc.ssl_target_name_override", self._server_name))
-        self._channel = grpc.aio.secure_channel(self._address, credentials, options=options)
+        if self._core_id is not None:
+            host, port = split_address(self._address)
+            self._pipe = CorePipe(host, port, self._tls, self._core_id)
+            target = await self._pipe.start()
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:  # built in code without a Core identity (tests): the CA alone is trusted
+            credentials = convert.channel_credentials(self._tls, f"{self._setting}.tls")
+            if self._server_name:
+                options.append(("grpc.ssl_target_name_override", self._server_name))
+            self._channel = grpc.aio.secure_channel(self._address, credentials, options=options)
         self._stub = pb_grpc.UplinkStub(self._channel)
         self._task = asyncio.create_task(self._subscribe_forever(), name="uplink-subscribe")
 
@@ -237,6 +254,9 @@ class UplinkClient:
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             await channel.close()
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await pipe.close()
         if self._state is not ConnectionState.DOWN:
             self._state, self._last_error, self._first = ConnectionState.DOWN, "closed", True
             self._ready.clear()
@@ -262,6 +282,8 @@ class UplinkClient:
                 reason = "the Core ended the stream"
             except grpc.aio.AioRpcError as e:
                 reason = f"{e.code().name}: {e.details() or 'no detail'}"
+                if self._pipe is not None and self._pipe.last_refusal:
+                    reason = f"refused the server: {self._pipe.last_refusal}"
             except _Stale:
                 reason = f"nothing heard for {self._stale_after:g} s"
             except Exception as e:  # a bug must not end the reconnect loop
@@ -303,7 +325,7 @@ class UplinkClient:
             return
         if event is None:
             return
-        if self._tenants and event.tenant not in self._tenants:
+        if event.tenant not in self._tenants:
             log.warning("uplink: ignored an event for tenant %r, not subscribed", event.tenant)
             if isinstance(event, L3Grant):
                 event.material.wipe()
@@ -380,7 +402,12 @@ class UplinkClient:
                                      pb.FetchKeyRequest(tenant=tenant, uid=uid), self._timeout)
         if not response.found:
             return None
-        return convert.wrapped_from_pb(response.key).record(synced=True)
+        key = convert.wrapped_from_pb(response.key)
+        if key.uid != uid or key.tenant != tenant or tenant not in self._tenants:
+            log.error("uplink: FetchKey of %s (%s) answered with %s (%s); refused",
+                      uid, tenant, key.uid, key.tenant)
+            raise PermissionDenied("the Krypton Core answered FetchKey with another key")
+        return key.record(synced=True)
 
 
 class UplinkL3Source:

@@ -6,13 +6,21 @@ How this works
 The server requires a client certificate chaining to the configured CA (gRPC
 checks that during the handshake: a client without one never gets a call in).
 For each RPC it reads the peer's certificate from ``context.auth_context()``,
-takes its SPIFFE ID (:func:`krypton.tls.identity.identity_from_der`, the
-same rule the KMIP listener uses) and looks it up in ``authorised``: SPIFFE ID
-→ the tenants that gateway serves. An unknown gateway, or a request naming a
-tenant the gateway does not serve, is answered ``PERMISSION_DENIED`` before
-the handler is called; the handler therefore only ever sees authorised calls,
-and its ``gateway`` argument is the authenticated SPIFFE ID (the ``gateway``
-name inside requests is the gateway's own claim, used for logs only).
+checks it (:func:`krypton.tls.identity.check_peer`: a leaf with clientAuth,
+valid now, in the trust domain, not denied — the same rules the KMIP listener
+applies), takes its SPIFFE ID and looks it up in ``authorised``: SPIFFE ID →
+the tenants that gateway serves. An unknown gateway, or a request naming a
+tenant the gateway does not serve (Subscribe's tenants, every record of a
+SyncKeys, Execute's and FetchKey's tenant), is answered ``PERMISSION_DENIED``
+before the handler is called, and the refusal is audited (``audit``). The
+handler therefore only ever sees authorised calls, and its ``gateway``
+argument is the authenticated SPIFFE ID (the ``gateway`` name inside
+requests is the gateway's own claim, used for logs only).
+
+The client identity in an Execute is a *claim* the gateway vouches for: it
+must be a well-formed identity (a SPIFFE ID by the spec, in this Core's trust
+domain, or a subject DN), and the tenant it acts in must be one that gateway
+serves. The audit record names both the gateway and the claimed client.
 
 ``Subscribe`` forwards the handler's events and, whenever the stream has been
 quiet for ``heartbeat`` seconds, sends a Heartbeat. The handler's iterator is
@@ -31,8 +39,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from cryptography import x509
@@ -41,7 +58,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from krypton.config import TLSConfig
 from krypton.crypto.keyring import L3Grant
 from krypton.errors import ConfigError, KryptonError, PermissionDenied
-from krypton.tls.identity import identity_from_der
+from krypton.model.registry import AuditRecord
+from krypton.tls.identity import PeerRules, check_peer
+from krypton.tls.spiffe import looks_like_spiffe, parse_spiffe_id
 from krypton.uplink import convert
 from krypton.uplink.types import (
     CoreEvent,
@@ -61,6 +80,7 @@ MAX_MESSAGE = 16 * 1024 * 1024
 _IDENTITY_CACHE = 256
 
 Context = grpc.aio.ServicerContext[Any, Any]
+AuditSink = Callable[[AuditRecord], Awaitable[None]]
 T = TypeVar("T")
 
 
@@ -123,11 +143,15 @@ class _Servicer(pb_grpc.UplinkServicer):
         handler: CoreHandler,
         authorised: Mapping[str, frozenset[str]],
         heartbeat: float,
+        rules: PeerRules,
+        audit: AuditSink | None,
     ) -> None:
         self._handler = handler
         self._authorised = {k: frozenset(v) for k, v in authorised.items()}
         self._heartbeat = heartbeat
-        self._identities: dict[bytes, str] = {}
+        self._rules = rules
+        self._audit = audit
+        self._ders: dict[bytes, bytes] = {}
 
     # -- authorisation -------------------------------------------------------------
     def _identity(self, context: Context) -> str:
@@ -135,42 +159,81 @@ class _Servicer(pb_grpc.UplinkServicer):
         if not pems:
             raise PermissionDenied("no client certificate")
         pem = pems[0]
-        identity = self._identities.get(pem)
-        if identity is None:
+        der = self._ders.get(pem)
+        if der is None:
             try:
                 der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
             except ValueError:
                 raise PermissionDenied("client certificate could not be parsed") from None
-            identity = identity_from_der(der)
-            if len(self._identities) >= _IDENTITY_CACHE:
-                self._identities.clear()
-            self._identities[pem] = identity
-        return identity
+            if len(self._ders) >= _IDENTITY_CACHE:
+                self._ders.clear()
+            self._ders[pem] = der
+        return check_peer(der, self._rules).identity  # validity is checked on every call
+
+    async def _refuse(
+        self, context: Context, call: str, gateway: str, detail: str, *,
+        tenant: str = "", identity: str | None = None, uid: str | None = None,
+        code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED,
+    ) -> NoReturn:
+        """Audit a refused call, then abort it with ``code``."""
+        log.warning("uplink: %s refused: %s", call, detail)
+        await self._record(AuditRecord(
+            time=time.time(), identity=identity or gateway, tenant=tenant, operation=call,
+            uid=uid, result="PermissionDenied", gateway=gateway, detail=detail,
+        ))
+        await context.abort(code, detail)
+
+    async def _record(self, record: AuditRecord) -> None:
+        if self._audit is None:
+            return
+        try:
+            await self._audit(record)
+        except Exception:
+            log.exception("uplink: audit record of %s not written", record.operation)
 
     async def _authorise(
-        self, context: Context, tenants: Iterable[str], *, default_all: bool = False
+        self, context: Context, call: str, tenants: Iterable[str], *,
+        default_all: bool = False, identity: str | None = None, uid: str | None = None,
     ) -> tuple[str, frozenset[str]]:
         """The caller's SPIFFE ID and the tenants asked for, or abort PERMISSION_DENIED."""
-        try:
-            identity = self._identity(context)
-        except PermissionDenied as e:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, e.message)
-        served = self._authorised.get(identity)
-        if served is None:
-            log.warning("uplink: refused unknown gateway %s", identity)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"gateway {identity} is not authorised at this Core")
         asked = frozenset(tenants)
+        first = min(asked, default="")
+        try:
+            gateway = self._identity(context)
+        except PermissionDenied as e:
+            await self._refuse(context, call, "(unauthenticated)", e.message, tenant=first,
+                               identity=identity, uid=uid,
+                               code=grpc.StatusCode.UNAUTHENTICATED)
+        served = self._authorised.get(gateway)
+        if served is None:
+            await self._refuse(context, call, gateway,
+                               f"gateway {gateway} is not authorised at this Core",
+                               tenant=first, identity=identity, uid=uid)
         if not asked and default_all:
             asked = served
         refused = sorted(asked - served)
         if refused or not asked:
-            log.warning("uplink: gateway %s refused tenants %s", identity, refused)
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"gateway {identity} does not serve tenant(s) {', '.join(refused) or '(none)'}",
+            await self._refuse(
+                context, call, gateway,
+                f"gateway {gateway} does not serve tenant(s) {', '.join(refused) or '(none)'}",
+                tenant=refused[0] if refused else "", identity=identity, uid=uid,
             )
-        return identity, asked
+        return gateway, asked
+
+    def _claimed(self, identity: str) -> str | None:
+        """Why a client identity claimed by a gateway is refused, or None if it is well-formed."""
+        if not identity.strip():
+            return "the client identity is empty"
+        if not looks_like_spiffe(identity):
+            return None  # a subject DN: only the gateway's policy can judge it
+        try:
+            spiffe = parse_spiffe_id(identity)
+        except PermissionDenied as e:
+            return e.message
+        domain = self._rules.trust_domain
+        if domain is not None and spiffe.trust_domain != domain:
+            return f"client identity {identity!r} is not in the trust domain {domain!r}"
+        return None
 
     async def _call(self, context: Context, what: str, work: Awaitable[T]) -> T:
         """Await the handler; its errors become status codes."""
@@ -187,7 +250,8 @@ class _Servicer(pb_grpc.UplinkServicer):
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Context
     ) -> AsyncIterator[pb.CoreEvent]:
-        gateway, tenants = await self._authorise(context, request.tenants, default_all=True)
+        gateway, tenants = await self._authorise(context, "Subscribe", request.tenants,
+                                                 default_all=True)
         log.info("uplink: gateway %s (%s) subscribed to %s", request.gateway or "?", gateway,
                  ", ".join(sorted(tenants)))
         events = with_heartbeats(self._handler.subscribe(gateway, tenants), self._heartbeat)
@@ -219,20 +283,27 @@ class _Servicer(pb_grpc.UplinkServicer):
     async def SyncKeys(self, request: pb.SyncKeysRequest, context: Context) -> pb.SyncKeysResponse:
         keys = [convert.wrapped_from_pb(k) for k in request.keys]
         if not keys:
-            await self._authorise(context, (), default_all=True)
+            await self._authorise(context, "SyncKeys", (), default_all=True)
             return pb.SyncKeysResponse()
-        gateway, _ = await self._authorise(context, {k.tenant for k in keys})
+        gateway, _ = await self._authorise(context, "SyncKeys", {k.tenant for k in keys},
+                                           uid=keys[0].uid)
         acked = await self._call(context, "SyncKeys", self._handler.sync_keys(gateway, keys))
         return pb.SyncKeysResponse(acked=acked)
 
     async def Execute(self, request: pb.ExecuteRequest, context: Context) -> pb.ExecuteResponse:
-        gateway, _ = await self._authorise(context, (request.tenant,))
+        gateway, _ = await self._authorise(context, "Execute", (request.tenant,),
+                                           identity=request.identity or None)
+        why = self._claimed(request.identity)
+        if why is not None:
+            await self._refuse(context, "Execute", gateway, why, tenant=request.tenant,
+                               identity=request.identity or None)
         req = convert.execute_from_pb(request)
         result = await self._call(context, "Execute", self._handler.execute(gateway, req))
         return convert.result_to_pb(result)
 
     async def FetchKey(self, request: pb.FetchKeyRequest, context: Context) -> pb.FetchKeyResponse:
-        gateway, _ = await self._authorise(context, (request.tenant,))
+        gateway, _ = await self._authorise(context, "FetchKey", (request.tenant,),
+                                           uid=request.uid)
         key = await self._call(
             context, "FetchKey", self._handler.fetch_key(gateway, request.tenant, request.uid)
         )
@@ -247,8 +318,11 @@ class _Servicer(pb_grpc.UplinkServicer):
 class UplinkServer:
     """The Core's uplink listener (``grpc.aio``, mutual TLS).
 
-    ``authorised`` maps each gateway's SPIFFE ID to the tenants it serves. Port 0
-    picks a free port; :meth:`start` returns the one bound.
+    ``authorised`` maps each gateway's SPIFFE ID to the tenants it serves;
+    ``rules`` what a gateway's certificate must satisfy (default: a leaf with
+    clientAuth, valid now, any trust domain); ``audit`` receives a record of
+    every refused call. Port 0 picks a free port; :meth:`start` returns the
+    one bound.
     """
 
     def __init__(
@@ -261,10 +335,12 @@ class UplinkServer:
         *,
         heartbeat: float = DEFAULT_HEARTBEAT,
         setting: str = "core",
+        rules: PeerRules | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be > 0 seconds")
-        self._servicer = _Servicer(handler, authorised, heartbeat)
+        self._servicer = _Servicer(handler, authorised, heartbeat, rules or PeerRules(), audit)
         self._tls = tls
         self._host = host
         self._port = port
