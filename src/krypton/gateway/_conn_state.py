@@ -272,6 +272,8 @@ class ConnState:
         now = self.last_activity = self.clock()
         if self.state not in _FRAMING:
             self.start = self.end = 0  # stream position lost, or closing: drop
+            if self.state is State.HANDSHAKING:
+                self.fire(Event.START)  # bytes before the handshake finished: illegal
             return NOTHING
         start = self.start
         had = end - nbytes - start  # bytes of a started message before this read
