@@ -128,9 +128,8 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (_S.WORKING_READING, _E.DONE): _S.READING,
     # framing errors
     **{(s, _E.BAD_FRAME): _S.DRAINING for s in _OPEN},
-    # endings, from anywhere; ending twice is harmless
+    # endings, from anywhere (CLOSING --CLOSE--> CLOSING: closing twice is harmless)
     **{(s, e): to for s in State for e, to in _ENDINGS.items() if s is not _S.CLOSED},
-    (_S.CLOSING, _E.CLOSE): _S.CLOSING,
     (_S.CLOSED, _E.CLOSE): _S.CLOSED,
     (_S.CLOSED, _E.ABORT): _S.CLOSED,
     (_S.CLOSED, _E.LOST): _S.CLOSED,
@@ -244,7 +243,7 @@ class ConnState:
         self.reading = True  # False while reading is paused (backlog, or DRAINING)
         self.writable = True  # False while the transport has paused writing
 
-    # -- the one way the state changes ------------------------------------------
+    # -- transitions (the hot path reads the same table, a column at a time) -----
     def fire(self, event: Event) -> State:
         """Apply ``event``; an event the table does not allow closes the connection."""
         try:
