@@ -7,21 +7,23 @@ connections; :class:`Connection` is one TLS session. They are kept apart
 (as in trio): the accept side only counts connections and refuses those over
 ``max_connections``; everything per connection lives in its ``Connection``.
 
-Framing reads straight into a preallocated ``bytearray`` handed to the event
-loop by ``get_buffer`` (no per-read allocation). A KMIP message's length is
-in its first 8 bytes, so :func:`message_length` rejects an oversized or
-malformed header before a single byte of body is awaited. The buffer grows
-only when a message is larger than it (up to ``max_message_size``) and is
-compacted once per read, never re-sliced in a loop.
+A ``Connection`` is two halves. The sans-I/O half,
+:class:`krypton.gateway._conn_state.ConnState`, holds the state (one
+transition table), the read buffer and framing, the frames in hand, the
+backpressure decisions and the deadlines; it is driven without sockets in
+``tests/unit/test_connection_state.py``. This module is the I/O half: it
+feeds the event loop's reads to that state, runs the dispatcher, writes the
+answers and carries out what the state decides (pause or resume reading,
+close, abort).
 
-Complete frames are copied out and handled strictly in order by one task
-per connection (KMIP is request/response; a client that pipelines gets its
-answers in order). The task yields to the event loop between queued frames,
-so a pipelining client shares the loop with everyone else rather than
-holding it for its whole backlog. While that task is busy, further frames
-queue; beyond a small bound the transport stops reading. The task waits
-while the transport has asked us to pause writing, so a client that sends
-without reading its answers is throttled instead of filling our memory
+Complete frames are handled strictly in order by one task per connection
+(KMIP is request/response; a client that pipelines gets its answers in
+order). The task yields to the event loop between queued frames, so a
+pipelining client shares the loop with everyone else rather than holding it
+for its whole backlog. While that task is busy, further frames queue; beyond
+a small bound the transport stops reading. The task waits while the
+transport has asked us to pause writing, so a client that sends without
+reading its answers is throttled instead of filling our memory
 (backpressure both ways).
 
 A framing error (bad header, oversized length) loses the stream position:
@@ -30,14 +32,12 @@ later bytes are dropped; the task answers the earlier frames, then sends the
 error response and closes.
 
 Timeouts are enforced by one sweep per listener (every ``sweep_interval``
-seconds) rather than a timer per read: a message started but not finished
-within ``read_timeout`` (counted from when its first bytes arrived) and a
-connection silent for ``idle_timeout`` are closed; so is one that neither
-sent nor took an answer for ``idle_timeout``. A connection being closed
-(after an error response or an idle timeout) gets ``_CLOSE_GRACE`` to take
-its last bytes and hang up; then it is aborted, so a peer that keeps sending
-cannot hold it open in the TLS shutdown. A slow or stalled client costs only
-its own connection.
+seconds) rather than a timer per read: it asks each connection's state what
+its deadline says at the listener's clock (``read_timeout`` for a message
+started but not finished, ``idle_timeout`` between messages, a grace for a
+closing connection) and closes or aborts accordingly. A slow or stalled
+client costs only its own connection. The TLS handshake is timed by the
+event loop (``ssl_handshake_timeout``).
 
 Identity: the client certificate was verified by TLS (CERT_REQUIRED against
 the configured CA); its SPIFFE ID (or subject) is looked up once per
@@ -49,7 +49,6 @@ closed.
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 import ssl
@@ -59,40 +58,43 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any, cast
 
 from krypton.errors import KryptonError, PermissionDenied
+from krypton.gateway._conn_state import (
+    ANSWER_AND_PAUSE,
+    ConnState,
+    Event,
+    IllegalTransition,
+    State,
+    Verdict,
+)
 from krypton.gateway.engine.dispatch import Dispatcher, Session
 from krypton.gateway.policy import Policy
 from krypton.kmip.messages import error_response
 from krypton.tls.contexts import peer_identity
 from krypton.ttlv.codec import Limits, encode
-from krypton.ttlv.framing import HEADER_SIZE, message_length
-from krypton.ttlv.tags import Tag
 
 log = logging.getLogger("krypton.listener")
 
-_INITIAL_BUFFER = 64 * 1024
-_MAX_QUEUED = 16
-_CLOSE_GRACE = 1.0
+_CLOSING = State.CLOSING
 
 
-class Connection(asyncio.BufferedProtocol):
+class Connection(ConnState, asyncio.BufferedProtocol):
+    """One TLS session: the event loop's callbacks around a :class:`ConnState`."""
+
+    __slots__ = ("can_write", "id", "listener", "refused", "session", "transport", "worker")
+
     def __init__(self, listener: Listener) -> None:
+        super().__init__(
+            listener.limits,
+            listener.clock,
+            read_timeout=listener.read_timeout,
+            idle_timeout=listener.idle_timeout,
+        )
         self.listener = listener
-        self.limits = listener.limits
-        self.buf = bytearray(_INITIAL_BUFFER)
-        self.view = memoryview(self.buf)
-        self.start = 0
-        self.end = 0
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self.refused: str | None = None
-        self.queue: collections.deque[bytes | KryptonError] = collections.deque()
         self.worker: asyncio.Task[None] | None = None
-        self.last_activity = time.monotonic()
-        self.partial_since: float | None = None
-        self.closing = False
-        self.closed_at: float | None = None
-        self.broken = False
-        self.can_write = asyncio.Event()
+        self.can_write = asyncio.Event()  # wakes the task when writing resumes
         self.can_write.set()
         self.id = 0
 
@@ -104,6 +106,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.id == 0:
             self.abort()
             return
+        self.fire(Event.ACCEPTED)
         der = None
         sslobj = transport.get_extra_info("ssl_object")
         if isinstance(sslobj, ssl.SSLObject):
@@ -123,76 +126,35 @@ class Connection(asyncio.BufferedProtocol):
             return
         self.session = Session(identity, grant, self.id)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self.end == len(self.buf):
-            self._make_room()
-        return self.view[self.end :]
-
     def buffer_updated(self, nbytes: int) -> None:
-        self.end += nbytes
-        self.last_activity = time.monotonic()
-        if self.broken:
-            self.start = self.end = 0
-            return
         try:
-            self._frames()
-        except KryptonError as exc:
-            self._stream_lost(exc)
+            todo = self.received(nbytes)
+        except IllegalTransition as exc:
+            self._illegal(exc)
+            return
+        if todo:
+            if todo == ANSWER_AND_PAUSE and self.transport is not None:
+                self.transport.pause_reading()
+            self._kick()
 
     def eof_received(self) -> bool | None:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        self.closed(Event.LOST)
         self.listener.unregister(self)
         if self.worker is not None and not self.worker.done():
             self.worker.cancel()
-        self.queue.clear()
 
     def pause_writing(self) -> None:
+        super().pause_writing()
         self.can_write.clear()
 
     def resume_writing(self) -> None:
+        super().resume_writing()
         self.can_write.set()
 
-    # -- framing -----------------------------------------------------------------
-    def _frames(self) -> None:
-        limits = self.limits
-        cut = False
-        while True:
-            avail = self.end - self.start
-            if avail < HEADER_SIZE:
-                break
-            total = message_length(
-                self.view[self.start : self.start + HEADER_SIZE], limits, Tag.REQUEST_MESSAGE
-            )
-            if avail < total:
-                if total > len(self.buf) - self.start:
-                    self._make_room(total)
-                break
-            self.queue.append(bytes(self.view[self.start : self.start + total]))
-            self.start += total
-            cut = True
-        if self.start == self.end:
-            self.start = self.end = 0
-            self.partial_since = None
-        elif cut or self.partial_since is None:
-            self.partial_since = time.monotonic()
-        if self.queue:
-            self._kick()
-            if len(self.queue) >= _MAX_QUEUED and self.transport is not None:
-                self.transport.pause_reading()
-
-    def _stream_lost(self, exc: KryptonError) -> None:
-        log.info("connection %d: closing: %s", self.id, exc.message)
-        self.broken = True
-        self.start = self.end = 0
-        self.partial_since = None
-        if self.transport is not None:
-            self.transport.pause_reading()
-        self.queue.append(exc)
-        self._kick()
-
+    # -- handling ------------------------------------------------------------------
     def _kick(self) -> None:
         if self.worker is not None and not self.worker.done():
             return  # the running task drains the queue, in order
@@ -216,8 +178,8 @@ class Connection(asyncio.BufferedProtocol):
         if (
             isinstance(frame, KryptonError)
             or self.session is None
-            or self.closing
-            or not self.can_write.is_set()
+            or self.state >= _CLOSING
+            or not self.writable
         ):
             return False
         self.queue.popleft()
@@ -253,7 +215,7 @@ class Connection(asyncio.BufferedProtocol):
             log.exception("connection %d: dispatcher failed", self.id)
             self.abort()
             return
-        if not self.can_write.is_set():
+        if not self.writable:
             await self.can_write.wait()
         self._respond(response)
         if self.queue:
@@ -261,42 +223,27 @@ class Connection(asyncio.BufferedProtocol):
             await self._work()
 
     def _respond(self, response: bytes) -> None:
-        if self.closing or self.transport is None:
+        if self.state >= _CLOSING or self.transport is None:
             return
         self.transport.write(response)
-        self.last_activity = time.monotonic()
-        if (
-            not self.broken
-            and len(self.queue) < _MAX_QUEUED // 2
-            and self.transport.is_reading() is False
-        ):
+        try:
+            resume = self.answered()
+        except IllegalTransition as exc:
+            self._illegal(exc)
+            return
+        if resume:
             self.transport.resume_reading()
 
-    def _make_room(self, need: int = 0) -> None:
-        """Compact unread bytes to the front; grow when one message needs more."""
-        pending = self.end - self.start
-        size = len(self.buf)
-        if need > size or (pending == size and need == 0):
-            size = min(max(size * 2, need), self.limits.max_message_size + HEADER_SIZE)
-        if self.start or size != len(self.buf):
-            new = bytearray(size) if size != len(self.buf) else self.buf
-            new[:pending] = bytes(self.view[self.start : self.end])
-            if new is not self.buf:
-                self.view.release()
-                self.buf = new
-                self.view = memoryview(new)
-            self.start, self.end = 0, pending
-
-    # -- handling ------------------------------------------------------------------
     async def _work(self) -> None:
         dispatcher = self.listener.dispatcher
-        while self.queue and not self.closing:
+        while self.queue and self.open:
             frame = self.queue.popleft()
             if isinstance(frame, KryptonError):
+                log.info("connection %d: closing: %s", self.id, frame.message)
                 self._send_error(frame)
                 return
             if self.session is None:
-                self._refuse()
+                self._send_error(PermissionDenied(self.refused or "not allowed"))
                 return
             try:
                 response = await dispatcher.handle(frame, self.session)
@@ -306,33 +253,32 @@ class Connection(asyncio.BufferedProtocol):
                 log.exception("connection %d: dispatcher failed", self.id)
                 self.abort()
                 return
-            if not self.can_write.is_set():
+            if not self.writable:
                 await self.can_write.wait()
-            if self.closing or self.transport is None:
+            if not self.open:
                 return
             self._respond(response)
             if self.queue:
                 await asyncio.sleep(0)
 
-    def _refuse(self) -> None:
-        exc = PermissionDenied(self.refused or "not allowed")
-        self._send_error(exc)
-
     def _send_error(self, exc: KryptonError) -> None:
-        if self.transport is not None and not self.closing:
+        if self.transport is not None and self.open:
             self.transport.write(_encode_error(exc))
             self.close()
 
+    def _illegal(self, exc: IllegalTransition) -> None:
+        log.error("connection %d: %s", self.id, exc.message)
+        self.abort()
+
+    # -- endings -------------------------------------------------------------------
     def abort(self) -> None:
-        self.closing = True
+        self.closed(Event.ABORT)
         if self.transport is not None:
             self.transport.abort()
 
     def close(self) -> None:
-        """Flush what was written, then hang up (aborted after ``_CLOSE_GRACE``)."""
-        if self.closed_at is None:
-            self.closed_at = time.monotonic()
-        self.closing = True
+        """Flush what was written, then hang up (aborted after the close grace)."""
+        super().close()
         if self.transport is not None:
             self.transport.close()
 
@@ -378,6 +324,7 @@ class Listener:
         idle_timeout: float = 300.0,
         handshake_timeout: float = 10.0,
         sweep_interval: float = 0.25,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.policy = policy
@@ -388,6 +335,9 @@ class Listener:
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
         self.sweep_interval = sweep_interval
+        # Monotonic seconds for every deadline; the running loop's time by default.
+        self.clock: Callable[[], float] = clock or time.monotonic
+        self._own_clock = clock is None
         self.connections: dict[int, Connection] = {}
         self.refused = 0
         self._ids = itertools.count(1)
@@ -407,6 +357,8 @@ class Listener:
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
+        if self._own_clock:
+            self.clock = loop.time
         factory: Callable[[], Connection] = lambda: Connection(self)  # noqa: E731
         self._server = await loop.create_server(
             factory,
@@ -429,24 +381,18 @@ class Listener:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval)
-            now = time.monotonic()
-            for conn in list(self.connections.values()):
-                self._expire(conn, now)
+            self.sweep()
 
-    def _expire(self, conn: Connection, now: float) -> None:
-        if conn.closed_at is not None:
-            if now - conn.closed_at > _CLOSE_GRACE:
-                conn.abort()
-        elif conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
-            log.info("connection %d: read timeout", conn.id)
-            conn.abort()
-        elif now - conn.last_activity > self.idle_timeout:
-            if not conn.can_write.is_set():
-                log.info("connection %d: not reading its answers", conn.id)
-                conn.abort()
-            elif not conn.queue:
-                log.info("connection %d: idle timeout", conn.id)
-                conn.close()
+    def sweep(self, now: float | None = None) -> None:
+        """Close or abort every connection whose deadline has passed at ``now``."""
+        if now is None:
+            now = self.clock()
+        for conn in list(self.connections.values()):
+            verdict, reason = conn.expired(now)
+            if verdict is Verdict.NONE:
+                continue
+            log.info("connection %d: %s", conn.id, reason)
+            _VERDICTS[verdict](conn)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -457,3 +403,9 @@ class Listener:
             conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
+
+
+_VERDICTS: dict[Verdict, Callable[[Connection], None]] = {
+    Verdict.CLOSE: Connection.close,
+    Verdict.ABORT: Connection.abort,
+}

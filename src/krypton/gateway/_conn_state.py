@@ -1,0 +1,395 @@
+"""One KMIP connection's state, framing and deadlines, without sockets (sans-I/O).
+
+How this works
+--------------
+A connection is in exactly one :class:`State`; what happens to it is an
+:class:`Event`, and :data:`TRANSITIONS` -- one table, in the style of h11's
+``_state.py`` -- says which state each (state, event) pair leads to. A pair
+that is not in the table is a bug or a peer doing something impossible: it
+raises :class:`IllegalTransition`, the state becomes ``CLOSED`` and the
+listener aborts the connection. The hot path (bytes in, answer out) looks its
+transition up in that table's column for the event (``_ON_CUT`` ...: one
+dict lookup); everything else goes through :meth:`ConnState.fire`.
+
+::
+
+    HANDSHAKING --ACCEPTED--> IDLE --START--> READING --CUT--> WORKING --DONE--> IDLE
+                               |                 \\--CUT_START--> WORKING_READING
+                               |   (any open state) --BAD_FRAME--> DRAINING
+                               \\-- (any state) --CLOSE--> CLOSING --ABORT/LOST--> CLOSED
+
+``READING`` means part of a message is buffered; ``WORKING`` that frames are
+in hand (queued, or one being answered); ``WORKING_READING`` both at once (a
+pipelining client). ``DRAINING`` follows a framing error: the frames cut
+before it are answered, then the error, then the connection closes; input is
+dropped meanwhile, since the stream position is lost.
+
+:class:`ConnState` also owns the bytes: the event loop reads straight into a
+preallocated ``bytearray`` (:meth:`ConnState.get_buffer`), :meth:`ConnState.received`
+cuts complete frames with :func:`krypton.ttlv.framing.message_length` (an
+oversized or malformed header is refused before its body is awaited) and
+names the event. The buffer grows only for a message larger than it (up to
+``max_message_size``) and is compacted once per read.
+
+Deadlines are a table too (:data:`DEADLINES`): which clock a state is timed
+on (when its message started, or the last activity) and what happens when it
+runs out. :meth:`ConnState.expired` reads an injected clock's time, so tests
+drive every timeout with a fake clock. The TLS handshake is timed by the
+event loop (``ssl_handshake_timeout``): before it completes there is no
+transport to close, so ``HANDSHAKING`` has no entry here.
+
+Backpressure is decided here and carried out by the listener: at
+:data:`MAX_QUEUED` frames in hand, or after a framing error, reading pauses;
+it resumes once the backlog halves. ``writable`` mirrors the transport's
+pause_writing / resume_writing; the listener's worker waits while it is off.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+from krypton.errors import GeneralFailure, KryptonError
+from krypton.ttlv.codec import Limits
+from krypton.ttlv.framing import HEADER_SIZE, message_length
+from krypton.ttlv.tags import Tag
+
+__all__ = [
+    "ANSWER",
+    "ANSWER_AND_PAUSE",
+    "CLOSE_GRACE",
+    "DEADLINES",
+    "INITIAL_BUFFER",
+    "MAX_QUEUED",
+    "NOTHING",
+    "TRANSITIONS",
+    "ConnState",
+    "Deadline",
+    "Event",
+    "IllegalTransition",
+    "State",
+    "Verdict",
+]
+
+INITIAL_BUFFER = 64 * 1024
+MAX_QUEUED = 16  # frames in hand before reading pauses
+CLOSE_GRACE = 1.0  # seconds a closing connection gets to take its last bytes
+
+
+class State(IntEnum):
+    HANDSHAKING = 0
+    IDLE = 1  # between messages: nothing buffered, nothing in hand
+    READING = 2  # part of a message buffered, nothing in hand
+    WORKING = 3  # frames in hand (queued or being answered), nothing partial
+    WORKING_READING = 4  # frames in hand and the next message started
+    DRAINING = 5  # framing error: answering what was cut before it, then the error
+    CLOSING = 6  # flushing the last bytes; aborted after CLOSE_GRACE
+    CLOSED = 7
+
+
+class Event(IntEnum):
+    ACCEPTED = 0  # handshake done, the listener took the connection
+    START = 1  # the first bytes of a message arrived
+    MORE = 2  # more bytes of the message already started
+    CUT = 3  # whole messages cut, nothing left over
+    CUT_START = 4  # whole messages cut, and the next one started
+    DONE = 5  # the last frame in hand is answered
+    BAD_FRAME = 6  # a header that is not a KMIP request or announces too much
+    CLOSE = 7  # hang up once what was written is flushed
+    ABORT = 8  # drop the connection now
+    LOST = 9  # the transport is gone
+
+
+_S = State
+_E = Event
+
+_OPEN = (_S.IDLE, _S.READING, _S.WORKING, _S.WORKING_READING)
+_ENDINGS = {_E.CLOSE: _S.CLOSING, _E.ABORT: _S.CLOSED, _E.LOST: _S.CLOSED}
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (_S.HANDSHAKING, _E.ACCEPTED): _S.IDLE,
+    # bytes arriving
+    (_S.IDLE, _E.START): _S.READING,
+    (_S.IDLE, _E.CUT): _S.WORKING,
+    (_S.IDLE, _E.CUT_START): _S.WORKING_READING,
+    (_S.READING, _E.MORE): _S.READING,
+    (_S.READING, _E.CUT): _S.WORKING,
+    (_S.READING, _E.CUT_START): _S.WORKING_READING,
+    (_S.WORKING, _E.START): _S.WORKING_READING,
+    (_S.WORKING, _E.CUT): _S.WORKING,
+    (_S.WORKING, _E.CUT_START): _S.WORKING_READING,
+    (_S.WORKING_READING, _E.MORE): _S.WORKING_READING,
+    (_S.WORKING_READING, _E.CUT): _S.WORKING,
+    (_S.WORKING_READING, _E.CUT_START): _S.WORKING_READING,
+    # answers leaving
+    (_S.WORKING, _E.DONE): _S.IDLE,
+    (_S.WORKING_READING, _E.DONE): _S.READING,
+    # framing errors
+    **{(s, _E.BAD_FRAME): _S.DRAINING for s in _OPEN},
+    # endings, from anywhere (CLOSING --CLOSE--> CLOSING: closing twice is harmless)
+    **{(s, e): to for s in State for e, to in _ENDINGS.items() if s is not _S.CLOSED},
+    (_S.CLOSED, _E.CLOSE): _S.CLOSED,
+    (_S.CLOSED, _E.ABORT): _S.CLOSED,
+    (_S.CLOSED, _E.LOST): _S.CLOSED,
+}
+
+# States in which arriving bytes are framed; in the others they are dropped.
+_FRAMING = frozenset(_OPEN)
+
+
+def _on(event: Event) -> dict[State, State]:
+    """The table's column for one event: what the hot path looks up."""
+    return {s: to for (s, e), to in TRANSITIONS.items() if e is event}
+
+
+_ON_START = _on(Event.START)
+_ON_MORE = _on(Event.MORE)
+_ON_CUT = _on(Event.CUT)
+_ON_CUT_START = _on(Event.CUT_START)
+_ON_DONE = _on(Event.DONE)
+_REQUEST = Tag.REQUEST_MESSAGE
+
+# What received() asks of the listener.
+NOTHING = 0
+ANSWER = 1  # frames are in hand: answer them
+ANSWER_AND_PAUSE = 2  # and pause reading
+
+
+class Verdict(IntEnum):
+    """What a deadline asks of the listener."""
+
+    NONE = 0
+    CLOSE = 1  # flush, then hang up
+    ABORT = 2  # drop now
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A state's timeout: how long (``limit``, a ConnState attribute) since when
+    (``since``, one too), and what happens when it runs out."""
+
+    limit: str
+    since: str
+    verdict: Verdict
+    reason: str
+
+
+_IDLE = Deadline("idle_timeout", "last_activity", Verdict.CLOSE, "idle timeout")
+_READ = Deadline("read_timeout", "mark", Verdict.ABORT, "read timeout")
+
+DEADLINES: dict[State, Deadline] = {
+    _S.IDLE: _IDLE,
+    _S.READING: _READ,
+    _S.WORKING: _IDLE,
+    _S.WORKING_READING: _READ,
+    _S.DRAINING: _IDLE,
+    _S.CLOSING: Deadline("close_grace", "mark", Verdict.ABORT, "close grace over"),
+}
+
+
+class IllegalTransition(GeneralFailure):
+    """An event the connection's state does not allow; the connection is closed."""
+
+
+class ConnState:
+    """The sans-I/O half of a connection: state, buffer, frames in hand, deadlines.
+
+    ``mark`` is when the state's own clock started: the buffered message's
+    first bytes (``READING``, ``WORKING_READING``) or the close (``CLOSING``).
+    ``last_activity`` is the last read or answer.
+    """
+
+    __slots__ = (
+        "buf",
+        "clock",
+        "close_grace",
+        "end",
+        "idle_timeout",
+        "last_activity",
+        "limits",
+        "mark",
+        "queue",
+        "read_timeout",
+        "reading",
+        "start",
+        "state",
+        "view",
+        "writable",
+    )
+
+    def __init__(
+        self,
+        limits: Limits,
+        clock: Callable[[], float],
+        *,
+        read_timeout: float,
+        idle_timeout: float,
+        close_grace: float = CLOSE_GRACE,
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.close_grace = close_grace
+        self.state = State.HANDSHAKING
+        self.buf = bytearray(INITIAL_BUFFER)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        self.queue: collections.deque[bytes | KryptonError] = collections.deque()
+        self.mark = self.last_activity = clock()
+        self.reading = True  # False while reading is paused (backlog, or DRAINING)
+        self.writable = True  # False while the transport has paused writing
+
+    # -- transitions (the hot path reads the same table, a column at a time) -----
+    def fire(self, event: Event) -> State:
+        """Apply ``event``; an event the table does not allow closes the connection."""
+        try:
+            self.state = new = TRANSITIONS[self.state, event]
+        except KeyError:
+            was, self.state = self.state, State.CLOSED
+            self.queue.clear()
+            raise IllegalTransition(f"{event.name} is not allowed in {was.name}") from None
+        return new
+
+    # -- input -------------------------------------------------------------------
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        if self.end == len(self.buf):
+            self._make_room()
+        return self.view[self.end :]
+
+    def received(self, nbytes: int) -> int:
+        """``nbytes`` were written into the buffer: cut frames, fire the event.
+
+        Returns :data:`NOTHING`, :data:`ANSWER` (frames in hand to answer) or
+        :data:`ANSWER_AND_PAUSE` (and stop reading: too many frames in hand,
+        or a framing error, queued behind the frames cut before it).
+        """
+        end = self.end = self.end + nbytes
+        now = self.last_activity = self.clock()
+        if self.state not in _FRAMING:
+            self.start = self.end = 0  # stream position lost, or closing: drop
+            if self.state is State.HANDSHAKING:
+                self.fire(Event.START)  # bytes before the handshake finished: illegal
+            return NOTHING
+        start = self.start
+        had = end - nbytes - start  # bytes of a started message before this read
+        queue = self.queue
+        queued = len(queue)
+        view = self.view
+        try:
+            while end - start >= HEADER_SIZE:
+                total = message_length(view[start : start + HEADER_SIZE], self.limits, _REQUEST)
+                if end - start < total:
+                    if total > len(self.buf) - start:
+                        self.start = start
+                        self._make_room(total)
+                        start = self.start
+                    break
+                queue.append(bytes(view[start : start + total]))
+                start += total
+        except KryptonError as exc:
+            self.start = self.end = 0
+            self.fire(Event.BAD_FRAME)
+            queue.append(exc)
+            self.reading = False
+            return ANSWER_AND_PAUSE
+        cut = len(queue) > queued
+        if start == self.end:
+            self.start = self.end = 0
+            if cut:
+                try:
+                    self.state = _ON_CUT[self.state]
+                except KeyError:
+                    self.fire(Event.CUT)
+        else:
+            self.start = start
+            try:
+                if cut:
+                    self.state = _ON_CUT_START[self.state]
+                    self.mark = now
+                elif had:
+                    self.state = _ON_MORE[self.state]
+                else:
+                    self.state = _ON_START[self.state]
+                    self.mark = now
+            except KeyError:
+                self.fire(Event.CUT_START if cut else Event.MORE if had else Event.START)
+        if not queue:
+            return NOTHING
+        if self.reading and len(queue) >= MAX_QUEUED:
+            self.reading = False
+            return ANSWER_AND_PAUSE
+        return ANSWER
+
+    def _make_room(self, need: int = 0) -> None:
+        """Compact unread bytes to the front; grow when one message needs more."""
+        pending = self.end - self.start
+        size = len(self.buf)
+        if need > size or (pending == size and need == 0):
+            size = min(max(size * 2, need), self.limits.max_message_size + HEADER_SIZE)
+        if self.start or size != len(self.buf):
+            new = bytearray(size) if size != len(self.buf) else self.buf
+            new[:pending] = bytes(self.view[self.start : self.end])
+            if new is not self.buf:
+                self.view.release()
+                self.buf = new
+                self.view = memoryview(new)
+            self.start, self.end = 0, pending
+
+    # -- output and backpressure ---------------------------------------------------
+    def answered(self) -> bool:
+        """An answer was written. Returns True when reading should resume."""
+        self.last_activity = self.clock()
+        queue = self.queue
+        if not queue:
+            try:
+                self.state = _ON_DONE[self.state]
+            except KeyError:
+                self.fire(Event.DONE)
+        if self.reading or self.state is State.DRAINING or len(queue) >= MAX_QUEUED // 2:
+            return False
+        self.reading = True
+        return True
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+
+    # -- endings -------------------------------------------------------------------
+    def close(self) -> None:
+        """Hang up after flushing; the grace starts at the first close."""
+        if self.state is not State.CLOSING and self.state is not State.CLOSED:
+            self.mark = self.clock()
+        self.fire(Event.CLOSE)
+
+    def closed(self, event: Event = Event.ABORT) -> None:
+        """Aborted (``ABORT``) or gone (``LOST``): nothing more is answered."""
+        self.fire(event)
+        self.queue.clear()
+
+    @property
+    def open(self) -> bool:
+        """Still answering: not closing or closed."""
+        return self.state < State.CLOSING
+
+    # -- deadlines -------------------------------------------------------------------
+    def expired(self, now: float | None = None) -> tuple[Verdict, str]:
+        """What the current state's deadline asks for at ``now`` (default: the clock)."""
+        deadline = DEADLINES.get(self.state)
+        if deadline is None:
+            return Verdict.NONE, ""
+        if now is None:
+            now = self.clock()
+        if now - getattr(self, deadline.since) < getattr(self, deadline.limit):
+            return Verdict.NONE, ""
+        if deadline is _IDLE:
+            if not self.writable:
+                return Verdict.ABORT, "not reading its answers"
+            if self.queue:
+                return Verdict.NONE, ""  # frames waiting: we are behind, not the peer
+        return deadline.verdict, deadline.reason

@@ -1,0 +1,525 @@
+"""The connection's state machine, framing, backpressure and deadlines on a fake clock.
+
+The first half drives :class:`ConnState` (sans-I/O) directly. The second half
+drives a real :class:`Connection` -- real dispatcher, vault, key ring, policy
+and a TLS session completed in memory with the development PKI -- over a
+recording transport on an event loop, still with the fake clock and no sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from krypton.config import TLSConfig
+from krypton.crypto.keyring import KeyRing, L3State
+from krypton.crypto.secret import generate_key
+from krypton.errors import InvalidMessage, MessageTooLarge
+from krypton.gateway._conn_state import (
+    ANSWER,
+    ANSWER_AND_PAUSE,
+    CLOSE_GRACE,
+    DEADLINES,
+    INITIAL_BUFFER,
+    MAX_QUEUED,
+    NOTHING,
+    TRANSITIONS,
+    ConnState,
+    Event,
+    IllegalTransition,
+    State,
+    Verdict,
+)
+from krypton.gateway.engine.dispatch import Dispatcher
+from krypton.gateway.engine.services import Services
+from krypton.gateway.listener import Connection, Listener
+from krypton.gateway.policy import Policy
+from krypton.kmip import client_messages as cm
+from krypton.kmip.versions import ProtocolVersion
+from krypton.pki import DevLayout, init_dev_dir
+from krypton.tls.contexts import client_context, server_context
+from krypton.ttlv.codec import Limits, decode, encode
+from krypton.ttlv.enums import ResultReason, ResultStatus
+from krypton.ttlv.tags import Tag
+from krypton.vault.sqlite import Vault
+
+READ, IDLE = 10.0, 300.0
+LIMITS = Limits(max_message_size=4096)
+T0 = 1000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def frame(body: int = 16, tag: int = Tag.REQUEST_MESSAGE) -> bytes:
+    """A frame the framer accepts: a Structure header announcing ``body`` bytes."""
+    return struct.pack(">II", (tag << 8) | 0x01, body) + bytes(range(body % 256))[:body].ljust(
+        body, b"\x00"
+    )
+
+
+def state(c: ConnState) -> State:
+    """The current state (a call, so that mypy does not narrow it between events)."""
+    return c.state
+
+
+def conn(clock: Clock | None = None) -> ConnState:
+    c = ConnState(LIMITS, clock or Clock(), read_timeout=READ, idle_timeout=IDLE)
+    c.fire(Event.ACCEPTED)
+    return c
+
+
+def feed(c: ConnState, data: bytes) -> int:
+    """Write ``data`` into the buffer the way the event loop does, in one read."""
+    todo = NOTHING
+    while data:
+        room = c.get_buffer(len(data))
+        n = min(len(room), len(data))
+        room[:n] = data[:n]
+        data = data[n:]
+        todo = c.received(n)
+    return todo
+
+
+# -- the table -----------------------------------------------------------------------
+
+
+def test_every_event_not_in_the_table_is_refused_and_closes() -> None:
+    refused = 0
+    for before in State:
+        for event in Event:
+            if (before, event) in TRANSITIONS:
+                continue
+            c = conn()
+            c.state = before
+            c.queue.append(b"x")
+            with pytest.raises(IllegalTransition, match=f"{event.name} is not allowed"):
+                c.fire(event)
+            assert state(c) is State.CLOSED and not c.queue
+            refused += 1
+    assert refused
+    for impossible in (
+        (State.HANDSHAKING, Event.CUT),
+        (State.IDLE, Event.MORE),
+        (State.IDLE, Event.DONE),
+        (State.READING, Event.START),
+        (State.DRAINING, Event.CUT),
+        (State.CLOSING, Event.ACCEPTED),
+    ):
+        assert impossible not in TRANSITIONS
+
+
+def test_closed_is_terminal_and_ending_twice_is_harmless() -> None:
+    assert {e for (s, e) in TRANSITIONS if s is State.CLOSED} == {
+        Event.CLOSE,
+        Event.ABORT,
+        Event.LOST,
+    }
+    assert all(to is State.CLOSED for (s, _), to in TRANSITIONS.items() if s is State.CLOSED)
+    c = conn()
+    c.close()
+    c.close()
+    assert state(c) is State.CLOSING
+    c.closed(Event.ABORT)
+    c.closed(Event.LOST)
+    assert state(c) is State.CLOSED
+
+
+def test_done_without_work_is_illegal() -> None:
+    c = conn()
+    with pytest.raises(IllegalTransition):
+        c.answered()  # an answer while IDLE: nothing was asked
+    assert state(c) is State.CLOSED
+
+
+def test_bytes_before_the_handshake_finished_are_illegal() -> None:
+    c = ConnState(LIMITS, Clock(), read_timeout=READ, idle_timeout=IDLE)
+    with pytest.raises(IllegalTransition):
+        feed(c, frame())
+    assert state(c) is State.CLOSED
+
+
+# -- framing -------------------------------------------------------------------------
+
+
+def test_message_split_across_many_reads() -> None:
+    clock = Clock()
+    c = conn(clock)
+    msg = frame(200)
+    for i, byte in enumerate(msg[:-1]):
+        clock.now = T0 + i
+        assert feed(c, bytes([byte])) == NOTHING
+        assert state(c) is State.READING
+        assert c.mark == T0  # the read clock started with the first byte
+    assert feed(c, msg[-1:]) == ANSWER
+    assert state(c) is State.WORKING and list(c.queue) == [msg]
+    assert c.start == c.end == 0
+
+
+def test_two_messages_in_one_read() -> None:
+    c = conn()
+    one, two = frame(8), frame(24)
+    assert feed(c, one + two) == ANSWER
+    assert list(c.queue) == [one, two] and state(c) is State.WORKING
+
+
+def test_whole_messages_and_the_start_of_the_next() -> None:
+    clock = Clock()
+    c = conn(clock)
+    one, two = frame(8), frame(40)
+    feed(c, one[:5])
+    clock.now = T0 + 3
+    feed(c, one[5:] + two[:10])  # completes one, starts two: the read clock restarts
+    assert state(c) is State.WORKING_READING and c.mark == T0 + 3
+    assert list(c.queue) == [one]
+    c.queue.popleft()
+    c.answered()
+    assert state(c) is State.READING
+    feed(c, two[10:])
+    assert state(c) is State.WORKING and list(c.queue) == [two]
+
+
+def test_message_larger_than_the_buffer_grows_it_once() -> None:
+    c = ConnState(
+        Limits(max_message_size=INITIAL_BUFFER * 3),
+        Clock(),
+        read_timeout=READ,
+        idle_timeout=IDLE,
+    )
+    c.fire(Event.ACCEPTED)
+    big = frame(INITIAL_BUFFER * 2)
+    feed(c, big[:8])
+    assert len(c.buf) >= len(big)  # grown from the header, before the body
+    assert feed(c, big[8:]) == ANSWER
+    assert list(c.queue) == [big]
+
+
+def test_oversized_length_is_refused_from_the_header() -> None:
+    c = conn()
+    header = frame(LIMITS.max_message_size)[:8]  # 8 + max: one frame too long
+    assert feed(c, header) == ANSWER_AND_PAUSE
+    assert state(c) is State.DRAINING and not c.reading
+    assert len(c.buf) == INITIAL_BUFFER  # nothing was allocated for the body
+    (err,) = c.queue
+    assert isinstance(err, MessageTooLarge)
+    assert feed(c, bytes(100)) == NOTHING  # later bytes are dropped
+    assert c.end == 0 and len(c.queue) == 1
+
+
+def test_frames_before_a_bad_header_are_answered_first() -> None:
+    c = conn()
+    good = frame(8)
+    assert feed(c, good + frame(8, tag=Tag.RESPONSE_MESSAGE)) == ANSWER_AND_PAUSE
+    assert c.queue[0] == good and isinstance(c.queue[1], InvalidMessage)
+    c.queue.popleft()
+    assert c.answered() is False  # DRAINING: reading stays off
+    assert state(c) is State.DRAINING
+
+
+# -- backpressure --------------------------------------------------------------------
+
+
+def test_backlog_pauses_reading_and_half_of_it_resumes() -> None:
+    c = conn()
+    assert feed(c, frame(8) * (MAX_QUEUED - 1)) == ANSWER
+    assert c.reading
+    assert feed(c, frame(8)) == ANSWER_AND_PAUSE
+    assert not c.reading
+    resumed = []
+    while c.queue:
+        c.queue.popleft()
+        resumed.append(c.answered())
+    assert resumed.index(True) == MAX_QUEUED - MAX_QUEUED // 2  # once below half
+    assert resumed.count(True) == 1 and c.reading and state(c) is State.IDLE
+
+
+# -- deadlines -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [0.5, READ])
+def test_read_timeout_fires_exactly_at_its_limit(limit: float) -> None:
+    clock = Clock()
+    c = ConnState(LIMITS, clock, read_timeout=limit, idle_timeout=IDLE)
+    c.fire(Event.ACCEPTED)
+    msg = frame(64)
+    feed(c, msg[:3])
+    clock.now = T0 + limit / 2
+    feed(c, msg[3:10])  # bytes still coming do not extend a started message
+    assert c.expired(T0 + limit - 0.001) == (Verdict.NONE, "")
+    assert c.expired(T0 + limit) == (Verdict.ABORT, "read timeout")
+
+
+def test_idle_timeout_counts_from_the_last_activity() -> None:
+    clock = Clock()
+    c = conn(clock)
+    clock.now = T0 + 7
+    feed(c, frame(8))
+    c.queue.popleft()
+    clock.now = T0 + 9
+    c.answered()
+    assert state(c) is State.IDLE
+    assert c.expired(T0 + 9 + IDLE - 0.001) == (Verdict.NONE, "")
+    assert c.expired(T0 + 9 + IDLE) == (Verdict.CLOSE, "idle timeout")
+
+
+def test_idle_peer_that_does_not_read_its_answers_is_aborted() -> None:
+    c = conn()
+    c.pause_writing()
+    assert c.expired(T0 + IDLE) == (Verdict.ABORT, "not reading its answers")
+    c.resume_writing()
+    assert c.expired(T0 + IDLE) == (Verdict.CLOSE, "idle timeout")
+
+
+def test_frames_waiting_on_us_are_not_the_peers_idleness() -> None:
+    c = conn()
+    feed(c, frame(8) * 2)
+    assert state(c) is State.WORKING
+    assert c.expired(T0 + IDLE * 2) == (Verdict.NONE, "")
+    c.queue.clear()  # one being answered, nothing else: the peer is idle
+    assert c.expired(T0 + IDLE) == (Verdict.CLOSE, "idle timeout")
+
+
+def test_close_grace_then_abort() -> None:
+    clock = Clock()
+    c = conn(clock)
+    clock.now = T0 + 50
+    c.close()
+    clock.now = T0 + 60
+    c.close()  # closing again does not restart the grace
+    assert c.expired(T0 + 50 + CLOSE_GRACE - 0.001) == (Verdict.NONE, "")
+    assert c.expired(T0 + 50 + CLOSE_GRACE) == (Verdict.ABORT, "close grace over")
+
+
+def test_handshake_and_closed_have_no_deadline_here() -> None:
+    # the loop's ssl_handshake_timeout times the handshake: no transport to close before it
+    assert State.HANDSHAKING not in DEADLINES and State.CLOSED not in DEADLINES
+    c = ConnState(LIMITS, Clock(), read_timeout=READ, idle_timeout=IDLE)
+    assert c.expired(T0 + 10**6) == (Verdict.NONE, "")
+
+
+# -- the I/O half over a recording transport -------------------------------------------
+
+
+@dataclass
+class Transport:
+    """Records what the connection asks of its transport."""
+
+    sslobj: ssl.SSLObject
+    written: list[bytes] = field(default_factory=list)
+    reading: bool = True
+    closed: bool = False
+    aborted: bool = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.sslobj if name == "ssl_object" else default
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def tls_in_memory(dev: DevLayout) -> ssl.SSLObject:
+    """Complete a mutual TLS handshake between two SSLObjects; return the server's."""
+    server_ctx = server_context(TLSConfig(cert=dev.gateway, key=dev.gateway_key, ca=dev.ca))
+    client_ctx = client_context(dev.ca, dev.client, dev.client_key)
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    done: set[str] = set()
+    for _ in range(10):
+        for name, side in (("client", client), ("server", server)):
+            if name not in done:
+                try:
+                    side.do_handshake()
+                    done.add(name)
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if len(done) == 2 and server.getpeercert(binary_form=True):
+            return server
+    raise AssertionError("in-memory handshake did not finish")
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> DevLayout:
+    return init_dev_dir(tmp_path_factory.mktemp("dev"))
+
+
+@dataclass
+class Gateway:
+    loop: asyncio.AbstractEventLoop
+    listener: Listener
+    clock: Clock
+    dev: DevLayout
+
+    def connect(self) -> tuple[Connection, Transport]:
+        c = Connection(self.listener)
+        t = Transport(tls_in_memory(self.dev))
+        c.connection_made(t)  # type: ignore[arg-type]
+        return c, t
+
+    def spin(self, until: object = None, turns: int = 200) -> None:
+        """Run the loop for ``turns`` turns (no sleeping), or until ``until()`` holds."""
+
+        async def go() -> None:
+            for _ in range(turns):
+                if callable(until) and until():
+                    return
+                await asyncio.sleep(0)
+
+        self.loop.run_until_complete(go())
+
+    def deliver(self, c: Connection, data: bytes) -> None:
+        """One read of ``data``, from inside the loop as the event loop would call it."""
+
+        async def go() -> None:
+            room = c.get_buffer(len(data))
+            room[: len(data)] = data
+            c.buffer_updated(len(data))
+
+        self.loop.run_until_complete(go())
+
+
+@pytest.fixture
+def gw(tmp_path: Path, dev: DevLayout) -> Iterator[Gateway]:
+    loop = asyncio.new_event_loop()
+    vault = Vault.open(tmp_path / "v.db")
+    ring = KeyRing()
+    ring.install("demo", 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(3600))
+    policy = Policy.from_dict(
+        {
+            "rule": [
+                {
+                    "identity": "spiffe://krypton.dev/tenant/demo/*",
+                    "tenant": "demo",
+                    "operations": ["*"],
+                }
+            ]
+        }
+    )
+    clock = Clock()
+    listener = Listener(
+        Dispatcher(Services(store=vault, keyring=ring), LIMITS),
+        policy,
+        server_context(TLSConfig(cert=dev.gateway, key=dev.gateway_key, ca=dev.ca)),
+        LIMITS,
+        read_timeout=READ,
+        idle_timeout=IDLE,
+        clock=clock,
+    )
+    try:
+        yield Gateway(loop, listener, clock, dev)
+    finally:
+        vault.close()
+        loop.close()
+
+
+def get_request(uid: str = "no-such-key") -> bytes:
+    return encode(cm.request_message(ProtocolVersion(1, 4), [cm.get_item(uid)]))
+
+
+def reason_of(response: bytes) -> ResultReason | None:
+    (item,) = cm.parse_response(decode(response)).items
+    assert item.status is ResultStatus.OPERATION_FAILED
+    return item.reason
+
+
+def test_request_is_answered_and_the_connection_goes_idle(gw: Gateway) -> None:
+    c, t = gw.connect()
+    assert c.session is not None and state(c) is State.IDLE and gw.listener.connections
+    gw.deliver(c, get_request())
+    gw.spin(until=lambda: t.written)
+    assert [reason_of(r) for r in t.written] == [ResultReason.ITEM_NOT_FOUND]
+    assert state(c) is State.IDLE
+
+
+def test_paused_writing_stops_work_and_resuming_restarts_it(gw: Gateway) -> None:
+    c, t = gw.connect()
+    c.pause_writing()
+    gw.deliver(c, get_request() * 3)
+    gw.spin()
+    assert t.written == [] and state(c) is State.WORKING  # answered nothing while paused
+    c.resume_writing()
+    gw.spin(until=lambda: len(t.written) == 3)
+    assert [reason_of(r) for r in t.written] == [ResultReason.ITEM_NOT_FOUND] * 3
+    assert state(c) is State.IDLE
+
+
+def test_backlog_pauses_the_transport_until_it_drains(gw: Gateway) -> None:
+    c, t = gw.connect()
+    c.pause_writing()
+    gw.deliver(c, get_request() * MAX_QUEUED)
+    assert not t.reading
+    c.resume_writing()
+    gw.spin(until=lambda: len(t.written) == MAX_QUEUED)
+    assert t.reading and len(t.written) == MAX_QUEUED
+
+
+def test_sweep_applies_each_deadline_at_the_listeners_clock(gw: Gateway) -> None:
+    reader, rt = gw.connect()
+    idler, it = gw.connect()
+    gw.deliver(reader, get_request()[:20])
+    gw.listener.sweep(T0 + READ - 0.001)
+    assert not (rt.aborted or it.closed)
+    gw.clock.now = T0 + READ
+    gw.listener.sweep()
+    assert rt.aborted and state(reader) is State.CLOSED and not it.closed
+    reader.connection_lost(None)
+    assert list(gw.listener.connections.values()) == [idler]
+    gw.listener.sweep(T0 + IDLE)
+    assert it.closed and state(idler) is State.CLOSING and not it.aborted
+    gw.listener.sweep(T0 + IDLE + CLOSE_GRACE)
+    assert it.aborted
+
+
+def test_framing_error_answers_then_closes(gw: Gateway) -> None:
+    c, t = gw.connect()
+    gw.deliver(c, get_request() + frame(LIMITS.max_message_size)[:8])
+    assert not t.reading  # the stream position is lost
+    gw.spin(until=lambda: t.closed)
+    assert [reason_of(r) for r in t.written] == [
+        ResultReason.ITEM_NOT_FOUND,
+        ResultReason.INVALID_MESSAGE,
+    ]
+    assert state(c) is State.CLOSING
+
+
+def test_unknown_identity_is_denied_on_its_first_message(gw: Gateway) -> None:
+    gw.listener.policy = Policy.from_dict({})
+    c, t = gw.connect()
+    assert c.session is None
+    gw.deliver(c, get_request())
+    gw.spin(until=lambda: t.closed)
+    assert [reason_of(r) for r in t.written] == [ResultReason.PERMISSION_DENIED]
+
+
+def test_illegal_transition_aborts_the_connection(gw: Gateway) -> None:
+    c, t = gw.connect()
+    c._respond(b"an answer nobody asked for")  # DONE while IDLE
+    assert t.aborted and state(c) is State.CLOSED
