@@ -235,3 +235,46 @@ def test_the_handler_table_serves_the_operations_query_lists() -> None:
     from krypton.gateway.engine import dispatch, operations
 
     assert tuple(dispatch.HANDLERS) == operations.LOCAL
+
+
+@pytest.mark.parametrize("bound", [200, 600])
+def test_the_servers_maximum_response_size_holds_on_every_path(tmp_path: Path, bound: int) -> None:
+    """gateway.limits.max_response_size bounds every answer, whatever the request's own
+    Maximum Response Size: the fast Get and Create, the generic path, RNG Retrieve.
+    Over it, the item fails with Response Too Large and carries no payload."""
+    loop = asyncio.new_event_loop()
+    vault = Vault.open(tmp_path / "v.db")
+    ring = KeyRing()
+    ring.install("demo", 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(3600))
+    d = Dispatcher(Services(store=vault, keyring=ring), max_response_size=bound)
+    session = Session("spiffe://t/demo", Grant("demo", None), 1)
+
+    def ask(msg: Item) -> tuple[int, cm.Response]:
+        out = loop.run_until_complete(d.handle(encode(msg), session))
+        return len(out), cm.parse_response(decode(out))
+
+    try:
+        size, created = ask(cm.request_message(V14, [cm.create_item(V14, cm.aes_attributes())]))
+        assert size <= bound and created.items[0].status is ResultStatus.SUCCESS
+        assert created.items[0].payload is not None
+        uid = cm.unique_identifier(created.items[0].payload)
+        long_id = b"b" * 300  # an answer carrying it cannot fit under 200 bytes
+        for msg in (
+            cm.request_message(V14, [cm.get_item(uid)]),
+            cm.request_message(V14, [cm.get_item(uid, batch_id=long_id)]),
+            cm.request_message(V14, [cm.create_item(V14, cm.aes_attributes(), batch_id=long_id)]),
+            cm.request_message(V14, [cm.batch_item(
+                Operation.RNG_RETRIEVE, cm.payload(Item.integer(Tag.DATA_LENGTH, 1024))
+            )]),
+        ):
+            size, r = ask(msg)
+            item = r.items[0]
+            if item.status is ResultStatus.SUCCESS:
+                assert size <= bound
+            else:  # the error answer still echoes the batch item's id, however long
+                assert item.reason is ResultReason.RESPONSE_TOO_LARGE
+                assert item.payload is None
+                assert size <= bound or item.batch_id == long_id
+    finally:
+        vault.close()
+        loop.close()

@@ -74,7 +74,7 @@ class Gateway:
             store=self.vault, keyring=self.keyring, upstream=self.upstream, interop=cfg.interop
         )
         self.listener = Listener(
-            Dispatcher(services, limits),
+            Dispatcher(services, limits, max_response_size=cfg.limits.max_response_size),
             policy,
             ssl_ctx,
             limits,

@@ -100,12 +100,22 @@ def _within(limits: Limits, needs: Limits) -> bool:
 _GET_CACHE = fastget.GetCache()  # the defaults
 
 
+def _bound(client: int | None, server: int | None) -> int | None:
+    if client is None:
+        return server
+    return client if server is None else min(client, server)
+
+
 class Dispatcher:
     """``fast``: answer the plain single-item Get and Create by
     :mod:`krypton.gateway.fast.fastget` and :mod:`krypton.gateway.fast.fastcreate`
     (byte-identical to the generic path), with caches of this dispatcher's own
     (``get_cache``: how much the Get fast path remembers). ``clock``: seconds
-    since the epoch."""
+    since the epoch. ``max_response_size``: the server's own bound on a response
+    message (``gateway.limits.max_response_size``); a request's Maximum Response
+    Size can only lower it. Items of an answer over it fail with Response Too
+    Large; a fast-path answer over it is dropped and the request goes the generic
+    way, which says so."""
 
     def __init__(
         self,
@@ -115,23 +125,28 @@ class Dispatcher:
         fast: bool = True,
         get_cache: fastget.GetCache = _GET_CACHE,
         clock: Callable[[], float] = time.time,
+        max_response_size: int | None = None,
     ) -> None:
         self.services = services
         self.limits = limits
         self.clock = clock
+        self.max_response_size = max_response_size
         self.fast = fast and _within(limits, fastget.NEEDS)
         self.fast_create = fast and _within(limits, fastcreate.NEEDS)
         self._ids = itertools.count(1)
         self._fast_get = fastget.FastGet(
             max_shapes=get_cache.max_shapes, max_memo=get_cache.max_memo
         )
-        self._fast_create = fastcreate.FastCreate()
+        self._fast_create = fastcreate.FastCreate(max_response_size=max_response_size)
 
     def answer_now(self, frame: bytes | bytearray | memoryview, session: Session) -> bytes | None:
         """The response to a plain Get, computed without waiting; None for anything else."""
         if not self.fast:
             return None
-        return self._fast_get.answer(self.services, session.grant, frame, int(self.clock()))
+        out = self._fast_get.answer(self.services, session.grant, frame, int(self.clock()))
+        if out is not None and self.max_response_size is not None:
+            return out if len(out) <= self.max_response_size else None
+        return out
 
     async def handle(
         self, frame: bytes | bytearray | memoryview, session: Session, *, fast: bool = True
@@ -229,7 +244,7 @@ class Dispatcher:
             results = await self._end_undo_batch(svc, ctx, pending, results, failed)
 
         out = encode_response(header.version, now, results)
-        limit = header.max_response_size
+        limit = _bound(header.max_response_size, self.max_response_size)
         if limit is not None and len(out) > limit:
             results = [_too_large(r) for r in results]
             out = encode_response(header.version, now, results)

@@ -222,12 +222,16 @@ def _attributes(usage_mask: int | None, digest: bytes, now: int) -> bytes:
 
 
 class FastCreate:
-    """The Create fast path of one dispatcher, with its response layouts."""
+    """The Create fast path of one dispatcher, with its response layouts.
+    ``max_response_size``: the server's bound on a response; a Create whose answer
+    would exceed it (or the request's own bound) is left to the generic path before
+    any key is made."""
 
-    __slots__ = ("_layouts",)
+    __slots__ = ("_layouts", "_max_response")
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_response_size: int | None = None) -> None:
         self._layouts = fw.Layouts(_Layout)
+        self._max_response = max_response_size
 
     async def answer(
         self, svc: Services, grant: Grant, frame: bytes | bytearray | memoryview, now: int
@@ -251,6 +255,8 @@ class FastCreate:
             None if env.batch_id is None else len(env.batch_id), len(uid_bytes)
         )
         if env.max_response_size is not None and layout.size > env.max_response_size:
+            return None
+        if self._max_response is not None and layout.size > self._max_response:
             return None
         key = generate(alg, length, "Create")
         try:
