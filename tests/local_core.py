@@ -34,7 +34,6 @@ from krypton.model.record import KeyRecord
 from krypton.registry import open_registry
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.item import Item
-from krypton.uplink.types import WrappedKey
 from krypton.vault.sqlite import Vault
 
 T = TypeVar("T")
@@ -71,7 +70,7 @@ class LocalCore:
 
     @staticmethod
     def _record(rec: ObjectRecord) -> KeyRecord:
-        return WrappedKey.from_object(rec).record(synced=True)
+        return KeyRecord.from_object(rec)
 
     def created(self) -> None:
         """Keys are synced before each delegated item instead."""
@@ -85,24 +84,8 @@ class LocalCore:
             names, groups, custom = index_fields(
                 parse_attributes(decode(r.attributes)) if r.attributes else []
             )
-            objects.append(
-                ObjectRecord(
-                    uid=r.uid,
-                    tenant=r.tenant,
-                    object_type=r.object_type,
-                    state=r.state,
-                    created=r.created,
-                    algorithm=r.algorithm or None,
-                    length=r.length or None,
-                    l3_version=r.l3_version,
-                    sealed=r.wrapped,
-                    attributes=r.attributes,
-                    origin="gw-test",
-                    names=names,
-                    groups=groups,
-                    custom=custom,
-                )
-            )
+            objects.append(r.to_object(origin="gw-test", names=names, groups=groups,
+                                       custom=custom))
         await self.core.registry.put_objects(objects)
         await self.vault.mark_synced(r.uid for r in records)
 
