@@ -12,6 +12,11 @@ test failed.
   ports, ``start_dev(root=None, *, port=None, env=None, args=())``. A module
   that shares one stack between its tests (for speed) asks for
   ``start_module_dev`` in a module-scoped fixture of its own.
+- ``start_embedded`` (per test; its PKI and event loop per module,
+  ``embedded_stacks``): a real Core and gateway *in the test's process*
+  (``krypton.stack.dev.EmbeddedStack`` on a background loop, the real uplink
+  between them), each with its own registry and vault,
+  ``start_embedded(*, interop=False)`` -> :class:`tests.helpers.embedded.Stack`.
 
 A Core as a process of its own (with its gateways as further processes) is
 not a fixture: ``tests.helpers.cluster.running_cluster`` starts one in a
@@ -21,11 +26,12 @@ read its audit trail after it stopped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.embedded import Stack, StackFactory
 from tests.helpers.pg import PgServer, postgres_server
 from tests.helpers.servers import DevServer, start_dev_server
 
@@ -82,3 +88,30 @@ def start_module_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSt
         yield stacks
     finally:
         stacks.stop_all()
+
+
+@pytest.fixture(scope="module")
+def embedded_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
+    """The module's dev PKI and event loop for in-process stacks (``start_embedded``)."""
+    factory = StackFactory(tmp_path_factory.mktemp("embedded"))
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def start_embedded(embedded_stacks: StackFactory) -> Iterator[Callable[..., Stack]]:
+    """Start in-process Core + gateway stacks that are stopped when the test ends."""
+    mine: list[Stack] = []
+
+    def start(*, interop: bool = False) -> Stack:
+        stack = embedded_stacks(interop=interop)
+        mine.append(stack)
+        return stack
+
+    try:
+        yield start
+    finally:
+        for stack in reversed(mine):
+            stack.close()
