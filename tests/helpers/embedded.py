@@ -132,7 +132,7 @@ class Stack:
 
 
 class StackFactory:
-    """Starts stacks on one loop over one dev PKI; :meth:`close` stops them all."""
+    """Starts stacks on one loop over one dev PKI; :meth:`stop_all` stops them all."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -163,7 +163,8 @@ class StackFactory:
         self.started.append(stack)
         return stack
 
-    def close(self) -> None:
+    def stop_all(self) -> None:
+        """Stop every stack still running, then the loop."""
         try:
             for stack in reversed(self.started):
                 stack.close()
