@@ -47,10 +47,10 @@ from tests.helpers.cluster import (
     ok,
     one,
     revoke_item,
-    running_cluster,
     uid_item,
     wait_for,
 )
+from tests.helpers.fixtures import Clusters
 from tests.helpers.pg import PgServer
 
 from krypton.client.sync import KmipClient
@@ -275,10 +275,10 @@ def two_gateway_flow(cluster: Cluster, figures: Figures, test: str) -> None:
 
 
 # -- the tests ----------------------------------------------------------------------------
-def test_delegated_lifecycle(tmp_path: Path, figures: Figures) -> None:
-    with running_cluster(tmp_path) as cluster:
-        lifecycle_flow(cluster, figures, "lifecycle/sqlite")
-        assert cluster.stop() == {A: 0, "core": 0}  # SIGTERM: a clean shutdown
+def test_delegated_lifecycle(start_cluster: Clusters, figures: Figures) -> None:
+    cluster = start_cluster()
+    lifecycle_flow(cluster, figures, "lifecycle/sqlite")
+    assert cluster.stop() == {A: 0, "core": 0}  # SIGTERM: a clean shutdown
 
 
 class _Load:
@@ -332,61 +332,61 @@ class _Load:
             return [u for _, u in self.made]
 
 
-def test_core_killed_mid_load(tmp_path: Path, figures: Figures) -> None:
+def test_core_killed_mid_load(start_cluster: Clusters, figures: Figures) -> None:
     test = "partition/sqlite"
-    with running_cluster(tmp_path) as cluster:
-        with cluster.client(A) as c, _Load(cluster) as load:
-            before = c.create(256)
-            ok(c, check_item(before))  # synced and known to the Core
-            wait_for("load running", lambda: load.count(0, time.monotonic()) >= 30 or None, SOON)
+    cluster = start_cluster()
+    with cluster.client(A) as c, _Load(cluster) as load:
+        before = c.create(256)
+        ok(c, check_item(before))  # synced and known to the Core
+        wait_for("load running", lambda: load.count(0, time.monotonic()) >= 30 or None, SOON)
 
-            cluster.kill_core()
-            down = time.monotonic()
-            during = c.create(256)  # made while the Core is away: still in the outbox
-            failures: list[float] = []
-            for uid in (before, during) * 3:
-                got, took = timed(c, destroy_item(uid))
-                failures.append(took)
-                message = failed(got, ResultReason.GENERAL_FAILURE)
-                assert "Krypton Core is unreachable" in message, message
-                assert took < PARTITION_BOUND, f"Destroy took {took:.3f} s to fail"
-            time.sleep(1.0)  # the hot path under load, with the Core gone
-            got, took = timed(c, destroy_item(before))
+        cluster.kill_core()
+        down = time.monotonic()
+        during = c.create(256)  # made while the Core is away: still in the outbox
+        failures: list[float] = []
+        for uid in (before, during) * 3:
+            got, took = timed(c, destroy_item(uid))
             failures.append(took)
-            assert "unreachable" in failed(got, ResultReason.GENERAL_FAILURE)
-            assert took < PARTITION_BOUND
+            message = failed(got, ResultReason.GENERAL_FAILURE)
+            assert "Krypton Core is unreachable" in message, message
+            assert took < PARTITION_BOUND, f"Destroy took {took:.3f} s to fail"
+        time.sleep(1.0)  # the hot path under load, with the Core gone
+        got, took = timed(c, destroy_item(before))
+        failures.append(took)
+        assert "unreachable" in failed(got, ResultReason.GENERAL_FAILURE)
+        assert took < PARTITION_BOUND
 
-            restart = time.monotonic()
-            outage_keys = load.count(down, restart)
-            cluster.start_core()
-            up = time.monotonic()
-            wait_for(
-                "the control path back",
-                lambda: one(c, check_item(before)).status is ResultStatus.SUCCESS or None,
-                SOON,
-                0.05,
-            )
-            back = time.monotonic()
-            ok(c, destroy_item(before))
-            assert refused(c, before) is not None
-            time.sleep(0.3)  # some load with the Core back
-        assert not load.errors, f"the hot path failed: {load.errors[:3]}"
-        assert outage_keys >= 20, "the load did not run while the Core was down"
-        assert load.count(back, time.monotonic()) > 0
-
-        made = [*load.uids(), during]
-        # The outbox drains on its own once the uplink is back ...
+        restart = time.monotonic()
+        outage_keys = load.count(down, restart)
+        cluster.start_core()
+        up = time.monotonic()
         wait_for(
-            "the outbox drained into the registry",
-            lambda: len(cluster.registry_holds("demo", made)) == len(made) or None,
+            "the control path back",
+            lambda: one(c, check_item(before)).status is ResultStatus.SUCCESS or None,
             SOON,
-            0.2,
+            0.05,
         )
-        drain_time = time.monotonic() - up
-        # ... and a Locate through the gateway finds every key made meanwhile.
-        with cluster.client(A) as c:
-            found = set(located(ok(c, locate_item(V21))))
-        assert set(made) <= found
+        back = time.monotonic()
+        ok(c, destroy_item(before))
+        assert refused(c, before) is not None
+        time.sleep(0.3)  # some load with the Core back
+    assert not load.errors, f"the hot path failed: {load.errors[:3]}"
+    assert outage_keys >= 20, "the load did not run while the Core was down"
+    assert load.count(back, time.monotonic()) > 0
+
+    made = [*load.uids(), during]
+    # The outbox drains on its own once the uplink is back ...
+    wait_for(
+        "the outbox drained into the registry",
+        lambda: len(cluster.registry_holds("demo", made)) == len(made) or None,
+        SOON,
+        0.2,
+    )
+    drain_time = time.monotonic() - up
+    # ... and a Locate through the gateway finds every key made meanwhile.
+    with cluster.client(A) as c:
+        found = set(located(ok(c, locate_item(V21))))
+    assert set(made) <= found
     figures.add(test, f"keys made while the Core was down: {outage_keys} (no hot-path error)")
     figures.add(test, "Destroy failing while the Core is down: " + percentiles(failures))
     figures.add(test, f"Core restart (process start to ready line): {up - restart:.2f} s")
@@ -394,20 +394,17 @@ def test_core_killed_mid_load(tmp_path: Path, figures: Figures) -> None:
     figures.add(test, f"registry held all {len(made)} keys {drain_time:.2f} s after restart")
 
 
-def test_two_gateways_of_one_tenant(tmp_path: Path, figures: Figures) -> None:
-    with running_cluster(tmp_path, gateways=(A, B)) as cluster:
-        two_gateway_flow(cluster, figures, "two-gateways/sqlite")
+def test_two_gateways_of_one_tenant(start_cluster: Clusters, figures: Figures) -> None:
+    cluster = start_cluster(gateways=(A, B))
+    two_gateway_flow(cluster, figures, "two-gateways/sqlite")
 
 
-def test_destroy_while_a_gateway_is_away(tmp_path: Path, figures: Figures) -> None:
+def test_destroy_while_a_gateway_is_away(start_cluster: Clusters, figures: Figures) -> None:
     """A key destroyed through A right after a Core restart, while B's uplink is
     still backing off, is refused at B once B is back in sync."""
     test = "away/sqlite"
-    with (
-        running_cluster(tmp_path, gateways=(A, B)) as cluster,
-        cluster.client(A) as a,
-        cluster.client(B) as b,
-    ):
+    cluster = start_cluster(gateways=(A, B))
+    with cluster.client(A) as a, cluster.client(B) as b:
         uid, key = a.create_get(256)
         assert wait_for("the key at B", partial(b.get, uid), SOON) == key
         cluster.kill_core()
@@ -425,13 +422,10 @@ def test_destroy_while_a_gateway_is_away(tmp_path: Path, figures: Figures) -> No
     figures.add(test, f"B refused a key destroyed while it was away {caught_up:.2f} s later")
 
 
-def test_l3_rotation_and_revocation(tmp_path: Path, figures: Figures) -> None:
+def test_l3_rotation_and_revocation(start_cluster: Clusters, figures: Figures) -> None:
     test = "l3/sqlite"
-    with (
-        running_cluster(tmp_path, gateways=(A, B)) as cluster,
-        cluster.client(A) as a,
-        cluster.client(B) as b,
-    ):
+    cluster = start_cluster(gateways=(A, B))
+    with cluster.client(A) as a, cluster.client(B) as b:
         old_a, key_a = a.create_get(256)
         old_b, key_b = b.create_get(256)
         assert cluster.l3_version(A, old_a) == cluster.l3_version(B, old_b) == 1
@@ -487,20 +481,20 @@ def audit_rows(cluster: Cluster, *args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def test_audit_trail(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, gateways=(A, B)) as cluster:
-        with cluster.client(A) as a, cluster.client(B) as b:
-            uid = a.create(256)
-            ok(a, activate_item(uid))
-            one(a, destroy_item(uid))  # refused: Active
-            ok(a, cessation(uid))
-            ok(a, destroy_item(uid))
-            failed(one(b, check_item(uid)), ResultReason.OBJECT_DESTROYED)
-        with cluster.client(B, "other-client") as other:
-            failed(one(other, activate_item(uid)), ResultReason.OBJECT_NOT_FOUND)
-        demo = [r for r in audit_rows(cluster, "--tenant", "demo")
-                if r["uid"] == uid and r["operation"] not in UPLINK_CALLS]
-        everyone = audit_rows(cluster)
+def test_audit_trail(start_cluster: Clusters) -> None:
+    cluster = start_cluster(gateways=(A, B))
+    with cluster.client(A) as a, cluster.client(B) as b:
+        uid = a.create(256)
+        ok(a, activate_item(uid))
+        one(a, destroy_item(uid))  # refused: Active
+        ok(a, cessation(uid))
+        ok(a, destroy_item(uid))
+        failed(one(b, check_item(uid)), ResultReason.OBJECT_DESTROYED)
+    with cluster.client(B, "other-client") as other:
+        failed(one(other, activate_item(uid)), ResultReason.OBJECT_NOT_FOUND)
+    demo = [r for r in audit_rows(cluster, "--tenant", "demo")
+            if r["uid"] == uid and r["operation"] not in UPLINK_CALLS]
+    everyone = audit_rows(cluster)
     expected = [
         ("ACTIVATE", "Success", A),
         ("DESTROY", "WRONG_KEY_LIFECYCLE_STATE", A),
@@ -531,15 +525,15 @@ def test_audit_trail(tmp_path: Path) -> None:
 
 
 def test_lifecycle_and_two_gateways_on_postgresql(
-    tmp_path: Path, pg: PgServer, figures: Figures
+    start_cluster: Clusters, pg: PgServer, figures: Figures
 ) -> None:
     registry = pg.create_database("e2e")
-    with running_cluster(tmp_path, gateways=(A, B), registry=registry) as cluster:
-        assert not (tmp_path / "core.db").exists()  # the registry is PostgreSQL
-        lifecycle_flow(cluster, figures, "lifecycle/postgresql")
-        two_gateway_flow(cluster, figures, "two-gateways/postgresql")
-        held = cluster.registry_holds("demo", [cluster_probe(cluster)])
-        assert len(held) == 1
+    cluster = start_cluster(gateways=(A, B), registry=registry)
+    assert not (cluster.root / "core.db").exists()  # the registry is PostgreSQL
+    lifecycle_flow(cluster, figures, "lifecycle/postgresql")
+    two_gateway_flow(cluster, figures, "two-gateways/postgresql")
+    held = cluster.registry_holds("demo", [cluster_probe(cluster)])
+    assert len(held) == 1
 
 
 def cluster_probe(cluster: Cluster) -> str:

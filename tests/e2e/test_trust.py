@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,16 @@ from tests.helpers.cluster import (
     V21,
     Cluster,
     locate_item,
-    make_cluster,
-    running_cluster,
     wait_for,
 )
+from tests.helpers.fixtures import Clusters
 
 from krypton.client.sync import KmipClient, tls_context
 from krypton.config import TLSConfig
 from krypton.errors import PermissionDenied
 from krypton.model.record import KeyRecord
 from krypton.pki import issue_leaf, load_cert_pem, load_key_pem, write_cert_pem, write_key_pem
-from krypton.pki.dev import GATEWAY_NAME, core_spiffe_id
+from krypton.pki.dev import GATEWAY_NAME, DevLayout, core_spiffe_id
 from krypton.ttlv.codec import encode
 from krypton.ttlv.enums import ResultReason, ResultStatus
 from krypton.uplink.client import UplinkClient
@@ -51,18 +49,10 @@ UPLINK_CALLS = ("Subscribe", "SyncKeys", "Execute", "FetchKey")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(start_module_cluster: Clusters) -> Cluster:
     """A running Core (no gateway process): gw-dev serves both tenants, gw-eu demo."""
-    c = make_cluster(tmp_path_factory.mktemp("trust"), gateways=(GATEWAY_NAME, EU))
-    c.gateways[EU].tenants = ("demo",)
-    c.start_core()
-    try:
-        yield c
-    except BaseException:
-        print(c.dump_logs())
-        raise
-    finally:
-        c.stop()
+    return start_module_cluster(gateways=(GATEWAY_NAME, EU), tenants={EU: ("demo",)},
+                                gateways_running=False)
 
 
 def uplink(cluster: Cluster, name: str, tenants: tuple[str, ...]) -> UplinkClient:
@@ -140,51 +130,51 @@ def test_a_forged_client_identity_is_refused_and_audited(cluster: Cluster) -> No
 
 
 @pytest.mark.parametrize("impostor", ["gateway", "client"])
-def test_a_fake_core_is_refused_by_the_gateway(tmp_path: Path, impostor: str) -> None:
+def test_a_fake_core_is_refused_by_the_gateway(
+    start_cluster: Clusters, tmp_path: Path, impostor: str
+) -> None:
     """Finding 3: a server with a gateway's or a workload's certificate from the same CA
     is not the Core; the gateway never goes READY, never subscribes, never relays."""
-    cluster = make_cluster(tmp_path)
-    pki = cluster.layout.pki
-    try:
-        cluster.start_core(KRYPTON_CORE_TLS_CERT=str(pki / f"{impostor}.pem"),
-                           KRYPTON_CORE_TLS_KEY=str(pki / f"{impostor}-key.pem"))
-        cluster.start_gateways(serving=False)
-        gateway = cluster.running[GATEWAY_NAME]
-        if impostor == "gateway":
-            wait_for("the refusal in the gateway's log",
-                     lambda: "is not the Core" in gateway.log() or None, 10.0)
-        with cluster.client(GATEWAY_NAME) as c:
-            response = c.call([locate_item(V21)])  # delegated: must not reach the fake
-            assert response.items[0].status is ResultStatus.OPERATION_FAILED
-        assert "READY, in sync" not in gateway.log()
-        assert [r for r in audit_rows(cluster) if r["operation"] in ("Subscribe", "LOCATE")] == []
-    except BaseException:
-        print(cluster.dump_logs())
-        raise
-    finally:
-        cluster.stop()
+    pki = DevLayout(tmp_path).pki  # the PKI the cluster in tmp_path gets
+    cluster = start_cluster(
+        tmp_path,
+        core_env={"KRYPTON_CORE_TLS_CERT": str(pki / f"{impostor}.pem"),
+                  "KRYPTON_CORE_TLS_KEY": str(pki / f"{impostor}-key.pem")},
+        serving=False,
+    )
+    gateway = cluster.running[GATEWAY_NAME]
+    if impostor == "gateway":
+        wait_for("the refusal in the gateway's log",
+                 lambda: "is not the Core" in gateway.log() or None, 10.0)
+    with cluster.client(GATEWAY_NAME) as c:
+        response = c.call([locate_item(V21)])  # delegated: must not reach the fake
+        assert response.items[0].status is ResultStatus.OPERATION_FAILED
+    assert "READY, in sync" not in gateway.log()
+    assert [r for r in audit_rows(cluster) if r["operation"] in ("Subscribe", "LOCATE")] == []
 
 
-def test_resumed_session_after_the_certificate_expired_is_refused(tmp_path: Path) -> None:
+def test_resumed_session_after_the_certificate_expired_is_refused(
+    start_cluster: Clusters,
+) -> None:
     """Finding 7: a session resumed after the client certificate expired (it lives 20 s)."""
-    with running_cluster(tmp_path) as cluster:
-        pki = cluster.layout.pki
-        cert, key = issue_leaf(load_cert_pem(pki / "ca.pem"), load_key_pem(pki / "ca-key.pem"),
-                               common_name="short", spiffe_id=WORKLOAD.replace("client", "short"),
-                               seconds=20)
-        write_cert_pem(pki / "short.pem", cert)
-        write_key_pem(pki / "short-key.pem", key)
-        ctx = tls_context(pki / "ca.pem", pki / "short.pem", pki / "short-key.pem")
-        port = cluster.gateways[GATEWAY_NAME].port
-        with KmipClient("127.0.0.1", port, ctx, version=V21).connect() as first:
-            first.create()
-            assert first.sock is not None
-            session = first.sock.session
-        assert session is not None and session.has_ticket
-        time.sleep(max(0.0, cert.not_valid_after_utc.timestamp() + 1 - time.time()))
-        with KmipClient("127.0.0.1", port, ctx, version=V21).connect(session) as again:
-            assert again.sock is not None and again.sock.session_reused
-            item = again.call([locate_item(V21)]).items[0]
-            assert item.status is ResultStatus.OPERATION_FAILED
-            assert item.reason is ResultReason.PERMISSION_DENIED
-            assert "expired" in (item.message or "")
+    cluster = start_cluster()
+    pki = cluster.layout.pki
+    cert, key = issue_leaf(load_cert_pem(pki / "ca.pem"), load_key_pem(pki / "ca-key.pem"),
+                           common_name="short", spiffe_id=WORKLOAD.replace("client", "short"),
+                           seconds=20)
+    write_cert_pem(pki / "short.pem", cert)
+    write_key_pem(pki / "short-key.pem", key)
+    ctx = tls_context(pki / "ca.pem", pki / "short.pem", pki / "short-key.pem")
+    port = cluster.gateways[GATEWAY_NAME].port
+    with KmipClient("127.0.0.1", port, ctx, version=V21).connect() as first:
+        first.create()
+        assert first.sock is not None
+        session = first.sock.session
+    assert session is not None and session.has_ticket
+    time.sleep(max(0.0, cert.not_valid_after_utc.timestamp() + 1 - time.time()))
+    with KmipClient("127.0.0.1", port, ctx, version=V21).connect(session) as again:
+        assert again.sock is not None and again.sock.session_reused
+        item = again.call([locate_item(V21)]).items[0]
+        assert item.status is ResultStatus.OPERATION_FAILED
+        assert item.reason is ResultReason.PERMISSION_DENIED
+        assert "expired" in (item.message or "")

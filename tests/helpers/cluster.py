@@ -1,4 +1,5 @@
-"""Test helpers: a Krypton Core and its Gateways as separate processes on loopback.
+"""Test helpers: a Krypton Core and its Gateways as separate processes on loopback
+(started by the ``start_cluster`` fixture, :mod:`tests.helpers.fixtures`).
 
 How this works
 --------------
@@ -26,14 +27,13 @@ revoke-l3, audit) against the same configuration, as its own process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -325,9 +325,15 @@ def issue_gateway_cert(layout: DevLayout, name: str) -> tuple[Path, Path]:
 
 
 def make_cluster(
-    root: Path, *, gateways: Sequence[str] = (GATEWAY_NAME,), registry: str | None = None
+    root: Path,
+    *,
+    gateways: Sequence[str] = (GATEWAY_NAME,),
+    registry: str | None = None,
+    tenants: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Cluster:
-    """Lay out (but do not start) a Core and the named gateways in ``root``."""
+    """Lay out (but do not start) a Core and the named gateways in ``root``;
+    ``tenants``: the tenants a gateway is served, where not both dev tenants.
+    Tests start clusters through the ``start_cluster`` fixture, which calls this."""
     layout = init_dev_dir(root)
     specs: dict[str, GatewaySpec] = {}
     for name in gateways:
@@ -336,25 +342,9 @@ def make_cluster(
         else:
             cert, key = issue_gateway_cert(layout, name)
         specs[name] = GatewaySpec(name, cert, key, free_port(), root / f"vault-{name}.db")
+        if tenants is not None and name in tenants:
+            specs[name].tenants = tenants[name]
     return Cluster(root, layout, free_port(), registry, specs)
-
-
-@contextlib.contextmanager
-def running_cluster(
-    root: Path, *, gateways: Sequence[str] = (GATEWAY_NAME,), registry: str | None = None
-) -> Iterator[Cluster]:
-    """A started Core and gateways; everything is stopped on exit (and the logs
-    printed when the block failed)."""
-    cluster = make_cluster(root, gateways=gateways, registry=registry)
-    try:
-        cluster.start_core()
-        cluster.start_gateways()
-        yield cluster
-    except BaseException:
-        print(cluster.dump_logs())
-        raise
-    finally:
-        cluster.stop()
 
 
 # -- KMIP requests the gateway delegates ----------------------------------------------

@@ -12,20 +12,33 @@ test failed.
   ports, ``start_dev(root=None, *, port=None, env=None, args=())``. A module
   that shares one stack between its tests (for speed) asks for
   ``start_module_dev`` in a module-scoped fixture of its own.
+- ``start_embedded`` (per test; its PKI and event loop per module,
+  ``embedded_stacks``): a real Core and gateway *in the test's process*
+  (``krypton.stack.dev.EmbeddedStack`` on a background loop, the real uplink
+  between them), each with its own registry and vault,
+  ``start_embedded(*, interop=False)`` -> :class:`tests.helpers.embedded.Stack`.
 
-A Core as a process of its own (with its gateways as further processes) is
-not a fixture: ``tests.helpers.cluster.running_cluster`` starts one in a
-``with`` block, because those tests kill and restart the Core mid-test and
-read its audit trail after it stopped.
+- ``start_cluster`` (per test) and ``start_module_cluster`` (per test module):
+  a ``krypton core`` process and its ``krypton gateway`` processes
+  (:class:`tests.helpers.cluster.Cluster`), the one way a test starts a Core
+  process: ``start_cluster(root=None, *, gateways=("gw-dev",), registry=None,
+  tenants=None, core_env=None, gateways_running=True, serving=True)``. The
+  test may kill and restart the Core through the cluster; every process is
+  stopped when the fixture's scope ends, and the logs are printed then (pytest
+  shows them when the test failed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
+from krypton.pki.dev import GATEWAY_NAME
+from tests.helpers.cluster import START_TIMEOUT, Cluster, make_cluster
+from tests.helpers.embedded import Stack, StackFactory
 from tests.helpers.pg import PgServer, postgres_server
 from tests.helpers.servers import DevServer, start_dev_server
 
@@ -57,6 +70,59 @@ class DevStacks:
             server.stop()
 
 
+class Clusters:
+    """Starts Core + gateway processes under ``root``; :meth:`stop_all` stops them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[Cluster] = []
+
+    def __call__(
+        self,
+        root: Path | None = None,
+        *,
+        gateways: Sequence[str] = (GATEWAY_NAME,),
+        registry: str | None = None,
+        tenants: Mapping[str, tuple[str, ...]] | None = None,
+        core_env: Mapping[str, str] | None = None,
+        gateways_running: bool = True,
+        serving: bool = True,
+    ) -> Cluster:
+        """A started Core (``core_env``: settings added to its environment) and, unless
+        not ``gateways_running``, its gateways, each ready (and, if ``serving``,
+        having made a key). ``registry``: a registry URL (default: SQLite in the
+        cluster's folder); ``tenants``: a gateway's tenants where not both dev ones."""
+        where = root if root is not None else self.root / f"cluster-{len(self.started)}"
+        cluster = make_cluster(where, gateways=gateways, registry=registry, tenants=tenants)
+        self.started.append(cluster)
+        cluster.start_core(START_TIMEOUT, **dict(core_env or {}))
+        if gateways_running:
+            cluster.start_gateways(serving=serving)
+        return cluster
+
+    def stop_all(self) -> None:
+        for cluster in reversed(self.started):
+            try:
+                cluster.stop()
+            finally:
+                print(cluster.dump_logs())
+
+
+class _Stoppable(Protocol):
+    def stop_all(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Stoppable)
+
+
+def _until_scope_ends(starter: S) -> Iterator[S]:
+    """Yield ``starter``; stop everything it started when the fixture's scope ends."""
+    try:
+        yield starter
+    finally:
+        starter.stop_all()
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgServer]:
     """The session's PostgreSQL server."""
@@ -67,18 +133,45 @@ def pg() -> Iterator[PgServer]:
 @pytest.fixture
 def start_dev(tmp_path: Path) -> Iterator[DevStacks]:
     """Start ``krypton dev`` stacks that are stopped when the test ends."""
-    stacks = DevStacks(tmp_path)
-    try:
-        yield stacks
-    finally:
-        stacks.stop_all()
+    yield from _until_scope_ends(DevStacks(tmp_path))
 
 
 @pytest.fixture(scope="module")
 def start_module_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStacks]:
     """Start ``krypton dev`` stacks that are stopped when the test module ends."""
-    stacks = DevStacks(tmp_path_factory.mktemp("dev"))
+    yield from _until_scope_ends(DevStacks(tmp_path_factory.mktemp("dev")))
+
+
+@pytest.fixture(scope="module")
+def embedded_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
+    """The module's dev PKI and event loop for in-process stacks (``start_embedded``)."""
+    yield from _until_scope_ends(StackFactory(tmp_path_factory.mktemp("embedded")))
+
+
+@pytest.fixture
+def start_embedded(embedded_stacks: StackFactory) -> Iterator[Callable[..., Stack]]:
+    """Start in-process Core + gateway stacks that are stopped when the test ends."""
+    mine: list[Stack] = []
+
+    def start(*, interop: bool = False) -> Stack:
+        stack = embedded_stacks(interop=interop)
+        mine.append(stack)
+        return stack
+
     try:
-        yield stacks
+        yield start
     finally:
-        stacks.stop_all()
+        for stack in reversed(mine):
+            stack.close()
+
+
+@pytest.fixture
+def start_cluster(tmp_path: Path) -> Iterator[Clusters]:
+    """Start Core + gateway processes that are stopped when the test ends."""
+    yield from _until_scope_ends(Clusters(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def start_module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clusters]:
+    """Start Core + gateway processes that are stopped when the test module ends."""
+    yield from _until_scope_ends(Clusters(tmp_path_factory.mktemp("cluster")))

@@ -3,11 +3,10 @@ table (krypton.engine.attr_rules) and answer the same reason for the same fault.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-from tests.local_core import Stack, local_stack
+from tests.helpers.embedded import Stack
 
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, to_v1
@@ -30,9 +29,8 @@ R = ResultReason
 
 
 @pytest.fixture
-def s(tmp_path: Path) -> Iterator[Stack]:
-    with local_stack(tmp_path) as stack:
-        yield stack
+def s(start_embedded: Callable[..., Stack]) -> Stack:
+    return start_embedded()
 
 
 def _attributes(version: ProtocolVersion, attrs: list[Attribute]) -> Item:

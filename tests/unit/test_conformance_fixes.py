@@ -1,16 +1,14 @@
 """What the OASIS profile cases showed missing (docs/conformance.md), on a gateway
-dispatcher and the Core's engine in one process (tests/local_core.py): Digest and the
+gateway and a Core in one process (tests/helpers/embedded.py): Digest and the
 other attributes the server sets, attributes by protocol version, Triple DES,
 Quantum Safe, Register of keys of a pair and certificates, Get as registered,
 Sensitive / Extractable, Interop and Log, and the 2.x reasons at the gateway."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import pytest
 from cryptography import x509
@@ -20,9 +18,8 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.x509.oid import NameOID
-from tests.local_core import Stack, local_stack
+from tests.helpers.embedded import Stack
 
-from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute, attributes_v2, parse_v1, parse_v2, to_v1
 from krypton.kmip.messages import ResponseItem
@@ -60,10 +57,8 @@ KEY = bytes(range(16))
 
 
 @pytest.fixture
-def s(tmp_path: Path) -> Iterator[Stack]:
-    with local_stack(tmp_path) as stack:
-        services = dataclasses.replace(stack.dispatcher.services, interop=True)
-        yield dataclasses.replace(stack, dispatcher=Dispatcher(services))
+def s(start_embedded: Callable[..., Stack]) -> Stack:
+    return start_embedded(interop=True)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -441,16 +436,17 @@ def _operations(s: Stack) -> set[int]:
     return {int(c.value) for c in payload.children if isinstance(c.value, int)}
 
 
-def test_interop_begin_and_end_on_a_test_server_only(s: Stack, tmp_path: Path) -> None:
+def test_interop_begin_and_end_on_a_test_server_only(
+    s: Stack, start_embedded: Callable[..., Stack]
+) -> None:
     assert _interop(s, InteropFunction.BEGIN).status is ResultStatus.SUCCESS
     assert _interop(s, InteropFunction.END).status is ResultStatus.SUCCESS
     assert failed(_interop(s, InteropFunction.RESET), R.FEATURE_NOT_SUPPORTED)
     assert {Operation.INTEROP, Operation.LOG} <= _operations(s)
-    (tmp_path / "production").mkdir()
-    with local_stack(tmp_path / "production") as production:  # interop off: the default
-        assert failed(_interop(production, InteropFunction.BEGIN), R.OPERATION_NOT_SUPPORTED)
-        assert Operation.INTEROP not in _operations(production)
-        assert Operation.LOG in _operations(production)
+    production = start_embedded()  # interop off: the default
+    assert failed(_interop(production, InteropFunction.BEGIN), R.OPERATION_NOT_SUPPORTED)
+    assert Operation.INTEROP not in _operations(production)
+    assert Operation.LOG in _operations(production)
 
 
 def test_log_writes_the_message_quoted(s: Stack, caplog: pytest.LogCaptureFixture) -> None:

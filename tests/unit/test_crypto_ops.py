@@ -6,7 +6,7 @@ and against ``cryptography`` computing the same thing on its own."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from tests.local_core import local_stack
+from tests.helpers.embedded import Stack
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import SecretBytes, generate_key
@@ -571,55 +571,55 @@ def test_usage_limits_need_the_core(gw: Gw) -> None:
     assert gw.call(DEC, uid(k), params(M.ECB), data(bytes(16))).status is ResultStatus.SUCCESS
 
 
-def test_usage_limits_are_counted_by_the_core(tmp_path: Path) -> None:
+def test_usage_limits_are_counted_by_the_core(start_embedded: Callable[..., Stack]) -> None:
     """CS-BC-M-7: 16 bytes allowed; the second Encrypt is refused, Decrypt is not limited."""
-    with local_stack(tmp_path) as s:
-        limits = Item.structure(
-            Tag.USAGE_LIMITS,
-            Item(Tag.USAGE_LIMITS_TOTAL, ItemType.LONG_INTEGER, 16),
-            Item.enum(Tag.USAGE_LIMITS_UNIT, UsageLimitsUnit.BYTE),
+    s = start_embedded()
+    limits = Item.structure(
+        Tag.USAGE_LIMITS,
+        Item(Tag.USAGE_LIMITS_TOTAL, ItemType.LONG_INTEGER, 16),
+        Item.enum(Tag.USAGE_LIMITS_UNIT, UsageLimitsUnit.BYTE),
+    )
+    attrs = [
+        mask_attr(USE),
+        date_attr("Activation Date", Tag.ACTIVATION_DATE, 1),
+        Attribute("Usage Limits", limits),
+    ]
+    key = Item.structure(
+        Tag.SYMMETRIC_KEY,
+        Item.structure(
+            Tag.KEY_BLOCK,
+            Item.enum(Tag.KEY_FORMAT_TYPE, 1),
+            Item.structure(Tag.KEY_VALUE, Item.bytes_(Tag.KEY_MATERIAL, NIST_KEY)),
+            Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+            Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, 128),
+        ),
+    )
+    for version in (V14, V21):
+        template = (
+            attributes_v2(attrs)
+            if version.v2
+            else Item(Tag.TEMPLATE_ATTRIBUTE, ItemType.STRUCTURE, tuple(map(to_v1, attrs)))
         )
-        attrs = [
-            mask_attr(USE),
-            date_attr("Activation Date", Tag.ACTIVATION_DATE, 1),
-            Attribute("Usage Limits", limits),
-        ]
-        key = Item.structure(
-            Tag.SYMMETRIC_KEY,
-            Item.structure(
-                Tag.KEY_BLOCK,
-                Item.enum(Tag.KEY_FORMAT_TYPE, 1),
-                Item.structure(Tag.KEY_VALUE, Item.bytes_(Tag.KEY_MATERIAL, NIST_KEY)),
-                Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
-                Item.integer(Tag.CRYPTOGRAPHIC_LENGTH, 128),
-            ),
+        reg = cm.batch_item(
+            Operation.REGISTER,
+            cm.payload(Item.enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY), template, key),
         )
-        for version in (V14, V21):
-            template = (
-                attributes_v2(attrs)
-                if version.v2
-                else Item(Tag.TEMPLATE_ATTRIBUTE, ItemType.STRUCTURE, tuple(map(to_v1, attrs)))
-            )
-            reg = cm.batch_item(
-                Operation.REGISTER,
-                cm.payload(Item.enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY), template, key),
-            )
-            [made] = s.send(cm.request_message(version, [reg])).items
-            assert made.payload is not None
-            k = cm.unique_identifier(made.payload)
-            enc = cm.batch_item(ENC, cm.payload(uid(k), params(M.ECB), data(NIST_PLAIN[:16])))
-            dec = cm.batch_item(DEC, cm.payload(uid(k), params(M.ECB), data(bytes(16))))
-            [first] = s.send(cm.request_message(version, [enc])).items
-            assert out(first).hex() == NIST_38A[0][2][:32]
-            [second] = s.send(cm.request_message(version, [enc])).items
-            assert failed(second, R.PERMISSION_DENIED)
-            [d] = s.send(cm.request_message(version, [dec])).items
-            assert d.status is ResultStatus.SUCCESS
-            limits_now = decode(s.record(k).attributes).find(Tag.USAGE_LIMITS)
-            assert limits_now is not None
-            assert limits_now.find(Tag.USAGE_LIMITS_COUNT) == Item(
-                Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, 0
-            )
+        [made] = s.send(cm.request_message(version, [reg])).items
+        assert made.payload is not None
+        k = cm.unique_identifier(made.payload)
+        enc = cm.batch_item(ENC, cm.payload(uid(k), params(M.ECB), data(NIST_PLAIN[:16])))
+        dec = cm.batch_item(DEC, cm.payload(uid(k), params(M.ECB), data(bytes(16))))
+        [first] = s.send(cm.request_message(version, [enc])).items
+        assert out(first).hex() == NIST_38A[0][2][:32]
+        [second] = s.send(cm.request_message(version, [enc])).items
+        assert failed(second, R.PERMISSION_DENIED)
+        [d] = s.send(cm.request_message(version, [dec])).items
+        assert d.status is ResultStatus.SUCCESS
+        limits_now = decode(s.record(k).attributes).find(Tag.USAGE_LIMITS)
+        assert limits_now is not None
+        assert limits_now.find(Tag.USAGE_LIMITS_COUNT) == Item(
+            Tag.USAGE_LIMITS_COUNT, ItemType.LONG_INTEGER, 0
+        )
 
 
 @pytest.mark.parametrize("version", [V14, V21], ids=str)

@@ -1,18 +1,18 @@
 """Create Key Pair at the Core over the real SQLite registry and key ring, and Get of both
-keys through a gateway (in one process, tests/local_core.py), in the stored and the
+keys through a gateway (in one process: tests/helpers/embedded.py), in the stored and the
 other Key Format Types."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.helpers.control_env import V14, V21, Answer, Env, core_env, name
-from tests.local_core import Stack, local_stack
+from tests.helpers.embedded import Stack
 
 from krypton.core.engine.control import CONTROL_HANDLERS
 from krypton.core.engine.register import open_object
@@ -290,52 +290,52 @@ def gateway_get(s: Stack, uid: str, fmt: int | None = None, tenant: str = "demo"
     return answer
 
 
-def test_gateway_get_of_both_keys(tmp_path: Path) -> None:
-    with local_stack(tmp_path) as s:
-        batch = cm.request_message(
-            V14,
-            [
-                cm.batch_item(Operation.CREATE_KEY_PAIR, cm.payload(*request(V14, rsa_attrs()))),
-                cm.batch_item(Operation.ACTIVATE, cm.payload()),  # the ID Placeholder: private
-            ],
+def test_gateway_get_of_both_keys(start_embedded: Callable[..., Stack]) -> None:
+    s = start_embedded()
+    batch = cm.request_message(
+        V14,
+        [
+            cm.batch_item(Operation.CREATE_KEY_PAIR, cm.payload(*request(V14, rsa_attrs()))),
+            cm.batch_item(Operation.ACTIVATE, cm.payload()),  # the ID Placeholder: private
+        ],
+    )
+    made, activated = s.send(batch).items
+    assert made.status is activated.status is ResultStatus.SUCCESS
+    assert made.payload is not None
+    priv = made.payload.find(Tag.PRIVATE_KEY_UNIQUE_IDENTIFIER)
+    pub = made.payload.find(Tag.PUBLIC_KEY_UNIQUE_IDENTIFIER)
+    assert priv is not None and pub is not None
+    private, public = str(priv.value), str(pub.value)
+    assert s.record(private).state == State.ACTIVE
+    answers = {
+        (private, None): gateway_get(s, private),
+        (private, KeyFormatType.PKCS_8): gateway_get(s, private, KeyFormatType.PKCS_8),
+        (public, None): gateway_get(s, public),
+        (public, KeyFormatType.X_509): gateway_get(s, public, KeyFormatType.X_509),
+    }
+    loaded = {}
+    for (uid, fmt), answer in answers.items():
+        assert answer.status is ResultStatus.SUCCESS, answer.message
+        assert answer.payload is not None
+        assert answer.payload.find(Tag.UNIQUE_IDENTIFIER) == Item.text(
+            Tag.UNIQUE_IDENTIFIER, uid
         )
-        made, activated = s.send(batch).items
-        assert made.status is activated.status is ResultStatus.SUCCESS
-        assert made.payload is not None
-        priv = made.payload.find(Tag.PRIVATE_KEY_UNIQUE_IDENTIFIER)
-        pub = made.payload.find(Tag.PUBLIC_KEY_UNIQUE_IDENTIFIER)
-        assert priv is not None and pub is not None
-        private, public = str(priv.value), str(pub.value)
-        assert s.record(private).state == State.ACTIVE
-        answers = {
-            (private, None): gateway_get(s, private),
-            (private, KeyFormatType.PKCS_8): gateway_get(s, private, KeyFormatType.PKCS_8),
-            (public, None): gateway_get(s, public),
-            (public, KeyFormatType.X_509): gateway_get(s, public, KeyFormatType.X_509),
-        }
-        loaded = {}
-        for (uid, fmt), answer in answers.items():
-            assert answer.status is ResultStatus.SUCCESS, answer.message
-            assert answer.payload is not None
-            assert answer.payload.find(Tag.UNIQUE_IDENTIFIER) == Item.text(
-                Tag.UNIQUE_IDENTIFIER, uid
-            )
-            tag = Tag.PRIVATE_KEY if uid == private else Tag.PUBLIC_KEY
-            obj = answer.payload.find(tag)
-            assert obj is not None
-            got_fmt, der = material(obj)
-            assert got_fmt == (fmt or KeyFormatType.PKCS_1)
-            loaded[(uid, fmt)] = (
-                ser.load_der_private_key(der, None)
-                if uid == private
-                else ser.load_der_public_key(der)
-            )
-        key = loaded[(private, None)]
-        assert isinstance(key, rsa.RSAPrivateKey)
-        for k in ((public, None), (public, KeyFormatType.X_509)):
-            other = loaded[k]
-            assert isinstance(other, rsa.RSAPublicKey)
-            assert other.public_numbers() == key.public_key().public_numbers()
-        refused = gateway_get(s, public, KeyFormatType.PKCS_8)
-        assert refused.reason is R.KEY_FORMAT_TYPE_NOT_SUPPORTED
-        assert gateway_get(s, private, tenant="other").reason is R.ITEM_NOT_FOUND
+        tag = Tag.PRIVATE_KEY if uid == private else Tag.PUBLIC_KEY
+        obj = answer.payload.find(tag)
+        assert obj is not None
+        got_fmt, der = material(obj)
+        assert got_fmt == (fmt or KeyFormatType.PKCS_1)
+        loaded[(uid, fmt)] = (
+            ser.load_der_private_key(der, None)
+            if uid == private
+            else ser.load_der_public_key(der)
+        )
+    key = loaded[(private, None)]
+    assert isinstance(key, rsa.RSAPrivateKey)
+    for k in ((public, None), (public, KeyFormatType.X_509)):
+        other = loaded[k]
+        assert isinstance(other, rsa.RSAPublicKey)
+        assert other.public_numbers() == key.public_key().public_numbers()
+    refused = gateway_get(s, public, KeyFormatType.PKCS_8)
+    assert refused.reason is R.KEY_FORMAT_TYPE_NOT_SUPPORTED
+    assert gateway_get(s, private, tenant="other").reason is R.ITEM_NOT_FOUND

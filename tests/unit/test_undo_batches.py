@@ -1,16 +1,16 @@
 """Batch Error Continuation Option Undo (krypton.engine.undo) and Get with key
 wrapping (krypton.gateway.engine.wrapping), on a gateway dispatcher and the Core's engine in
-one process (tests/local_core.py) over a real vault and registry."""
+one process (tests/helpers/embedded.py: the real Upstream and uplink) over a real
+vault and registry."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
-from tests.local_core import Stack, local_stack
+from tests.helpers.embedded import Stack
 
 from krypton.core.engine.journal import UndoJournal
 from krypton.engine import undo
@@ -43,9 +43,8 @@ S = ResultStatus
 
 
 @pytest.fixture
-def s(tmp_path: Path) -> Iterator[Stack]:
-    with local_stack(tmp_path) as stack:
-        yield stack
+def s(start_embedded: Callable[..., Stack]) -> Stack:
+    return start_embedded()
 
 
 def batch(s: Stack, items: Sequence[Item], version: ProtocolVersion = V21) -> list[ResponseItem]:

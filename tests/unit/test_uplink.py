@@ -40,7 +40,6 @@ from krypton.uplink.types import (
     ExecuteResult,
     Heartbeat,
     StateChange,
-    WrappedKey,
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
 from krypton.uplink.v1 import uplink_pb2_grpc as pb_grpc
@@ -61,7 +60,7 @@ class DictCore:
             ("demo", 1): (KEY_DEMO_1, L3State.ACTIVE),
             ("other", 1): (KEY_OTHER_1, L3State.ACTIVE),
         }
-        self.keys: dict[str, WrappedKey] = {}
+        self.keys: dict[str, KeyRecord] = {}
         self.calls: list[tuple[str, str]] = []
         self.executed: list[ExecuteRequest] = []
         self.cancelled = 0
@@ -122,7 +121,7 @@ class DictCore:
             placeholder=new,
         )
 
-    async def fetch_key(self, gateway: str, tenant: str, uid: str) -> WrappedKey | None:
+    async def fetch_key(self, gateway: str, tenant: str, uid: str) -> KeyRecord | None:
         self.calls.append(("fetch_key", gateway))
         key = self.keys.get(uid)
         return key if key is not None and key.tenant == tenant else None
@@ -280,7 +279,7 @@ def test_sync_keys_and_fetch_key(dev: DevLayout) -> None:
                 records = [record("k-1"), record("k-2"), record("k-3", "other")]
                 assert await up.sync_keys(records) == ["k-1", "k-2", "k-3"]
                 assert await up.sync_keys([]) == []
-                assert core.keys["k-2"] == WrappedKey.of(records[1])
+                assert core.keys["k-2"] == KeyRecord(**{**_fields(records[1]), "synced": True})
                 fetched = await up.fetch_key("demo", "k-2")
                 assert fetched is not None
                 assert fetched.wrapped == records[1].wrapped
@@ -444,8 +443,8 @@ class LyingCore(pb_grpc.UplinkServicer):
         return pb.ExecuteResponse()
 
     async def FetchKey(self, request: pb.FetchKeyRequest, context: Any) -> pb.FetchKeyResponse:
-        other = WrappedKey.of(record("k-other", "other"))
-        return pb.FetchKeyResponse(found=True, key=convert.wrapped_to_pb(other))
+        other = record("k-other", "other")
+        return pb.FetchKeyResponse(found=True, key=convert.key_to_pb(other))
 
 
 def test_answers_are_checked_against_the_question(dev: DevLayout) -> None:

@@ -60,18 +60,13 @@ def test_encode_response_matches_build_response() -> None:
 
 
 def test_precompiled_raw_get_payload_matches_the_encoder() -> None:
-    from krypton.crypto.keyring import KeyRing, L3State
-    from krypton.crypto.secret import SecretBytes, generate_key
-    from krypton.gateway.engine.keys import _raw_payload
-    from krypton.gateway.engine.services import Services
+    """The one writer of the Raw Get payload (gateway.engine.rawkey), as the generic Get
+    uses it: the layout packed for the record, the key copied in at ``key_at``."""
+    from krypton.gateway.engine.rawkey import raw_key_layout
     from krypton.model.record import KeyRecord
     from krypton.ttlv.enums import CryptographicAlgorithm, KeyFormatType, ObjectType
 
-    ring = KeyRing()
-    ring.install("demo", 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(60))
-    svc = Services(store=None, keyring=ring)  # type: ignore[arg-type]
     for uid, key in (("k", b"\x01" * 16), ("0123456789abcdef" * 2 + "xyz", bytes(range(24)))):
-        version, blob = ring.wrap("demo", uid, SecretBytes(key))
         rec = KeyRecord(
             uid=uid,
             tenant="demo",
@@ -79,9 +74,12 @@ def test_precompiled_raw_get_payload_matches_the_encoder() -> None:
             algorithm=CryptographicAlgorithm.AES,
             length=len(key) * 8,
             state=2,
-            l3_version=version,
-            wrapped=blob,
+            l3_version=1,
+            wrapped=b"(wrapped)",
         )
+        layout = raw_key_layout(len(uid.encode()), len(key))
+        out = layout.write(uid.encode(), rec)
+        out[layout.key_at : layout.key_at + layout.key_len] = key
         expected = Item.structure(
             Tag.RESPONSE_PAYLOAD,
             Item.enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY),
@@ -97,4 +95,4 @@ def test_precompiled_raw_get_payload_matches_the_encoder() -> None:
                 ),
             ),
         )
-        assert _raw_payload(svc, rec) == encode(expected)
+        assert bytes(out) == encode(expected)

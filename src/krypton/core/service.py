@@ -15,14 +15,16 @@ How this works
   stream broken, or still backing off after a Core restart) learns of a key
   destroyed meanwhile instead of serving it on. (Changes older than this Core
   process, or beyond the limit, are not replayed.)
-* **SyncKeys** — wrapped L4 records from a gateway's outbox are inserted into
-  the registry, idempotently; the uids stored are acknowledged.
-* **Execute** — one delegated KMIP batch item is decoded, run by the shared
-  KMIP engine (``krypton.engine.control``) in the caller's context (identity,
+* **SyncKeys** — wrapped L4 records from a gateway's outbox
+  (:class:`~krypton.model.record.KeyRecord`) are inserted into the registry
+  (``KeyRecord.to_object``), idempotently; the uids stored are acknowledged.
+* **Execute** — one delegated KMIP batch item is decoded, run by the Core's
+  control table (``krypton.core.engine.control``) in the caller's context (identity,
   tenant, protocol version, the batch's ID placeholder), audited, and answered
   with the encoded response batch item and the state changes it made; the
   gateway applies those before relaying the answer.
-* **FetchKey** — a wrapped record by uid, for a key made at another gateway.
+* **FetchKey** — a wrapped record by uid (``KeyRecord.from_object``), for a key
+  made at another gateway.
 
 Every call leaves an audit record naming the gateway (its authenticated
 SPIFFE ID): a Subscribe one per tenant, a SyncKeys one per tenant with the
@@ -52,6 +54,7 @@ from krypton.errors import StorageError
 from krypton.kmip.attributes import parse_attributes
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model.context import RequestContext
+from krypton.model.record import KeyRecord
 from krypton.model.registry import AuditRecord, Change, ObjectRecord, Registry
 from krypton.ttlv.codec import Limits, decode, encode
 from krypton.uplink.types import (
@@ -60,7 +63,6 @@ from krypton.uplink.types import (
     ExecuteResult,
     Heartbeat,
     StateChange,
-    WrappedKey,
 )
 
 log = logging.getLogger("krypton.core")
@@ -177,7 +179,7 @@ class CoreService:
             self._subscribers.discard(sub)
             log.info("gateway %s unsubscribed", gateway)
 
-    async def sync_keys(self, gateway: str, keys: Sequence[WrappedKey]) -> list[str]:
+    async def sync_keys(self, gateway: str, keys: Sequence[KeyRecord]) -> list[str]:
         records = [self._record(gateway, k) for k in keys]
         await self.registry.put_objects(records)
         for tenant in sorted({r.tenant for r in records}):
@@ -185,25 +187,10 @@ class CoreService:
             await self._audit(gateway, tenant, "SyncKeys", detail=f"{n} record(s)")
         return [r.uid for r in records]
 
-    def _record(self, gateway: str, key: WrappedKey) -> ObjectRecord:
+    def _record(self, gateway: str, key: KeyRecord) -> ObjectRecord:
         attrs = parse_attributes(decode(key.attributes)) if key.attributes else []
         names, groups, custom = index_fields(attrs)
-        return ObjectRecord(
-            uid=key.uid,
-            tenant=key.tenant,
-            object_type=key.object_type,
-            state=key.state,
-            created=key.created,
-            algorithm=key.algorithm or None,
-            length=key.length or None,
-            l3_version=key.l3_version,
-            sealed=key.wrapped,
-            attributes=key.attributes,
-            origin=gateway,
-            names=names,
-            groups=groups,
-            custom=custom,
-        )
+        return key.to_object(origin=gateway, names=names, groups=groups, custom=custom)
 
     async def execute(self, gateway: str, request: ExecuteRequest) -> ExecuteResult:
         item = decode(request.batch_item, self.limits)
@@ -225,11 +212,11 @@ class CoreService:
             changes = outcome.changes
         return ExecuteResult(encode(answer), changes, placeholder)
 
-    async def fetch_key(self, gateway: str, tenant: str, uid: str) -> WrappedKey | None:
+    async def fetch_key(self, gateway: str, tenant: str, uid: str) -> KeyRecord | None:
         rec = await self.registry.get_object(tenant, uid)
         found = "Success" if rec is not None else "ItemNotFound"
         await self._audit(gateway, tenant, "FetchKey", uid, result=found)
-        return None if rec is None else WrappedKey.from_object(rec)
+        return None if rec is None else KeyRecord.from_object(rec)
 
     async def _audit(self, gateway: str, tenant: str, operation: str, uid: str | None = None, *,
                      result: str = "Success", detail: str = "") -> None:

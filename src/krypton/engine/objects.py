@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeGuard, TypeVar
 
 from krypton.engine import server_attrs
 from krypton.engine.object_errors import ObjectNotFound
@@ -54,11 +54,19 @@ class StoredObject(Protocol):
     def attributes(self) -> bytes: ...
 
 
+class Tenanted(Protocol):
+    """Anything that is a tenant's: a stored object, a state change."""
+
+    @property
+    def tenant(self) -> str: ...
+
+
 Rec = TypeVar("Rec", bound=StoredObject)
+Of = TypeVar("Of", bound=Tenanted)
 
 
-def belongs(rec: StoredObject | None, tenant: str) -> bool:
-    """The one tenant check: ``rec`` exists and is an object of ``tenant``."""
+def belongs(rec: Of | None, tenant: str) -> TypeGuard[Of]:
+    """The one tenant check: ``rec`` exists and is ``tenant``'s (an object, a change)."""
     return rec is not None and rec.tenant == tenant
 
 

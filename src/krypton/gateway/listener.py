@@ -166,7 +166,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         """Handle the next frame now, without a task, if it completes without waiting.
 
         The plain ``Get`` is answered by the dispatcher's fast path
-        (:mod:`krypton.engine.fastget`) and any other ``Get`` never waits
+        (:mod:`krypton.gateway.fast.fastget`) and any other ``Get`` never waits
         either (record cache, in-memory L3), so on the hot path the response is
         written from inside ``buffer_updated``: no task to create and schedule.
         A handler that does wait (``Create`` waits for the vault's fsync) is

@@ -34,6 +34,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from krypton.engine.objects import belongs
 from krypton.errors import KryptonError
 from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
@@ -123,7 +124,7 @@ class Upstream:
     async def drain_once(self, tenant: str | None = None) -> int:
         records = self.vault.outbox(self.batch)
         if tenant is not None:
-            records = [r for r in records if r.tenant == tenant]
+            records = [r for r in records if belongs(r, tenant)]
         if not records:
             return 0
         return await self._sync(records)
@@ -150,7 +151,7 @@ class Upstream:
             )
         )
         for change in result.changes:
-            if change.tenant == ctx.tenant:
+            if belongs(change, ctx.tenant):
                 await self._refresh(change)
         return decode(result.batch_item, self.limits), result.placeholder
 
@@ -164,7 +165,7 @@ class Upstream:
         if uid is None:
             return
         rec = self.vault.get(uid)
-        if rec is not None and not rec.synced and rec.tenant == ctx.tenant:
+        if belongs(rec, ctx.tenant) and not rec.synced:
             await self._sync([rec])
 
     async def fetch(self, tenant: str, uid: str) -> KeyRecord | None:
@@ -208,7 +209,7 @@ class Upstream:
         """Bring a held record up to the Core's: its state, and its attributes when
         the Core can be asked (a change event does not carry them)."""
         rec = self.vault.get(change.uid)
-        if rec is None or rec.tenant != change.tenant:
+        if not belongs(rec, change.tenant):
             return
         state = change.state
         try:

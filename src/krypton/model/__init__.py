@@ -9,14 +9,14 @@ A leaf package: it imports only :mod:`krypton.ttlv`, :mod:`krypton.kmip` and
 - the registry's records (:class:`ObjectRecord`, :class:`AuditRecord`,
   :class:`SealedKey`, :class:`StateChange`, :class:`KeyChange`,
   :class:`LocateQuery`);
-- the ports: :class:`KeyStore`, :class:`Upstream`, :class:`Registry`.
+- the ports: :class:`KeyStore`, :class:`Upstream`, :class:`Registry`, :class:`Sealer`.
 """
 
 from __future__ import annotations
 
 from krypton.model.context import RequestContext
 from krypton.model.grant import Grant
-from krypton.model.ports import KeyStore, Upstream
+from krypton.model.ports import KeyStore, Sealer, Upstream
 from krypton.model.record import KeyRecord, new_uid
 from krypton.model.registry import (
     AuditRecord,
@@ -43,6 +43,7 @@ __all__ = [
     "RegistryConflict",
     "RequestContext",
     "SealedKey",
+    "Sealer",
     "StateChange",
     "Upstream",
     "new_uid",

@@ -3,19 +3,24 @@
 A gateway handler reads and writes keys through :class:`KeyStore` (the SQLite
 vault implements it) and reaches the Core through :class:`Upstream` (the
 gateway's uplink client implements it). The Core's handlers see
-:class:`krypton.model.registry.Registry`.
+:class:`krypton.model.registry.Registry`, and seal the key material they store
+through a :class:`Sealer` (the Core's key ring, ``core.engine.objects.KeyRingSealer``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
 from krypton.ttlv.item import Item
 
-__all__ = ["KeyStore", "Upstream"]
+__all__ = ["KeyStore", "Sealer", "Upstream"]
+
+# The secret type a Sealer takes and gives (``crypto.secret.SecretBytes`` in the
+# Core): a type parameter, because the model imports no crypto.
+S = TypeVar("S")
 
 
 class KeyStore(Protocol):
@@ -45,3 +50,12 @@ class Upstream(Protocol):
     def created(self) -> None:
         """A key was added to the outbox."""
         ...
+
+
+class Sealer(Protocol[S]):
+    """Seals key material for the registry (the tenant's L3 in this deployment):
+    ``seal`` gives the L3 version used and the sealed blob, ``unseal`` the material."""
+
+    def seal(self, tenant: str, uid: str, plaintext: S) -> tuple[int, bytes]: ...
+
+    def unseal(self, tenant: str, uid: str, l3_version: int, blob: bytes) -> S: ...

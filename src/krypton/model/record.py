@@ -1,5 +1,21 @@
 """The key record: one wrapped L4 key with its metadata, as the gateway vault
-stores it and the uplink carries it. Never plaintext."""
+stores it and the uplink carries it. Never plaintext.
+
+The Core's registry holds the same key as an
+:class:`~krypton.model.registry.ObjectRecord` (with the Core's own fields:
+origin, Locate indexes, revision). The two conversions between them are
+:meth:`KeyRecord.from_object` and :meth:`KeyRecord.to_object`, and nothing
+else converts one into the other.
+
+**Absent values.** A ``KeyRecord`` has no ``None``: an algorithm, length or
+L3 version that is not known is ``0`` (no KMIP algorithm, length or L3
+version is 0), and a key without material (destroyed) has ``wrapped == b""``,
+as the vault's columns and the uplink's protobuf fields store them. An
+``ObjectRecord`` says the same with ``None``. So ``0 ⇔ None`` for
+``algorithm``, ``length`` and ``l3_version`` and ``b"" ⇔ None`` for
+``wrapped``/``sealed``, in both directions; both round trips are lossless for
+the fields the two records share.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from krypton.model.registry import ObjectRecord
 from krypton.ttlv.enums import State
 
 # The one definition of "destroyed": a key in either state is never served again.
@@ -18,11 +35,18 @@ def new_uid() -> str:
     return str(uuid.uuid4())
 
 
+def _none_if_absent(value: int) -> int | None:
+    return value or None
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class KeyRecord:
     """A wrapped L4 key with its metadata. Never holds plaintext key material:
     ``wrapped`` is the L3 blob, ``attributes`` an opaque TTLV blob of the
-    client's attributes (no key material)."""
+    client's attributes (no key material). ``synced`` is the vault's outbox
+    flag: False until the Core has acknowledged the record.
+
+    Absent values are ``0`` and ``b""``, never None (see the module docstring)."""
 
     uid: str
     tenant: str
@@ -36,6 +60,51 @@ class KeyRecord:
     created: int = field(default_factory=lambda: int(time.time()))
     synced: bool = False
 
+    @classmethod
+    def from_object(cls, rec: ObjectRecord, *, synced: bool = True) -> KeyRecord:
+        """The registry's object as a gateway holds it (the Core has it: synced)."""
+        return cls(
+            uid=rec.uid,
+            tenant=rec.tenant,
+            object_type=rec.object_type,
+            algorithm=rec.algorithm or 0,
+            length=rec.length or 0,
+            state=rec.state,
+            l3_version=rec.l3_version or 0,
+            wrapped=rec.sealed or b"",
+            attributes=rec.attributes,
+            created=rec.created,
+            synced=synced,
+        )
+
+    def to_object(
+        self,
+        *,
+        origin: str,
+        names: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (),
+        custom: tuple[tuple[str, str], ...] = (),
+    ) -> ObjectRecord:
+        """This record as the registry stores it: ``origin`` is the gateway that made
+        it; ``names``, ``groups`` and ``custom`` are the Locate indexes of its
+        attributes (the Core computes them)."""
+        return ObjectRecord(
+            uid=self.uid,
+            tenant=self.tenant,
+            object_type=self.object_type,
+            state=self.state,
+            created=self.created,
+            algorithm=_none_if_absent(self.algorithm),
+            length=_none_if_absent(self.length),
+            l3_version=_none_if_absent(self.l3_version),
+            sealed=self.wrapped or None,
+            attributes=self.attributes,
+            origin=origin,
+            names=names,
+            groups=groups,
+            custom=custom,
+        )
+
     def __repr__(self) -> str:
         return (
             f"KeyRecord(uid={self.uid!r}, tenant={self.tenant!r}, "
@@ -44,4 +113,3 @@ class KeyRecord:
             f"wrapped=<{len(self.wrapped)} bytes>, attributes=<{len(self.attributes)} bytes>, "
             f"created={self.created}, synced={self.synced})"
         )
-

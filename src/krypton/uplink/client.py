@@ -62,7 +62,6 @@ from krypton.uplink.types import (
     ExecuteResult,
     Heartbeat,
     StateChange,
-    WrappedKey,
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
 from krypton.uplink.v1 import uplink_pb2_grpc as pb_grpc
@@ -387,7 +386,7 @@ class UplinkClient:
 
     async def sync_keys(self, records: Iterable[KeyRecord]) -> list[str]:
         """Send wrapped L4 records to the Core; the uids it acknowledged."""
-        keys = [convert.wrapped_to_pb(WrappedKey.of(r)) for r in records]
+        keys = [convert.key_to_pb(r) for r in records]
         if not keys:
             return []
         response = await self._unary(lambda s: s.SyncKeys,
@@ -402,12 +401,12 @@ class UplinkClient:
                                      pb.FetchKeyRequest(tenant=tenant, uid=uid), self._timeout)
         if not response.found:
             return None
-        key = convert.wrapped_from_pb(response.key)
+        key = convert.key_from_pb(response.key)
         if key.uid != uid or key.tenant != tenant or tenant not in self._tenants:
             log.error("uplink: FetchKey of %s (%s) answered with %s (%s); refused",
                       uid, tenant, key.uid, key.tenant)
             raise PermissionDenied("the Krypton Core answered FetchKey with another key")
-        return key.record(synced=True)
+        return key
 
 
 class UplinkL3Source:

@@ -24,6 +24,7 @@ from krypton.errors import (
     PermissionDenied,
     UpstreamUnavailable,
 )
+from krypton.model.record import KeyRecord
 from krypton.tls.contexts import server_context
 from krypton.uplink.types import (
     CoreEvent,
@@ -31,7 +32,6 @@ from krypton.uplink.types import (
     ExecuteResult,
     Heartbeat,
     StateChange,
-    WrappedKey,
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
 
@@ -152,7 +152,8 @@ def event_from_pb(msg: pb.CoreEvent) -> CoreEvent | None:
     return None
 
 
-def wrapped_to_pb(key: WrappedKey) -> pb.WrappedKey:
+def key_to_pb(key: KeyRecord) -> pb.WrappedKey:
+    """A wrapped L4 record as the uplink carries it (its outbox flag stays behind)."""
     return pb.WrappedKey(
         uid=key.uid,
         tenant=key.tenant,
@@ -167,8 +168,11 @@ def wrapped_to_pb(key: WrappedKey) -> pb.WrappedKey:
     )
 
 
-def wrapped_from_pb(msg: pb.WrappedKey) -> WrappedKey:
-    return WrappedKey(
+def key_from_pb(msg: pb.WrappedKey) -> KeyRecord:
+    """The record a message carries. What travels on the uplink is held by the Core
+    (sent to it, or read from it), so the record is marked synced. Protobuf's
+    defaults (0, b"") are the record's absent values already."""
+    return KeyRecord(
         uid=msg.uid,
         tenant=msg.tenant,
         object_type=msg.object_type,
@@ -179,6 +183,7 @@ def wrapped_from_pb(msg: pb.WrappedKey) -> WrappedKey:
         wrapped=msg.wrapped,
         attributes=msg.attributes,
         created=msg.created,
+        synced=True,
     )
 
 

@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from krypton.config import TLSConfig
 from krypton.crypto.keyring import L3Grant
 from krypton.errors import ConfigError, KryptonError, PermissionDenied
+from krypton.model.record import KeyRecord
 from krypton.model.registry import AuditRecord
 from krypton.tls.identity import PeerRules, check_peer
 from krypton.tls.spiffe import looks_like_spiffe, parse_spiffe_id
@@ -68,7 +69,6 @@ from krypton.uplink.types import (
     ExecuteResult,
     Heartbeat,
     StateChange,
-    WrappedKey,
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
 from krypton.uplink.v1 import uplink_pb2_grpc as pb_grpc
@@ -95,7 +95,7 @@ class CoreHandler(Protocol):
         """Current L3 versions of ``tenants``, then a Heartbeat, then changes, until cancelled."""
         ...
 
-    async def sync_keys(self, gateway: str, keys: Sequence[WrappedKey]) -> list[str]:
+    async def sync_keys(self, gateway: str, keys: Sequence[KeyRecord]) -> list[str]:
         """Store the records durably; the uids stored (already held ones included)."""
         ...
 
@@ -103,7 +103,7 @@ class CoreHandler(Protocol):
         """Run one delegated KMIP batch item."""
         ...
 
-    async def fetch_key(self, gateway: str, tenant: str, uid: str) -> WrappedKey | None:
+    async def fetch_key(self, gateway: str, tenant: str, uid: str) -> KeyRecord | None:
         """The tenant's record with this uid, or None."""
         ...
 
@@ -281,7 +281,7 @@ class _Servicer(pb_grpc.UplinkServicer):
             log.info("uplink: gateway %s unsubscribed", gateway)
 
     async def SyncKeys(self, request: pb.SyncKeysRequest, context: Context) -> pb.SyncKeysResponse:
-        keys = [convert.wrapped_from_pb(k) for k in request.keys]
+        keys = [convert.key_from_pb(k) for k in request.keys]
         if not keys:
             await self._authorise(context, "SyncKeys", (), default_all=True)
             return pb.SyncKeysResponse()
@@ -312,7 +312,7 @@ class _Servicer(pb_grpc.UplinkServicer):
         if key.tenant != request.tenant or key.uid != request.uid:
             log.error("uplink: FetchKey handler answered another key; refused")
             return pb.FetchKeyResponse(found=False)
-        return pb.FetchKeyResponse(found=True, key=convert.wrapped_to_pb(key))
+        return pb.FetchKeyResponse(found=True, key=convert.key_to_pb(key))
 
 
 class UplinkServer:

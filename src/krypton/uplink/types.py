@@ -1,6 +1,9 @@
 """What travels on the uplink, as the rest of Krypton sees it: frozen dataclasses,
 never protobuf objects (those stay inside :mod:`krypton.uplink.convert`).
 
+A wrapped L4 key travels as the model's :class:`krypton.model.record.KeyRecord`
+(the record the gateway vault stores); its ``synced`` flag does not travel.
+
 An L3 key pushed by the Core is a :class:`krypton.crypto.keyring.L3Grant`: its
 material is a wipeable :class:`~krypton.crypto.secret.SecretBytes` from the
 moment it leaves the protobuf message.
@@ -13,8 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from krypton.crypto.keyring import L3Grant
-from krypton.model.record import KeyRecord
-from krypton.model.registry import ObjectRecord, StateChange
+from krypton.model.registry import StateChange
 
 __all__ = [
     "ConnectionState",
@@ -23,7 +25,6 @@ __all__ = [
     "ExecuteResult",
     "Heartbeat",
     "StateChange",
-    "WrappedKey",
 ]
 
 
@@ -47,75 +48,6 @@ class Heartbeat:
 
 
 CoreEvent = L3Grant | StateChange | Heartbeat
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class WrappedKey:
-    """An L4 record as the Core holds it (a :class:`KeyRecord` without the outbox flag)."""
-
-    uid: str
-    tenant: str
-    object_type: int
-    algorithm: int
-    length: int
-    state: int
-    l3_version: int
-    wrapped: bytes
-    attributes: bytes = b""
-    created: int = 0
-
-    @classmethod
-    def of(cls, record: KeyRecord) -> WrappedKey:
-        return cls(
-            record.uid,
-            record.tenant,
-            record.object_type,
-            record.algorithm,
-            record.length,
-            record.state,
-            record.l3_version,
-            record.wrapped,
-            record.attributes,
-            record.created,
-        )
-
-    @classmethod
-    def from_object(cls, rec: ObjectRecord) -> WrappedKey:
-        """A registry object as a gateway holds it (no material once destroyed)."""
-        return cls(
-            rec.uid,
-            rec.tenant,
-            rec.object_type,
-            rec.algorithm or 0,
-            rec.length or 0,
-            rec.state,
-            rec.l3_version or 0,
-            rec.sealed or b"",
-            rec.attributes,
-            rec.created,
-        )
-
-    def record(self, *, synced: bool = True) -> KeyRecord:
-        return KeyRecord(
-            uid=self.uid,
-            tenant=self.tenant,
-            object_type=self.object_type,
-            algorithm=self.algorithm,
-            length=self.length,
-            state=self.state,
-            l3_version=self.l3_version,
-            wrapped=self.wrapped,
-            attributes=self.attributes,
-            created=self.created,
-            synced=synced,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"WrappedKey(uid={self.uid!r}, tenant={self.tenant!r}, state={self.state}, "
-            f"l3_version={self.l3_version}, wrapped=<{len(self.wrapped)} bytes>, "
-            f"attributes=<{len(self.attributes)} bytes>)"
-        )
 
 
 @dataclass(frozen=True, slots=True, repr=False)

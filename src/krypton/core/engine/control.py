@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from krypton.core.engine import allocation, attrs_edit, keypair, lifecycle, locate, register, undo
-from krypton.core.engine.objects import ControlHandler, CoreServices, KeyRingSealer, Sealer, fetch
+from krypton.core.engine.objects import ControlHandler, CoreServices, KeyRingSealer, fetch
 from krypton.core.engine.register import open_object
 from krypton.engine.objects import Outcome
 from krypton.engine.undo import FORGET, UNDO
@@ -49,7 +49,6 @@ __all__ = [
     "ControlHandler",
     "CoreServices",
     "KeyRingSealer",
-    "Sealer",
     "execute_item",
     "fetch",
     "open_object",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from krypton.core.engine.journal import UndoJournal
 from krypton.crypto.keyring import KeyRing
@@ -29,6 +28,7 @@ from krypton.engine.objects import Outcome, owned, without
 from krypton.kmip.attributes import Attribute, attributes_v2
 from krypton.model import record
 from krypton.model.context import RequestContext
+from krypton.model.ports import Sealer
 from krypton.model.record import DESTROYED_STATES
 from krypton.model.registry import (
     LocateQuery,
@@ -42,17 +42,10 @@ from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
 
-class Sealer(Protocol):
-    """Seals key material for the registry (the tenant's L3 in this deployment)."""
-
-    def seal(self, tenant: str, uid: str, plaintext: SecretBytes) -> tuple[int, bytes]: ...
-
-    def unseal(self, tenant: str, uid: str, l3_version: int, blob: bytes) -> SecretBytes: ...
-
-
 @dataclass(frozen=True, slots=True)
 class KeyRingSealer:
-    """A :class:`Sealer` over a key ring: the same AES-GCM wrap as the gateway's L4s."""
+    """A :class:`~krypton.model.ports.Sealer` over a key ring: the same AES-GCM
+    wrap as the gateway's L4s."""
 
     ring: KeyRing
 
@@ -66,7 +59,7 @@ class KeyRingSealer:
 @dataclass(frozen=True, slots=True)
 class CoreServices:
     registry: Registry
-    sealer: Sealer
+    sealer: Sealer[SecretBytes]
     new_uid: Callable[[], str] = record.new_uid  # the one uid maker
     clock: Callable[[], float] = time.time
     journal: UndoJournal = field(default_factory=UndoJournal)

@@ -5,8 +5,8 @@ How this works
 Register reads the object the client sends (Symmetric Key in Raw or
 Transparent Symmetric Key format, Secret Data, Opaque Object), checks the
 client's attributes against :data:`~krypton.engine.attr_rules.RULES`,
-seals the material with the tenant's L3 (:class:`Sealer`) and stores only the
-sealed blob. What is sealed depends on the type:
+seals the material with the tenant's L3 (:class:`~krypton.model.ports.Sealer`)
+and stores only the sealed blob. What is sealed depends on the type:
 
 * Symmetric Key: the raw key bytes, exactly as a gateway wraps the L4s it
   makes (so a gateway's ``Get`` serves a Core-registered key the same way),
