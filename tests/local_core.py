@@ -141,7 +141,7 @@ def local_stack(tmp_path: Path) -> Iterator[Stack]:
     for tenant in TENANTS:
         ring.install(tenant, 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(3600))
     registry = loop.run_until_complete(open_registry(f"sqlite:{tmp_path / 'registry.db'}"))
-    vault = Vault.open(tmp_path / "vault.db")
+    vault = Vault.open(tmp_path / "vault.db", sealer=ring.record_mac)
     core = CoreServices(registry=registry, sealer=KeyRingSealer(ring))
     services = Services(store=vault, keyring=ring, upstream=LocalCore(core, vault))
     try:

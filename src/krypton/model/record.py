@@ -3,6 +3,7 @@ stores it and the uplink carries it. Never plaintext."""
 
 from __future__ import annotations
 
+import struct
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ class KeyRecord:
     attributes: bytes = b""
     created: int = field(default_factory=lambda: int(time.time()))
     synced: bool = False
+    # HMAC-SHA256 of authenticated_bytes(self) under the key derived from the
+    # record's L3 version (krypton.crypto.wrap.WrappingKey.mac); b"" = not yet.
+    mac: bytes = b""
 
     def __repr__(self) -> str:
         return (
@@ -42,6 +46,30 @@ class KeyRecord:
             f"object_type={self.object_type}, algorithm={self.algorithm}, "
             f"length={self.length}, state={self.state}, l3_version={self.l3_version}, "
             f"wrapped=<{len(self.wrapped)} bytes>, attributes=<{len(self.attributes)} bytes>, "
-            f"created={self.created}, synced={self.synced})"
+            f"created={self.created}, synced={self.synced}, mac=<{len(self.mac)} bytes>)"
         )
 
+
+_FIXED = struct.Struct(">Bqqqqq")
+RECORD_MAC_V1 = 1
+
+
+def _part(raw: bytes) -> bytes:
+    return len(raw).to_bytes(4, "big") + raw
+
+
+def authenticated_bytes(r: KeyRecord) -> bytes:
+    """What a record's MAC covers: every column but ``created``, ``synced`` and the
+    MAC itself — uid, tenant, object type, algorithm, length, state, L3 version,
+    the wrapped blob and the whole attribute blob (usage mask, Sensitive,
+    Extractable, dates, ...). Fixed-width numbers, length-prefixed strings, so
+    no two records encode alike."""
+    return b"".join(
+        (
+            _FIXED.pack(RECORD_MAC_V1, r.object_type, r.algorithm, r.length, r.state, r.l3_version),
+            _part(r.uid.encode()),
+            _part(r.tenant.encode()),
+            _part(r.wrapped),
+            _part(r.attributes),
+        )
+    )
