@@ -311,11 +311,17 @@ class Vault:
         with translated("vault read"):
             uids = [r[0] for r in self._readers.get().execute("SELECT uid FROM unsealed")]
         done = 0
-        for uid in uids:
-            try:
-                done += int(await self._submit(_seal_legacy, (uid, sealer)))
-            except KryptonError as exc:
-                log.warning("vault record %r not sealed yet: %s", uid, exc)
+        for at in range(0, len(uids), 1024):  # queued together: the writer batches them
+            chunk = uids[at : at + 1024]
+            ops = [self._submit(_seal_legacy, (uid, sealer)) for uid in chunk]
+            results = await asyncio.gather(*ops, return_exceptions=True)
+            for uid, result in zip(chunk, results, strict=True):
+                if isinstance(result, KryptonError):
+                    log.warning("vault record %r not sealed yet: %s", uid, result)
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    done += int(result)
         return done
 
     # -- reads (caller's thread) -----------------------------------------------
