@@ -50,26 +50,20 @@ class KeyRecord:
         )
 
 
-_FIXED = struct.Struct(">Bqqqqq")
+_FIXED = struct.Struct(">Bqqqqq4I")
 RECORD_MAC_V1 = 1
-
-
-def _part(raw: bytes) -> bytes:
-    return len(raw).to_bytes(4, "big") + raw
 
 
 def authenticated_bytes(r: KeyRecord) -> bytes:
     """What a record's MAC covers: every column but ``created``, ``synced`` and the
     MAC itself — uid, tenant, object type, algorithm, length, state, L3 version,
     the wrapped blob and the whole attribute blob (usage mask, Sensitive,
-    Extractable, dates, ...). Fixed-width numbers, length-prefixed strings, so
-    no two records encode alike."""
-    return b"".join(
-        (
-            _FIXED.pack(RECORD_MAC_V1, r.object_type, r.algorithm, r.length, r.state, r.l3_version),
-            _part(r.uid.encode()),
-            _part(r.tenant.encode()),
-            _part(r.wrapped),
-            _part(r.attributes),
-        )
-    )
+    Extractable, dates, ...). Fixed-width numbers and the four lengths first,
+    then the four byte strings, so no two records encode alike."""
+    uid = r.uid.encode()
+    tenant = r.tenant.encode()
+    head = _FIXED.pack(
+        RECORD_MAC_V1, r.object_type, r.algorithm, r.length, r.state, r.l3_version,
+        len(uid), len(tenant), len(r.wrapped), len(r.attributes),
+    )  # fmt: skip
+    return b"".join((head, uid, tenant, r.wrapped, r.attributes))
