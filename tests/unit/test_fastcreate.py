@@ -80,9 +80,10 @@ def _session(tenant: str = "demo", operations: frozenset[int] | None = None) -> 
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     loop = asyncio.new_event_loop()
     root = Path(tmp_path_factory.mktemp("fastcreate"))
-    fast_vault, slow_vault = Vault.open(root / "fast.db"), Vault.open(root / "slow.db")
     ring = KeyRing()
     ring.install("demo", 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(3600))
+    fast_vault = Vault.open(root / "fast.db", sealer=ring.record_mac)
+    slow_vault = Vault.open(root / "slow.db", sealer=ring.record_mac)
     holder: list[Env] = []
 
     def next_uid() -> str:

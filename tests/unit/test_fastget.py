@@ -58,10 +58,10 @@ def _session(tenant: str = "demo", operations: frozenset[int] | None = None) -> 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     loop = asyncio.new_event_loop()
-    vault = Vault.open(Path(tmp_path_factory.mktemp("fast")) / "v.db")
     ring = KeyRing()
     for tenant in ("demo", "other"):
         ring.install(tenant, 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(3600))
+    vault = Vault.open(Path(tmp_path_factory.mktemp("fast")) / "v.db", sealer=ring.record_mac)
     svc = Services(store=vault, keyring=ring)
     fast = Dispatcher(svc, clock=lambda: NOW)
     slow = Dispatcher(svc, fast=False, clock=lambda: NOW)

@@ -246,8 +246,8 @@ class KeyRing:
             self._on_rotation_due(tenant, key.key_id)
         return key.key_id, blob
 
-    def unwrap(self, tenant: str, uid: str, l3_version: int, blob: bytes) -> SecretBytes:
-        """Unwrap an L4 blob under the named L3 version (active or deactivated)."""
+    def _held(self, tenant: str, l3_version: int) -> _Version:
+        """The named L3 version (active or deactivated) if held and its lease holds."""
         view = self._views.get(tenant)
         entry = view.versions.get(l3_version) if view is not None else None
         if entry is None:
@@ -257,12 +257,22 @@ class KeyRing:
             )
         if self._clock() >= entry.expires_at:
             raise _lease_expired(tenant)
+        return entry
+
+    def unwrap(self, tenant: str, uid: str, l3_version: int, blob: bytes) -> SecretBytes:
+        """Unwrap an L4 blob under the named L3 version (active or deactivated)."""
+        entry = self._held(tenant, l3_version)
         try:
             return unwrap(entry.key, tenant, uid, blob)
         except KeyUnavailable:
             raise KeyUnavailable(
                 f"the service key (L3) for this object was withdrawn for tenant {tenant!r}"
             ) from None
+
+    def record_mac(self, tenant: str, l3_version: int, data: bytes) -> bytes:
+        """The record-authentication MAC of ``data`` under the tenant's L3 version
+        (:meth:`krypton.crypto.wrap.WrappingKey.mac`); KeyUnavailable if not held."""
+        return self._held(tenant, l3_version).key.mac(data)
 
     # -- inspection ------------------------------------------------------------
     def tenants(self) -> list[str]:

@@ -24,17 +24,28 @@ more than a wrap) and counts its wraps: with random 96-bit nonces NIST SP
 refuses past :data:`MAX_WRAPS` and the key ring asks for rotation long before.
 The counter is incremented by whichever thread wraps; it is exact under the
 GIL for the one event loop that does the wrapping.
+
+Each wrapping key also yields a record-authentication key,
+``HKDF-SHA256(key, info="krypton record mac v1")``, derived once at
+construction: :meth:`WrappingKey.mac` is HMAC-SHA256 under it. An L3 version
+thereby authenticates the metadata of the records it wraps (see
+:func:`krypton.model.record.authenticated_bytes`); whoever holds the L3 bytes
+— the gateway, and the Core, which holds L3 under L2 — can recompute it, and
+the label keeps the derived key apart from the wrapping key itself.
 """
 
 from __future__ import annotations
 
 import functools
+import hmac
 import os
 import struct
 from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import InvalidField, KeyUnavailable, UnwrapFailed
@@ -47,6 +58,8 @@ HEADER_LEN = _HEAD.size + NONCE_LEN
 OVERHEAD = HEADER_LEN + TAG_LEN
 MAX_WRAPS = 2**32
 _MAX_PART = 0xFFFF
+MAC_LABEL = b"krypton record mac v1"
+MAC_LEN = 32
 
 Plaintext = SecretBytes | bytes | bytearray | memoryview
 
@@ -76,7 +89,7 @@ def blob_key_id(blob: bytes) -> int:
 class WrappingKey:
     """An AES-256 key that wraps other keys; owns its material and its AEAD object."""
 
-    __slots__ = ("_aead", "_head", "_secret", "_wraps", "key_id")
+    __slots__ = ("_aead", "_head", "_mac_key", "_secret", "_wraps", "key_id")
 
     def __init__(self, key_id: int, material: SecretBytes, *, wraps: int = 0) -> None:
         """``wraps``: how many blobs the key has sealed already (the counter starts
@@ -92,6 +105,8 @@ class WrappingKey:
         self._aead: AESGCM | None = AESGCM(material.view())
         self._head = _HEAD.pack(FORMAT_V1, key_id)
         self._wraps = wraps
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=MAC_LEN, salt=None, info=MAC_LABEL)
+        self._mac_key = bytearray(hkdf.derive(material.view()))
 
     @property
     def wraps(self) -> int:
@@ -114,7 +129,14 @@ class WrappingKey:
     def wipe(self) -> None:
         """Forget the key: zero our copy and drop the AEAD object (best effort)."""
         self._aead = None
+        self._mac_key[:] = bytes(len(self._mac_key))
         self._secret.wipe()
+
+    def mac(self, data: bytes | bytearray | memoryview) -> bytes:
+        """HMAC-SHA256 of ``data`` under this key's record-authentication key."""
+        if self._aead is None:
+            raise KeyUnavailable("the wrapping key has been withdrawn")
+        return hmac.digest(self._mac_key, data, "sha256")
 
     def seal(self, bind: bytes, plaintext: Plaintext) -> bytes:
         aead = self._aead

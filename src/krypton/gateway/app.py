@@ -64,12 +64,15 @@ class Gateway:
         policy = Policy.load(cfg.policy_file)
         ssl_ctx = self.ssl_context or server_context(cfg.tls)
         limits = limits_of(cfg)
-        self.vault = Vault.open(cfg.vault_path, cache_size=cfg.cache.records)
+        self.vault = Vault.open(
+            cfg.vault_path, cache_size=cfg.cache.records, sealer=self.keyring.record_mac
+        )
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants))
         self.upstream = Upstream(self.client, self.vault, limits)
         await self.upstream.start()
         self.l3_source = UplinkL3Source(self.client)
         await self.l3_source.start(self.keyring)
+        await self.vault.seal_legacy()  # records from before they were authenticated
         services = Services(
             store=self.vault, keyring=self.keyring, upstream=self.upstream, interop=cfg.interop
         )

@@ -19,6 +19,7 @@ the fields the two records share.
 
 from __future__ import annotations
 
+import struct
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class KeyRecord:
     attributes: bytes = b""
     created: int = field(default_factory=lambda: int(time.time()))
     synced: bool = False
+    # HMAC-SHA256 of authenticated_bytes(self) under the key derived from the
+    # record's L3 version (krypton.crypto.wrap.WrappingKey.mac); b"" = not yet.
+    mac: bytes = b""
 
     @classmethod
     def from_object(cls, rec: ObjectRecord, *, synced: bool = True) -> KeyRecord:
@@ -111,5 +115,24 @@ class KeyRecord:
             f"object_type={self.object_type}, algorithm={self.algorithm}, "
             f"length={self.length}, state={self.state}, l3_version={self.l3_version}, "
             f"wrapped=<{len(self.wrapped)} bytes>, attributes=<{len(self.attributes)} bytes>, "
-            f"created={self.created}, synced={self.synced})"
+            f"created={self.created}, synced={self.synced}, mac=<{len(self.mac)} bytes>)"
         )
+
+
+_FIXED = struct.Struct(">Bqqqqq4I")
+RECORD_MAC_V1 = 1
+
+
+def authenticated_bytes(r: KeyRecord) -> bytes:
+    """What a record's MAC covers: every column but ``created``, ``synced`` and the
+    MAC itself — uid, tenant, object type, algorithm, length, state, L3 version,
+    the wrapped blob and the whole attribute blob (usage mask, Sensitive,
+    Extractable, dates, ...). Fixed-width numbers and the four lengths first,
+    then the four byte strings, so no two records encode alike."""
+    uid = r.uid.encode()
+    tenant = r.tenant.encode()
+    head = _FIXED.pack(
+        RECORD_MAC_V1, r.object_type, r.algorithm, r.length, r.state, r.l3_version,
+        len(uid), len(tenant), len(r.wrapped), len(r.attributes),
+    )  # fmt: skip
+    return b"".join((head, uid, tenant, r.wrapped, r.attributes))

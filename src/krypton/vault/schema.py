@@ -39,6 +39,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE keys ADD COLUMN synced INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX keys_outbox ON keys(synced) WHERE synced = 0",
     ),
+    # v3: authenticated records (issue 11). Each row carries the MAC of its
+    # covered columns under its L3 version (krypton.vault.auth). Rows written
+    # before have none: their uids go to ``unsealed``, the only place an empty
+    # MAC is accepted, until Vault.seal_legacy MACs them once the L3 is held.
+    (
+        "ALTER TABLE keys ADD COLUMN mac BLOB NOT NULL DEFAULT X''",
+        "CREATE TABLE unsealed (uid TEXT PRIMARY KEY)",
+        "INSERT INTO unsealed (uid) SELECT uid FROM keys",
+    ),
 )
 
 LATEST = len(MIGRATIONS)

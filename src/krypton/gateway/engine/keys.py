@@ -181,6 +181,7 @@ async def get(svc: Services, ctx: RequestContext, payload: Item | None) -> Outco
             )
         if spec is not None:
             wrapper = await wrapping.wrapping_key(svc, ctx, spec)
+            wrapping.check_may_wrap(rec, wrapper)
             return Outcome(
                 Item.structure(
                     Tag.RESPONSE_PAYLOAD,

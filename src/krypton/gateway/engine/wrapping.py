@@ -10,6 +10,13 @@ Cryptographic Usage Mask allows Wrap Key, and its Block Cipher Mode (asked
 for, or its own) NIST Key Wrap. MAC/Signature wrapping, other modes and
 wrapped attributes are not supported.
 
+A Sensitive or non-Extractable key is served wrapped only under a key that is
+itself non-Extractable and always was (Extractable False, Never Extractable
+True) — the rule KMIP gives the Wrapping Key. Otherwise a caller could name
+any key it can also Get in the clear and unwrap the answer itself, which
+would launder a Sensitive key out (Operation Failed, reason Sensitive, the
+reason KMIP 1.4 and 2.1 list for Get).
+
 The plaintext key exists only in a ``SecretBytes`` and in the buffer it is
 encoded into; both are overwritten once the wrap is computed.
 """
@@ -20,7 +27,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-from krypton.engine.object_errors import InvalidObjectType
+from krypton.engine import server_attrs
+from krypton.engine.object_errors import InvalidObjectType, SensitiveObject
 from krypton.engine.objects import first, int_of, stored_attributes
 from krypton.engine.usable import Use, check_usable
 from krypton.errors import (
@@ -106,6 +114,25 @@ async def wrapping_key(svc: Services, ctx: RequestContext, spec: WrapSpec) -> Ke
     if mode not in (None, BlockCipherMode.NISTKEYWRAP):
         raise WrapTypeNotSupported("Get: keys are wrapped with NIST Key Wrap (AES-KW) only")
     return rec
+
+
+def check_may_wrap(rec: KeyRecord, wrapper: KeyRecord) -> None:
+    """Refuse to wrap a Sensitive or non-Extractable ``rec`` under a key that is
+    or ever was Extractable (the caller could then unwrap it itself)."""
+    stored = stored_attributes(rec)
+    protected = server_attrs.flag(stored, "Sensitive") or (
+        server_attrs.flag(stored, "Extractable") is False
+    )
+    if not protected:
+        return
+    kek = stored_attributes(wrapper)
+    sealed = server_attrs.flag(kek, "Extractable") is False and server_attrs.flag(
+        kek, "Never Extractable"
+    )
+    if not sealed:
+        raise SensitiveObject(
+            f"Get: {rec.uid!r} is Sensitive; it may be wrapped only under a non-Extractable key"
+        )
 
 
 def wrapped_object(
