@@ -142,14 +142,20 @@ class Env:
     slow: Dispatcher
     vault: Vault
     loop: asyncio.AbstractEventLoop
-    session: Session
+    sessions: tuple[Session, ...]
     fast_get: fastget.FastGet = field(default_factory=fastget.FastGet)
     internal_errors: list[logging.LogRecord] = field(default_factory=list)
 
     def run(self, dispatcher: Dispatcher, frame: bytes) -> bytes:
         return self.loop.run_until_complete(
-            asyncio.wait_for(dispatcher.handle(frame, self.session), DISPATCH_TIMEOUT)
+            asyncio.wait_for(dispatcher.handle(frame, self.session(frame)), DISPATCH_TIMEOUT)
         )
+
+    def session(self, frame: bytes) -> Session:
+        """The connection an input arrives on, by its length (so that replaying an
+        input replays its session): tenant ``demo`` with every operation or with
+        Get and Create only, or tenant ``other``."""
+        return self.sessions[len(frame) % len(self.sessions)]
 
 
 class _Collect(logging.Handler):
@@ -181,13 +187,17 @@ def open_env(directory: Path) -> Env:
     for tenant in ("demo", "other"):
         ring.install(tenant, 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(1 << 30))
     svc = Services(store=vault, keyring=ring, new_uid=_counter("k"))
-    session = Session("spiffe://t/demo", Grant("demo", None), 1)
+    sessions = (
+        Session("spiffe://t/demo", Grant("demo", None), 1),
+        Session("spiffe://t/demo", Grant("demo", frozenset({Operation.GET, Operation.CREATE})), 2),
+        Session("spiffe://t/other", Grant("other", None), 3),
+    )
     env = Env(
         fast=Dispatcher(svc, clock=lambda: NOW),
         slow=Dispatcher(svc, fast=False, clock=lambda: NOW),
         vault=vault,
         loop=loop,
-        session=session,
+        sessions=sessions,
     )
     for length in (128, 192, 256):
         _create(env, length)
@@ -246,7 +256,7 @@ def check_fastpath(data: bytes, env: Env) -> None:
             assert any(i.value == want for i in found), "the scan read another attribute value"
     if get is None:
         return
-    fast = env.fast.answer_now(data, env.session)
+    fast = env.fast.answer_now(data, env.session(data))
     slow = env.run(env.slow, data)
     assert fast is None or fast == slow, "the fast path answers other bytes than the generic path"
     assert env.run(env.fast, data) == slow, "the dispatchers answer a plain Get differently"
