@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.krypton-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit setup clean tables proto fuzz fuzz-corpus
+.PHONY: run test lint typecheck unit setup clean tables proto fuzz fuzz-setup fuzz-corpus
 
 setup: $(STAMP)
 
@@ -48,12 +48,11 @@ FUZZ_TARGETS ?= ttlv fastpath dispatch
 FUZZ_FLAGS   ?= -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 FUZZ_BUILD   := build/fuzz
 
-$(BIN)/.krypton-fuzz: $(STAMP)
+fuzz-setup: $(STAMP)
 	@$(BIN)/python -c 'import atheris' 2>/dev/null || \
 		$(BIN)/python -m pip install --quiet -e '.[test,fuzz]'
-	@touch $@
 
-fuzz: $(BIN)/.krypton-fuzz
+fuzz: fuzz-setup
 	@status=0; for t in $(FUZZ_TARGETS); do \
 		mkdir -p $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/artifacts/$$t fuzz/corpus/$$t; \
 		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
@@ -62,7 +61,7 @@ fuzz: $(BIN)/.krypton-fuzz
 			-artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t/ || status=1; \
 	done; exit $$status
 
-fuzz-corpus: $(BIN)/.krypton-fuzz
+fuzz-corpus: fuzz-setup
 	rm -rf $(FUZZ_BUILD)/seeds && $(BIN)/python -m fuzz.seeds $(FUZZ_BUILD)/seeds
 	@for t in $(FUZZ_TARGETS); do \
 		rm -rf $(FUZZ_BUILD)/merged/$$t && mkdir -p $(FUZZ_BUILD)/merged/$$t $(FUZZ_BUILD)/corpus/$$t fuzz/corpus/$$t; \
