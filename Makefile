@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.krypton-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit setup clean tables proto
+.PHONY: run test lint typecheck unit setup clean tables proto fuzz fuzz-setup fuzz-corpus
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(BIN)/krypton dev
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests scripts fuzz
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -35,6 +35,40 @@ test: lint typecheck unit
 
 tables: $(STAMP)
 	$(BIN)/python scripts/gen_tables.py
+
+# Coverage-guided fuzzing (atheris) of the TTLV decoder, the fast-path scanners
+# and the dispatcher: FUZZ_SECONDS per target, starting from the committed
+# corpus (fuzz/corpus/<target>, read only); what it finds new goes to
+# build/fuzz/corpus/<target>, a crash or hang to build/fuzz/artifacts/<target>/
+# (then make it a test in tests/unit/test_fuzz_regressions.py).
+# `make fuzz-corpus` rebuilds the seeds and merges them with what the runs
+# found into a fresh minimised fuzz/corpus/<target> (libFuzzer -merge=1).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= ttlv fastpath dispatch
+FUZZ_FLAGS   ?= -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+FUZZ_BUILD   := build/fuzz
+
+fuzz-setup: $(STAMP)
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet -e '.[test,fuzz]'
+
+fuzz: fuzz-setup
+	@status=0; for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/artifacts/$$t fuzz/corpus/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+		$(BIN)/python -m fuzz.fuzz_$$t $(FUZZ_BUILD)/corpus/$$t fuzz/corpus/$$t \
+			-max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) \
+			-artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t/ || status=1; \
+	done; exit $$status
+
+fuzz-corpus: fuzz-setup
+	rm -rf $(FUZZ_BUILD)/seeds && $(BIN)/python -m fuzz.seeds $(FUZZ_BUILD)/seeds
+	@for t in $(FUZZ_TARGETS); do \
+		rm -rf $(FUZZ_BUILD)/merged/$$t && mkdir -p $(FUZZ_BUILD)/merged/$$t $(FUZZ_BUILD)/corpus/$$t fuzz/corpus/$$t; \
+		$(BIN)/python -m fuzz.fuzz_$$t -merge=1 $(FUZZ_BUILD)/merged/$$t fuzz/corpus/$$t \
+			$(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/seeds $(FUZZ_FLAGS) || exit 1; \
+		rm -rf fuzz/corpus/$$t && mv $(FUZZ_BUILD)/merged/$$t fuzz/corpus/$$t; \
+	done
 
 # The uplink's gRPC/protobuf stubs (and their .pyi) from src/krypton/uplink/v1/uplink.proto.
 proto: $(STAMP)

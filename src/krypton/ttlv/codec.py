@@ -43,6 +43,7 @@ __all__ = [
     "EncodeError",
     "Limits",
     "Placeholder",
+    "big_integer_size",
     "decode",
     "encode",
     "encode_into",
@@ -316,11 +317,19 @@ def _enc_byte_string(item: Item, out: bytearray) -> None:
     _enc_bytes_like(item, out, v)
 
 
+def big_integer_size(v: int) -> int:
+    """The bytes a Big Integer takes: its two's complement (sign bit included) in
+    whole 8-byte words. A negative value needs as many bits as its complement
+    ``~v`` does, plus the sign: -2**63 fits in 8 bytes (``v.bit_length()`` would
+    count 64 bits and ask for 16)."""
+    return (((v if v >= 0 else ~v).bit_length() + 1 + 63) >> 6) << 3
+
+
 def _enc_big_integer(item: Item, out: bytearray) -> None:
     v = item.value
     if not isinstance(v, int) or isinstance(v, bool):
         raise _bad_value(item, "an int")
-    size = ((v.bit_length() + 1 + 63) >> 6) << 3
+    size = big_integer_size(v)
     if size > _U32_MAX:
         raise EncodeError(f"BIG_INTEGER 0x{item.tag:06X}: longer than 4 GiB")
     out += _PACK_HEADER(item.tag << 8 | 0x04, size)

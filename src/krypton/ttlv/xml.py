@@ -31,7 +31,7 @@ from functools import cache
 from pathlib import Path
 
 from krypton.errors import InvalidMessage
-from krypton.ttlv.codec import Placeholder
+from krypton.ttlv.codec import Placeholder, big_integer_size
 from krypton.ttlv.enums import (
     ENUM_BY_ATTRIBUTE_NAME,
     ENUM_BY_TAG,
@@ -234,8 +234,7 @@ def _text(item: Item, attribute_name: str | None) -> str:
     if not isinstance(v, int):
         raise XmlError(f"0x{item.tag:06X}: value {type(v).__name__} has no XML form")
     if itype is ItemType.BIG_INTEGER:
-        size = ((v.bit_length() + 1 + 63) >> 6) << 3
-        return v.to_bytes(size, "big", signed=True).hex()
+        return v.to_bytes(big_integer_size(v), "big", signed=True).hex()
     if itype in (ItemType.DATE_TIME, ItemType.DATE_TIME_EXTENDED):
         unit = "seconds" if itype is ItemType.DATE_TIME else "microseconds"
         try:

@@ -125,7 +125,8 @@ def scan(frame: bytes | bytearray | memoryview) -> CreateRequest | None:
     alg, length, usage = values
     if alg is None or length is None:
         return None
-    return CreateRequest(env, alg, length, usage)
+    # The algorithm is an Enumeration (unsigned); WORD4 read it as a signed int.
+    return CreateRequest(env, alg & 0xFFFF_FFFF, length, usage)
 
 
 def _scan_v1(frame: bytes | bytearray | memoryview, off: int, stop: int) -> list[int | None] | None:
