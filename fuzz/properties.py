@@ -41,13 +41,11 @@ from pathlib import Path
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.engine.dispatch import Dispatcher, Session
-
-# The fast-path modules (being moved out of krypton.engine): imported here only.
-from krypton.engine import fastcreate, fastget  # isort: skip
-from krypton.engine.fastwire import VERSIONS, envelope  # isort: skip
-from krypton.engine.objects import Services
 from krypton.errors import KryptonError, UnsupportedVersion
+from krypton.gateway.engine.dispatch import Dispatcher, Session
+from krypton.gateway.engine.services import Services
+from krypton.gateway.fast import fastcreate, fastget
+from krypton.gateway.fast.fastwire import VERSIONS, envelope
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute
 from krypton.kmip.messages import parse_request
@@ -75,7 +73,7 @@ NOW = 1_790_000_000
 DISPATCH_TIMEOUT = 5.0
 # Small limits as well as the defaults: the limit checks are code paths too.
 _SMALL = Limits(max_message_size=4096, max_depth=4, max_items=40, max_batch_items=4)
-# What the fast paths need of the decoder (krypton.engine.dispatch keeps the same).
+# What the fast paths need of the decoder (krypton.gateway.engine.dispatch keeps the same).
 _FAST_GET_LIMITS = Limits(max_message_size=4096, max_depth=3, max_items=14)
 _FAST_CREATE_LIMITS = Limits(max_message_size=4096, max_depth=5, max_items=23)
 _V14 = ProtocolVersion(1, 4)

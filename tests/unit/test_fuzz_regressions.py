@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+# The fast-path scanner (being moved out of krypton.engine): imported here only.
+from krypton.gateway.fast import fastcreate
 from krypton.kmip.messages import parse_request
 from krypton.ttlv.codec import DEFAULT_LIMITS, decode, encode
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 from krypton.ttlv.xml import item_from_xml, item_to_element
-
-# The fast-path scanner (being moved out of krypton.engine): imported here only.
-from krypton.engine import fastcreate  # isort: skip
 
 # A Request Message (0x420078) holding one Big Integer (tag 0x420078 too) of
 # -2**63: its 8 bytes 0x80 00 .. 00 are the shortest two's complement form.
