@@ -138,6 +138,15 @@ class Gate:
     ) -> list[AuditRecord]:
         return await self.inner.audit(tenant, limit, since=since)
 
+    async def feed_since(self, tenants: Sequence[str], after: int, limit: int) -> list[Change]:
+        return await self.inner.feed_since(tenants, after, limit)
+
+    async def feed_bounds(self) -> tuple[int, int]:
+        return await self.inner.feed_bounds()
+
+    async def object_states(self, tenant: str, uids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        return await self.inner.object_states(tenant, uids)
+
     async def close(self) -> None:
         await self.inner.close()
 
