@@ -12,7 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -67,6 +67,7 @@ class DictCore:
         self.cancelled = 0
         self.delay = 0.0
         self.streams: list[tuple[frozenset[str], asyncio.Queue[CoreEvent]]] = []
+        self.after_seqs: list[int | None] = []
 
     def grant(self, tenant: str, version: int) -> L3Grant:
         material, state = self.l3[tenant, version]
@@ -83,8 +84,11 @@ class DictCore:
             if change.tenant in tenants:
                 queue.put_nowait(change)
 
-    async def subscribe(self, gateway: str, tenants: frozenset[str]) -> AsyncIterator[CoreEvent]:
+    async def subscribe(
+        self, gateway: str, tenants: frozenset[str], after_seq: int | None = None
+    ) -> AsyncIterator[CoreEvent]:
         self.calls.append(("subscribe", gateway))
+        self.after_seqs.append(after_seq)
         entry: tuple[frozenset[str], asyncio.Queue[CoreEvent]] = (tenants, asyncio.Queue())
         self.streams.append(entry)
         try:
@@ -126,6 +130,12 @@ class DictCore:
         self.calls.append(("fetch_key", gateway))
         key = self.keys.get(uid)
         return key if key is not None and key.tenant == tenant else None
+
+    async def key_states(self, gateway: str, tenant: str, uids: Sequence[str]
+                         ) -> list[StateChange]:
+        self.calls.append(("key_states", gateway))
+        return [StateChange(tenant, u, k.state, 1) for u in uids
+                if (k := self.keys.get(u)) is not None and k.tenant == tenant]
 
 
 # -- harness ------------------------------------------------------------------------
@@ -446,6 +456,12 @@ class LyingCore(pb_grpc.UplinkServicer):
     async def FetchKey(self, request: pb.FetchKeyRequest, context: Any) -> pb.FetchKeyResponse:
         other = WrappedKey.of(record("k-other", "other"))
         return pb.FetchKeyResponse(found=True, key=convert.wrapped_to_pb(other))
+
+    async def KeyStates(self, request: pb.KeyStatesRequest, context: Any
+                        ) -> pb.KeyStatesResponse:
+        return pb.KeyStatesResponse(states=[
+            convert.change_to_pb(StateChange("other", u, 5, 1)) for u in request.uids
+        ])
 
 
 def test_answers_are_checked_against_the_question(dev: DevLayout) -> None:

@@ -39,6 +39,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE keys ADD COLUMN synced INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX keys_outbox ON keys(synced) WHERE synced = 0",
     ),
+    # v3: the change-feed cursor (the last Core change applied here; one row),
+    # written in the transaction that applies a change.
+    (
+        "CREATE TABLE feed_cursor (seq INTEGER NOT NULL)",
+        "INSERT INTO feed_cursor VALUES (0)",
+    ),
 )
 
 LATEST = len(MIGRATIONS)

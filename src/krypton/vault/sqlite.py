@@ -15,7 +15,12 @@ thread; :data:`_CACHED` says, for each of them, how a committed one changes
 the record cache (a function that is not in the table is an error, not a
 default).
 
-Reads (``get``, ``outbox``) run on the caller's thread, on a per-thread
+The change-feed cursor (the sequence number of the last Core change applied
+here) is written by :meth:`Vault.apply_change` in the same transaction as the
+change it follows, so after a crash the gateway resumes the feed exactly
+where its vault is.
+
+Reads (``get``, ``outbox``, ``held``, ``cursor``) run on the caller's thread, on a per-thread
 read-only connection, which sees the last committed state (WAL readers do not
 block the writer). ``get`` consults an LRU cache of wrapped records first;
 see :mod:`krypton.vault.cache` for how it stays coherent with the writer.
@@ -46,6 +51,11 @@ _SELECT = (
 _OUTBOX = (
     "SELECT uid, tenant, object_type, algorithm, length, state, l3_version,"
     " wrapped, attributes, created, synced FROM keys WHERE synced = 0 ORDER BY rowid LIMIT ?"
+)
+
+_HELD = (
+    "SELECT uid FROM keys WHERE tenant = ? AND uid > ? AND synced = 1 AND state NOT IN (5, 6)"
+    " ORDER BY uid LIMIT ?"
 )
 
 # A destroyed key's wrapped material is erased, not just marked (KMIP State
@@ -90,10 +100,31 @@ def _set_attributes(conn: sqlite3.Connection, payload: tuple[str, bytes]) -> int
     return conn.execute("UPDATE keys SET attributes=? WHERE uid=?", (attrs, uid)).rowcount
 
 
-def _reinstate(conn: sqlite3.Connection, r: KeyRecord) -> int:
+def _reinstate(conn: sqlite3.Connection, payload: tuple[KeyRecord, int]) -> int:
+    r, seq = payload
+    _set_cursor(conn, seq)
     return conn.execute(
         _RESTORE_SQL, (r.state, r.l3_version, r.wrapped, r.attributes, r.uid, r.tenant)
     ).rowcount
+
+
+def _set_cursor(conn: sqlite3.Connection, seq: int) -> int:
+    if seq > 0:
+        conn.execute("UPDATE feed_cursor SET seq = ?", (seq,))
+    return 0
+
+
+def _apply_change(
+    conn: sqlite3.Connection, payload: tuple[str, int | None, bytes | None, int]
+) -> int:
+    uid, state, attrs, seq = payload
+    _set_cursor(conn, seq)
+    done = 0
+    if attrs is not None:
+        done = _set_attributes(conn, (uid, attrs))
+    if state is not None:
+        done = _set_state(conn, (uid, state))
+    return done
 
 
 def _mark_synced(conn: sqlite3.Connection, uids: tuple[str, ...]) -> int:
@@ -141,7 +172,8 @@ def _cache_attributes(cache: RecordCache, payload: tuple[str, bytes]) -> int:
     return 0
 
 
-def _cache_reinstate(cache: RecordCache, r: KeyRecord) -> int:
+def _cache_reinstate(cache: RecordCache, payload: tuple[KeyRecord, int]) -> int:
+    r = payload[0]
     cache.update(
         (r.uid,),
         _change(state=r.state, l3_version=r.l3_version, wrapped=r.wrapped, attributes=r.attributes),
@@ -154,7 +186,22 @@ def _cache_synced(cache: RecordCache, uids: tuple[str, ...]) -> int:
     return 0
 
 
+def _cache_apply(cache: RecordCache, payload: tuple[str, int | None, bytes | None, int]) -> int:
+    uid, state, attrs, _ = payload
+    if attrs is not None:
+        _cache_attributes(cache, (uid, attrs))
+    if state is not None:
+        _cache_state(cache, (uid, state))
+    return 0
+
+
+def _cache_nothing(cache: RecordCache, payload: object) -> int:
+    return 0
+
+
 _CACHED: Final[Mapping[Work, Callable[[RecordCache, Any], int]]] = {
+    _apply_change: _cache_apply,
+    _set_cursor: _cache_nothing,
     _put: _cache_put,
     _set_state: _cache_state,
     _set_attributes: _cache_attributes,
@@ -232,10 +279,26 @@ class Vault:
         """Replace a key's attribute blob; False if there is no such key."""
         return bool(await self._submit(_set_attributes, (uid, bytes(attributes))))
 
-    async def reinstate(self, record: KeyRecord) -> bool:
+    async def reinstate(self, record: KeyRecord, *, seq: int = 0) -> bool:
         """Give a held key back its state, wrapped material and attributes (a Destroy
-        the Core has undone: krypton.engine.undo); False if there is no such key."""
-        return bool(await self._submit(_reinstate, record))
+        the Core has undone: krypton.engine.undo); False if there is no such key.
+        A ``seq`` > 0 becomes the feed cursor in the same transaction."""
+        return bool(await self._submit(_reinstate, (record, int(seq))))
+
+    async def apply_change(
+        self, uid: str, *, state: int | None = None, attributes: bytes | None = None,
+        seq: int = 0,
+    ) -> bool:
+        """One change from the Core, in one transaction: the key's new attributes
+        and state (a destroyed state erases its material) and, if ``seq`` > 0,
+        the feed cursor. False if there is no such key (the cursor moves anyway)."""
+        payload = (uid, None if state is None else int(state),
+                   None if attributes is None else bytes(attributes), int(seq))
+        return bool(await self._submit(_apply_change, payload))
+
+    async def set_cursor(self, seq: int) -> None:
+        """Record that every Core change up to ``seq`` is applied here."""
+        await self._submit(_set_cursor, int(seq))
 
     async def mark_synced(self, uids: Iterable[str]) -> int:
         """Take records out of the outbox; how many were marked."""
@@ -261,6 +324,23 @@ class Vault:
         with translated("vault outbox read"):
             rows = self._readers.get().execute(_OUTBOX, (limit,)).fetchall()
         return [_record(r) for r in rows]
+
+    def cursor(self) -> int:
+        """The sequence number of the last Core change applied here (0: none)."""
+        with translated("vault cursor read"):
+            row = self._readers.get().execute("SELECT max(seq) FROM feed_cursor").fetchone()
+        return int(row[0] or 0)
+
+    def held(self, tenant: str, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` uids (in order, above ``after``) of the tenant's keys the
+        Core has acknowledged and that are not destroyed here: what to reconcile."""
+        with translated("vault read"):
+            rows = self._readers.get().execute(_HELD, (tenant, after, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def holds_keys(self) -> bool:
+        with translated("vault read"):
+            return self._readers.get().execute("SELECT 1 FROM keys LIMIT 1").fetchone() is not None
 
     # -- shutdown --------------------------------------------------------------
     def close(self) -> None:
