@@ -178,6 +178,9 @@ class Cluster:
     gateways: dict[str, GatewaySpec]
     core: Proc | None = None
     running: dict[str, Proc] = field(default_factory=dict)
+    # Per-gateway KRYPTON_* settings on top of the defaults (e.g. the uplink
+    # through a proxy: KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS).
+    gateway_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -210,6 +213,7 @@ class Cluster:
             KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS=self.core_address,
             KRYPTON_GATEWAY_LOG_LEVEL="info",
         )
+        env.update(self.gateway_settings.get(name, {}))
         return env
 
     # -- processes --------------------------------------------------------------

@@ -8,12 +8,14 @@ its own thread (plain sockets and ``selectors``: it does not need the test's
 event loop). Three switches:
 
 * :meth:`partition` — stop forwarding in both directions WITHOUT closing
-  anything: bytes read are dropped, new connections are accepted (and their
-  bytes dropped, no upstream is dialled). That is how a real partition looks
-  to both ends: no reset, no FIN, just silence.
-* :meth:`heal` — forward again. Connections left over from the partition stay
-  as they are (their peers hold TLS/HTTP2 state that bytes were dropped from,
-  so they are good for nothing but timing out); new ones are forwarded.
+  anything: the proxy stops reading its sockets (what the peers send waits in
+  kernel buffers, then their writes stall), and a new connection is accepted
+  but not dialled onwards. That is how a real partition looks to both ends:
+  no reset, no FIN, just silence.
+* :meth:`heal` — forward again: reading resumes where it stopped, so nothing
+  sent is lost (as TCP's retransmissions deliver it after a real partition);
+  connections accepted meanwhile are dialled onwards now; a peer that went
+  away meanwhile is noticed (EOF) and its partner closed.
 * :meth:`reset` — close every connection now (both sides see a reset/EOF).
 """
 
@@ -55,12 +57,14 @@ class BlackHoleProxy:
         return self
 
     def partition(self) -> None:
-        """Drop every byte from now on, closing nothing."""
+        """Forward nothing from now on, closing nothing."""
         self._blackhole = True
+        self._call("partition")
 
     def heal(self) -> None:
-        """Forward again (for connections made from now on, and old ones' new bytes)."""
+        """Forward again, from where the partition stopped."""
         self._blackhole = False
+        self._call("heal")
 
     def reset(self) -> None:
         """Close every proxied connection (the listener stays)."""
@@ -88,9 +92,8 @@ class BlackHoleProxy:
         while not self._closing:
             for key, _ in self._sel.select(0.5):
                 if key.data == "wake":
-                    cmd = self._wake_r.recv(64)
-                    if b"r" in cmd or b"c" in cmd:
-                        self._drop_all()
+                    for cmd in self._wake_r.recv(64):
+                        self._command(bytes((cmd,)))
                     continue
                 if key.fileobj is self._listener:
                     self._accept()
@@ -101,24 +104,44 @@ class BlackHoleProxy:
         self._drop_all()
         self._sel.close()
 
+    def _command(self, cmd: bytes) -> None:
+        if cmd in (b"r", b"c"):
+            self._drop_all()
+        elif cmd == b"p":
+            for sock in self._peers:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(sock)
+        elif cmd == b"h":
+            for client in [c for c, up in self._peers.items() if up is None]:
+                self._dial(client)
+            for sock in list(self._peers):
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.register(sock, selectors.EVENT_READ, None)
+
     def _accept(self) -> None:
         with contextlib.suppress(BlockingIOError):
             client, _ = self._listener.accept()
             self.accepted += 1
-            upstream: socket.socket | None = None
-            if not self._blackhole:
-                try:
-                    upstream = socket.create_connection(self._target, timeout=2.0)
-                except OSError:
-                    client.close()
-                    return
-                upstream.setblocking(False)
             client.setblocking(False)
-            self._peers[client] = upstream
-            self._sel.register(client, selectors.EVENT_READ, None)
-            if upstream is not None:
-                self._peers[upstream] = client
+            self._peers[client] = None
+            if self._blackhole:
+                return  # held, unread and not dialled, until healed
+            if self._dial(client):
+                self._sel.register(client, selectors.EVENT_READ, None)
+                upstream = self._peers[client]
+                assert upstream is not None
                 self._sel.register(upstream, selectors.EVENT_READ, None)
+
+    def _dial(self, client: socket.socket) -> bool:
+        try:
+            upstream = socket.create_connection(self._target, timeout=2.0)
+        except OSError:
+            self._drop(client)
+            return False
+        upstream.setblocking(False)
+        self._peers[client] = upstream
+        self._peers[upstream] = client
+        return True
 
     def _pump(self, sock: socket.socket) -> None:
         try:
@@ -131,8 +154,9 @@ class BlackHoleProxy:
             self._drop(sock)
             return
         other = self._peers.get(sock)
-        if self._blackhole or other is None:
-            return  # swallowed: the partition
+        if other is None:
+            self._drop(sock)
+            return
         try:
             other.setblocking(True)
             other.sendall(data)
