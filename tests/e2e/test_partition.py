@@ -65,8 +65,9 @@ def partitionable(tmp_path: Path, **core_env: str) -> Iterator[tuple[Cluster, Bl
     cluster = make_cluster(tmp_path, gateways=(A, B))
     proxy = BlackHoleProxy(cluster.core_port).start()
     cluster.gateway_settings[B] = {"KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": proxy.address}
+    cluster.core_settings.update(core_env)
     try:
-        cluster.start_core(**core_env)
+        cluster.start_core()
         cluster.start_gateways()
         yield cluster, proxy
     except BaseException:
@@ -88,9 +89,17 @@ def destroy(client: KmipClient, uid: str) -> None:
              is ResultStatus.SUCCESS or None, SOON * 2, 0.05)
 
 
-def heal_and_wait_refusal(proxy: BlackHoleProxy, b: KmipClient, uid: str) -> float:
+def heal(proxy: BlackHoleProxy) -> float:
+    """End a long partition: the connections it held are gone (TCP gave up on
+    them, or the restarted Core's host reset them), so nothing the Core sent
+    into them arrives; new ones get through."""
+    proxy.reset()
     proxy.heal()
-    healed = time.monotonic()
+    return time.monotonic()
+
+
+def heal_and_wait_refusal(proxy: BlackHoleProxy, b: KmipClient, uid: str) -> float:
+    healed = heal(proxy)
     gone = wait_for("B refusing the key", partial(refused, b, uid), HEAL_BOUND, 0.05)
     assert gone.reason is ResultReason.OBJECT_DESTROYED, gone
     return time.monotonic() - healed
@@ -180,8 +189,7 @@ def test_an_l3_version_revoked_during_a_partition_is_dropped_after_healing(
         assert "L3 version 1 is COMPROMISED" in out
         wait_for("A dropping L3 v1", partial(refused, a, uid), SOON)
         assert b.get(uid) == key  # cut off, B still holds v1
-        proxy.heal()
-        healed = time.monotonic()
+        healed = heal(proxy)
         gone = wait_for("B dropping L3 v1", partial(refused, b, uid), HEAL_BOUND, 0.05)
         took = time.monotonic() - healed
         assert gone.reason is ResultReason.CRYPTOGRAPHIC_FAILURE, gone

@@ -181,6 +181,7 @@ class Cluster:
     # Per-gateway KRYPTON_* settings on top of the defaults (e.g. the uplink
     # through a proxy: KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS).
     gateway_settings: dict[str, dict[str, str]] = field(default_factory=dict)
+    core_settings: dict[str, str] = field(default_factory=dict)  # kept across restarts
 
     @property
     def logs(self) -> Path:
@@ -199,6 +200,7 @@ class Cluster:
         ) + "]"
         if self.registry is not None:
             env["KRYPTON_CORE_REGISTRY"] = self.registry
+        env.update(self.core_settings)
         return env
 
     def gateway_env(self, name: str) -> dict[str, str]:

@@ -124,8 +124,10 @@ class Gate:
     async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
         return await self.inner.get_object(tenant, uid)
 
-    async def update_object(self, record: ObjectRecord) -> ObjectRecord:
-        return await self.inner.update_object(record)
+    async def update_object(
+        self, record: ObjectRecord, audit: AuditRecord | None = None
+    ) -> ObjectRecord:
+        return await self.inner.update_object(record, audit)
 
     async def locate(self, query: LocateQuery) -> list[str]:
         return await self.inner.locate(query)

@@ -700,3 +700,20 @@ def test_the_feed_survives_reopening(durable_url: str) -> None:
             await reg.close()
 
     asyncio.run(main())
+
+
+def test_an_audit_record_commits_with_the_change_it_records(url: str) -> None:
+    async def body(reg: Registry) -> None:
+        await reg.put_objects([obj("a")])
+        rec = await reg.get_object("demo", "a")
+        assert rec is not None
+        record = AuditRecord(time=1.0, identity="me", tenant="demo", operation="Activate",
+                             uid="a", result="Success")
+        await reg.update_object(replace(rec, state=ACTIVE), record)
+        with pytest.raises(RegistryConflict):  # the stale write fails, its audit with it
+            await reg.update_object(replace(rec, state=DESTROYED),
+                                    replace(record, operation="Destroy"))
+        assert await reg.audit("demo") == [record]
+        assert [c.seq for c in await reg.feed_since(["demo"], 0, 10)] == [1]
+
+    run(url, body)

@@ -126,6 +126,15 @@ class AuditRecord:
     detail: str = ""
 
 
+@dataclass(slots=True, eq=False)
+class AuditSlot:
+    """The audit record of the operation running, for the first change it
+    commits to carry in its transaction (``written`` once it has)."""
+
+    record: AuditRecord
+    written: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class SealedKey:
     """A tenant key (L2 sealed by the master key, L3 sealed by L2) as stored.
@@ -193,12 +202,15 @@ class Registry(Protocol):
     async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
         """The object, or None if it does not exist *for this tenant*."""
 
-    async def update_object(self, record: ObjectRecord) -> ObjectRecord:
+    async def update_object(
+        self, record: ObjectRecord, audit: AuditRecord | None = None
+    ) -> ObjectRecord:
         """Replace the mutable fields (state, algorithm, length, l3_version,
         sealed, attributes, names, groups, custom) of the object whose revision
         is ``record.revision``; returns it as stored, with the revision bumped.
         ``ItemNotFound`` if the tenant has no such object; ``RegistryConflict``
-        if its revision has moved on."""
+        if its revision has moved on. ``audit``, if given, is appended in the
+        same transaction (the change and its audit record commit together)."""
 
     async def locate(self, query: LocateQuery) -> list[str]:
         """Unique identifiers matching every given filter, in creation order

@@ -213,6 +213,13 @@ async def _to_feed(conn: Conn, changes: Sequence[Change], retention: int) -> lis
     return out
 
 
+def _audit_row(r: AuditRecord) -> tuple[Any, ...]:
+    return (
+        float(r.time), r.identity, r.tenant, r.operation, r.uid, r.result,
+        r.gateway, r.correlation_id, r.detail,
+    )  # fmt: skip
+
+
 async def _notify(conn: Conn, changes: Sequence[Change]) -> None:
     if changes:
         await conn.execute(_NOTIFY, ([_encode(c) for c in changes],))
@@ -312,7 +319,9 @@ class PostgresRegistry:
             return None
         return record_from_row(row[:12], row[12], row[13], list(zip(row[14], row[15], strict=True)))
 
-    async def update_object(self, record: ObjectRecord) -> ObjectRecord:
+    async def update_object(
+        self, record: ObjectRecord, audit: AuditRecord | None = None
+    ) -> ObjectRecord:
         r = record
         async with self._transaction("update") as conn:
             cur = await conn.execute(
@@ -347,6 +356,8 @@ class PostgresRegistry:
                 )
             await self._insert_sides(conn, side_rows(new))
             change = StateChange(new.tenant, new.uid, new.state, new.revision)
+            if audit is not None:
+                await conn.execute(_INSERT_AUDIT, _audit_row(audit))
             await _notify(conn, await _to_feed(conn, [change], self.feed_retention))
         return new
 
@@ -357,15 +368,8 @@ class PostgresRegistry:
             return [row[0] for row in await cur.fetchall()]
 
     async def append_audit(self, record: AuditRecord) -> None:
-        r = record
         async with self._connection("audit write") as conn:
-            await conn.execute(
-                _INSERT_AUDIT,
-                (
-                    float(r.time), r.identity, r.tenant, r.operation, r.uid, r.result,
-                    r.gateway, r.correlation_id, r.detail,
-                ),
-            )  # fmt: skip
+            await conn.execute(_INSERT_AUDIT, _audit_row(record))
 
     async def audit(
         self, tenant: str | None = None, limit: int = 1000, *, since: float | None = None

@@ -122,9 +122,9 @@ def _to_feed(conn: sqlite3.Connection, changes: Sequence[Change], retention: int
 
 
 def _update_object(
-    conn: sqlite3.Connection, payload: tuple[ObjectRecord, int]
+    conn: sqlite3.Connection, payload: tuple[ObjectRecord, int, AuditRecord | None]
 ) -> tuple[ObjectRecord, list[Change]]:
-    record, retention = payload
+    record, retention, audit = payload
     row = conn.execute(
         f"SELECT {OBJECT_COLUMNS} FROM objects WHERE uid = ?",  # noqa: S608
         (record.uid,),
@@ -148,6 +148,8 @@ def _update_object(
         conn.execute(f"DELETE FROM {table} WHERE uid = ?", (new.uid,))  # noqa: S608
     _insert_sides(conn, new)
     change = StateChange(new.tenant, new.uid, new.state, new.revision)
+    if audit is not None:
+        _append_audit(conn, audit)
     return new, _to_feed(conn, (change,), retention)
 
 
@@ -335,8 +337,12 @@ class SqliteRegistry:
     async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
         return await self._read(lambda conn: _get_object(tenant, uid, conn))
 
-    async def update_object(self, record: ObjectRecord) -> ObjectRecord:
-        result: ObjectRecord = await self._write(_update_object, (record, self.feed_retention))
+    async def update_object(
+        self, record: ObjectRecord, audit: AuditRecord | None = None
+    ) -> ObjectRecord:
+        result: ObjectRecord = await self._write(
+            _update_object, (record, self.feed_retention, audit)
+        )
         return result
 
     async def locate(self, query: LocateQuery) -> list[str]:
