@@ -7,6 +7,8 @@ a small in-test Core (a dict, not a mock).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import multiprocessing
 import statistics
 import sys
@@ -865,21 +867,39 @@ def destroyed(uid: str) -> WrappedKey:
     return replace(WrappedKey.of(record(uid)), state=6, wrapped=b"")
 
 
+@contextlib.asynccontextmanager
+async def feed_gateway(
+    dev: DevLayout, path: Path, core: DictCore, held: Sequence[str], *, cursor: int = 0,
+    on_connection: Callable[[Vault, ConnectionState], None] | None = None,
+) -> AsyncIterator[tuple[UplinkClient, Upstream, Vault]]:
+    """A gateway's uplink and upstream over a vault holding ``held`` (synced, active)."""
+    srv = server(dev, core)
+    port = await srv.start()
+    vault = Vault.open(path / "vault.db")
+    await vault.put_many([replace(record(u), state=2, synced=True) for u in held])
+    await vault.set_cursor(cursor)
+    up = client(gateway_tls(dev), port)
+    upstream = Upstream(up, vault, Limits())
+    await upstream.start()
+    if on_connection is not None:
+        up.add_listener(on_connection=functools.partial(on_connection, vault))
+    await up.start()
+    try:
+        assert await up.wait_ready(5)
+        yield up, upstream, vault
+    finally:
+        await upstream.close()
+        await up.close()
+        vault.close()
+        await srv.stop(0)
+
+
 def test_the_gateway_applies_the_feed_and_keeps_its_cursor_with_each_change(
     dev: DevLayout, tmp_path: Path,
 ) -> None:
     async def main() -> None:
         core = FeedCore(reconcile=False)
-        srv = server(dev, core)
-        port = await srv.start()
-        vault = Vault.open(tmp_path / "vault.db")
-        await vault.put_many([replace(record(u), state=2, synced=True) for u in ("k-1", "k-2")])
-        up = client(gateway_tls(dev), port)
-        upstream = Upstream(up, vault, Limits())
-        await upstream.start()
-        await up.start()
-        try:
-            assert await up.wait_ready(5)
+        async with feed_gateway(dev, tmp_path, core, ("k-1", "k-2")) as (_, upstream, vault):
             assert core.after_seqs == [0]  # keys held, no cursor yet: from the start
             assert vault.cursor() == 40  # the position the replay closed with
             core.keys["k-1"] = destroyed("k-1")
@@ -895,11 +915,6 @@ def test_the_gateway_applies_the_feed_and_keeps_its_cursor_with_each_change(
             assert status is not None and status.value == ResultStatus.OPERATION_FAILED
             held = vault.get("k-2")
             assert held is not None and held.state == 6 and held.wrapped == b""
-        finally:
-            await upstream.close()
-            await up.close()
-            vault.close()
-            await srv.stop(0)
 
     run(main)
 
@@ -911,33 +926,18 @@ def test_a_gateway_too_far_behind_reconciles_before_it_is_ready(
         core = FeedCore(reconcile=True)
         core.keys["k-3"] = destroyed("k-3")
         core.keys["k-4"] = replace(WrappedKey.of(record("k-4")), state=2)
-        srv = server(dev, core)
-        port = await srv.start()
-        vault = Vault.open(tmp_path / "vault.db")
-        await vault.put_many([replace(record(u), state=2, synced=True) for u in ("k-3", "k-4")])
-        await vault.set_cursor(7)
-        up = client(gateway_tls(dev), port)
-        upstream = Upstream(up, vault, Limits())
-        await upstream.start()
         seen: list[tuple[ConnectionState, int | None]] = []
 
-        def note(state: ConnectionState) -> None:
+        def note(vault: Vault, state: ConnectionState) -> None:
             held = vault.get("k-3")
             seen.append((state, None if held is None else held.state))
 
-        up.add_listener(on_connection=note)
-        await up.start()
-        try:
-            assert await up.wait_ready(5)
+        async with feed_gateway(dev, tmp_path, core, ("k-3", "k-4"), cursor=7,
+                                on_connection=note) as (_, _, vault):
             assert core.after_seqs == [7]
             assert (ConnectionState.READY, 6) in seen  # destroyed before READY
             held = vault.get("k-4")
             assert held is not None and held.state == 2 and held.wrapped
             assert vault.cursor() == 40
-        finally:
-            await upstream.close()
-            await up.close()
-            vault.close()
-            await srv.stop(0)
 
     run(main)
