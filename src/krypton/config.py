@@ -117,6 +117,9 @@ class UplinkConfig:
     # The Core's SPIFFE ID: the uplink refuses any other server. Required in a
     # config file ("" only when built in code, e.g. by tests: no check).
     core_id: str = ""
+    # The longest L3 lease this gateway accepts from the Core (a longer one is
+    # cut to this).
+    max_lease: float = 86_400.0
 
     @property
     def host(self) -> str:
@@ -151,6 +154,9 @@ class CoreConfig:
     registry: str = "sqlite:core.db"
     master_key_file: Path = Path("master.key")
     l3_lease_seconds: int = 86_400
+    # How many changes the registry's change feed keeps: a gateway further
+    # behind reconciles every key it holds instead of replaying.
+    feed_retention: int = 1_000_000
     tenants: tuple[str, ...] = ("demo", "other")
     gateway: tuple[GatewayGrant, ...] = ()
     gateways: tuple[GatewayGrant, ...] = ()
@@ -462,7 +468,9 @@ _GATEWAY = _Section(
         ),
         "cache": _Section(CacheConfig, {"records": _integer(0)}),
         "uplink": _Section(
-            UplinkConfig, {"core_address": _address, "timeout": _seconds, "core_id": _core_id}
+            UplinkConfig,
+            {"core_address": _address, "timeout": _seconds, "core_id": _core_id,
+             "max_lease": _seconds},
         ),
     },
 )
@@ -475,6 +483,7 @@ _CORE = _Section(
         "registry": _registry,
         "master_key_file": _path(must_exist=False),
         "l3_lease_seconds": _integer(1),
+        "feed_retention": _integer(1),
         "tenants": _tenants,
         "gateway": _gateway_tables,
         "gateways": _gateway_shorthand,

@@ -178,6 +178,10 @@ class Cluster:
     gateways: dict[str, GatewaySpec]
     core: Proc | None = None
     running: dict[str, Proc] = field(default_factory=dict)
+    # Per-gateway KRYPTON_* settings on top of the defaults (e.g. the uplink
+    # through a proxy: KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS).
+    gateway_settings: dict[str, dict[str, str]] = field(default_factory=dict)
+    core_settings: dict[str, str] = field(default_factory=dict)  # kept across restarts
 
     @property
     def logs(self) -> Path:
@@ -196,6 +200,7 @@ class Cluster:
         ) + "]"
         if self.registry is not None:
             env["KRYPTON_CORE_REGISTRY"] = self.registry
+        env.update(self.core_settings)
         return env
 
     def gateway_env(self, name: str) -> dict[str, str]:
@@ -210,6 +215,7 @@ class Cluster:
             KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS=self.core_address,
             KRYPTON_GATEWAY_LOG_LEVEL="info",
         )
+        env.update(self.gateway_settings.get(name, {}))
         return env
 
     # -- processes --------------------------------------------------------------

@@ -124,8 +124,10 @@ class Gate:
     async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
         return await self.inner.get_object(tenant, uid)
 
-    async def update_object(self, record: ObjectRecord) -> ObjectRecord:
-        return await self.inner.update_object(record)
+    async def update_object(
+        self, record: ObjectRecord, audit: AuditRecord | None = None
+    ) -> ObjectRecord:
+        return await self.inner.update_object(record, audit)
 
     async def locate(self, query: LocateQuery) -> list[str]:
         return await self.inner.locate(query)
@@ -137,6 +139,15 @@ class Gate:
         self, tenant: str | None = None, limit: int = 1000, *, since: float | None = None
     ) -> list[AuditRecord]:
         return await self.inner.audit(tenant, limit, since=since)
+
+    async def feed_since(self, tenants: Sequence[str], after: int, limit: int) -> list[Change]:
+        return await self.inner.feed_since(tenants, after, limit)
+
+    async def feed_bounds(self) -> tuple[int, int]:
+        return await self.inner.feed_bounds()
+
+    async def object_states(self, tenant: str, uids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        return await self.inner.object_states(tenant, uids)
 
     async def close(self) -> None:
         await self.inner.close()

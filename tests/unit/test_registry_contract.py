@@ -375,16 +375,16 @@ def test_subscribers_see_committed_changes_in_order(url: str) -> None:
         await reg.put_key(key(1))  # unchanged: no event
         await reg.put_key(key(2))
         assert await inbox.take(5) == [
-            StateChange("demo", "a", ACTIVE, 1),
-            KeyChange("demo", "L3", 1, ACTIVE),
-            KeyChange("demo", "L3", 2, PRE_ACTIVE),
-            StateChange("demo", "b", DESTROYED, 1),
-            KeyChange("demo", "L3", 2, ACTIVE),
+            StateChange("demo", "a", ACTIVE, 1, seq=1),
+            KeyChange("demo", "L3", 1, ACTIVE, seq=2),
+            KeyChange("demo", "L3", 2, PRE_ACTIVE, seq=3),
+            StateChange("demo", "b", DESTROYED, 1, seq=4),
+            KeyChange("demo", "L3", 2, ACTIVE, seq=5),
         ]
         await reg.subscribe(late)
         unsubscribe()
         await reg.put_key(key(3))
-        assert await late.take(1) == [KeyChange("demo", "L3", 3, ACTIVE)]
+        assert await late.take(1) == [KeyChange("demo", "L3", 3, ACTIVE, seq=6)]
         assert inbox.queue.empty()
 
     run(url, body)
@@ -555,14 +555,18 @@ def test_postgresql_instances_see_each_others_changes(pg: PgServer) -> None:
             assert rec is not None
             started = time.monotonic()
             await one.update_object(replace(rec, state=ACTIVE))
-            assert await inbox_two.take(1, timeout=1.0) == [StateChange("demo", "a", ACTIVE, 1)]
+            assert await inbox_two.take(1, timeout=1.0) == [
+                StateChange("demo", "a", ACTIVE, 1, seq=1)
+            ]
             assert time.monotonic() - started < 1.0
             await two.put_keys([key(1)])
             assert await inbox_one.take(2, timeout=1.0) == [
-                StateChange("demo", "a", ACTIVE, 1),
-                KeyChange("demo", "L3", 1, ACTIVE),
+                StateChange("demo", "a", ACTIVE, 1, seq=1),
+                KeyChange("demo", "L3", 1, ACTIVE, seq=2),
             ]
-            assert await inbox_two.take(1, timeout=1.0) == [KeyChange("demo", "L3", 1, ACTIVE)]
+            assert await inbox_two.take(1, timeout=1.0) == [
+                KeyChange("demo", "L3", 1, ACTIVE, seq=2)
+            ]
             # The loser of a race between two instances hears about it.
             results = await asyncio.gather(
                 one.update_object(replace(rec, state=DESTROYED)),
@@ -601,7 +605,7 @@ def test_postgresql_listener_comes_back_after_losing_its_connection(pg: PgServer
                     assert time.monotonic() < deadline, "the listener did not reconnect"
                     await asyncio.sleep(0.05)
             await one.put_key(key(1))
-            assert await inbox.take(1) == [KeyChange("demo", "L3", 1, ACTIVE)]
+            assert await inbox.take(1) == [KeyChange("demo", "L3", 1, ACTIVE, seq=1)]
         finally:
             await one.close()
             await two.close()
@@ -623,3 +627,93 @@ def test_postgresql_errors_never_show_the_password(pg: PgServer) -> None:
         assert "Sup3rSecretPw" not in text, text
         assert info.value.__cause__ is None and info.value.__suppress_context__
         assert text.startswith("registry open failed"), text
+
+
+# -- the change feed ---------------------------------------------------------------
+async def _bump(reg: Registry, uid: str, state: int, tenant: str = "demo") -> None:
+    rec = await reg.get_object(tenant, uid)
+    assert rec is not None
+    await reg.update_object(replace(rec, state=state))
+
+
+def test_every_change_gets_a_sequence_number_in_commit_order(url: str) -> None:
+    async def main() -> None:
+        reg = await open_registry(url)
+        try:
+            assert await reg.feed_bounds() == (0, 0)
+            await reg.put_objects([obj("a"), obj("b"), obj("x", "other")])
+            await _bump(reg, "a", ACTIVE)
+            await reg.put_keys([key(1)])
+            await _bump(reg, "x", ACTIVE, "other")
+            await _bump(reg, "a", DESTROYED)
+            feed = await reg.feed_since(["demo"], 0, 100)
+            assert feed == [
+                StateChange("demo", "a", ACTIVE, 1, seq=1),
+                KeyChange("demo", "L3", 1, ACTIVE, seq=2),
+                StateChange("demo", "a", DESTROYED, 2, seq=4),
+            ]
+            assert await reg.feed_since(["demo", "other"], 2, 1) == [
+                StateChange("other", "x", ACTIVE, 1, seq=3)
+            ]
+            assert await reg.feed_since([], 0, 10) == []
+            assert await reg.feed_bounds() == (0, 4)
+            assert await reg.object_states("demo", ["a", "b", "x", "nope"]) == {
+                "a": (DESTROYED, 2), "b": (1, 0),
+            }
+        finally:
+            await reg.close()
+
+    asyncio.run(main())
+
+
+def test_the_feed_keeps_the_newest_changes_and_says_where_it_starts(url: str) -> None:
+    async def main() -> None:
+        reg = await open_registry(url, feed_retention=3)
+        try:
+            await reg.put_objects([obj(f"k{i}") for i in range(5)])
+            for i in range(5):
+                await _bump(reg, f"k{i}", ACTIVE)
+            assert await reg.feed_bounds() == (2, 5)
+            assert [c.seq for c in await reg.feed_since(["demo"], 0, 100)] == [3, 4, 5]
+        finally:
+            await reg.close()
+
+    asyncio.run(main())
+
+
+def test_the_feed_survives_reopening(durable_url: str) -> None:
+    async def main() -> None:
+        reg = await open_registry(durable_url)
+        try:
+            await reg.put_objects([obj("a")])
+            await _bump(reg, "a", DEACTIVATED)
+        finally:
+            await reg.close()
+        reg = await open_registry(durable_url)
+        try:
+            assert await reg.feed_since(["demo"], 0, 10) == [
+                StateChange("demo", "a", DEACTIVATED, 1, seq=1)
+            ]
+            await _bump(reg, "a", DESTROYED)
+            assert await reg.feed_bounds() == (0, 2)
+        finally:
+            await reg.close()
+
+    asyncio.run(main())
+
+
+def test_an_audit_record_commits_with_the_change_it_records(url: str) -> None:
+    async def body(reg: Registry) -> None:
+        await reg.put_objects([obj("a")])
+        rec = await reg.get_object("demo", "a")
+        assert rec is not None
+        record = AuditRecord(time=1.0, identity="me", tenant="demo", operation="Activate",
+                             uid="a", result="Success")
+        await reg.update_object(replace(rec, state=ACTIVE), record)
+        with pytest.raises(RegistryConflict):  # the stale write fails, its audit with it
+            await reg.update_object(replace(rec, state=DESTROYED),
+                                    replace(record, operation="Destroy"))
+        assert await reg.audit("demo") == [record]
+        assert [c.seq for c in await reg.feed_since(["demo"], 0, 10)] == [1]
+
+    run(url, body)

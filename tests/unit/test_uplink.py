@@ -7,12 +7,15 @@ a small in-test Core (a dict, not a mock).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import replace
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -25,11 +28,20 @@ from krypton.config import TLSConfig
 from krypton.crypto.keyring import KeyRing, L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import GeneralFailure, ItemNotFound, PermissionDenied, UpstreamUnavailable
+from krypton.gateway.upstream import Upstream
+from krypton.kmip import client_messages as cm
+from krypton.kmip.messages import ResponseItem, response_item
+from krypton.kmip.versions import ProtocolVersion
+from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
 from krypton.model.registry import AuditRecord
 from krypton.pki import DevLayout, init_dev_dir
 from krypton.pki.dev import core_spiffe_id, gateway_spiffe_id
 from krypton.tls.identity import PeerRules
+from krypton.ttlv.codec import Limits, encode
+from krypton.ttlv.enums import Operation, ResultReason, ResultStatus
+from krypton.ttlv.item import Item
+from krypton.ttlv.tags import Tag
 from krypton.uplink import convert
 from krypton.uplink.client import UplinkClient, UplinkL3Source, backoff_delay
 from krypton.uplink.service import UplinkServer
@@ -39,10 +51,12 @@ from krypton.uplink.types import (
     ExecuteRequest,
     ExecuteResult,
     Heartbeat,
+    L3Versions,
     StateChange,
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
 from krypton.uplink.v1 import uplink_pb2_grpc as pb_grpc
+from krypton.vault.sqlite import Vault
 
 GATEWAY = gateway_spiffe_id()
 CORE = core_spiffe_id()
@@ -66,6 +80,7 @@ class DictCore:
         self.cancelled = 0
         self.delay = 0.0
         self.streams: list[tuple[frozenset[str], asyncio.Queue[CoreEvent]]] = []
+        self.after_seqs: list[int | None] = []
 
     def grant(self, tenant: str, version: int) -> L3Grant:
         material, state = self.l3[tenant, version]
@@ -82,8 +97,11 @@ class DictCore:
             if change.tenant in tenants:
                 queue.put_nowait(change)
 
-    async def subscribe(self, gateway: str, tenants: frozenset[str]) -> AsyncIterator[CoreEvent]:
+    async def subscribe(
+        self, gateway: str, tenants: frozenset[str], after_seq: int | None = None
+    ) -> AsyncIterator[CoreEvent]:
         self.calls.append(("subscribe", gateway))
+        self.after_seqs.append(after_seq)
         entry: tuple[frozenset[str], asyncio.Queue[CoreEvent]] = (tenants, asyncio.Queue())
         self.streams.append(entry)
         try:
@@ -125,6 +143,12 @@ class DictCore:
         self.calls.append(("fetch_key", gateway))
         key = self.keys.get(uid)
         return key if key is not None and key.tenant == tenant else None
+
+    async def key_states(self, gateway: str, tenant: str, uids: Sequence[str]
+                         ) -> list[StateChange]:
+        self.calls.append(("key_states", gateway))
+        return [StateChange(tenant, u, k.state, 1) for u in uids
+                if (k := self.keys.get(u)) is not None and k.tenant == tenant]
 
 
 # -- harness ------------------------------------------------------------------------
@@ -445,6 +469,12 @@ class LyingCore(pb_grpc.UplinkServicer):
     async def FetchKey(self, request: pb.FetchKeyRequest, context: Any) -> pb.FetchKeyResponse:
         other = record("k-other", "other")
         return pb.FetchKeyResponse(found=True, key=convert.key_to_pb(other))
+
+    async def KeyStates(self, request: pb.KeyStatesRequest, context: Any
+                        ) -> pb.KeyStatesResponse:
+        return pb.KeyStatesResponse(states=[
+            convert.change_to_pb(StateChange("other", u, 5, 1)) for u in request.uids
+        ])
 
 
 def test_answers_are_checked_against_the_question(dev: DevLayout) -> None:
@@ -768,3 +798,145 @@ async def _bench(calls: int, split: bool) -> None:
 if __name__ == "__main__":
     numbers = [int(a) for a in sys.argv[1:] if a.isdigit()]
     asyncio.run(_bench(numbers[0] if numbers else 1000, "--split" in sys.argv))
+
+
+def test_uplink_l3_source_drops_what_a_snapshot_omits_and_caps_leases(dev: DevLayout) -> None:
+    """Issue 12 findings 2 and 3: a version an L3Versions does not list is dropped
+    at once; a pushed lease is cut to the gateway's max_lease."""
+    async def main() -> None:
+        core = DictCore()
+        core.set_l3("demo", 2, KEY_DEMO_2, L3State.ACTIVE)
+        srv = server(dev, core)
+        port = await srv.start()
+        ring = KeyRing()
+        source = UplinkL3Source(client(gateway_tls(dev), port, tenants=("demo", "other")),
+                                max_lease=30.0)
+        await source.start(ring)
+        try:
+            assert set(ring.versions("demo")) == {1, 2}
+            expires = ring.lease_expires_at("demo", 1)
+            assert expires is not None and 25 < expires - ring.now() <= 30  # not the 60 pushed
+            for tenants, queue in core.streams:
+                if "demo" in tenants:
+                    queue.put_nowait(L3Versions("demo", frozenset({2})))
+            await eventually(lambda: 1 not in ring.versions("demo"))
+            assert ring.versions("demo") == {2: L3State.ACTIVE}
+            assert ring.versions("other") == {1: L3State.ACTIVE}
+        finally:
+            await source.close()
+            await srv.stop(0)
+
+    run(main)
+
+
+# -- the change feed at the gateway (issue 12 finding 1) ------------------------------
+class FeedCore(DictCore):
+    """A DictCore whose first Heartbeat asks for a reconcile (or not), and whose
+    Execute answers every item with 'already destroyed'."""
+
+    def __init__(self, *, reconcile: bool) -> None:
+        super().__init__()
+        self.reconcile = reconcile
+
+    async def subscribe(
+        self, gateway: str, tenants: frozenset[str], after_seq: int | None = None
+    ) -> AsyncIterator[CoreEvent]:
+        self.after_seqs.append(after_seq)
+        entry: tuple[frozenset[str], asyncio.Queue[CoreEvent]] = (tenants, asyncio.Queue())
+        self.streams.append(entry)
+        try:
+            yield self.grant("demo", 1)
+            yield Heartbeat.now(40, reconcile=self.reconcile)
+            while True:
+                yield await entry[1].get()
+        finally:
+            self.streams.remove(entry)
+
+    async def execute(self, gateway: str, request: ExecuteRequest) -> ExecuteResult:
+        failed = ResponseItem.failure(Operation.DESTROY, None, ResultReason.OBJECT_DESTROYED,
+                                      "the object is destroyed")
+        return ExecuteResult(encode(response_item(failed)), ())
+
+
+def destroy_item(uid: str) -> Item:
+    return cm.batch_item(Operation.DESTROY, cm.payload(Item.text(Tag.UNIQUE_IDENTIFIER, uid)))
+
+
+def destroyed(uid: str) -> KeyRecord:
+    return replace(record(uid), state=6, wrapped=b"", synced=True)
+
+
+@contextlib.asynccontextmanager
+async def feed_gateway(
+    dev: DevLayout, path: Path, core: DictCore, held: Sequence[str], *, cursor: int = 0,
+    on_connection: Callable[[Vault, ConnectionState], None] | None = None,
+) -> AsyncIterator[tuple[UplinkClient, Upstream, Vault]]:
+    """A gateway's uplink and upstream over a vault holding ``held`` (synced, active)."""
+    srv = server(dev, core)
+    port = await srv.start()
+    vault = Vault.open(path / "vault.db")
+    await vault.put_many([replace(record(u), state=2, synced=True) for u in held])
+    await vault.set_cursor(cursor)
+    up = client(gateway_tls(dev), port)
+    upstream = Upstream(up, vault, Limits())
+    await upstream.start()
+    if on_connection is not None:
+        up.add_listener(on_connection=functools.partial(on_connection, vault))
+    await up.start()
+    try:
+        assert await up.wait_ready(5)
+        yield up, upstream, vault
+    finally:
+        await upstream.close()
+        await up.close()
+        vault.close()
+        await srv.stop(0)
+
+
+def test_the_gateway_applies_the_feed_and_keeps_its_cursor_with_each_change(
+    dev: DevLayout, tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        core = FeedCore(reconcile=False)
+        async with feed_gateway(dev, tmp_path, core, ("k-1", "k-2")) as (_, upstream, vault):
+            assert core.after_seqs == [0]  # keys held, no cursor yet: from the start
+            assert vault.cursor() == 40  # the position the replay closed with
+            core.keys["k-1"] = destroyed("k-1")
+            core.change(StateChange("demo", "k-1", 6, 3, seq=41))
+            await eventually(lambda: vault.cursor() == 41)
+            held = vault.get("k-1")
+            assert held is not None and held.state == 6 and held.wrapped == b""
+            # A failed delegated item on a live key takes the Core's state of it.
+            core.keys["k-2"] = destroyed("k-2")
+            ctx = RequestContext("i", "demo", ProtocolVersion(2, 1), 0, "r-1")
+            answer, _ = await upstream.execute(ctx, destroy_item("k-2"))
+            status = answer.find(Tag.RESULT_STATUS)
+            assert status is not None and status.value == ResultStatus.OPERATION_FAILED
+            held = vault.get("k-2")
+            assert held is not None and held.state == 6 and held.wrapped == b""
+
+    run(main)
+
+
+def test_a_gateway_too_far_behind_reconciles_before_it_is_ready(
+    dev: DevLayout, tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        core = FeedCore(reconcile=True)
+        core.keys["k-3"] = destroyed("k-3")
+        core.keys["k-4"] = replace(record("k-4"), state=2, synced=True)
+        seen: list[tuple[ConnectionState, int | None]] = []
+
+        def note(vault: Vault, state: ConnectionState) -> None:
+            held = vault.get("k-3")
+            seen.append((state, None if held is None else held.state))
+
+        async with feed_gateway(dev, tmp_path, core, ("k-3", "k-4"), cursor=7,
+                                on_connection=note) as (_, _, vault):
+            assert core.after_seqs == [7]
+            assert (ConnectionState.READY, 6) in seen  # destroyed before READY
+            held = vault.get("k-4")
+            assert held is not None and held.state == 2 and held.wrapped
+            assert vault.cursor() == 40
+
+    run(main)

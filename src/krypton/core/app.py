@@ -41,7 +41,7 @@ class Core:
 
     async def start(self) -> None:
         cfg = self.config
-        self.registry = await open_registry(cfg.registry)
+        self.registry = await open_registry(cfg.registry, feed_retention=cfg.feed_retention)
         self.keys = await open_keystore(cfg, self.registry)
         for tenant in cfg.tenants:
             await self.keys.ensure_tenant(tenant)

@@ -3,18 +3,20 @@ FetchKey calls do (a :class:`krypton.uplink.service.CoreHandler`).
 
 How this works
 --------------
-* **Subscribe** — a gateway gets the current L3 versions of its tenants, one
-  Heartbeat (from there it counts itself in sync), then a stream of changes:
-  L3 versions rotated or revoked (from the key store's listener, which also
-  sees changes made by other processes), and key state changes committed to
-  the registry (by this Core or, on PostgreSQL, by another Core instance).
-  Each subscriber has its own queue; the grants are re-sent every half lease
-  so a connected gateway never runs out of lease. Before the Heartbeat, a new
-  stream also gets the latest state change of each of the last
-  ``REPLAY_LIMIT`` keys this Core has seen change: a gateway that was away (its
-  stream broken, or still backing off after a Core restart) learns of a key
-  destroyed meanwhile instead of serving it on. (Changes older than this Core
-  process, or beyond the limit, are not replayed.)
+* **Subscribe** — a gateway gets a complete L3 snapshot of its tenants
+  (every version: the usable ones opened, the others as drop notices, then
+  :class:`L3Versions` naming the usable set, so the gateway drops any version
+  not listed), then the registry's change feed after the sequence number the
+  gateway last applied (read from the registry in batches, so a Core restart
+  or a long absence loses nothing), then one Heartbeat carrying the feed
+  position replayed through — or, when the gateway's position is older than
+  the feed the registry keeps, a Heartbeat asking it to reconcile — then
+  changes as they commit: L3 versions rotated or revoked (from the key
+  store's listener, which also sees changes made by other processes) and key
+  state changes (from the registry's subscription; one already replayed is
+  not sent twice). Each subscriber has its own queue; the snapshot is re-sent
+  every half lease on a fixed schedule, whatever else the stream carries, so
+  a connected gateway never runs out of lease.
 * **SyncKeys** — wrapped L4 records from a gateway's outbox
   (:class:`~krypton.model.record.KeyRecord`) are inserted into the registry
   (``KeyRecord.to_object``), idempotently; the uids stored are acknowledged.
@@ -25,6 +27,7 @@ How this works
   gateway applies those before relaying the answer.
 * **FetchKey** — a wrapped record by uid (``KeyRecord.from_object``), for a key
   made at another gateway.
+* **KeyStates** — the state of a batch of keys (a gateway reconciling).
 
 Every call leaves an audit record naming the gateway (its authenticated
 SPIFFE ID): a Subscribe one per tenant, a SyncKeys one per tenant with the
@@ -41,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -62,13 +64,15 @@ from krypton.uplink.types import (
     ExecuteRequest,
     ExecuteResult,
     Heartbeat,
+    L3Versions,
     StateChange,
 )
 
 log = logging.getLogger("krypton.core")
 
 DROP_NOTICE_SIZE = 32
-REPLAY_LIMIT = 10_000
+REPLAY_BATCH = 1000
+_DROPPED = frozenset((L3State.COMPROMISED, L3State.DESTROYED))
 
 
 @dataclass(eq=False)
@@ -91,7 +95,7 @@ class CoreService:
         *,
         lease_seconds: float,
         limits: Limits | None = None,
-        replay_limit: int = REPLAY_LIMIT,
+        replay_batch: int = REPLAY_BATCH,
     ) -> None:
         self.registry = registry
         self.keys = keys
@@ -99,8 +103,7 @@ class CoreService:
         self.lease_seconds = lease_seconds
         self.limits = limits or Limits()
         self._subscribers: set[_Subscriber] = set()
-        self._recent: OrderedDict[tuple[str, str], StateChange] = OrderedDict()
-        self._replay_limit = replay_limit
+        self._replay_batch = replay_batch
         self._unsubscribe: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -118,11 +121,6 @@ class CoreService:
     async def _on_registry_change(self, change: Change) -> None:
         if not isinstance(change, StateChange):
             return  # key-table changes arrive through the key store's listener
-        key = (change.tenant, change.uid)
-        self._recent.pop(key, None)
-        self._recent[key] = change
-        while len(self._recent) > self._replay_limit:
-            self._recent.popitem(last=False)
         for sub in list(self._subscribers):
             if change.tenant in sub.tenants:
                 sub.queue.put_nowait(change)
@@ -148,32 +146,81 @@ class CoreService:
         state = states.get(version, L3State.DESTROYED)
         return L3Grant(tenant, version, SecretBytes(bytes(DROP_NOTICE_SIZE)), state, 0.0)
 
+    async def _snapshot(self, tenants: frozenset[str]) -> list[CoreEvent]:
+        """Every L3 version of ``tenants``: usable ones opened, the others as drop
+        notices, then the usable set of each tenant."""
+        events: list[CoreEvent] = []
+        for tenant in sorted(tenants):
+            grants = await self.keys.grants([tenant], self.lease_seconds)
+            usable = frozenset(g.version for g in grants)
+            events.extend(grants)
+            for version, state in sorted((await self.keys.l3_states(tenant)).items()):
+                if version not in usable and state in _DROPPED:
+                    events.append(L3Grant(tenant, version, SecretBytes(bytes(DROP_NOTICE_SIZE)),
+                                          state, 0.0))
+            events.append(L3Versions(tenant, usable))
+        return events
+
+    async def _replay(self, tenants: frozenset[str], after: int | None
+                      ) -> AsyncIterator[StateChange | Heartbeat]:
+        """The feed after ``after``, then the Heartbeat that closes the replay."""
+        pruned, head = await self.registry.feed_bounds()
+        if after is None:
+            yield Heartbeat.now(head)
+            return
+        if after < pruned or after > head:  # too far behind, or ahead of this registry
+            log.info("feed: a gateway at %d is outside the feed kept (%d..%d): reconcile",
+                     after, pruned + 1, head)
+            yield Heartbeat.now(head, reconcile=True)
+            return
+        last = after
+        while True:
+            batch = await self.registry.feed_since(sorted(tenants), last, self._replay_batch)
+            for change in batch:
+                if isinstance(change, StateChange):
+                    yield change
+            if batch:
+                last = batch[-1].seq
+            if len(batch) < self._replay_batch:
+                break
+        yield Heartbeat.now(max(head, last))
+
     # -- CoreHandler -----------------------------------------------------------------
-    async def subscribe(self, gateway: str, tenants: frozenset[str]) -> AsyncIterator[CoreEvent]:
+    async def subscribe(
+        self, gateway: str, tenants: frozenset[str], after_seq: int | None = None
+    ) -> AsyncIterator[CoreEvent]:
         sub = _Subscriber(gateway, tenants)
-        self._subscribers.add(sub)
+        self._subscribers.add(sub)  # before the feed is read: nothing falls in between
         log.info("gateway %s subscribed for %s", gateway, ", ".join(sorted(tenants)))
         for tenant in sorted(tenants):
             await self._audit(gateway, tenant, "Subscribe")
+        loop = asyncio.get_running_loop()
         renew = max(self.lease_seconds / 2, 1.0)
+        through = 0
         try:
-            for grant in await self.keys.grants(sorted(tenants), self.lease_seconds):
-                yield grant
-            for change in [c for c in self._recent.values() if c.tenant in tenants]:
-                yield change
-            yield Heartbeat.now()
+            for event in await self._snapshot(tenants):
+                yield event
+            next_renew = loop.time() + renew
+            async for replayed in self._replay(tenants, after_seq):
+                if isinstance(replayed, Heartbeat):
+                    through = replayed.feed_seq
+                yield replayed
             while True:
+                wait = next_renew - loop.time()
+                if wait <= 0:  # a fixed schedule: other traffic never postpones it
+                    next_renew = loop.time() + renew
+                    for event in await self._snapshot(tenants):
+                        yield event
+                    continue
                 try:
-                    item = await asyncio.wait_for(sub.queue.get(), timeout=renew)
+                    item = await asyncio.wait_for(sub.queue.get(), timeout=wait)
                 except TimeoutError:
-                    for grant in await self.keys.grants(sorted(tenants), self.lease_seconds):
-                        yield grant
                     continue
                 if isinstance(item, tuple):
-                    event = await self._grant_event(*item)
-                    if event is not None:
-                        yield event
-                else:
+                    grant = await self._grant_event(*item)
+                    if grant is not None:
+                        yield grant
+                elif not (isinstance(item, StateChange) and 0 < item.seq <= through):
                     yield item
         finally:
             self._subscribers.discard(sub)
@@ -217,6 +264,12 @@ class CoreService:
         found = "Success" if rec is not None else "ItemNotFound"
         await self._audit(gateway, tenant, "FetchKey", uid, result=found)
         return None if rec is None else KeyRecord.from_object(rec)
+
+    async def key_states(self, gateway: str, tenant: str, uids: Sequence[str]
+                         ) -> list[StateChange]:
+        states = await self.registry.object_states(tenant, uids)
+        await self._audit(gateway, tenant, "KeyStates", detail=f"{len(uids)} key(s)")
+        return [StateChange(tenant, uid, state, rev) for uid, (state, rev) in states.items()]
 
     async def _audit(self, gateway: str, tenant: str, operation: str, uid: str | None = None, *,
                      result: str = "Success", detail: str = "") -> None:

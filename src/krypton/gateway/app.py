@@ -70,7 +70,7 @@ class Gateway:
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants))
         self.upstream = Upstream(self.client, self.vault, limits)
         await self.upstream.start()
-        self.l3_source = UplinkL3Source(self.client)
+        self.l3_source = UplinkL3Source(self.client, max_lease=cfg.uplink.max_lease)
         await self.l3_source.start(self.keyring)
         await self.vault.seal_legacy()  # records from before they were authenticated
         services = Services(

@@ -20,6 +20,18 @@ the consistency rules of DESIGN §4:
   while the Core was away stay in the outbox; a drainer task sends them in
   batches whenever the uplink is READY (woken by every ``Create``, and when
   the link comes back).
+* **The change feed.** Changes made through other gateways arrive on the
+  Subscribe stream from the Core's durable feed; :meth:`apply` brings a held
+  record up to the Core's and writes the feed position in the same vault
+  transaction (a change to a key not held only moves the position, written
+  with the next change or when the replay ends). When the Core says this
+  gateway's position is older than the feed it keeps, :meth:`caught_up`
+  reconciles every key held (``KeyStates``, ``RECONCILE_BATCH`` at a time)
+  before the uplink reports READY.
+* **Failures that teach.** A delegated item that fails on a key held here
+  (already destroyed, wrong state, ...) makes the gateway ask the Core for
+  that key's record and take its state: the Core may know something the
+  feed has not brought yet.
 * **Read-through.** A ``Get`` of a key this gateway does not hold asks the
   Core (``FetchKey``) and keeps the wrapped record in the vault. Concurrent
   reads of one such key share one ``FetchKey`` and one vault write.
@@ -39,12 +51,12 @@ from krypton.errors import KryptonError
 from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
 from krypton.ttlv.codec import Limits, decode, encode
-from krypton.ttlv.enums import Operation
+from krypton.ttlv.enums import Operation, ResultStatus
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 from krypton.uplink.client import UplinkClient
-from krypton.uplink.types import ConnectionState, ExecuteRequest, StateChange
-from krypton.vault.sqlite import Vault
+from krypton.uplink.types import ConnectionState, ExecuteRequest, Heartbeat, StateChange
+from krypton.vault.sqlite import DESTROYED_STATES, Vault
 
 log = logging.getLogger("krypton.upstream")
 
@@ -53,6 +65,8 @@ T = TypeVar("T")
 DRAIN_BATCH = 512
 DRAIN_INTERVAL = 0.5
 DRAIN_LINGER = 0.1
+RECONCILE_BATCH = 500
+CURSOR_FLUSH = 1000  # feed positions skipped (keys not held) before one is written
 
 
 class Upstream:
@@ -77,14 +91,17 @@ class Upstream:
         self._remove: Callable[[], None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._fetching: dict[tuple[str, str], asyncio.Task[KeyRecord | None]] = {}
+        self._position = 0  # the feed position applied, maybe not yet written
+        self._written = 0  # the feed position the vault holds
 
     async def start(self) -> None:
-        self._remove = self.client.add_listener(
-            on_state=self._on_state, on_connection=self._on_connection
-        )
+        self._position = self._written = self.vault.cursor()
+        self.client.set_feed(self)
+        self._remove = self.client.add_listener(on_connection=self._on_connection)
         self._drainer = asyncio.create_task(self._drain_forever(), name="outbox-drainer")
 
     async def close(self) -> None:
+        self.client.set_feed(None)
         if self._remove is not None:
             self._remove()
         if self._drainer is not None:
@@ -153,7 +170,23 @@ class Upstream:
         for change in result.changes:
             if belongs(change, ctx.tenant):
                 await self._refresh(change)
-        return decode(result.batch_item, self.limits), result.placeholder
+        answer = decode(result.batch_item, self.limits)
+        status = answer.find(Tag.RESULT_STATUS)
+        if status is not None and status.value != ResultStatus.SUCCESS:
+            await self._learn_from_failure(ctx, _named_uid(raw_item) or ctx.placeholder)
+        return answer, result.placeholder
+
+    async def _learn_from_failure(self, ctx: RequestContext, uid: str | None) -> None:
+        """A failed item on a live key held here: take the Core's state of it."""
+        rec = None if uid is None else self.vault.get(uid)
+        if rec is None or rec.tenant != ctx.tenant or not rec.synced:
+            return
+        if rec.state in DESTROYED_STATES:
+            return
+        try:
+            await self._refresh(StateChange(rec.tenant, rec.uid, rec.state, 0))
+        except KryptonError as exc:
+            log.info("state of %s not refreshed after a failure: %s", rec.uid, exc.message)
 
     async def _sync_before(self, ctx: RequestContext, raw_item: Item) -> None:
         operation = raw_item.find(Tag.OPERATION)
@@ -193,21 +226,53 @@ class Upstream:
         if not task.cancelled():
             task.exception()  # retrieved: every caller may have gone
 
-    # -- state flowing down ------------------------------------------------------------
-    def _on_state(self, change: StateChange) -> None:
-        task = asyncio.create_task(self._apply(change))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    # -- the change feed (krypton.uplink.client.FeedSink) --------------------------------
+    def cursor(self) -> int | None:
+        if self._written == 0 and not self.vault.holds_keys():
+            return None  # nothing held: start at the head of the Core's feed
+        return self._written
 
-    async def _apply(self, change: StateChange) -> None:
-        try:
-            await self._refresh(change)
-        except KryptonError as exc:
-            log.warning("change of %s not applied: %s", change.uid, exc.message)
+    async def apply(self, change: StateChange) -> None:
+        rec = self.vault.get(change.uid)
+        if rec is None or rec.tenant != change.tenant:
+            self._position = max(self._position, change.seq)
+            if self._position - self._written >= CURSOR_FLUSH:
+                await self._write_position(self._position)
+            return
+        await self._refresh(change)
+
+    async def caught_up(self, beat: Heartbeat) -> None:
+        if beat.reconcile:
+            await self.reconcile()
+        position = beat.feed_seq if beat.reconcile else max(beat.feed_seq, self._position)
+        await self._write_position(position)
+
+    async def _write_position(self, seq: int) -> None:
+        await self.vault.set_cursor(seq)
+        self._position = self._written = seq
+
+    async def reconcile(self) -> int:
+        """Take the Core's state of every live key held here; how many changed."""
+        changed = 0
+        for tenant in self.client.tenants:
+            after = ""
+            while uids := self.vault.held(tenant, after, RECONCILE_BATCH):
+                states = await self.client.key_states(tenant, uids)
+                for uid in uids:
+                    rec, now = self.vault.get(uid), states.get(uid)
+                    if now is None:
+                        log.warning("reconcile: %s (%s) is not at the Krypton Core", uid, tenant)
+                    elif rec is not None and now.state != rec.state:
+                        await self._refresh(now)
+                        changed += 1
+                after = uids[-1]
+        log.info("reconcile: %d key(s) brought up to the Krypton Core's state", changed)
+        return changed
 
     async def _refresh(self, change: StateChange) -> None:
         """Bring a held record up to the Core's: its state, and its attributes when
-        the Core can be asked (a change event does not carry them)."""
+        the Core can be asked (a change event does not carry them); the change's
+        feed position is written with it."""
         rec = self.vault.get(change.uid)
         if not belongs(rec, change.tenant):
             return
@@ -216,17 +281,25 @@ class Upstream:
             fresh = await self.client.fetch_key(change.tenant, change.uid)
         except KryptonError:
             fresh = None
+        seq = change.seq
         if fresh is not None and fresh.wrapped and not rec.wrapped:
             # The Core undid a Destroy (a batch with Undo: krypton.engine.undo) that
             # erased the key here: take its material back.
-            await self.vault.reinstate(fresh)
-            return
-        if fresh is not None:
-            state = fresh.state
-            if fresh.attributes and fresh.attributes != rec.attributes:
-                await self.vault.update_attributes(change.uid, fresh.attributes)
-        if state != rec.state:
-            await self.vault.update_state(change.uid, state)
+            await self.vault.reinstate(fresh, seq=seq)
+        else:
+            attributes = None
+            if fresh is not None:
+                state = fresh.state
+                if fresh.attributes and fresh.attributes != rec.attributes:
+                    attributes = fresh.attributes
+            if state != rec.state or attributes is not None or seq > 0:
+                await self.vault.apply_change(
+                    change.uid, state=state if state != rec.state else None,
+                    attributes=attributes, seq=seq,
+                )
+        if seq > 0:
+            self._position = max(self._position, seq)
+            self._written = max(self._written, seq)
 
     def _on_connection(self, state: ConnectionState) -> None:
         if state is ConnectionState.READY:

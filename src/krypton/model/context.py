@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from krypton.kmip.versions import ProtocolVersion
+from krypton.model.registry import AuditSlot
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,8 @@ class RequestContext:
     # At the Core: the batch this item belongs to asked for Undo (krypton.engine.undo);
     # what the item changes is journaled under this token until the batch ends.
     undo_token: str | None = None
+    # At the Core: the operation's audit record, written with its first change.
+    audit: AuditSlot | None = field(default=None, compare=False)
 
     def with_placeholder(self, uid: str | None) -> RequestContext:
         return self if uid is None or uid == self.placeholder else replace(self, placeholder=uid)

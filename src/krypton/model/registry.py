@@ -27,6 +27,14 @@ one Core process exists, so in-process delivery suffices). ``put_objects``
 publishes nothing: a new object is not a change any gateway holds a copy of.
 Each subscriber gets its events in commit order, one callback at a time.
 
+The change feed: every committed ``update_object`` and every key version
+``put_keys`` changes is also written, in the same transaction, to the feed
+with a sequence number (increasing in commit order; the change events carry
+it as ``seq``). A gateway that was away asks for the feed after the last
+number it applied (``feed_since``); the feed keeps the newest
+``feed_retention`` changes (a backend setting), and ``feed_bounds`` says where
+it starts, so a caller further behind knows it must reconcile instead.
+
 Concurrency: ``update_object`` is a compare-and-set on ``revision`` and
 ``put_keys`` never replaces a version's sealed material, so two Core
 instances racing on one object or one L3 rotation get a
@@ -118,6 +126,15 @@ class AuditRecord:
     detail: str = ""
 
 
+@dataclass(slots=True, eq=False)
+class AuditSlot:
+    """The audit record of the operation running, for the first change it
+    commits to carry in its transaction (``written`` once it has)."""
+
+    record: AuditRecord
+    written: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class SealedKey:
     """A tenant key (L2 sealed by the master key, L3 sealed by L2) as stored.
@@ -151,6 +168,7 @@ class StateChange:
     uid: str
     state: int
     revision: int
+    seq: int = 0  # its place in the registry's change feed (0: not from the feed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +179,7 @@ class KeyChange:
     level: str
     version: int
     state: int
+    seq: int = 0  # its place in the registry's change feed (0: not from the feed)
 
 
 Change: TypeAlias = StateChange | KeyChange
@@ -183,12 +202,15 @@ class Registry(Protocol):
     async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
         """The object, or None if it does not exist *for this tenant*."""
 
-    async def update_object(self, record: ObjectRecord) -> ObjectRecord:
+    async def update_object(
+        self, record: ObjectRecord, audit: AuditRecord | None = None
+    ) -> ObjectRecord:
         """Replace the mutable fields (state, algorithm, length, l3_version,
         sealed, attributes, names, groups, custom) of the object whose revision
         is ``record.revision``; returns it as stored, with the revision bumped.
         ``ItemNotFound`` if the tenant has no such object; ``RegistryConflict``
-        if its revision has moved on."""
+        if its revision has moved on. ``audit``, if given, is appended in the
+        same transaction (the change and its audit record commit together)."""
 
     async def locate(self, query: LocateQuery) -> list[str]:
         """Unique identifiers matching every given filter, in creation order
@@ -217,6 +239,19 @@ class Registry(Protocol):
     async def subscribe(self, callback: Callable[[Change], Awaitable[None]]) -> Callable[[], None]:
         """Deliver every committed change (from now on) to ``callback`` on the
         calling event loop; returns the function that unsubscribes."""
+
+    async def feed_since(
+        self, tenants: Sequence[str], after: int, limit: int
+    ) -> list[Change]:
+        """The change feed: up to ``limit`` changes of ``tenants`` with a sequence
+        number above ``after``, in sequence order (each carries its ``seq``)."""
+
+    async def feed_bounds(self) -> tuple[int, int]:
+        """(pruned, head): changes up to ``pruned`` are no longer kept; ``head`` is
+        the newest sequence number committed (0 for an empty feed)."""
+
+    async def object_states(self, tenant: str, uids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """uid → (state, revision) for those of ``uids`` the tenant has."""
 
     async def key_fingerprint(self, levels: Sequence[str]) -> KeyFingerprint | None:
         """For a watcher of tenant keys: a summary, per tenant, of the key

@@ -24,16 +24,18 @@ from krypton.registry._common import Dialect, locate_sql
 __all__ = ["Dialect", "locate_sql", "open_registry"]
 
 
-async def open_registry(url: str) -> Registry:
-    """Open the registry ``url`` names (see the module comment)."""
+async def open_registry(url: str, *, feed_retention: int | None = None) -> Registry:
+    """Open the registry ``url`` names (see the module comment); its change feed
+    keeps the newest ``feed_retention`` changes (default: the backends')."""
+    kw = {} if feed_retention is None else {"feed_retention": feed_retention}
     if url.startswith(("postgresql://", "postgres://")):
         from krypton.registry.postgres import PostgresRegistry
 
-        return await PostgresRegistry.open(url)
+        return await PostgresRegistry.open(url, **kw)
     if url.startswith("sqlite:") and len(url) > len("sqlite:"):
         from krypton.registry.sqlite import SqliteRegistry
 
-        return SqliteRegistry.open(url.removeprefix("sqlite:"))
+        return SqliteRegistry.open(url.removeprefix("sqlite:"), **kw)
     # Never echo the URL: a mistyped PostgreSQL URL may carry a password.
     raise ConfigError("registry: must be 'sqlite:<path>', 'sqlite::memory:' or 'postgresql://...'")
 

@@ -25,10 +25,12 @@ from typing import Any, Literal
 from krypton.errors import InvalidField
 from krypton.model.registry import (
     Change,
+    KeyChange,
     LocateQuery,
     ObjectRecord,
     RegistryConflict,
     SealedKey,
+    StateChange,
 )
 
 log = logging.getLogger("krypton.registry")
@@ -43,6 +45,32 @@ OBJECT_COLUMNS = (
 )
 AUDIT_COLUMNS = "time, identity, tenant, operation, uid, result, gateway, correlation_id, detail"
 KEY_COLUMNS = "tenant, level, version, state, sealed, created"
+FEED_COLUMNS = "seq, tenant, kind, name, number, state"
+DEFAULT_FEED_RETENTION = 1_000_000
+
+
+def feed_row(change: Change) -> tuple[str, str, str, int, int]:
+    """(tenant, kind, name, number, state) of a change, as the feed table holds it."""
+    if isinstance(change, StateChange):
+        return change.tenant, "o", change.uid, int(change.revision), int(change.state)
+    return change.tenant, "k", change.level, int(change.version), int(change.state)
+
+
+def change_from_feed(row: Sequence[Any]) -> Change:
+    seq, tenant, kind, name, number, state = row
+    if kind == "o":
+        return StateChange(tenant, name, int(state), int(number), int(seq))
+    return KeyChange(tenant, name, int(number), int(state), int(seq))
+
+
+def feed_sql(count: int, dialect: Dialect) -> str:
+    """The feed read: changes of ``count`` tenants after a seq, oldest first, limited."""
+    p = "?" if dialect == "sqlite" else "%s"
+    tenants = ", ".join([p] * count)
+    return (
+        f"SELECT {FEED_COLUMNS} FROM feed WHERE seq > {p} AND tenant IN ({tenants})"  # noqa: S608
+        f" ORDER BY seq LIMIT {p}"
+    )
 
 
 def object_row(r: ObjectRecord) -> tuple[Any, ...]:

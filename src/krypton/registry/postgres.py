@@ -36,7 +36,9 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -58,11 +60,15 @@ from krypton.model.registry import (
 )
 from krypton.registry._common import (
     AUDIT_COLUMNS,
+    DEFAULT_FEED_RETENTION,
     KEY_COLUMNS,
     OBJECT_COLUMNS,
     Callback,
     Fanout,
+    change_from_feed,
     conflict_owner,
+    feed_row,
+    feed_sql,
     key_changed,
     locate_sql,
     object_row,
@@ -75,6 +81,11 @@ log = logging.getLogger("krypton.registry")
 
 CHANNEL = "krypton_state"
 _MIGRATION_LOCK = 0x4B525950  # "KRYP": pg_advisory_xact_lock key for migrations
+_FEED_LOCK = 0x4B524644  # "KRFD": serialises change-feed writers (seq in commit order)
+_INSERT_FEED = (
+    "INSERT INTO feed (tenant, kind, name, number, state, time)"
+    " VALUES (%s, %s, %s, %s, %s, %s) RETURNING seq"
+)
 Conn = psycopg.AsyncConnection[Any]
 
 _OBJECT_TYPES = (
@@ -158,21 +169,55 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 
 def _encode(change: Change) -> str:
     if isinstance(change, StateChange):
-        return json.dumps(["o", change.tenant, change.uid, change.state, change.revision])
-    return json.dumps(["k", change.tenant, change.level, change.version, change.state])
+        return json.dumps(
+            ["o", change.tenant, change.uid, change.state, change.revision, change.seq]
+        )
+    return json.dumps(["k", change.tenant, change.level, change.version, change.state, change.seq])
 
 
 def decode_change(payload: str) -> Change | None:
     """A notification's change; None for a payload this Core does not understand."""
     try:
-        kind, tenant, a, b, c = json.loads(payload)
+        kind, tenant, a, b, c, *rest = json.loads(payload)
+        seq = int(rest[0]) if rest else 0
         if kind == "o":
-            return StateChange(str(tenant), str(a), int(b), int(c))
+            return StateChange(str(tenant), str(a), int(b), int(c), seq)
         if kind == "k":
-            return KeyChange(str(tenant), str(a), int(b), int(c))
-    except (ValueError, TypeError):
+            return KeyChange(str(tenant), str(a), int(b), int(c), seq)
+    except (ValueError, TypeError, IndexError):
         pass
     return None
+
+
+async def _to_feed(conn: Conn, changes: Sequence[Change], retention: int) -> list[Change]:
+    """Write ``changes`` to the feed in the caller's transaction; them with their seq.
+
+    The transaction-scoped advisory lock makes sequence numbers commit in
+    order across Core instances: a reader that has seen seq N never later
+    finds a smaller one committed behind it."""
+    if not changes:
+        return []
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_FEED_LOCK,))
+    out: list[Change] = []
+    now = time.time()
+    for change in changes:
+        cur = await conn.execute(_INSERT_FEED, (*feed_row(change), now))
+        row = await cur.fetchone()
+        assert row is not None
+        out.append(replace(change, seq=int(row[0])))
+    cut = out[-1].seq - retention
+    if retention > 0 and cut > 0:
+        cur = await conn.execute("DELETE FROM feed WHERE seq <= %s", (cut,))
+        if cur.rowcount:
+            await conn.execute("UPDATE feed_floor SET pruned = GREATEST(pruned, %s)", (cut,))
+    return out
+
+
+def _audit_row(r: AuditRecord) -> tuple[Any, ...]:
+    return (
+        float(r.time), r.identity, r.tenant, r.operation, r.uid, r.result,
+        r.gateway, r.correlation_id, r.detail,
+    )  # fmt: skip
 
 
 async def _notify(conn: Conn, changes: Sequence[Change]) -> None:
@@ -200,7 +245,11 @@ async def _migrate(conn: Conn) -> int:
 class PostgresRegistry:
     """The registry in a PostgreSQL database; see the module comment."""
 
-    def __init__(self, dsn: str, pool: AsyncConnectionPool[Conn], secrets: list[str]) -> None:
+    def __init__(
+        self, dsn: str, pool: AsyncConnectionPool[Conn], secrets: list[str],
+        feed_retention: int = DEFAULT_FEED_RETENTION,
+    ) -> None:
+        self.feed_retention = feed_retention
         self._dsn = dsn
         self._pool = pool
         self._secrets = secrets
@@ -212,7 +261,8 @@ class PostgresRegistry:
 
     @classmethod
     async def open(
-        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0
+        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0,
+        feed_retention: int = DEFAULT_FEED_RETENTION,
     ) -> PostgresRegistry:
         """Connect, migrate the schema, and open the connection pool."""
         secrets = dsn_secrets(dsn)
@@ -230,7 +280,7 @@ class PostgresRegistry:
             await pool.open(wait=True, timeout=timeout)
         except psycopg.Error as exc:
             raise _storage_error(exc, "open", secrets) from None
-        return cls(dsn, pool, secrets)
+        return cls(dsn, pool, secrets, feed_retention)
 
     def __repr__(self) -> str:
         return f"PostgresRegistry({redact(self._dsn, self._secrets[1:])!r})"
@@ -269,7 +319,9 @@ class PostgresRegistry:
             return None
         return record_from_row(row[:12], row[12], row[13], list(zip(row[14], row[15], strict=True)))
 
-    async def update_object(self, record: ObjectRecord) -> ObjectRecord:
+    async def update_object(
+        self, record: ObjectRecord, audit: AuditRecord | None = None
+    ) -> ObjectRecord:
         r = record
         async with self._transaction("update") as conn:
             cur = await conn.execute(
@@ -303,7 +355,10 @@ class PostgresRegistry:
                     (r.uid,),
                 )
             await self._insert_sides(conn, side_rows(new))
-            await _notify(conn, [StateChange(new.tenant, new.uid, new.state, new.revision)])
+            change = StateChange(new.tenant, new.uid, new.state, new.revision)
+            if audit is not None:
+                await conn.execute(_INSERT_AUDIT, _audit_row(audit))
+            await _notify(conn, await _to_feed(conn, [change], self.feed_retention))
         return new
 
     async def locate(self, query: LocateQuery) -> list[str]:
@@ -313,15 +368,8 @@ class PostgresRegistry:
             return [row[0] for row in await cur.fetchall()]
 
     async def append_audit(self, record: AuditRecord) -> None:
-        r = record
         async with self._connection("audit write") as conn:
-            await conn.execute(
-                _INSERT_AUDIT,
-                (
-                    float(r.time), r.identity, r.tenant, r.operation, r.uid, r.result,
-                    r.gateway, r.correlation_id, r.detail,
-                ),
-            )  # fmt: skip
+            await conn.execute(_INSERT_AUDIT, _audit_row(record))
 
     async def audit(
         self, tenant: str | None = None, limit: int = 1000, *, since: float | None = None
@@ -368,7 +416,7 @@ class PostgresRegistry:
                         (int(k.state), k.sealed, *where),
                     )
                 changes.append(KeyChange(k.tenant, k.level, int(k.version), int(k.state)))
-            await _notify(conn, changes)
+            await _notify(conn, await _to_feed(conn, changes, self.feed_retention))
 
     async def put_key(self, key: SealedKey) -> None:
         await self.put_keys((key,))
@@ -388,6 +436,36 @@ class PostgresRegistry:
     async def subscribe(self, callback: Callback) -> Callable[[], None]:
         await self._ensure_listener()
         return self._fanout.add(callback)
+
+    async def feed_since(self, tenants: Sequence[str], after: int, limit: int) -> list[Change]:
+        wanted = sorted(set(tenants))
+        if not wanted or limit <= 0:
+            return []
+        async with self._connection("feed read") as conn:
+            cur = await conn.execute(feed_sql(len(wanted), "postgresql"), (after, *wanted, limit))
+            rows = await cur.fetchall()
+        return [change_from_feed(r) for r in rows]
+
+    async def feed_bounds(self) -> tuple[int, int]:
+        async with self._connection("feed read") as conn:
+            cur = await conn.execute(
+                "SELECT (SELECT max(pruned) FROM feed_floor), (SELECT max(seq) FROM feed)"
+            )
+            row = await cur.fetchone()
+        pruned = int(row[0] or 0) if row else 0
+        head = int(row[1] or 0) if row else 0
+        return pruned, max(pruned, head)
+
+    async def object_states(self, tenant: str, uids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        if not uids:
+            return {}
+        async with self._connection("state read") as conn:
+            cur = await conn.execute(
+                "SELECT uid, state, revision FROM objects WHERE tenant = %s AND uid = ANY(%s)",
+                (tenant, list(uids)),
+            )
+            rows = await cur.fetchall()
+        return {uid: (int(state), int(revision)) for uid, state, revision in rows}
 
     async def key_fingerprint(self, levels: Sequence[str]) -> KeyFingerprint | None:
         """Nothing to poll: ``subscribe`` hears every instance (LISTEN/NOTIFY)."""

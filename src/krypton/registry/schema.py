@@ -9,7 +9,11 @@ Tables: ``objects`` (one row per managed object; ``seq`` is the insertion
 order Locate sorts by after ``created``), the Locate side tables
 ``object_names``, ``object_groups`` and ``object_custom`` (rewritten with
 their object; ``pos`` keeps the order of the record's tuple), ``keys`` (sealed
-tenant keys) and ``audit``.
+tenant keys) and ``audit``; from v2 the change feed ``feed`` (one row per
+committed change, ``seq`` in commit order; ``kind`` 'o' is an object: ``name``
+its uid, ``number`` its revision; 'k' a tenant key: ``name`` its level,
+``number`` its version) and ``feed_floor`` (one row: the highest ``seq``
+pruned).
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ _INDEXES = (
     "CREATE INDEX object_groups_tenant_name ON object_groups(tenant, name)",
     "CREATE INDEX object_custom_tenant_name_value ON object_custom(tenant, name, value)",
     "CREATE INDEX audit_tenant_time ON audit(tenant, time)",
+)
+
+_FEED_TAIL = (
+    "CREATE INDEX feed_tenant_seq ON feed(tenant, seq)",
+    "CREATE TABLE feed_floor (pruned BIGINT NOT NULL)",
+    "INSERT INTO feed_floor VALUES (0)",
 )
 
 
@@ -66,6 +76,14 @@ SQLITE: tuple[tuple[str, ...], ...] = (
         " gateway TEXT, correlation_id TEXT, detail TEXT NOT NULL)",
         *_INDEXES,
     ),
+    # v2: the change feed
+    (
+        "CREATE TABLE feed ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " tenant TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,"
+        " number INTEGER NOT NULL, state INTEGER NOT NULL, time REAL NOT NULL)",
+        *_FEED_TAIL,
+    ),
 )
 
 POSTGRES: tuple[tuple[str, ...], ...] = (
@@ -89,6 +107,14 @@ POSTGRES: tuple[tuple[str, ...], ...] = (
         " operation TEXT NOT NULL, uid TEXT, result TEXT NOT NULL,"
         " gateway TEXT, correlation_id TEXT, detail TEXT NOT NULL)",
         *_INDEXES,
+    ),
+    # v2: the change feed
+    (
+        "CREATE TABLE feed ("
+        " seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " tenant TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,"
+        " number BIGINT NOT NULL, state INTEGER NOT NULL, time DOUBLE PRECISION NOT NULL)",
+        *_FEED_TAIL,
     ),
 )
 

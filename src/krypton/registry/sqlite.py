@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -44,11 +45,15 @@ from krypton.model.registry import (
 )
 from krypton.registry._common import (
     AUDIT_COLUMNS,
+    DEFAULT_FEED_RETENTION,
     KEY_COLUMNS,
     OBJECT_COLUMNS,
     Callback,
     Fanout,
+    change_from_feed,
     conflict_owner,
+    feed_row,
+    feed_sql,
     key_changed,
     locate_sql,
     object_row,
@@ -98,9 +103,28 @@ def _put_objects(
     return None, ()
 
 
+def _to_feed(conn: sqlite3.Connection, changes: Sequence[Change], retention: int) -> list[Change]:
+    """Write ``changes`` to the feed (in the caller's transaction); them with their seq."""
+    out: list[Change] = []
+    now = time.time()
+    for change in changes:
+        cur = conn.execute(
+            "INSERT INTO feed (tenant, kind, name, number, state, time) VALUES (?, ?, ?, ?, ?, ?)",
+            (*feed_row(change), now),
+        )
+        assert cur.lastrowid is not None
+        out.append(replace(change, seq=int(cur.lastrowid)))
+    if out and retention > 0:
+        cut = out[-1].seq - retention
+        if cut > 0 and conn.execute("DELETE FROM feed WHERE seq <= ?", (cut,)).rowcount:
+            conn.execute("UPDATE feed_floor SET pruned = max(pruned, ?)", (cut,))
+    return out
+
+
 def _update_object(
-    conn: sqlite3.Connection, record: ObjectRecord
-) -> tuple[ObjectRecord, tuple[Change]]:
+    conn: sqlite3.Connection, payload: tuple[ObjectRecord, int, AuditRecord | None]
+) -> tuple[ObjectRecord, list[Change]]:
+    record, retention, audit = payload
     row = conn.execute(
         f"SELECT {OBJECT_COLUMNS} FROM objects WHERE uid = ?",  # noqa: S608
         (record.uid,),
@@ -123,7 +147,10 @@ def _update_object(
     for table in _SIDE_INSERT:
         conn.execute(f"DELETE FROM {table} WHERE uid = ?", (new.uid,))  # noqa: S608
     _insert_sides(conn, new)
-    return new, (StateChange(new.tenant, new.uid, new.state, new.revision),)
+    change = StateChange(new.tenant, new.uid, new.state, new.revision)
+    if audit is not None:
+        _append_audit(conn, audit)
+    return new, _to_feed(conn, (change,), retention)
 
 
 def _append_audit(conn: sqlite3.Connection, r: AuditRecord) -> tuple[None, tuple[()]]:
@@ -137,7 +164,10 @@ def _append_audit(conn: sqlite3.Connection, r: AuditRecord) -> tuple[None, tuple
     return None, ()
 
 
-def _put_keys(conn: sqlite3.Connection, keys: Sequence[SealedKey]) -> tuple[None, list[Change]]:
+def _put_keys(
+    conn: sqlite3.Connection, payload: tuple[Sequence[SealedKey], int]
+) -> tuple[None, list[Change]]:
+    keys, retention = payload
     changes: list[Change] = []
     for k in keys:
         where = (k.tenant, k.level, int(k.version))
@@ -158,7 +188,7 @@ def _put_keys(conn: sqlite3.Connection, keys: Sequence[SealedKey]) -> tuple[None
         else:
             continue
         changes.append(KeyChange(k.tenant, k.level, int(k.version), int(k.state)))
-    return None, changes
+    return None, _to_feed(conn, changes, retention)
 
 
 # -- reads (one read transaction each) --------------------------------------------
@@ -219,6 +249,36 @@ def _fingerprint(levels: tuple[str, ...], conn: sqlite3.Connection) -> KeyFinger
     return {t: tuple(summary) for t, summary in out.items()}
 
 
+def _feed_since(
+    tenants: tuple[str, ...], after: int, limit: int, conn: sqlite3.Connection
+) -> list[Change]:
+    if not tenants or limit <= 0:
+        return []
+    rows = conn.execute(feed_sql(len(tenants), "sqlite"), (after, *tenants, limit)).fetchall()
+    return [change_from_feed(r) for r in rows]
+
+
+def _feed_bounds(conn: sqlite3.Connection) -> tuple[int, int]:
+    pruned = int(conn.execute("SELECT max(pruned) FROM feed_floor").fetchone()[0] or 0)
+    head = conn.execute("SELECT max(seq) FROM feed").fetchone()[0]
+    return pruned, max(pruned, int(head or 0))
+
+
+def _object_states(
+    tenant: str, uids: tuple[str, ...], conn: sqlite3.Connection
+) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for start in range(0, len(uids), 500):
+        part = uids[start : start + 500]
+        marks = ", ".join("?" * len(part))
+        for uid, state, revision in conn.execute(
+            f"SELECT uid, state, revision FROM objects WHERE tenant = ? AND uid IN ({marks})",  # noqa: S608
+            (tenant, *part),
+        ):
+            out[uid] = (int(state), int(revision))
+    return out
+
+
 def _as_write(conn: sqlite3.Connection, read: Callable[[sqlite3.Connection], Any]) -> Any:
     """A read queued to the writer (the in-memory database has one connection)."""
     return read(conn), ()
@@ -234,8 +294,12 @@ def _changes(ops: list[Op[_Work]]) -> list[Change]:
 class SqliteRegistry:
     """The registry in one SQLite file (or in memory); see the module comment."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection, max_batch: int) -> None:
+    def __init__(
+        self, path: str, conn: sqlite3.Connection, max_batch: int,
+        feed_retention: int = DEFAULT_FEED_RETENTION,
+    ) -> None:
         self.path = path
+        self.feed_retention = feed_retention
         self._memory = path == ":memory:"
         self._readers = Readers(path, "registry")
         self._fanout = Fanout()
@@ -245,13 +309,16 @@ class SqliteRegistry:
         )  # fmt: skip
 
     @classmethod
-    def open(cls, path: str | Path, *, max_batch: int = 1024) -> SqliteRegistry:
+    def open(
+        cls, path: str | Path, *, max_batch: int = 1024,
+        feed_retention: int = DEFAULT_FEED_RETENTION,
+    ) -> SqliteRegistry:
         """Open (creating and migrating as needed) the registry at ``path``."""
         path = str(path)
         conn = open_file(
             path, name="registry", migrate=migrate_sqlite, pragmas=("foreign_keys = ON",)
         )
-        return cls(path, conn, max_batch)
+        return cls(path, conn, max_batch, feed_retention)
 
     def __repr__(self) -> str:
         return f"SqliteRegistry({self.path!r})"
@@ -270,8 +337,12 @@ class SqliteRegistry:
     async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
         return await self._read(lambda conn: _get_object(tenant, uid, conn))
 
-    async def update_object(self, record: ObjectRecord) -> ObjectRecord:
-        result: ObjectRecord = await self._write(_update_object, record)
+    async def update_object(
+        self, record: ObjectRecord, audit: AuditRecord | None = None
+    ) -> ObjectRecord:
+        result: ObjectRecord = await self._write(
+            _update_object, (record, self.feed_retention, audit)
+        )
         return result
 
     async def locate(self, query: LocateQuery) -> list[str]:
@@ -289,7 +360,7 @@ class SqliteRegistry:
     async def put_keys(self, keys: Sequence[SealedKey]) -> None:
         batch = tuple(keys)
         if batch:
-            await self._write(_put_keys, batch)
+            await self._write(_put_keys, (batch, self.feed_retention))
 
     async def put_key(self, key: SealedKey) -> None:
         await self.put_keys((key,))
@@ -299,6 +370,17 @@ class SqliteRegistry:
 
     async def subscribe(self, callback: Callback) -> Callable[[], None]:
         return self._fanout.add(callback)
+
+    async def feed_since(self, tenants: Sequence[str], after: int, limit: int) -> list[Change]:
+        wanted = tuple(sorted(set(tenants)))
+        return await self._read(lambda conn: _feed_since(wanted, after, limit, conn))
+
+    async def feed_bounds(self) -> tuple[int, int]:
+        return await self._read(_feed_bounds)
+
+    async def object_states(self, tenant: str, uids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        wanted = tuple(uids)
+        return await self._read(lambda conn: _object_states(tenant, wanted, conn))
 
     async def key_fingerprint(self, levels: Sequence[str]) -> KeyFingerprint | None:
         """A file's other users (processes) are not heard by ``subscribe``: poll this."""

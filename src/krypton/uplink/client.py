@@ -31,6 +31,17 @@ certificate before gRPC may use the connection. What the Core sends is
 checked against what was asked: a pushed event must be for a subscribed
 tenant, a FetchKey answer for the uid and tenant asked.
 
+The change feed: a gateway with a :class:`FeedSink` (``set_feed``) subscribes
+with the feed position it last applied (``FeedSink.cursor``) and has every
+state change applied by ``FeedSink.apply`` one at a time, in stream order,
+before the next message is read. The stream's first Heartbeat goes to
+``FeedSink.caught_up`` (which reconciles when the Core says the position is
+too old, and records the position) *before* the state becomes READY: READY
+means the gateway holds nothing the Core has changed. A sink that fails makes
+the stream end, so the same changes are replayed on the next one. An
+:class:`L3Versions` (the end of each L3 snapshot) goes to ``on_versions``
+listeners; :class:`UplinkL3Source` drops every version it does not list.
+
 L3 material pushed by the Core becomes a :class:`SecretBytes` at once and is
 owned by the (first) ``on_l3`` listener, e.g. :class:`UplinkL3Source`, which
 installs it into the gateway's :class:`~krypton.crypto.keyring.KeyRing`.
@@ -43,9 +54,9 @@ import contextlib
 import logging
 import random
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -61,6 +72,7 @@ from krypton.uplink.types import (
     ExecuteRequest,
     ExecuteResult,
     Heartbeat,
+    L3Versions,
     StateChange,
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
@@ -80,6 +92,23 @@ Resp = TypeVar("Resp")
 L3Listener = Callable[[L3Grant], None]
 StateListener = Callable[[StateChange], None]
 ConnectionListener = Callable[[ConnectionState], None]
+VersionsListener = Callable[[L3Versions], None]
+
+
+class FeedSink(Protocol):
+    """Where the Core's change feed is applied (the gateway's upstream)."""
+
+    def cursor(self) -> int | None:
+        """The last feed position applied; None when nothing is held yet."""
+        ...
+
+    async def apply(self, change: StateChange) -> None:
+        """Apply one change durably, its position with it (raise to replay it)."""
+        ...
+
+    async def caught_up(self, beat: Heartbeat) -> None:
+        """The replay is over (``beat.feed_seq``); reconcile first if ``beat.reconcile``."""
+        ...
 
 
 class _Stale(Exception):
@@ -91,6 +120,7 @@ class _Listener:
     on_l3: L3Listener | None
     on_state: StateListener | None
     on_connection: ConnectionListener | None
+    on_versions: VersionsListener | None = None
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -129,6 +159,7 @@ class UplinkClient:
         self._setting = setting
         self._core_id = core_id or None
         self._pipe: CorePipe | None = None
+        self._feed: FeedSink | None = None
         self._listeners: list[_Listener] = []
         self._state = ConnectionState.DOWN
         self._last_error = "not started"
@@ -154,6 +185,10 @@ class UplinkClient:
         return self._last_error
 
     @property
+    def tenants(self) -> tuple[str, ...]:
+        return self._tenants
+
+    @property
     def timeout(self) -> float:
         return self._timeout
 
@@ -167,12 +202,13 @@ class UplinkClient:
         on_l3: L3Listener | None = None,
         on_state: StateListener | None = None,
         on_connection: ConnectionListener | None = None,
+        on_versions: VersionsListener | None = None,
     ) -> Callable[[], None]:
         """Register callbacks (run on the event loop); returns a function that removes them.
 
         The first ``on_l3`` listener owns each grant's material; later ones get copies.
         """
-        listener = _Listener(on_l3, on_state, on_connection)
+        listener = _Listener(on_l3, on_state, on_connection, on_versions)
         self._listeners.append(listener)
 
         def remove() -> None:
@@ -180,6 +216,10 @@ class UplinkClient:
                 self._listeners.remove(listener)
 
         return remove
+
+    def set_feed(self, feed: FeedSink | None) -> None:
+        """Apply the change feed through ``feed`` (see the module comment)."""
+        self._feed = feed
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until the uplink is READY; False if ``timeout`` passes first."""
@@ -298,7 +338,12 @@ class UplinkClient:
     async def _subscribe_once(self) -> None:
         stub = self._stub
         assert stub is not None
-        call = stub.Subscribe(pb.SubscribeRequest(gateway=self._name, tenants=self._tenants))
+        feed = self._feed
+        request = pb.SubscribeRequest(gateway=self._name, tenants=self._tenants)
+        after = None if feed is None else feed.cursor()
+        if after is not None:
+            request.after_seq = after
+        call = stub.Subscribe(request)
         try:
             while True:
                 try:
@@ -309,17 +354,19 @@ class UplinkClient:
                 if msg is grpc.aio.EOF:
                     return
                 assert isinstance(msg, pb.CoreEvent)
-                self._dispatch(msg)
+                await self._dispatch(msg, feed)
         finally:
             call.cancel()
 
-    def _dispatch(self, msg: pb.CoreEvent) -> None:
+    async def _dispatch(self, msg: pb.CoreEvent, feed: FeedSink | None) -> None:
         try:
             event = convert.event_from_pb(msg)
         except KryptonError as e:
             log.warning("uplink: ignored an event from the Core: %s", e.message)
             return
         if isinstance(event, Heartbeat):
+            if self._state is not ConnectionState.READY and feed is not None:
+                await feed.caught_up(event)
             self._set_state(ConnectionState.READY)
             return
         if event is None:
@@ -330,9 +377,15 @@ class UplinkClient:
                 event.material.wipe()
             return
         if isinstance(event, StateChange):
+            if feed is not None:
+                await feed.apply(event)
             for listener in list(self._listeners):
                 if listener.on_state is not None:
                     self._guarded(listener.on_state, event)
+        elif isinstance(event, L3Versions):
+            for listener in list(self._listeners):
+                if listener.on_versions is not None:
+                    self._guarded(listener.on_versions, event)
         elif isinstance(event, L3Grant):
             self._hand_over(event)
 
@@ -409,18 +462,37 @@ class UplinkClient:
         return key
 
 
+    async def key_states(self, tenant: str, uids: Sequence[str]) -> dict[str, StateChange]:
+        """The Core's current state of those of ``uids`` it holds for ``tenant``."""
+        response = await self._unary(lambda s: s.KeyStates,
+                                     pb.KeyStatesRequest(tenant=tenant, uids=list(uids)),
+                                     self._timeout)
+        asked = set(uids)
+        out: dict[str, StateChange] = {}
+        for msg in response.states:
+            change = convert.change_from_pb(msg)
+            if change.tenant == tenant and change.uid in asked:
+                out[change.uid] = change
+        return out
+
+
 class UplinkL3Source:
     """A :class:`~krypton.crypto.keyring.L3Source` fed by the Core over the uplink.
 
-    Every L3 version the Core pushes is installed into the ring with its lease;
-    COMPROMISED or DESTROYED versions are dropped (and wiped) at once. ``start``
+    Every L3 version the Core pushes is installed into the ring with its lease,
+    cut to ``max_lease`` seconds; COMPROMISED or DESTROYED versions are dropped
+    (and wiped) at once, and so is every held version an :class:`L3Versions`
+    (the end of each snapshot) does not list. ``start``
     starts the client if it is not running (and ``close`` then closes it) and
     waits up to ``wait`` seconds (default: the client's timeout) for the first
     snapshot; a Core that is down does not stop the gateway from starting.
     """
 
-    def __init__(self, client: UplinkClient, *, wait: float | None = None) -> None:
+    def __init__(
+        self, client: UplinkClient, *, wait: float | None = None, max_lease: float | None = None
+    ) -> None:
         self._client = client
+        self._max_lease = max_lease
         self._wait = client.timeout if wait is None else wait
         self._ring: KeyRing | None = None
         self._remove: Callable[[], None] | None = None
@@ -428,7 +500,8 @@ class UplinkL3Source:
 
     async def start(self, ring: KeyRing) -> None:
         self._ring = ring
-        self._remove = self._client.add_listener(on_l3=self._install)
+        self._remove = self._client.add_listener(on_l3=self._install,
+                                                 on_versions=self._keep_only)
         if not self._client.started:
             await self._client.start()
             self._owns_client = True
@@ -450,5 +523,17 @@ class UplinkL3Source:
         if ring is None:
             grant.material.wipe()
             return
+        if self._max_lease is not None and grant.lease_seconds > self._max_lease:
+            grant = replace(grant, lease_seconds=self._max_lease)
         ring.install_grant(grant)
         log.info("uplink: L3 %s v%d is %s", grant.tenant, grant.version, grant.state.name)
+
+    def _keep_only(self, listed: L3Versions) -> None:
+        ring = self._ring
+        if ring is None:
+            return
+        for version in ring.versions(listed.tenant):
+            if version not in listed.versions:
+                ring.drop(listed.tenant, version)
+                log.warning("uplink: L3 %s v%d is no longer usable at the Core: dropped",
+                            listed.tenant, version)

@@ -31,6 +31,7 @@ from krypton.uplink.types import (
     ExecuteRequest,
     ExecuteResult,
     Heartbeat,
+    L3Versions,
     StateChange,
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
@@ -107,11 +108,11 @@ def channel_credentials(tls: TLSConfig, setting: str = "gateway.tls") -> grpc.Ch
 # -- messages -----------------------------------------------------------------------
 def change_to_pb(change: StateChange) -> pb.KeyStateChange:
     return pb.KeyStateChange(tenant=change.tenant, uid=change.uid, state=change.state,
-                             revision=change.revision)
+                             revision=change.revision, seq=change.seq)
 
 
 def change_from_pb(msg: pb.KeyStateChange) -> StateChange:
-    return StateChange(msg.tenant, msg.uid, msg.state, msg.revision)
+    return StateChange(msg.tenant, msg.uid, msg.state, msg.revision, msg.seq)
 
 
 def event_to_pb(event: CoreEvent) -> pb.CoreEvent:
@@ -125,7 +126,11 @@ def event_to_pb(event: CoreEvent) -> pb.CoreEvent:
         ))
     if isinstance(event, StateChange):
         return pb.CoreEvent(state_change=change_to_pb(event))
-    return pb.CoreEvent(heartbeat=pb.Heartbeat(time_ms=event.time_ms))
+    if isinstance(event, L3Versions):
+        return pb.CoreEvent(l3_versions=pb.L3Versions(tenant=event.tenant,
+                                                      versions=sorted(event.versions)))
+    return pb.CoreEvent(heartbeat=pb.Heartbeat(time_ms=event.time_ms, feed_seq=event.feed_seq,
+                                               reconcile=event.reconcile))
 
 
 def event_from_pb(msg: pb.CoreEvent) -> CoreEvent | None:
@@ -148,7 +153,10 @@ def event_from_pb(msg: pb.CoreEvent) -> CoreEvent | None:
     if kind == "state_change":
         return change_from_pb(msg.state_change)
     if kind == "heartbeat":
-        return Heartbeat(msg.heartbeat.time_ms)
+        beat = msg.heartbeat
+        return Heartbeat(beat.time_ms, beat.feed_seq, beat.reconcile)
+    if kind == "l3_versions":
+        return L3Versions(msg.l3_versions.tenant, frozenset(msg.l3_versions.versions))
     return None
 
 

@@ -68,6 +68,7 @@ from krypton.uplink.types import (
     ExecuteRequest,
     ExecuteResult,
     Heartbeat,
+    L3Versions,
     StateChange,
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
@@ -77,6 +78,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT = 5.0
 MAX_MESSAGE = 16 * 1024 * 1024
+MAX_KEY_STATES = 1000
 _IDENTITY_CACHE = 256
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -91,8 +93,11 @@ class CoreHandler(Protocol):
     wipes it once serialised, so yield a fresh ``SecretBytes`` each time.
     """
 
-    def subscribe(self, gateway: str, tenants: frozenset[str]) -> AsyncIterator[CoreEvent]:
-        """Current L3 versions of ``tenants``, then a Heartbeat, then changes, until cancelled."""
+    def subscribe(
+        self, gateway: str, tenants: frozenset[str], after_seq: int | None = None
+    ) -> AsyncIterator[CoreEvent]:
+        """An L3 snapshot of ``tenants``, the change feed after ``after_seq``, a
+        Heartbeat, then changes, until cancelled."""
         ...
 
     async def sync_keys(self, gateway: str, keys: Sequence[KeyRecord]) -> list[str]:
@@ -105,6 +110,11 @@ class CoreHandler(Protocol):
 
     async def fetch_key(self, gateway: str, tenant: str, uid: str) -> KeyRecord | None:
         """The tenant's record with this uid, or None."""
+        ...
+
+    async def key_states(self, gateway: str, tenant: str, uids: Sequence[str]
+                         ) -> list[StateChange]:
+        """The current state of those of ``uids`` the tenant has."""
         ...
 
 
@@ -254,7 +264,9 @@ class _Servicer(pb_grpc.UplinkServicer):
                                                  default_all=True)
         log.info("uplink: gateway %s (%s) subscribed to %s", request.gateway or "?", gateway,
                  ", ".join(sorted(tenants)))
-        events = with_heartbeats(self._handler.subscribe(gateway, tenants), self._heartbeat)
+        after = request.after_seq if request.HasField("after_seq") else None
+        events = with_heartbeats(self._handler.subscribe(gateway, tenants, after),
+                                 self._heartbeat)
         try:
             while True:
                 try:
@@ -266,7 +278,8 @@ class _Servicer(pb_grpc.UplinkServicer):
                 except Exception:
                     log.exception("uplink: Subscribe of %s failed in the Core handler", gateway)
                     await context.abort(grpc.StatusCode.INTERNAL, "Subscribe failed at the Core")
-                if isinstance(event, L3Grant | StateChange) and event.tenant not in tenants:
+                if (isinstance(event, L3Grant | L3Versions | StateChange)
+                        and event.tenant not in tenants):
                     log.error("uplink: handler pushed tenant %r to %s, not subscribed; dropped",
                               event.tenant, gateway)
                     if isinstance(event, L3Grant):
@@ -313,6 +326,20 @@ class _Servicer(pb_grpc.UplinkServicer):
             log.error("uplink: FetchKey handler answered another key; refused")
             return pb.FetchKeyResponse(found=False)
         return pb.FetchKeyResponse(found=True, key=convert.key_to_pb(key))
+
+
+    async def KeyStates(self, request: pb.KeyStatesRequest, context: Context
+                        ) -> pb.KeyStatesResponse:
+        gateway, _ = await self._authorise(context, "KeyStates", (request.tenant,))
+        if len(request.uids) > MAX_KEY_STATES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"KeyStates: at most {MAX_KEY_STATES} uids per call")
+        states = await self._call(context, "KeyStates", self._handler.key_states(
+            gateway, request.tenant, list(request.uids)))
+        asked = set(request.uids)
+        return pb.KeyStatesResponse(states=[
+            convert.change_to_pb(c) for c in states if c.tenant == request.tenant and c.uid in asked
+        ])
 
 
 class UplinkServer:

@@ -24,6 +24,7 @@ __all__ = [
     "ExecuteRequest",
     "ExecuteResult",
     "Heartbeat",
+    "L3Versions",
     "StateChange",
 ]
 
@@ -38,16 +39,30 @@ class ConnectionState(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Sent by the Core after each stream's initial snapshot and when a stream is quiet."""
+    """Sent by the Core after each stream's initial snapshot and when a stream is quiet.
+
+    The first one of a stream carries ``feed_seq``, the change-feed position
+    the Core replayed through, and ``reconcile`` when the gateway's position
+    was older than the feed the Core keeps."""
 
     time_ms: int
+    feed_seq: int = 0
+    reconcile: bool = False
 
     @classmethod
-    def now(cls) -> Heartbeat:
-        return cls(time.time_ns() // 1_000_000)
+    def now(cls, feed_seq: int = 0, *, reconcile: bool = False) -> Heartbeat:
+        return cls(time.time_ns() // 1_000_000, feed_seq, reconcile)
 
 
-CoreEvent = L3Grant | StateChange | Heartbeat
+@dataclass(frozen=True, slots=True)
+class L3Versions:
+    """Every usable L3 version of a tenant (end of a snapshot): drop any other."""
+
+    tenant: str
+    versions: frozenset[int]
+
+
+CoreEvent = L3Grant | L3Versions | StateChange | Heartbeat
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -48,6 +48,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE unsealed (uid TEXT PRIMARY KEY)",
         "INSERT INTO unsealed (uid) SELECT uid FROM keys",
     ),
+    # v4: the change-feed cursor (the last Core change applied here; one row),
+    # written in the transaction that applies a change.
+    (
+        "CREATE TABLE feed_cursor (seq INTEGER NOT NULL)",
+        "INSERT INTO feed_cursor VALUES (0)",
+    ),
 )
 
 LATEST = len(MIGRATIONS)

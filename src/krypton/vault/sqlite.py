@@ -18,7 +18,12 @@ default).
 Records are authenticated (:mod:`krypton.vault.auth`): every write stores a
 MAC under the record's L3 version, every row read from the file is checked.
 
-Reads (``get``, ``outbox``) run on the caller's thread, on a per-thread
+The change-feed cursor (the sequence number of the last Core change applied
+here) is written by :meth:`Vault.apply_change` in the same transaction as the
+change it follows, so after a crash the gateway resumes the feed exactly
+where its vault is.
+
+Reads (``get``, ``outbox``, ``held``, ``cursor``) run on the caller's thread, on a per-thread
 read-only connection, which sees the last committed state (WAL readers do not
 block the writer). ``get`` consults an LRU cache of wrapped records first;
 see :mod:`krypton.vault.cache` for how it stays coherent with the writer.
@@ -53,6 +58,11 @@ _OUTBOX = _COLUMNS + " WHERE synced = 0 ORDER BY rowid LIMIT ?"
 _UNSEALED = "SELECT 1 FROM unsealed WHERE uid = ?"
 _REWRITE: Final = (
     "UPDATE keys SET state=?, l3_version=?, wrapped=?, attributes=?, mac=? WHERE uid=?"
+)
+
+_HELD = (
+    "SELECT uid FROM keys WHERE tenant = ? AND uid > ? AND synced = 1 AND state NOT IN (5, 6)"
+    " ORDER BY uid LIMIT ?"
 )
 
 # A destroyed key's wrapped material is erased, not just marked (KMIP State
@@ -120,8 +130,9 @@ def _set_attributes(conn: sqlite3.Connection, payload: tuple[str, bytes, Sealer 
     return _rewrite(conn, uid, lambda r: replace(r, attributes=attrs), sealer)
 
 
-def _reinstate(conn: sqlite3.Connection, payload: tuple[KeyRecord, Sealer | None]) -> int:
-    r, sealer = payload
+def _reinstate(conn: sqlite3.Connection, payload: tuple[KeyRecord, int, Sealer | None]) -> int:
+    r, seq, sealer = payload
+    _set_cursor(conn, seq)
 
     def back(old: KeyRecord) -> KeyRecord | None:
         if old.tenant != r.tenant:
@@ -136,6 +147,30 @@ def _reinstate(conn: sqlite3.Connection, payload: tuple[KeyRecord, Sealer | None
 def _seal_legacy(conn: sqlite3.Connection, payload: tuple[str, Sealer]) -> int:
     uid, sealer = payload
     return _rewrite(conn, uid, lambda r: r, sealer)
+
+
+def _set_cursor(conn: sqlite3.Connection, seq: int) -> int:
+    if seq > 0:
+        conn.execute("UPDATE feed_cursor SET seq = ?", (seq,))
+    return 0
+
+
+def _apply_change(
+    conn: sqlite3.Connection, payload: tuple[str, int | None, bytes | None, int, Sealer | None]
+) -> int:
+    uid, state, attrs, seq, sealer = payload
+    _set_cursor(conn, seq)
+    if state is None and attrs is None:
+        return 0
+
+    def change(r: KeyRecord) -> KeyRecord:
+        if attrs is not None:
+            r = replace(r, attributes=attrs)
+        if state is not None:
+            r = replace(r, state=state, wrapped=b"" if state in DESTROYED_STATES else r.wrapped)
+        return r
+
+    return _rewrite(conn, uid, change, sealer)
 
 
 def _mark_synced(conn: sqlite3.Connection, uids: tuple[str, ...]) -> int:
@@ -183,7 +218,7 @@ def _cache_attributes(cache: RecordCache, payload: tuple[str, bytes, object]) ->
     return 0
 
 
-def _cache_reinstate(cache: RecordCache, payload: tuple[KeyRecord, object]) -> int:
+def _cache_reinstate(cache: RecordCache, payload: tuple[KeyRecord, int, object]) -> int:
     r = payload[0]
     cache.update(
         (r.uid,),
@@ -197,7 +232,24 @@ def _cache_synced(cache: RecordCache, uids: tuple[str, ...]) -> int:
     return 0
 
 
+def _cache_apply(
+    cache: RecordCache, payload: tuple[str, int | None, bytes | None, int, object]
+) -> int:
+    uid, state, attrs, _, _ = payload
+    if attrs is not None:
+        _cache_attributes(cache, (uid, attrs, None))
+    if state is not None:
+        _cache_state(cache, (uid, state, None))
+    return 0
+
+
+def _cache_nothing(cache: RecordCache, payload: object) -> int:
+    return 0
+
+
 _CACHED: Final[Mapping[Work, Callable[[RecordCache, Any], int]]] = {
+    _apply_change: _cache_apply,
+    _set_cursor: _cache_nothing,
     _put: _cache_put,
     _set_state: _cache_state,
     _set_attributes: _cache_attributes,
@@ -292,10 +344,26 @@ class Vault:
         """Replace a key's attribute blob; False if there is no such key."""
         return bool(await self._submit(_set_attributes, (uid, bytes(attributes), self._sealer)))
 
-    async def reinstate(self, record: KeyRecord) -> bool:
+    async def reinstate(self, record: KeyRecord, *, seq: int = 0) -> bool:
         """Give a held key back its state, wrapped material and attributes (a Destroy
-        the Core has undone: krypton.engine.undo); False if there is no such key."""
-        return bool(await self._submit(_reinstate, (record, self._sealer)))
+        the Core has undone: krypton.engine.undo); False if there is no such key.
+        A ``seq`` > 0 becomes the feed cursor in the same transaction."""
+        return bool(await self._submit(_reinstate, (record, int(seq), self._sealer)))
+
+    async def apply_change(
+        self, uid: str, *, state: int | None = None, attributes: bytes | None = None,
+        seq: int = 0,
+    ) -> bool:
+        """One change from the Core, in one transaction: the key's new attributes
+        and state (a destroyed state erases its material) and, if ``seq`` > 0,
+        the feed cursor. False if there is no such key (the cursor moves anyway)."""
+        payload = (uid, None if state is None else int(state),
+                   None if attributes is None else bytes(attributes), int(seq), self._sealer)
+        return bool(await self._submit(_apply_change, payload))
+
+    async def set_cursor(self, seq: int) -> None:
+        """Record that every Core change up to ``seq`` is applied here."""
+        await self._submit(_set_cursor, int(seq))
 
     async def mark_synced(self, uids: Iterable[str]) -> int:
         """Take records out of the outbox; how many were marked."""
@@ -354,6 +422,23 @@ class Vault:
     def _checked(self, row: Sequence[Any]) -> KeyRecord:
         conn = self._readers.get()
         return check(_record(row), self._sealer, _is_unsealed(conn))
+
+    def cursor(self) -> int:
+        """The sequence number of the last Core change applied here (0: none)."""
+        with translated("vault cursor read"):
+            row = self._readers.get().execute("SELECT max(seq) FROM feed_cursor").fetchone()
+        return int(row[0] or 0)
+
+    def held(self, tenant: str, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` uids (in order, above ``after``) of the tenant's keys the
+        Core has acknowledged and that are not destroyed here: what to reconcile."""
+        with translated("vault read"):
+            rows = self._readers.get().execute(_HELD, (tenant, after, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def holds_keys(self) -> bool:
+        with translated("vault read"):
+            return self._readers.get().execute("SELECT 1 FROM keys LIMIT 1").fetchone() is not None
 
     # -- shutdown --------------------------------------------------------------
     def close(self) -> None:

@@ -36,7 +36,7 @@ from krypton.errors import InvalidMessage, KryptonError, OperationNotSupported, 
 from krypton.kmip.messages import OPERATION_NAMES, ResponseItem, fields, response_item
 from krypton.kmip.reasons import reason_for
 from krypton.model.context import RequestContext
-from krypton.model.registry import AuditRecord
+from krypton.model.registry import AuditRecord, AuditSlot
 from krypton.ttlv.enums import Operation, ResultReason, ResultStatus
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
@@ -143,6 +143,9 @@ async def execute_item(
         journal = undo.token(ctx, (audit or AuditContext()).gateway, raw_batch_item)
         if journal is not None:
             ctx = replace(ctx, undo_token=journal)
+        ctx = replace(ctx, audit=AuditSlot(_record(svc, ctx, audit or AuditContext(),
+                                                   _name(operation), uid=None, result="Success",
+                                                   detail="")))
         handler = CONTROL_HANDLERS.get(parsed.operation) or PRIVATE_HANDLERS.get(parsed.operation)
         if handler is None:
             raise OperationNotSupported(
@@ -161,8 +164,20 @@ async def execute_item(
             ResultReason.GENERAL_FAILURE,
             f"internal error (request {ctx.request_id})",
         )
-    await _audit(svc, ctx, audit or AuditContext(), answer, _audited_uid(ctx, payload, outcome))
+    slot = ctx.audit
+    if slot is None or not slot.written or answer.status is not ResultStatus.SUCCESS:
+        uid = _audited_uid(ctx, payload, outcome)
+        await _audit(svc, ctx, audit or AuditContext(), answer, uid)
     return response_item(answer), outcome
+
+
+def _record(svc: CoreServices, ctx: RequestContext, where: AuditContext, operation: str, *,
+            uid: str | None, result: str, detail: str) -> AuditRecord:
+    return AuditRecord(
+        time=svc.clock(), identity=ctx.identity, tenant=ctx.tenant, operation=operation,
+        uid=uid, result=result, gateway=where.gateway, correlation_id=where.correlation_id,
+        detail=detail,
+    )
 
 
 async def _audit(
@@ -173,15 +188,9 @@ async def _audit(
     uid: str | None,
 ) -> None:
     ok = answer.status is ResultStatus.SUCCESS
-    record = AuditRecord(
-        time=svc.clock(),
-        identity=ctx.identity,
-        tenant=ctx.tenant,
-        operation=_name(answer.operation),
-        uid=uid,
+    record = _record(
+        svc, ctx, where, _name(answer.operation), uid=uid,
         result="Success" if ok else (answer.reason.name if answer.reason else "Failure"),
-        gateway=where.gateway,
-        correlation_id=where.correlation_id,
         detail="" if ok else (answer.message or ""),
     )
     try:

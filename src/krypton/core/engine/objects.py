@@ -151,12 +151,18 @@ async def mutate(
         before = await load(svc, ctx, uid)
         computed = change(before)
         after = computed if isinstance(computed, ObjectRecord) else await computed
+        slot = ctx.audit
+        audit = None if slot is None or slot.written else replace(
+            slot.record, time=svc.clock(), uid=uid
+        )
         try:
-            stored = await svc.registry.update_object(after)
+            stored = await svc.registry.update_object(after, audit)
         except RegistryConflict:
             if attempt == CONFLICT_RETRIES - 1:
                 raise
             continue
+        if slot is not None and audit is not None:
+            slot.written = True  # the operation's audit record committed with its change
         if ctx.undo_token is not None:
             svc.journal.record(ctx.undo_token, before, stored)
         return before, stored, StateChange(stored.tenant, stored.uid, stored.state, stored.revision)

@@ -5,7 +5,7 @@ import warnings
 
 from krypton.uplink.v1 import uplink_pb2 as krypton_dot_uplink_dot_v1_dot_uplink__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -54,6 +54,11 @@ class UplinkStub:
                 request_serializer=krypton_dot_uplink_dot_v1_dot_uplink__pb2.FetchKeyRequest.SerializeToString,
                 response_deserializer=krypton_dot_uplink_dot_v1_dot_uplink__pb2.FetchKeyResponse.FromString,
                 _registered_method=True)
+        self.KeyStates = channel.unary_unary(
+                '/krypton.uplink.v1.Uplink/KeyStates',
+                request_serializer=krypton_dot_uplink_dot_v1_dot_uplink__pb2.KeyStatesRequest.SerializeToString,
+                response_deserializer=krypton_dot_uplink_dot_v1_dot_uplink__pb2.KeyStatesResponse.FromString,
+                _registered_method=True)
 
 
 class UplinkServicer:
@@ -62,9 +67,14 @@ class UplinkServicer:
     def Subscribe(self, request, context):
         """L3 versions with leases, L4 state changes and heartbeats, for the tenants
         asked for (all the gateway serves when none are named). On every new
-        stream the Core first sends the current L3 versions, then one Heartbeat
-        (the gateway is in sync from there on), then changes as they happen and a
-        Heartbeat whenever the stream has been quiet for a while.
+        stream the Core first sends a complete L3 snapshot (every version of each
+        tenant: usable ones with their material, the others as drop notices, then
+        one L3Versions naming the usable set), then the change feed after the
+        gateway's `after_seq`, then one Heartbeat carrying the feed position it
+        replayed through (the gateway is in sync from there on), then changes as
+        they happen, a snapshot every half lease, and a Heartbeat whenever the
+        stream has been quiet for a while. If `after_seq` is older than the feed
+        the Core keeps, that first Heartbeat says `reconcile` instead of replaying.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +102,14 @@ class UplinkServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KeyStates(self, request, context):
+        """The current state of a batch of L4 keys (a gateway reconciling what it
+        holds); a uid the tenant does not have is absent from the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UplinkServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +132,11 @@ def add_UplinkServicer_to_server(servicer, server):
                     servicer.FetchKey,
                     request_deserializer=krypton_dot_uplink_dot_v1_dot_uplink__pb2.FetchKeyRequest.FromString,
                     response_serializer=krypton_dot_uplink_dot_v1_dot_uplink__pb2.FetchKeyResponse.SerializeToString,
+            ),
+            'KeyStates': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeyStates,
+                    request_deserializer=krypton_dot_uplink_dot_v1_dot_uplink__pb2.KeyStatesRequest.FromString,
+                    response_serializer=krypton_dot_uplink_dot_v1_dot_uplink__pb2.KeyStatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +247,33 @@ class Uplink:
             '/krypton.uplink.v1.Uplink/FetchKey',
             krypton_dot_uplink_dot_v1_dot_uplink__pb2.FetchKeyRequest.SerializeToString,
             krypton_dot_uplink_dot_v1_dot_uplink__pb2.FetchKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeyStates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/krypton.uplink.v1.Uplink/KeyStates',
+            krypton_dot_uplink_dot_v1_dot_uplink__pb2.KeyStatesRequest.SerializeToString,
+            krypton_dot_uplink_dot_v1_dot_uplink__pb2.KeyStatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,9 +42,14 @@ class UplinkStub:
     Subscribe: _grpc.UnaryStreamMultiCallable[_uplink_pb2.SubscribeRequest, _uplink_pb2.CoreEvent]
     """L3 versions with leases, L4 state changes and heartbeats, for the tenants
     asked for (all the gateway serves when none are named). On every new
-    stream the Core first sends the current L3 versions, then one Heartbeat
-    (the gateway is in sync from there on), then changes as they happen and a
-    Heartbeat whenever the stream has been quiet for a while.
+    stream the Core first sends a complete L3 snapshot (every version of each
+    tenant: usable ones with their material, the others as drop notices, then
+    one L3Versions naming the usable set), then the change feed after the
+    gateway's `after_seq`, then one Heartbeat carrying the feed position it
+    replayed through (the gateway is in sync from there on), then changes as
+    they happen, a snapshot every half lease, and a Heartbeat whenever the
+    stream has been quiet for a while. If `after_seq` is older than the feed
+    the Core keeps, that first Heartbeat says `reconcile` instead of replaying.
     """
     SyncKeys: _grpc.UnaryUnaryMultiCallable[_uplink_pb2.SyncKeysRequest, _uplink_pb2.SyncKeysResponse]
     """A batch of wrapped L4 records made at the gateway; the Core answers with
@@ -54,6 +59,10 @@ class UplinkStub:
     """One delegated KMIP request batch item (raw TTLV) with its caller's context."""
     FetchKey: _grpc.UnaryUnaryMultiCallable[_uplink_pb2.FetchKeyRequest, _uplink_pb2.FetchKeyResponse]
     """A wrapped L4 record by unique identifier (a Get of a key made elsewhere)."""
+    KeyStates: _grpc.UnaryUnaryMultiCallable[_uplink_pb2.KeyStatesRequest, _uplink_pb2.KeyStatesResponse]
+    """The current state of a batch of L4 keys (a gateway reconciling what it
+    holds); a uid the tenant does not have is absent from the answer.
+    """
 
 @_typing.type_check_only
 class UplinkAsyncStub(UplinkStub):
@@ -61,9 +70,14 @@ class UplinkAsyncStub(UplinkStub):
     Subscribe: _aio.UnaryStreamMultiCallable[_uplink_pb2.SubscribeRequest, _uplink_pb2.CoreEvent]  # type: ignore[assignment]
     """L3 versions with leases, L4 state changes and heartbeats, for the tenants
     asked for (all the gateway serves when none are named). On every new
-    stream the Core first sends the current L3 versions, then one Heartbeat
-    (the gateway is in sync from there on), then changes as they happen and a
-    Heartbeat whenever the stream has been quiet for a while.
+    stream the Core first sends a complete L3 snapshot (every version of each
+    tenant: usable ones with their material, the others as drop notices, then
+    one L3Versions naming the usable set), then the change feed after the
+    gateway's `after_seq`, then one Heartbeat carrying the feed position it
+    replayed through (the gateway is in sync from there on), then changes as
+    they happen, a snapshot every half lease, and a Heartbeat whenever the
+    stream has been quiet for a while. If `after_seq` is older than the feed
+    the Core keeps, that first Heartbeat says `reconcile` instead of replaying.
     """
     SyncKeys: _aio.UnaryUnaryMultiCallable[_uplink_pb2.SyncKeysRequest, _uplink_pb2.SyncKeysResponse]  # type: ignore[assignment]
     """A batch of wrapped L4 records made at the gateway; the Core answers with
@@ -73,6 +87,10 @@ class UplinkAsyncStub(UplinkStub):
     """One delegated KMIP request batch item (raw TTLV) with its caller's context."""
     FetchKey: _aio.UnaryUnaryMultiCallable[_uplink_pb2.FetchKeyRequest, _uplink_pb2.FetchKeyResponse]  # type: ignore[assignment]
     """A wrapped L4 record by unique identifier (a Get of a key made elsewhere)."""
+    KeyStates: _aio.UnaryUnaryMultiCallable[_uplink_pb2.KeyStatesRequest, _uplink_pb2.KeyStatesResponse]  # type: ignore[assignment]
+    """The current state of a batch of L4 keys (a gateway reconciling what it
+    holds); a uid the tenant does not have is absent from the answer.
+    """
 
 class UplinkServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -83,9 +101,14 @@ class UplinkServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_uplink_pb2.CoreEvent], _abc.AsyncIterator[_uplink_pb2.CoreEvent]]:
         """L3 versions with leases, L4 state changes and heartbeats, for the tenants
         asked for (all the gateway serves when none are named). On every new
-        stream the Core first sends the current L3 versions, then one Heartbeat
-        (the gateway is in sync from there on), then changes as they happen and a
-        Heartbeat whenever the stream has been quiet for a while.
+        stream the Core first sends a complete L3 snapshot (every version of each
+        tenant: usable ones with their material, the others as drop notices, then
+        one L3Versions naming the usable set), then the change feed after the
+        gateway's `after_seq`, then one Heartbeat carrying the feed position it
+        replayed through (the gateway is in sync from there on), then changes as
+        they happen, a snapshot every half lease, and a Heartbeat whenever the
+        stream has been quiet for a while. If `after_seq` is older than the feed
+        the Core keeps, that first Heartbeat says `reconcile` instead of replaying.
         """
 
     @_abc_1.abstractmethod
@@ -113,5 +136,15 @@ class UplinkServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_uplink_pb2.FetchKeyResponse, _abc.Awaitable[_uplink_pb2.FetchKeyResponse]]:
         """A wrapped L4 record by unique identifier (a Get of a key made elsewhere)."""
+
+    @_abc_1.abstractmethod
+    def KeyStates(
+        self,
+        request: _uplink_pb2.KeyStatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_uplink_pb2.KeyStatesResponse, _abc.Awaitable[_uplink_pb2.KeyStatesResponse]]:
+        """The current state of a batch of L4 keys (a gateway reconciling what it
+        holds); a uid the tenant does not have is absent from the answer.
+        """
 
 def add_UplinkServicer_to_server(servicer: UplinkServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
