@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers.cluster import Cluster, make_cluster, wait_for
+from tests.helpers.cluster import START_TIMEOUT, Cluster, make_cluster, wait_for
 
 from krypton.client.sync import KmipError
+from krypton.pki.dev import GATEWAY_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -55,6 +56,60 @@ def test_a_stray_tenant_in_the_policy_costs_only_that_tenant(tmp_path: Path) -> 
         assert {(r["tenant"], r["result"]) for r in rows} >= {
             ("demo", "Success"), ("other", "PermissionDenied"),
         }
+    except BaseException:
+        print(c.dump_logs())
+        raise
+    finally:
+        c.stop()
+
+
+# -- 9: explicit initialisation ---------------------------------------------------------
+def start_fails(c: Cluster, **env: str) -> str:
+    """Start the Core expecting it to refuse; its log."""
+    with pytest.raises(RuntimeError, match="did not start") as refused:
+        c.start_core(START_TIMEOUT, **env)
+    return str(refused.value)
+
+
+def test_a_core_never_starts_an_empty_key_hierarchy_by_itself(tmp_path: Path) -> None:
+    c = make_cluster(tmp_path, init=False)
+    try:
+        key_file = c.layout.root / "master.key"
+        # Not initialised: refuses, names the settings, creates nothing.
+        log = start_fails(c)
+        assert "core.registry points to" in log and "core.toml init" in log
+        assert not key_file.exists() and not (tmp_path / "core.db").exists()
+        out = c.core_cli("init")
+        assert "key hierarchy in" in out and key_file.exists()
+        c.start_core()
+        c.start_gateways()
+        with c.client(GATEWAY_NAME) as demo:
+            uid = demo.create()
+        c.stop()
+        # A typo in core.registry: refused, no new file, and it says where it points.
+        typo = tmp_path / "coer.db"
+        log = start_fails(c, KRYPTON_CORE_REGISTRY=f"sqlite:{typo}")
+        assert f"core.registry points to sqlite:{typo}" in log
+        assert not typo.exists()
+        # An existing but empty registry file (or database): no hierarchy, refused.
+        empty = tmp_path / "empty.db"
+        empty.touch()
+        log = start_fails(c, KRYPTON_CORE_REGISTRY=f"sqlite:{empty}")
+        assert "holds no key hierarchy" in log
+        # A wrong master key file: an error, never a new file.
+        wrong = tmp_path / "mastr.key"
+        log = start_fails(c, KRYPTON_CORE_MASTER_KEY_FILE=str(wrong))
+        assert f"core.master_key_file points to {wrong}" in log
+        assert not wrong.exists()
+        # The master key from the environment, as documented: accepted by the
+        # loader; this one is not the hierarchy's, so the check refuses it.
+        log = start_fails(c, KRYPTON_CORE_MASTER_KEY="11" * 32)
+        assert "does not open the key store" in log
+        raw = key_file.read_bytes()
+        c.start_core(KRYPTON_CORE_MASTER_KEY=raw.hex(), KRYPTON_CORE_MASTER_KEY_FILE=str(wrong))
+        c.start_gateways()
+        with c.client(GATEWAY_NAME) as demo:
+            assert len(demo.get(uid)) == 32
     except BaseException:
         print(c.dump_logs())
         raise

@@ -19,8 +19,9 @@ its gateways look for it.
 stdout and stderr to ``<dir>/logs/<name>.<n>.log``. A process is ready when it
 prints its ready line (``core ...: uplink on ...``, ``gateway ...: KMIP on
 ...``); every wait has a deadline and a failure shows the process's log.
-:meth:`Cluster.core_cli` runs one ``krypton core ... <action>`` (rotate-l3,
-revoke-l3, audit) against the same configuration, as its own process.
+:meth:`Cluster.core_cli` runs one ``krypton core ... <action>`` (init,
+rotate-l3, revoke-l3, audit) against the same configuration, as its own
+process; :func:`make_cluster` runs ``init`` unless told not to.
 """
 
 from __future__ import annotations
@@ -325,9 +326,11 @@ def issue_gateway_cert(layout: DevLayout, name: str) -> tuple[Path, Path]:
 
 
 def make_cluster(
-    root: Path, *, gateways: Sequence[str] = (GATEWAY_NAME,), registry: str | None = None
+    root: Path, *, gateways: Sequence[str] = (GATEWAY_NAME,), registry: str | None = None,
+    init: bool = True,
 ) -> Cluster:
-    """Lay out (but do not start) a Core and the named gateways in ``root``."""
+    """Lay out (but do not start) a Core and the named gateways in ``root``; with
+    ``init``, run ``krypton core init`` (a Core refuses to start without)."""
     layout = init_dev_dir(root)
     specs: dict[str, GatewaySpec] = {}
     for name in gateways:
@@ -336,7 +339,10 @@ def make_cluster(
         else:
             cert, key = issue_gateway_cert(layout, name)
         specs[name] = GatewaySpec(name, cert, key, free_port(), root / f"vault-{name}.db")
-    return Cluster(root, layout, free_port(), registry, specs)
+    cluster = Cluster(root, layout, free_port(), registry, specs)
+    if init:
+        cluster.core_cli("init")
+    return cluster
 
 
 @contextlib.contextmanager
