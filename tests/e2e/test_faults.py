@@ -17,14 +17,27 @@ TLS and real SQLite files.
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers.cluster import START_TIMEOUT, Cluster, make_cluster, wait_for
+from tests.helpers.cluster import (
+    START_TIMEOUT,
+    V21,
+    Cluster,
+    locate_item,
+    located,
+    make_cluster,
+    ok,
+    wait_for,
+)
 
 from krypton.client.sync import KmipError
 from krypton.pki.dev import GATEWAY_NAME
+from krypton.ttlv.enums import ResultStatus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -110,6 +123,60 @@ def test_a_core_never_starts_an_empty_key_hierarchy_by_itself(tmp_path: Path) ->
         c.start_gateways()
         with c.client(GATEWAY_NAME) as demo:
             assert len(demo.get(uid)) == 32
+    except BaseException:
+        print(c.dump_logs())
+        raise
+    finally:
+        c.stop()
+
+
+# -- 5: one undecodable outbox row ------------------------------------------------------
+def corrupt(vault: Path, uid: str) -> None:
+    """What a bad disk or a hand edit leaves: a blob column holding text."""
+    conn = sqlite3.connect(vault, timeout=10.0)
+    try:
+        conn.execute("UPDATE keys SET wrapped = 'not a blob' WHERE uid = ?", (uid,))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def gateway_cli(c: Cluster, name: str, *args: str) -> str:
+    cmd = [sys.executable, "-m", "krypton.cli.main", "gateway", *args,
+           "--config", str(c.layout.gateway_config)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=c.gateway_env(name),
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_an_undecodable_outbox_row_is_quarantined_and_the_rest_syncs(tmp_path: Path) -> None:
+    c = make_cluster(tmp_path)
+    vault = c.gateways[GATEWAY_NAME].vault
+    try:
+        c.start_core()
+        c.start_gateways()
+        c.kill_core()  # keys made now wait in the outbox
+        with c.client(GATEWAY_NAME) as demo, c.client(GATEWAY_NAME, "other-client") as other:
+            bad = demo.create(name="bad")
+            corrupt(vault, bad)
+            good = [demo.create(name="good"), demo.create(name="good")]
+            others = [other.create()]
+            c.start_core()
+            wait_for("the good keys at the Core",
+                     lambda: c.registry_holds("demo", good) == set(good) or None, SOON)
+            wait_for("tenant other's key at the Core",
+                     lambda: c.registry_holds("other", others) == set(others) or None, SOON)
+            assert c.registry_holds("demo", [bad]) == set()
+            found = located(ok(demo, locate_item(V21, "good")))
+            assert sorted(found) == sorted(good)
+            assert ok(demo, locate_item(V21)).status is ResultStatus.SUCCESS
+        report = gateway_cli(c, GATEWAY_NAME, "outbox")
+        assert "0 key(s) waiting for the Core, 1 quarantined row(s)" in report, report
+        row = json.loads(report.splitlines()[1])
+        assert row["uid"] == bad and "column wrapped" in row["reason"]
+        log = c.running[GATEWAY_NAME].log()
+        assert f"outbox row of key {bad!r} does not decode" in log
     except BaseException:
         print(c.dump_logs())
         raise

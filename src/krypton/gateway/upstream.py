@@ -119,6 +119,8 @@ class Upstream:
                     pass
             except KryptonError as exc:
                 log.info("outbox: not drained now: %s", exc.message)
+            except Exception:  # the drainer must outlive any one bad batch
+                log.exception("outbox: drain failed; retried on the next wake")
 
     async def drain_once(self, tenant: str | None = None) -> int:
         records = self.vault.outbox(self.batch)
@@ -218,14 +220,16 @@ class Upstream:
         if fresh is not None and fresh.wrapped and not rec.wrapped:
             # The Core undid a Destroy (a batch with Undo: krypton.engine.undo) that
             # erased the key here: take its material back.
-            await self.vault.reinstate(fresh)
+            await self.vault.follow_reinstate(fresh)
             return
+        # follow_*: a change the vault cannot store now is held in memory and
+        # retried, never dropped (krypton.vault.held).
         if fresh is not None:
             state = fresh.state
             if fresh.attributes and fresh.attributes != rec.attributes:
-                await self.vault.update_attributes(change.uid, fresh.attributes)
+                await self.vault.follow_attributes(change.uid, fresh.attributes)
         if state != rec.state:
-            await self.vault.update_state(change.uid, state)
+            await self.vault.follow_state(change.uid, state)
 
     def _on_connection(self, state: ConnectionState) -> None:
         if state is ConnectionState.READY:

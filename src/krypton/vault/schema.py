@@ -39,6 +39,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE keys ADD COLUMN synced INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX keys_outbox ON keys(synced) WHERE synced = 0",
     ),
+    # v3: outbox rows that do not decode are quarantined (keys.synced = 2) and
+    # listed here (``krypton gateway --config F outbox``); the rest keeps syncing.
+    (
+        "CREATE TABLE quarantine ("
+        " row INTEGER PRIMARY KEY,"
+        " uid TEXT NOT NULL,"
+        " reason TEXT NOT NULL,"
+        " at INTEGER NOT NULL)",
+    ),
 )
 
 LATEST = len(MIGRATIONS)
