@@ -16,10 +16,15 @@ TLS and real SQLite files.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +33,19 @@ from tests.helpers.cluster import (
     START_TIMEOUT,
     V21,
     Cluster,
+    destroy_item,
     locate_item,
     located,
     make_cluster,
     ok,
+    one,
     wait_for,
 )
 
 from krypton.client.sync import KmipError
+from krypton.kmip import client_messages as cm
 from krypton.pki.dev import GATEWAY_NAME
-from krypton.ttlv.enums import ResultStatus
+from krypton.ttlv.enums import ResultReason, ResultStatus, State
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -177,6 +185,105 @@ def test_an_undecodable_outbox_row_is_quarantined_and_the_rest_syncs(tmp_path: P
         assert row["uid"] == bad and "column wrapped" in row["reason"]
         log = c.running[GATEWAY_NAME].log()
         assert f"outbox row of key {bad!r} does not decode" in log
+    except BaseException:
+        print(c.dump_logs())
+        raise
+    finally:
+        c.stop()
+
+
+# -- 4: Destroy with the vault's disk full ------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs for the gateway's vault (mounted as root; unmounted after)."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (to fill the vault's filesystem)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+class Filler:
+    """Keeps a filesystem full: a thread appends to a file whenever any space
+    frees up (SQLite gives some back when a write fails), until stopped."""
+
+    def __init__(self, disk: Path) -> None:
+        self.path = disk / "filler"
+        self._stop = threading.Event()
+        self._full = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Filler:
+        self._thread.start()
+        assert self._full.wait(10.0), "the filesystem did not fill up"
+        return self
+
+    def _run(self) -> None:
+        with self.path.open("ab", buffering=0) as f:
+            while not self._stop.is_set():
+                for size in (1 << 16, 1 << 12, 1 << 9, 1):
+                    with contextlib.suppress(OSError):
+                        while True:
+                            f.write(b"\0" * size)
+                self._full.set()
+                self._stop.wait(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+        self.path.unlink()
+
+
+def vault_row(vault: Path, uid: str) -> tuple[int, int]:
+    """(state, length of the wrapped material) of ``uid`` in the vault file."""
+    conn = sqlite3.connect(f"file:{vault}?mode=ro", uri=True, timeout=10.0)
+    try:
+        row = conn.execute("SELECT state, length(wrapped) FROM keys WHERE uid = ?",
+                           (uid,)).fetchone()
+    finally:
+        conn.close()
+    return int(row[0]), int(row[1])
+
+
+def test_a_destroy_the_full_vault_cannot_store_is_held_not_dropped(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    c = make_cluster(tmp_path)
+    vault = small_disk / "vault.db"
+    c.gateways[GATEWAY_NAME].vault = vault
+    try:
+        c.start_core()
+        c.start_gateways()
+        with c.client(GATEWAY_NAME) as demo:
+            uid, _ = demo.create_get(256)
+            wait_for("the key at the Core",
+                     lambda: c.registry_holds("demo", [uid]) == {uid} or None, SOON)
+            with Filler(small_disk):
+                destroyed = one(demo, destroy_item(uid))
+                assert destroyed.status is ResultStatus.SUCCESS, destroyed.message  # the Core did
+                for _ in range(20):  # refused from memory, fast path and generic path alike
+                    got = one(demo, cm.get_item(uid))
+                    assert got.status is ResultStatus.OPERATION_FAILED
+                    assert got.reason is ResultReason.OBJECT_DESTROYED
+                    time.sleep(0.05)
+                assert vault_row(vault, uid)[0] != State.DESTROYED  # the disk really is full
+                log = c.running[GATEWAY_NAME].log()
+                assert f"a change of {uid} from the Core is not stored" in log
+            # Space again: the held change reaches the vault.
+            wait_for("the Destroy stored in the vault",
+                     lambda: vault_row(vault, uid) == (State.DESTROYED, 0) or None, SOON)
+            assert one(demo, cm.get_item(uid)).reason is ResultReason.OBJECT_DESTROYED
+        c.running.pop(GATEWAY_NAME).stop()
+        c.start_gateways()  # and after a restart, from the vault
+        with c.client(GATEWAY_NAME) as demo:
+            assert one(demo, cm.get_item(uid)).reason is ResultReason.OBJECT_DESTROYED
     except BaseException:
         print(c.dump_logs())
         raise
