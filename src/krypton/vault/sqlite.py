@@ -215,9 +215,11 @@ class Vault:
     """Wrapped L4 records in one SQLite file; see the module comment."""
 
     def __init__(
-        self, path: Path, conn: sqlite3.Connection, cache_size: int, max_batch: int
+        self, path: Path, conn: sqlite3.Connection, cache_size: int, max_batch: int,
+        retry: tuple[float, float] = (RETRY_FIRST, RETRY_CAP),
     ) -> None:
         self.path = path
+        self.retry = retry  # held changes: first delay, cap (seconds)
         self._cache = RecordCache(cache_size)
         self._written = 0
         self._readers = Readers(path, "vault")
@@ -333,7 +335,8 @@ class Vault:
         return False
 
     async def _retry_held(self) -> None:
-        delay = RETRY_FIRST
+        first, cap = self.retry
+        delay = first
         while self._held:
             await asyncio.sleep(delay)
             try:
@@ -342,9 +345,9 @@ class Vault:
                         await self._submit(*change)
                         self._held.stored(uid)
                         log.info("vault: the held change of %s is stored now", uid)
-                delay = RETRY_FIRST
+                delay = first
             except StorageError as exc:
-                delay = min(delay * 2, RETRY_CAP)
+                delay = min(max(delay, 0.001) * 2, cap)
                 log.debug("vault: held changes still not stored: %s", exc.message)
 
     async def mark_synced(self, uids: Iterable[str]) -> int:
