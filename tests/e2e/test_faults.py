@@ -171,8 +171,11 @@ def test_an_undecodable_outbox_row_is_quarantined_and_the_rest_syncs(tmp_path: P
             good = [demo.create(name="good"), demo.create(name="good")]
             others = [other.create()]
             c.start_core()
+            back = time.monotonic()
             wait_for("the good keys at the Core",
                      lambda: c.registry_holds("demo", good) == set(good) or None, SOON)
+            print(f"[bad outbox row] the other keys at the Core {time.monotonic() - back:.2f} s"
+                  " after it came back")
             wait_for("tenant other's key at the Core",
                      lambda: c.registry_holds("other", others) == set(others) or None, SOON)
             assert c.registry_holds("demo", [bad]) == set()
@@ -277,8 +280,11 @@ def test_a_destroy_the_full_vault_cannot_store_is_held_not_dropped(
                 log = c.running[GATEWAY_NAME].log()
                 assert f"a change of {uid} from the Core is not stored" in log
             # Space again: the held change reaches the vault.
+            freed = time.monotonic()
             wait_for("the Destroy stored in the vault",
                      lambda: vault_row(vault, uid) == (State.DESTROYED, 0) or None, SOON)
+            print(f"[full disk] Destroy stored {time.monotonic() - freed:.2f} s after space"
+                  " freed; Get refused throughout")
             assert one(demo, cm.get_item(uid)).reason is ResultReason.OBJECT_DESTROYED
         c.running.pop(GATEWAY_NAME).stop()
         c.start_gateways()  # and after a restart, from the vault
