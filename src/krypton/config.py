@@ -493,6 +493,14 @@ _CORE = _Section(
 _ROOTS: dict[str, _Section] = {"gateway": _GATEWAY, "core": _CORE}
 
 
+# Variables with the section's prefix that are not settings: secrets read from
+# the environment by the component itself, never stored in a config object
+# (the Core master key: krypton.core.keystore.MASTER_KEY_ENV).
+SECRETS_FROM_ENV: Mapping[str, frozenset[str]] = {
+    "core": frozenset({"KRYPTON_CORE_MASTER_KEY"}),
+}
+
+
 def env_name(setting: str) -> str:
     """``gateway.limits.max_connections`` → ``KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS``."""
     return ENV_PREFIX + setting.upper().replace(".", "_")
@@ -573,7 +581,7 @@ def _load(root: str, path: str | os.PathLike[str], env: Mapping[str, str]) -> An
     for key in doc:
         if key not in _ROOTS:
             raise ConfigError(f"{key}: unknown section (in {file}); expected [{root}]")
-    known = {env_name(s) for s in settings(root)}
+    known = {env_name(s) for s in settings(root)} | SECRETS_FROM_ENV.get(root, frozenset())
     prefix = env_name(root) + "_"
     for var in sorted(env):
         if var.startswith(prefix) and var not in known:

@@ -20,8 +20,9 @@ its gateways look for it.
 stdout and stderr to ``<dir>/logs/<name>.<n>.log``. A process is ready when it
 prints its ready line (``core ...: uplink on ...``, ``gateway ...: KMIP on
 ...``); every wait has a deadline and a failure shows the process's log.
-:meth:`Cluster.core_cli` runs one ``krypton core ... <action>`` (rotate-l3,
-revoke-l3, audit) against the same configuration, as its own process.
+:meth:`Cluster.core_cli` runs one ``krypton core ... <action>`` (init,
+rotate-l3, revoke-l3, audit) against the same configuration, as its own
+process; :func:`make_cluster` runs ``init`` unless told not to.
 """
 
 from __future__ import annotations
@@ -336,9 +337,11 @@ def make_cluster(
     gateways: Sequence[str] = (GATEWAY_NAME,),
     registry: str | None = None,
     tenants: Mapping[str, tuple[str, ...]] | None = None,
+    init: bool = True,
 ) -> Cluster:
     """Lay out (but do not start) a Core and the named gateways in ``root``;
-    ``tenants``: the tenants a gateway is served, where not both dev tenants.
+    ``tenants``: the tenants a gateway is served, where not both dev tenants;
+    with ``init``, run ``krypton core init`` (a Core refuses to start without).
     Tests start clusters through the ``start_cluster`` fixture, which calls this."""
     layout = init_dev_dir(root)
     specs: dict[str, GatewaySpec] = {}
@@ -350,7 +353,10 @@ def make_cluster(
         specs[name] = GatewaySpec(name, cert, key, free_port(), root / f"vault-{name}.db")
         if tenants is not None and name in tenants:
             specs[name].tenants = tenants[name]
-    return Cluster(root, layout, free_port(), registry, specs)
+    cluster = Cluster(root, layout, free_port(), registry, specs)
+    if init:
+        cluster.core_cli("init")
+    return cluster
 
 
 # -- KMIP requests the gateway delegates ----------------------------------------------

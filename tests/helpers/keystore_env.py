@@ -48,7 +48,7 @@ async def opened_store(
         ):
             yield store
         return
-    store = await CoreKeyStore.open(where, SecretBytes(master_raw))
+    store = await CoreKeyStore.open(where, SecretBytes(master_raw), create=True)  # as init
     try:
         if watch:
             await store.start_watching()

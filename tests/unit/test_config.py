@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from krypton.config import (
+    SECRETS_FROM_ENV,
     CacheConfig,
     CoreConfig,
     GatewayConfig,
@@ -20,6 +21,7 @@ from krypton.config import (
     load_gateway_config,
     settings,
 )
+from krypton.core.keystore import MASTER_KEY_ENV
 from krypton.errors import ConfigError
 from krypton.pki import DevLayout, init_dev_dir
 
@@ -351,3 +353,11 @@ def test_tls_trust_settings(dev: DevLayout) -> None:
         gateway(dev, env={"KRYPTON_GATEWAY_TLS_SESSION_LIFETIME": "0"})
     with pytest.raises(ConfigError, match=r"gateway\.tls\.trust_domain: must be a SPIFFE trust"):
         gateway(dev, env={"KRYPTON_GATEWAY_TLS_TRUST_DOMAIN": "Upper.Case"})
+
+
+def test_the_master_key_variable_is_not_an_unknown_setting(dev: DevLayout) -> None:
+    """Issue 12 finding 9: ``KRYPTON_CORE_MASTER_KEY`` (documented, read by the key
+    store) passes the loader's check for unknown ``KRYPTON_CORE_*`` variables."""
+    assert SECRETS_FROM_ENV["core"] == {MASTER_KEY_ENV}
+    config = load_core_config(dev.core_config, {MASTER_KEY_ENV: "ab" * 32})
+    assert "ab" * 32 not in repr(config)

@@ -25,7 +25,13 @@ from tests.helpers.keystore_env import (
 )
 from tests.helpers.pg import PgServer
 
-from krypton.core.keystore import MASTER_KEY_ENV, CoreKeyStore, load_master_key
+from krypton.core.keystore import (
+    MASTER_KEY_ENV,
+    CoreKeyStore,
+    MasterKeyFileMissing,
+    NotInitialised,
+    load_master_key,
+)
 from krypton.crypto.keyring import L3State
 from krypton.crypto.secret import SecretBytes, generate_key
 from krypton.crypto.wrap import binding
@@ -57,10 +63,33 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
 # -- master key -----------------------------------------------------------------
 def test_master_key_file_is_created_0600_and_reused(tmp_path: Path) -> None:
     path = tmp_path / "master.key"
-    first = load_master_key(path, environ={})
+    first = load_master_key(path, environ={}, create=True)  # krypton core init
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_bytes() == first.reveal()
     assert load_master_key(path, environ={}) == first
+
+
+def test_a_missing_master_key_file_is_an_error_never_a_new_file(tmp_path: Path) -> None:
+    """Issue 12 finding 9: only ``init`` (create=True) makes a master key file."""
+    path = tmp_path / "mastr.key"
+    with pytest.raises(MasterKeyFileMissing, match=r"mastr\.key: no such file"):
+        load_master_key(path, environ={})
+    assert not path.exists()
+
+
+def test_a_registry_without_a_hierarchy_is_refused(keystore_url: str, master_raw: bytes) -> None:
+    """Issue 12 finding 9: opening never stores the root of a new hierarchy by itself."""
+    async def body() -> None:
+        async with opened_registry(keystore_url) as reg:
+            with pytest.raises(NotInitialised, match="holds no key hierarchy"):
+                await CoreKeyStore.open(reg, SecretBytes(master_raw))
+            assert await reg.keys("", "MK") == []
+            store = await CoreKeyStore.open(reg, SecretBytes(master_raw), create=True)
+            await store.close()
+            store = await CoreKeyStore.open(reg, SecretBytes(master_raw))
+            await store.close()
+
+    run(body)
 
 
 def test_master_key_from_environment(tmp_path: Path) -> None:
@@ -184,7 +213,7 @@ def test_store_keeps_its_own_copy_of_the_master_key(keystore_url: str, master_ra
     async def body() -> None:
         master = SecretBytes(master_raw)
         async with opened_registry(keystore_url) as reg:
-            store = await CoreKeyStore.open(reg, master)
+            store = await CoreKeyStore.open(reg, master, create=True)
             master.wipe()  # what a careful caller does
             await store.ensure_tenant("demo")
             before = await materials(store, "demo")

@@ -40,7 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bench": _BASE | {"ttlv", "kmip", "client", "config", "tls"},
     "stack": _BASE | {"config", "core", "gateway", "registry", "tls"},
     "cli": _BASE
-    | {"config", "core", "gateway", "registry", "tls", "stack", "bench", "conformance"}
+    | {"config", "core", "gateway", "registry", "vault", "tls", "stack", "bench", "conformance"}
     | {"crypto", "pki", "client"},
     "__init__": frozenset(),
 }

@@ -76,6 +76,7 @@ class DictCore:
         }
         self.keys: dict[str, KeyRecord] = {}
         self.calls: list[tuple[str, str]] = []
+        self.subscribed: list[frozenset[str]] = []
         self.executed: list[ExecuteRequest] = []
         self.cancelled = 0
         self.delay = 0.0
@@ -102,6 +103,7 @@ class DictCore:
     ) -> AsyncIterator[CoreEvent]:
         self.calls.append(("subscribe", gateway))
         self.after_seqs.append(after_seq)
+        self.subscribed.append(tenants)
         entry: tuple[frozenset[str], asyncio.Queue[CoreEvent]] = (tenants, asyncio.Queue())
         self.streams.append(entry)
         try:
@@ -407,19 +409,20 @@ def test_tenant_not_served_is_refused(dev: DevLayout) -> None:
         async with client(gateway_tls(dev), port, tenants=("demo", "other"),
                           backoff=(0.05, 0.1)) as up:
             try:
-                assert not await up.wait_ready(0.5)
-                assert "does not serve tenant(s) other" in up.last_error
+                # Issue 12 finding 8: the Subscribe goes ahead for demo alone.
+                assert await up.wait_ready(5.0), up.last_error
+                assert core.subscribed == [frozenset({"demo"})]
                 with pytest.raises(PermissionDenied, match="does not serve tenant"):
                     await up.execute(ExecuteRequest(b"x", "id", "other", (2, 1)))
                 with pytest.raises(PermissionDenied):
                     await up.sync_keys([record("k-1"), record("k-2", "other")])
                 with pytest.raises(PermissionDenied):
                     await up.fetch_key("other", "k-1")
-                assert core.calls == []
+                assert core.calls == [("subscribe", GATEWAY)]
                 assert core.keys == {}
                 result = await up.execute(ExecuteRequest(b"x", "id", "demo", (2, 1)))
                 assert result.batch_item == b"x"
-                assert core.calls == [("execute", GATEWAY)]
+                assert core.calls == [("subscribe", GATEWAY), ("execute", GATEWAY)]
             finally:
                 await srv.stop(0)
 

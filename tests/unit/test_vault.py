@@ -15,6 +15,7 @@ from krypton.crypto.secret import generate_key
 from krypton.errors import StorageError
 from krypton.model import KeyRecord, new_uid
 from krypton.vault import Vault
+from krypton.vault.sqlite import quarantined
 
 
 def record(uid: str | None = None, *, tenant: str = "demo", state: int = 1) -> KeyRecord:
@@ -325,3 +326,83 @@ def test_destroying_erases_the_wrapped_material(tmp_path: Path) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("v.db"))
     assert blob not in raw
+
+
+# -- issue 12: changes from the Core are never dropped; bad outbox rows quarantined --
+_FAIL = (
+    "CREATE TRIGGER broken BEFORE UPDATE ON keys BEGIN SELECT RAISE(ABORT, 'disk'); END"
+)
+
+
+def _sql(path: Path, *statements: str, args: tuple[object, ...] = ()) -> None:
+    db = sqlite3.connect(path, timeout=5.0)
+    try:
+        for sql in statements:
+            db.execute(sql, args if "?" in sql else ())
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_a_change_the_vault_cannot_store_is_held_and_retried(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+
+    async def body() -> None:
+        vault = Vault.open(path)
+        vault.retry = (0.0, 0.0)  # no real waiting; the retry loop yields to us
+        try:
+            rec = record()
+            await vault.put(rec)
+            _sql(path, _FAIL)  # every update fails, as on a full disk
+            assert await vault.apply_change(rec.uid, state=3, seq=7) is False
+            assert await vault.apply_change(rec.uid, state=5, seq=8) is False  # queued behind
+            assert vault.pending_changes == 1
+            seen = vault.get(rec.uid)
+            assert seen is not None and seen.state == 5 and seen.wrapped == b""
+            assert vault.cursor() == 0  # a restart now replays what memory holds
+            _sql(path, "DROP TRIGGER broken")
+            while vault.pending_changes or vault.cursor() != 8:
+                await asyncio.sleep(0)
+            stored = vault.get(rec.uid)
+            assert stored is not None and (stored.state, stored.wrapped) == (5, b"")
+        finally:
+            vault.close()
+        again = Vault.open(path)
+        try:
+            back = again.get(rec.uid)
+            assert back is not None and (back.state, back.wrapped) == (5, b"")
+        finally:
+            again.close()
+
+    run(body())
+
+
+def test_an_undecodable_outbox_row_is_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+
+    async def body() -> None:
+        vault = Vault.open(path)
+        try:
+            bad, good = record(), record()
+            await vault.put_many([bad, good])
+            _sql(path, "UPDATE keys SET state = 'x' WHERE uid = ?", args=(bad.uid,))
+            assert [r.uid for r in vault.outbox(10)] == [good.uid]
+            assert vault.quarantined == 1
+            while quarantined(path)[1] == []:
+                await asyncio.sleep(0)  # the quarantine write is the writer's
+            waiting, rows = quarantined(path)
+            assert waiting == 1
+            assert [(q.uid, q.reason) for q in rows] == [(bad.uid, "column state: not an"
+                                                          " integer in 0..4294967295")]
+            assert [r.uid for r in vault.outbox(10)] == [good.uid]
+            assert vault.quarantined == 1  # counted once
+        finally:
+            vault.close()
+        cold = Vault.open(path)  # no cached copy: the bad row is an error, not a crash
+        try:
+            with pytest.raises(StorageError, match="unreadable"):
+                cold.get(bad.uid)
+        finally:
+            cold.close()
+
+    run(body())

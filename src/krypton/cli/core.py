@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from krypton.config import CoreConfig, load_core_config
-from krypton.core.app import Core, open_keystore
+from krypton.core.app import Core, check_registry_exists, initialise, open_keystore
+from krypton.core.keystore import MASTER_KEY_ENV
 from krypton.crypto.keyring import L3State
 from krypton.registry import open_registry
 
@@ -24,10 +26,13 @@ def _run_async(fn: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(fn())  # type: ignore[arg-type]
 
 
-async def _with_keys(config: CoreConfig, action: Callable[[Any], Awaitable[None]]) -> None:
+async def _with_keys(
+    config: CoreConfig, action: Callable[[Any], Awaitable[None]], source: Path
+) -> None:
+    check_registry_exists(config, source)
     registry = await open_registry(config.registry)
     try:
-        keys = await open_keystore(config, registry)
+        keys = await open_keystore(config, registry, source=source)
         try:
             await action(keys)
         finally:
@@ -38,7 +43,7 @@ async def _with_keys(config: CoreConfig, action: Callable[[Any], Awaitable[None]
 
 def cmd_serve(args: argparse.Namespace, run: Runner, wait: Callable[[], Awaitable[None]]) -> int:
     config = load_core_config(args.config)
-    core = Core(config)
+    core = Core(config, source=args.config)
 
     async def main() -> None:
         await core.start()
@@ -59,7 +64,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         version = await keys.rotate_l3(args.tenant)
         print(f"tenant {args.tenant}: L3 version {version} is now active")
 
-    _run_async(lambda: _with_keys(config, action))
+    _run_async(lambda: _with_keys(config, action, args.config))
     return 0
 
 
@@ -71,12 +76,14 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         await keys.set_l3_state(args.tenant, args.version, state)
         print(f"tenant {args.tenant}: L3 version {args.version} is {state.name}")
 
-    _run_async(lambda: _with_keys(config, action))
+    _run_async(lambda: _with_keys(config, action, args.config))
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     config = load_core_config(args.config)
+
+    check_registry_exists(config, args.config)
 
     async def main() -> None:
         registry = await open_registry(config.registry)
@@ -100,6 +107,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Make the key hierarchy (idempotent): the only command that creates a
+    master key file or the root of a hierarchy in a registry."""
+    config = load_core_config(args.config)
+    tenants: list[str] = []
+
+    async def main() -> None:
+        tenants.extend(await initialise(config))
+
+    _run_async(main)
+    key = (f"${MASTER_KEY_ENV}" if os.environ.get(MASTER_KEY_ENV, "").strip()
+           else str(config.master_key_file))
+    print(f"key hierarchy in {config.registry} (master key: {key});"
+          f" tenants: {', '.join(tenants) or '(none)'}")
+    return 0
+
+
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     run: Runner,
@@ -109,6 +133,12 @@ def register(
     core.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="core.toml")
     core.set_defaults(func=lambda a: cmd_serve(a, run, wait))
     actions = core.add_subparsers(dest="action")
+
+    init = actions.add_parser(
+        "init", help="create the key hierarchy (master key file, registry root, tenants)"
+    )
+    init.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="core.toml")
+    init.set_defaults(func=cmd_init)
 
     rotate = actions.add_parser("rotate-l3", help="make a new active L3 version for a tenant")
     rotate.add_argument("--tenant", required=True)

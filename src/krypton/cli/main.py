@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from typing import Protocol, TypeVar
 
 from krypton.bench.cli import register as register_bench
 from krypton.cli.core import register as register_core
-from krypton.config import load_core_config, load_gateway_config
+from krypton.config import GatewayConfig, load_core_config, load_gateway_config
 from krypton.conformance.cli import register as register_conformance
 from krypton.core.app import Core
 from krypton.errors import ConfigError, KryptonError
@@ -25,6 +26,7 @@ from krypton.gateway.workers import run_workers
 from krypton.pki.dev import DevLayout, init_dev_dir
 from krypton.stack.dev import EmbeddedStack, prepare_tenants
 from krypton.tls.contexts import server_context
+from krypton.vault.sqlite import quarantined
 
 DEFAULT_DEV_DIR = Path(".krypton-dev")
 
@@ -142,8 +144,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_workers([run_core, *([run_gateway] * workers)])
 
 
+def cmd_outbox(gateway: GatewayConfig) -> int:
+    """``krypton gateway --config F outbox``: what waits to reach the Core, and
+    the quarantined rows (JSON lines, one per row)."""
+    waiting, rows = quarantined(gateway.vault_path)
+    print(f"vault {gateway.vault_path}: {waiting} key(s) waiting for the Core,"
+          f" {len(rows)} quarantined row(s)")
+    for q in rows:
+        print(json.dumps({"row": q.row, "uid": q.uid, "reason": q.reason, "at": q.at}))
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     gateway = load_gateway_config(args.config)
+    if args.action == "outbox":
+        return cmd_outbox(gateway)
     _setup_logging(gateway.log_level)
     workers = args.workers or gateway.workers
 
@@ -171,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=cmd_dev)
 
     gw = sub.add_parser("gateway", help="run a gateway")
+    gw.add_argument("action", nargs="?", choices=["outbox"],
+                    help="outbox: list what waits for the Core and the quarantined rows")
     gw.add_argument("--config", required=True, type=Path)
     gw.add_argument("--workers", type=int, default=0, help="processes on one port (SO_REUSEPORT)")
     gw.set_defaults(func=cmd_gateway)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from krypton.config import CoreConfig
 from krypton.core.embedded import EmbeddedL3Source
 from krypton.core.engine.objects import CoreServices, KeyRingSealer
-from krypton.core.keystore import CoreKeyStore, load_master_key
+from krypton.core.keystore import (
+    MASTER_KEY_ENV,
+    CoreKeyStore,
+    MasterKeyFileMissing,
+    NotInitialised,
+    load_master_key,
+)
 from krypton.core.service import CoreService
 from krypton.crypto.keyring import KeyRing
 from krypton.model import Registry
@@ -19,19 +26,70 @@ from krypton.uplink.service import UplinkServer
 log = logging.getLogger("krypton.core")
 
 
-async def open_keystore(config: CoreConfig, registry: Registry) -> CoreKeyStore:
-    master = load_master_key(config.master_key_file)
+def init_hint(source: str | Path | None) -> str:
+    return f"krypton core --config {source or '<core.toml>'} init"
+
+
+def check_registry_exists(config: CoreConfig, source: str | Path | None = None) -> None:
+    """A ``sqlite:`` registry file that does not exist is a typo until ``init``
+    says otherwise: refuse before opening it would create an empty file."""
+    path = config.sqlite_path
+    if path is not None and not path.exists():
+        raise NotInitialised(
+            f"core.registry points to {config.registry}, which does not exist: a typo? "
+            f"To make a new key hierarchy there, run `{init_hint(source)}`"
+        )
+
+
+async def open_keystore(
+    config: CoreConfig, registry: Registry, *, create: bool = False,
+    source: str | Path | None = None,
+) -> CoreKeyStore:
+    """The key store of a configured Core. Without ``create`` (every command but
+    ``init``) the master key file and the key hierarchy must exist; the error
+    says which setting points where."""
     try:
-        return await CoreKeyStore.open(registry, master)
+        master = load_master_key(config.master_key_file, create=create)
+    except MasterKeyFileMissing:
+        raise MasterKeyFileMissing(
+            f"core.master_key_file points to {config.master_key_file}, which does not exist"
+            f" (and {MASTER_KEY_ENV} is not set). A Core never makes a new master key by"
+            f" itself: fix the setting, or run `{init_hint(source)}` for a new hierarchy"
+        ) from None
+    try:
+        return await CoreKeyStore.open(registry, master, create=create)
+    except NotInitialised:
+        raise NotInitialised(
+            f"core.registry points to {config.registry}, which holds no key hierarchy: a typo?"
+            f" To make one there, run `{init_hint(source)}`"
+        ) from None
     finally:
         master.wipe()
+
+
+async def initialise(config: CoreConfig) -> list[str]:
+    """``krypton core init``: the master key file (unless the key comes from
+    ``$KRYPTON_CORE_MASTER_KEY``), the key hierarchy's root in the registry, and
+    every configured tenant's L2 and first L3. Idempotent; returns the tenants."""
+    registry = await open_registry(config.registry)
+    try:
+        store = await open_keystore(config, registry, create=True)
+        try:
+            for tenant in config.tenants:
+                await store.ensure_tenant(tenant)
+            return await store.tenants()
+        finally:
+            await store.close()
+    finally:
+        await registry.close()
 
 
 class Core:
     """One Core process: ``start`` brings it up, ``close`` takes it down cleanly."""
 
-    def __init__(self, config: CoreConfig) -> None:
+    def __init__(self, config: CoreConfig, *, source: str | Path | None = None) -> None:
         self.config = config
+        self.source = source  # the configuration file, named in errors
         self.registry: Registry | None = None
         self.keys: CoreKeyStore | None = None
         self.ring = KeyRing()
@@ -41,8 +99,9 @@ class Core:
 
     async def start(self) -> None:
         cfg = self.config
+        check_registry_exists(cfg, self.source)
         self.registry = await open_registry(cfg.registry, feed_retention=cfg.feed_retention)
-        self.keys = await open_keystore(cfg, self.registry)
+        self.keys = await open_keystore(cfg, self.registry, source=self.source)
         for tenant in cfg.tenants:
             await self.keys.ensure_tenant(tenant)
         await self.keys.start_watching()

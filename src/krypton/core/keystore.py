@@ -3,7 +3,7 @@
 How this works
 --------------
 A Core master key (32 bytes, from ``$KRYPTON_CORE_MASTER_KEY`` as hex or from
-a 0600 file created on first use) stands in for the customer's L1. Everything
+a 0600 file that ``krypton core init`` creates) stands in for the customer's L1. Everything
 lives in the registry (:class:`~krypton.model.registry.Registry`, SQLite or
 PostgreSQL) as :class:`~krypton.model.registry.SealedKey` rows, so several Core
 instances on one PostgreSQL database share the same keys:
@@ -25,7 +25,10 @@ Sealing is the gateway's AES-256-GCM helper (:mod:`krypton.crypto.wrap`), so no
 key is ever stored in the clear and a blob copied to another row fails to open.
 ``state`` is an :class:`~krypton.crypto.keyring.L3State` value (ACTIVE for the
 rows that have no lifecycle). Opening with another master key fails on the
-check row with :class:`~krypton.errors.MasterKeyMismatch`.
+check row with :class:`~krypton.errors.MasterKeyMismatch`; a registry without
+a check row is refused (:class:`NotInitialised`) unless the store is opened to
+create the hierarchy (``create=True``, what ``krypton core init`` does), so a
+typo in the registry setting never starts an empty hierarchy by itself.
 
 Concurrency between Core instances is optimistic, built on the registry's rule
 that an existing version's sealed material is never replaced (a clash raises
@@ -132,9 +135,12 @@ def load_master_key(
     *,
     env: str = MASTER_KEY_ENV,
     environ: Mapping[str, str] | None = None,
+    create: bool = False,
 ) -> SecretBytes:
     """The Core master key: ``$env`` (64 hex digits) if set, else the file at
-    ``path`` (32 raw bytes, mode 0600), created with fresh random bytes if missing."""
+    ``path`` (32 raw bytes, mode 0600). A missing file is an error
+    (:class:`MasterKeyFileMissing`), unless ``create`` (``krypton core init``):
+    then it is made with fresh random bytes."""
     value = (os.environ if environ is None else environ).get(env, "").strip()
     if value:
         try:
@@ -148,6 +154,10 @@ def load_master_key(
     if path is None:
         raise ConfigError(f"no Core master key: set {env} or configure a master key file")
     path = Path(path)
+    if not create:
+        if not path.exists():
+            raise MasterKeyFileMissing(f"master key file {path}: no such file")
+        return _read_master_key(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -186,6 +196,14 @@ def _read_master_key(path: Path) -> SecretBytes:
         raise ConfigError(f"master key file {path}: expected exactly 32 bytes")
     del buf[32:]
     return SecretBytes.adopt(buf)
+
+
+class MasterKeyFileMissing(ConfigError):
+    """The master key file does not exist (``krypton core init`` makes it)."""
+
+
+class NotInitialised(ConfigError):
+    """The registry holds no key hierarchy (``krypton core init`` makes one)."""
 
 
 def _states(rows: Iterable[SealedKey]) -> dict[int, L3State]:
@@ -229,14 +247,18 @@ class CoreKeyStore:
         self._wake = asyncio.Event()
 
     @classmethod
-    async def open(cls, registry: Registry, master_key: SecretBytes) -> CoreKeyStore:
-        """Check ``master_key`` against the registry (storing the check on first
-        use) and load the current L3 states. The store keeps its own copy of
-        ``master_key``: the caller may (and should) wipe theirs afterwards. The
-        caller keeps owning ``registry`` (close it after the store)."""
+    async def open(
+        cls, registry: Registry, master_key: SecretBytes, *, create: bool = False
+    ) -> CoreKeyStore:
+        """Check ``master_key`` against the registry and load the current L3
+        states. A registry without a key hierarchy (no check row) is refused with
+        :class:`NotInitialised` unless ``create``: then the check is stored (the
+        root of a new hierarchy: ``krypton core init``). The store keeps its own
+        copy of ``master_key``: the caller may (and should) wipe theirs
+        afterwards. The caller keeps owning ``registry`` (close it after the store)."""
         master = WrappingKey(MASTER_KEY_ID, SecretBytes(master_key.view()))
         try:
-            await _check_master(registry, master)
+            await _check_master(registry, master, create=create)
             store = cls(registry, master)
             for tenant in await store.tenants():
                 store._seen[tenant] = _states(await registry.keys(tenant, L3))
@@ -536,9 +558,11 @@ class CoreKeyStore:
         return kept
 
 
-async def _check_master(registry: Registry, master: WrappingKey) -> None:
+async def _check_master(registry: Registry, master: WrappingKey, *, create: bool) -> None:
     for _ in range(RETRIES):
         rows = await registry.keys(CORE_ROWS, MK)
+        if not rows and not create:
+            raise NotInitialised(f"{registry!r} holds no key hierarchy")
         if not rows:
             check = master.seal(binding(MK, "check"), CHECK_PLAINTEXT)
             try:

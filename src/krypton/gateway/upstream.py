@@ -137,6 +137,8 @@ class Upstream:
                     pass
             except KryptonError as exc:
                 log.info("outbox: not drained now: %s", exc.message)
+            except Exception:  # the drainer must outlive any one bad batch
+                log.exception("outbox: drain failed; retried on the next wake")
 
     async def drain_once(self, tenant: str | None = None) -> int:
         records = self.vault.outbox(self.batch)
@@ -287,6 +289,8 @@ class Upstream:
             # erased the key here: take its material back.
             await self.vault.reinstate(fresh, seq=seq)
         else:
+            # a change the vault cannot store now is held in memory and retried,
+            # never dropped (krypton.vault.held)
             attributes = None
             if fresh is not None:
                 state = fresh.state

@@ -15,25 +15,17 @@ import logging
 import ssl
 
 from krypton.config import CoreConfig, GatewayConfig
-from krypton.core.app import Core, open_keystore
+from krypton.core.app import Core, initialise
 from krypton.gateway.app import Gateway
-from krypton.registry import open_registry
 
 log = logging.getLogger("krypton.dev")
 
 
 async def ensure_tenants(core: CoreConfig) -> None:
-    """Create every configured tenant's L2 and first L3 (idempotent)."""
-    registry = await open_registry(core.registry)
-    try:
-        store = await open_keystore(core, registry)
-        try:
-            for tenant in core.tenants:
-                await store.ensure_tenant(tenant)
-        finally:
-            await store.close()
-    finally:
-        await registry.close()
+    """The development stack initialises itself (``krypton core init``: master
+    key file, key hierarchy, every configured tenant's L2 and first L3;
+    idempotent). A production Core never does: it refuses to start without."""
+    await initialise(core)
 
 
 def prepare_tenants(core: CoreConfig) -> None:
@@ -55,6 +47,7 @@ class EmbeddedStack:
 
     async def start(self) -> None:
         try:
+            await ensure_tenants(self.core.config)
             await self.core.start()
             address = f"{self.core.config.listen_host}:{self.core.port}"
             self.gateway = Gateway(self.gateway_config, self.ssl_context, core_address=address)

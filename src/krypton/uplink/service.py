@@ -10,9 +10,13 @@ checks it (:func:`krypton.tls.identity.check_peer`: a leaf with clientAuth,
 valid now, in the trust domain, not denied — the same rules the KMIP listener
 applies), takes its SPIFFE ID and looks it up in ``authorised``: SPIFFE ID →
 the tenants that gateway serves. An unknown gateway, or a request naming a
-tenant the gateway does not serve (Subscribe's tenants, every record of a
-SyncKeys, Execute's and FetchKey's tenant), is answered ``PERMISSION_DENIED``
-before the handler is called, and the refusal is audited (``audit``). The
+tenant the gateway does not serve (every record of a SyncKeys, Execute's and
+FetchKey's tenant), is answered ``PERMISSION_DENIED`` before the handler is
+called, and the refusal is audited (``audit``). A Subscribe is refused that
+way only when it names no tenant the gateway serves; otherwise each tenant it
+does not serve is refused on its own (a warning naming it, an audit record)
+and the stream carries the others, so one stray rule in a gateway's policy
+does not cost its other tenants their keys. The
 handler therefore only ever sees authorised calls, and its ``gateway``
 argument is the authenticated SPIFFE ID (the ``gateway`` name inside
 requests is the gateway's own claim, used for logs only).
@@ -203,9 +207,12 @@ class _Servicer(pb_grpc.UplinkServicer):
 
     async def _authorise(
         self, context: Context, call: str, tenants: Iterable[str], *,
-        default_all: bool = False, identity: str | None = None, uid: str | None = None,
+        default_all: bool = False, partial: bool = False, identity: str | None = None,
+        uid: str | None = None,
     ) -> tuple[str, frozenset[str]]:
-        """The caller's SPIFFE ID and the tenants asked for, or abort PERMISSION_DENIED."""
+        """The caller's SPIFFE ID and the tenants asked for, or abort PERMISSION_DENIED.
+        With ``partial`` (Subscribe), tenants the gateway does not serve are refused
+        one by one (a warning naming each, audited) and the others are granted."""
         asked = frozenset(tenants)
         first = min(asked, default="")
         try:
@@ -222,6 +229,9 @@ class _Servicer(pb_grpc.UplinkServicer):
         if not asked and default_all:
             asked = served
         refused = sorted(asked - served)
+        if refused and partial and asked & served:
+            await self._skip(call, gateway, refused)
+            return gateway, asked & served
         if refused or not asked:
             await self._refuse(
                 context, call, gateway,
@@ -229,6 +239,16 @@ class _Servicer(pb_grpc.UplinkServicer):
                 tenant=refused[0] if refused else "", identity=identity, uid=uid,
             )
         return gateway, asked
+
+    async def _skip(self, call: str, gateway: str, refused: list[str]) -> None:
+        """Refuse some tenants of a call that goes ahead for the others."""
+        for tenant in refused:
+            detail = f"gateway {gateway} does not serve tenant {tenant}; its other tenants are"
+            log.warning("uplink: %s of tenant %s refused: %s", call, tenant, detail + " served")
+            await self._record(AuditRecord(
+                time=time.time(), identity=gateway, tenant=tenant, operation=call, uid=None,
+                result="PermissionDenied", gateway=gateway, detail=detail + " served",
+            ))
 
     def _claimed(self, identity: str) -> str | None:
         """Why a client identity claimed by a gateway is refused, or None if it is well-formed."""
@@ -261,7 +281,7 @@ class _Servicer(pb_grpc.UplinkServicer):
         self, request: pb.SubscribeRequest, context: Context
     ) -> AsyncIterator[pb.CoreEvent]:
         gateway, tenants = await self._authorise(context, "Subscribe", request.tenants,
-                                                 default_all=True)
+                                                 default_all=True, partial=True)
         log.info("uplink: gateway %s (%s) subscribed to %s", request.gateway or "?", gateway,
                  ", ".join(sorted(tenants)))
         after = request.after_seq if request.HasField("after_seq") else None

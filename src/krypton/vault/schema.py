@@ -54,6 +54,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE feed_cursor (seq INTEGER NOT NULL)",
         "INSERT INTO feed_cursor VALUES (0)",
     ),
+    # v5: outbox rows that do not decode are quarantined (keys.synced = 2) and
+    # listed here (``krypton gateway --config F outbox``); the rest keeps syncing.
+    (
+        "CREATE TABLE quarantine ("
+        " row INTEGER PRIMARY KEY,"
+        " uid TEXT NOT NULL,"
+        " reason TEXT NOT NULL,"
+        " at INTEGER NOT NULL)",
+    ),
 )
 
 LATEST = len(MIGRATIONS)

@@ -23,6 +23,14 @@ here) is written by :meth:`Vault.apply_change` in the same transaction as the
 change it follows, so after a crash the gateway resumes the feed exactly
 where its vault is.
 
+Changes the Core committed (``apply_change``, ``reinstate``) are never
+dropped: one the vault cannot store (disk full, I/O error) is held in memory,
+overlaid on reads and retried (:mod:`krypton.vault.held`); while anything is
+held the feed cursor stays where the stored changes put it, so a restart
+replays what memory held. An outbox row that does not decode is quarantined
+(``keys.synced = 2`` and a row in ``quarantine``) instead of stopping the
+outbox.
+
 Reads (``get``, ``outbox``, ``held``, ``cursor``) run on the caller's thread, on a per-thread
 read-only connection, which sees the last committed state (WAL readers do not
 block the writer). ``get`` consults an LRU cache of wrapped records first;
@@ -32,17 +40,20 @@ see :mod:`krypton.vault.cache` for how it stays coherent with the writer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from krypton.errors import KryptonError
+from krypton.errors import KryptonError, StorageError
 from krypton.model.record import KeyRecord
 from krypton.storage import Op, Readers, Writer, open_file, translated
-from krypton.vault.auth import Sealer, check, log, seal
+from krypton.vault.auth import Sealer, check, seal
 from krypton.vault.cache import RecordCache
+from krypton.vault.held import BadRow, Effect, Held, decode
 from krypton.vault.schema import migrate
 
 _INSERT = (
@@ -54,7 +65,16 @@ _COLUMNS = (
     " wrapped, attributes, created, synced, mac FROM keys"
 )
 _SELECT = _COLUMNS + " WHERE uid = ?"
-_OUTBOX = _COLUMNS + " WHERE synced = 0 ORDER BY rowid LIMIT ?"
+_OUTBOX = (
+    "SELECT uid, tenant, object_type, algorithm, length, state, l3_version,"
+    " wrapped, attributes, created, synced, mac, rowid FROM keys WHERE synced = 0"
+    " ORDER BY rowid LIMIT ?"
+)
+_QUARANTINED = "SELECT row, uid, reason, at FROM quarantine ORDER BY row"
+_QUARANTINE_ROW = "UPDATE keys SET synced = 2 WHERE rowid = ?"
+_QUARANTINE_NOTE = "INSERT OR REPLACE INTO quarantine (row, uid, reason, at) VALUES (?, ?, ?, ?)"
+RETRY_FIRST: Final = 0.05  # seconds before a held change is tried again, doubling
+RETRY_CAP: Final = 2.0
 _UNSEALED = "SELECT 1 FROM unsealed WHERE uid = ?"
 _REWRITE: Final = (
     "UPDATE keys SET state=?, l3_version=?, wrapped=?, attributes=?, mac=? WHERE uid=?"
@@ -71,6 +91,7 @@ DESTROYED_STATES: Final = frozenset((5, 6))
 _DUPLICATE: Final = "a key with this unique identifier exists"
 
 Work = Callable[[sqlite3.Connection, Any], Any]
+log = logging.getLogger("krypton.vault")
 
 
 def _row(r: KeyRecord) -> tuple[object, ...]:
@@ -80,11 +101,29 @@ def _row(r: KeyRecord) -> tuple[object, ...]:
     )  # fmt: skip
 
 
+def _decoded(row: Sequence[Any]) -> KeyRecord:
+    """A row's record (:class:`BadRow` if a column does not decode), with its MAC."""
+    mac = row[11]
+    if not isinstance(mac, bytes | bytearray | memoryview):
+        raise BadRow("column mac: not a blob")
+    return replace(decode(row[:11]), mac=bytes(mac))
+
+
 def _record(row: Sequence[Any]) -> KeyRecord:
-    return KeyRecord(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-        bytes(row[7]), bytes(row[8]), row[9], bool(row[10]), bytes(row[11]),
-    )  # fmt: skip
+    try:
+        return _decoded(row)
+    except BadRow as bad:
+        raise StorageError(f"vault record {row[0]!r} is unreadable: {bad}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """An outbox row that did not decode, taken out of the outbox."""
+
+    row: int
+    uid: str
+    reason: str
+    at: int
 
 
 def _is_unsealed(conn: sqlite3.Connection) -> Callable[[str], bool]:
@@ -173,6 +212,12 @@ def _apply_change(
     return _rewrite(conn, uid, change, sealer)
 
 
+def _quarantine(conn: sqlite3.Connection, bad: tuple[Quarantined, ...]) -> int:
+    conn.executemany(_QUARANTINE_ROW, [(q.row,) for q in bad])
+    conn.executemany(_QUARANTINE_NOTE, [(q.row, q.uid, q.reason, q.at) for q in bad])
+    return len(bad)
+
+
 def _mark_synced(conn: sqlite3.Connection, uids: tuple[str, ...]) -> int:
     return conn.executemany(
         "UPDATE keys SET synced=1 WHERE uid=? AND synced=0", [(u,) for u in uids]
@@ -204,42 +249,62 @@ def _cache_put(cache: RecordCache, records: tuple[KeyRecord, ...]) -> int:
     return len(records)
 
 
-def _cache_state(cache: RecordCache, payload: tuple[str, int, object]) -> int:
-    uid, state, _ = payload
+# What a change of one key does to its record: (uid, effect). The cache applies
+# it after the commit; Held overlays it on reads while it is not stored.
+def _state_of(state: int) -> Effect:
     if state in DESTROYED_STATES:
-        cache.update((uid,), _change(state=state, wrapped=b""))
-    else:
-        cache.update((uid,), _change(state=state))
-    return 0
+        return _change(state=state, wrapped=b"")
+    return _change(state=state)
 
 
-def _cache_attributes(cache: RecordCache, payload: tuple[str, bytes, object]) -> int:
-    cache.update(payload[:1], _change(attributes=payload[1]))
-    return 0
+def _state_effect(payload: tuple[str, int, object]) -> tuple[str, Effect]:
+    return payload[0], _state_of(payload[1])
 
 
-def _cache_reinstate(cache: RecordCache, payload: tuple[KeyRecord, int, object]) -> int:
+def _attributes_effect(payload: tuple[str, bytes, object]) -> tuple[str, Effect]:
+    return payload[0], _change(attributes=payload[1])
+
+
+def _reinstate_effect(payload: tuple[KeyRecord, int, object]) -> tuple[str, Effect]:
     r = payload[0]
-    cache.update(
-        (r.uid,),
-        _change(state=r.state, l3_version=r.l3_version, wrapped=r.wrapped, attributes=r.attributes),
+    return r.uid, _change(
+        state=r.state, l3_version=r.l3_version, wrapped=r.wrapped, attributes=r.attributes
     )
-    return 0
+
+
+def _apply_effect(
+    payload: tuple[str, int | None, bytes | None, int, object],
+) -> tuple[str, Effect]:
+    uid, state, attrs, _, _ = payload
+    to_state = None if state is None else _state_of(state)
+
+    def effect(record: KeyRecord) -> KeyRecord:
+        if attrs is not None:
+            record = replace(record, attributes=attrs)
+        return record if to_state is None else to_state(record)
+
+    return uid, effect
+
+
+_EFFECTS: Final[Mapping[Work, Callable[[Any], tuple[str, Effect]]]] = {
+    _set_state: _state_effect,
+    _set_attributes: _attributes_effect,
+    _reinstate: _reinstate_effect,
+    _apply_change: _apply_effect,
+}
+
+
+def _cache_effect(work: Work) -> Callable[[RecordCache, Any], int]:
+    def apply(cache: RecordCache, payload: Any) -> int:
+        uid, effect = _EFFECTS[work](payload)
+        cache.update((uid,), effect)
+        return 0
+
+    return apply
 
 
 def _cache_synced(cache: RecordCache, uids: tuple[str, ...]) -> int:
     cache.update(uids, _change(synced=True))
-    return 0
-
-
-def _cache_apply(
-    cache: RecordCache, payload: tuple[str, int | None, bytes | None, int, object]
-) -> int:
-    uid, state, attrs, _, _ = payload
-    if attrs is not None:
-        _cache_attributes(cache, (uid, attrs, None))
-    if state is not None:
-        _cache_state(cache, (uid, state, None))
     return 0
 
 
@@ -248,14 +313,15 @@ def _cache_nothing(cache: RecordCache, payload: object) -> int:
 
 
 _CACHED: Final[Mapping[Work, Callable[[RecordCache, Any], int]]] = {
-    _apply_change: _cache_apply,
+    _apply_change: _cache_effect(_apply_change),
     _set_cursor: _cache_nothing,
     _put: _cache_put,
-    _set_state: _cache_state,
-    _set_attributes: _cache_attributes,
-    _reinstate: _cache_reinstate,
+    _set_state: _cache_effect(_set_state),
+    _set_attributes: _cache_effect(_set_attributes),
+    _reinstate: _cache_effect(_reinstate),
     _mark_synced: _cache_synced,
-    _seal_legacy: lambda cache, payload: 0,  # the covered columns do not change
+    _seal_legacy: _cache_nothing,  # the covered columns do not change
+    _quarantine: _cache_nothing,  # undecodable rows are never cached
 }
 
 
@@ -269,9 +335,18 @@ class Vault:
         cache_size: int,
         max_batch: int,
         sealer: Sealer | None = None,
+        *,
+        retry: tuple[float, float] = (RETRY_FIRST, RETRY_CAP),
     ) -> None:
         self.path = path
         self._sealer = sealer
+        self.retry = retry  # held changes: first delay, cap (seconds)
+        self._held = Held()
+        self._retrier: asyncio.Task[None] | None = None
+        self._cursor_due = 0  # the feed position held changes still owe the cursor
+        self._quarantined = 0
+        self._quarantining: set[int] = set()
+        self._background: set[asyncio.Future[Any]] = set()
         self._cache = RecordCache(cache_size)
         self._written = 0
         self._readers = Readers(path, "vault")
@@ -289,6 +364,7 @@ class Vault:
         cache_size: int = 65536,
         max_batch: int = 4096,
         sealer: Sealer | None = None,
+        retry: tuple[float, float] = (RETRY_FIRST, RETRY_CAP),
     ) -> Vault:
         """Open (creating and migrating as needed) the vault file at ``path``.
 
@@ -298,7 +374,7 @@ class Vault:
         conn = open_file(
             path, name="vault", migrate=migrate, pragmas=("fullfsync = ON", "secure_delete = ON")
         )
-        return cls(path, conn, cache_size, max_batch, sealer)
+        return cls(path, conn, cache_size, max_batch, sealer, retry=retry)
 
     # -- counters --------------------------------------------------------------
     @property
@@ -318,6 +394,16 @@ class Vault:
     def cached(self) -> int:
         """How many records the read cache holds now (at most ``cache_size``)."""
         return len(self._cache)
+
+    @property
+    def pending_changes(self) -> int:
+        """Keys with a change from the Core the vault could not store yet."""
+        return len(self._held)
+
+    @property
+    def quarantined(self) -> int:
+        """Outbox rows this vault object took out of the outbox as undecodable."""
+        return self._quarantined
 
     # -- writes (durable when they return) -------------------------------------
     def submit(self, work: Work, payload: Any) -> asyncio.Future[Any]:
@@ -348,7 +434,7 @@ class Vault:
         """Give a held key back its state, wrapped material and attributes (a Destroy
         the Core has undone: krypton.engine.undo); False if there is no such key.
         A ``seq`` > 0 becomes the feed cursor in the same transaction."""
-        return bool(await self._submit(_reinstate, (record, int(seq), self._sealer)))
+        return await self._follow(_reinstate, (record, int(seq), self._sealer), int(seq))
 
     async def apply_change(
         self, uid: str, *, state: int | None = None, attributes: bytes | None = None,
@@ -356,14 +442,61 @@ class Vault:
     ) -> bool:
         """One change from the Core, in one transaction: the key's new attributes
         and state (a destroyed state erases its material) and, if ``seq`` > 0,
-        the feed cursor. False if there is no such key (the cursor moves anyway)."""
+        the feed cursor. False if there is no such key (the cursor moves anyway)
+        or if the vault could not store it: then the change is held in memory,
+        every read of the key sees it, and it is retried until stored."""
         payload = (uid, None if state is None else int(state),
                    None if attributes is None else bytes(attributes), int(seq), self._sealer)
-        return bool(await self._submit(_apply_change, payload))
+        return await self._follow(_apply_change, payload, int(seq))
 
     async def set_cursor(self, seq: int) -> None:
         """Record that every Core change up to ``seq`` is applied here."""
+        if self._held:
+            self._cursor_due = max(self._cursor_due, int(seq))
+            return
         await self._submit(_set_cursor, int(seq))
+
+    # -- changes the Core committed: never dropped --------------------------------
+    async def _follow(self, work: Work, payload: tuple[Any, ...], seq: int) -> bool:
+        """Store a change the Core has committed: True once stored, False if
+        there is no such key or the vault could not store it (disk full, I/O
+        error). Then it is held in memory, every read of the key sees it, and
+        it is retried (backing off) until stored. While anything is held the
+        cursor does not move: a restart replays from where the disk is."""
+        uid, effect = _EFFECTS[work](payload)
+        if not self._held:
+            try:
+                return bool(await self._submit(work, payload))
+            except StorageError as exc:
+                log.warning(
+                    "vault: a change of %s from the Core is not stored (%s); held in"
+                    " memory and retried, the key is answered from memory until then",
+                    uid, exc.message,
+                )  # fmt: skip
+        self._cursor_due = max(self._cursor_due, seq)
+        self._held.add(uid, (work, _without_cursor(work, payload)), effect)
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.create_task(self._retry_held(), name="vault-retry")
+        return False
+
+    async def _retry_held(self) -> None:
+        first, cap = self.retry
+        delay = first
+        while self._held:
+            await asyncio.sleep(delay)
+            try:
+                for uid in self._held.uids():
+                    while (change := self._held.first(uid)) is not None:
+                        await self._submit(*change)
+                        self._held.stored(uid)
+                        log.info("vault: the held change of %s is stored now", uid)
+                if not self._held and self._cursor_due:
+                    await self._submit(_set_cursor, self._cursor_due)
+                    self._cursor_due = 0
+                delay = first
+            except StorageError as exc:
+                delay = min(max(delay, 0.001) * 2, cap)
+                log.debug("vault: held changes still not stored: %s", exc.message)
 
     async def mark_synced(self, uids: Iterable[str]) -> int:
         """Take records out of the outbox; how many were marked."""
@@ -394,34 +527,61 @@ class Vault:
 
     # -- reads (caller's thread) -----------------------------------------------
     def get(self, uid: str) -> KeyRecord | None:
+        """The key's record, with any change still held in memory applied."""
         record = self._cache.get(uid)
-        if record is not None:
-            return record
-        generation = self._cache.generation
-        with translated("vault read"):
-            row = self._readers.get().execute(_SELECT, (uid,)).fetchone()
-        if row is None:
-            return None
-        record = self._checked(row)
-        self._cache.fill(record, generation)
+        if record is None:
+            generation = self._cache.generation
+            with translated("vault read"):
+                row = self._readers.get().execute(_SELECT, (uid,)).fetchone()
+            if row is None:
+                return None
+            record = self._checked(_record(row))
+            self._cache.fill(record, generation)
+        if self._held and uid in self._held:
+            return self._held.overlay(record)
         return record
 
     def outbox(self, limit: int) -> list[KeyRecord]:
-        """Up to ``limit`` records the Core has not acknowledged, oldest first;
-        records that fail authentication (or cannot be checked yet) are left out."""
+        """Up to ``limit`` records the Core has not acknowledged, oldest first.
+        Records that fail authentication (or cannot be checked yet) are left out;
+        a row that does not decode is logged with its uid, counted and
+        quarantined (out of the outbox, listed by :func:`quarantined`). Call it
+        on the event loop."""
         with translated("vault outbox read"):
             rows = self._readers.get().execute(_OUTBOX, (limit,)).fetchall()
-        out: list[KeyRecord] = []
+        records: list[KeyRecord] = []
+        bad: list[Quarantined] = []
         for row in rows:
             try:
-                out.append(self._checked(row))
+                records.append(self._checked(_decoded(row)))
+            except BadRow as exc:
+                if row[12] not in self._quarantining:
+                    bad.append(Quarantined(row[12], str(row[0]), str(exc), int(time.time())))
             except KryptonError:
                 continue
-        return out
+        if bad:
+            self._quarantine_rows(bad)
+        return records
 
-    def _checked(self, row: Sequence[Any]) -> KeyRecord:
-        conn = self._readers.get()
-        return check(_record(row), self._sealer, _is_unsealed(conn))
+    def _quarantine_rows(self, bad: list[Quarantined]) -> None:
+        for q in bad:
+            log.error("vault: outbox row of key %r does not decode (%s): quarantined, the"
+                      " other keys keep syncing", q.uid, q.reason)  # fmt: skip
+        self._quarantined += len(bad)
+        rows = {q.row for q in bad}
+        self._quarantining |= rows
+        done = self._submit(_quarantine, tuple(bad))
+        self._background.add(done)
+
+        def finished(f: asyncio.Future[Any]) -> None:
+            self._background.discard(f)
+            if f.cancelled() or f.exception() is not None:
+                self._quarantining -= rows  # not stored: found and tried again
+
+        done.add_done_callback(finished)
+
+    def _checked(self, record: KeyRecord) -> KeyRecord:
+        return check(record, self._sealer, _is_unsealed(self._readers.get()))
 
     def cursor(self) -> int:
         """The sequence number of the last Core change applied here (0: none)."""
@@ -443,6 +603,10 @@ class Vault:
     # -- shutdown --------------------------------------------------------------
     def close(self) -> None:
         """Finish every queued write, stop the writer and close the file."""
+        if self._retrier is not None:
+            self._retrier.cancel()
+        if self._held:
+            log.warning("vault: closed with changes of %d key(s) not stored", len(self._held))
         if not self._writer.stop():
             return
         self._writer.join()
@@ -456,3 +620,28 @@ class Vault:
         for op in ops:
             written += _CACHED[op.work](cache, op.payload)
         self._written += written
+
+
+def _without_cursor(work: Work, payload: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A held change's payload with its feed position taken out: the cursor
+    moves once every held change is stored (Vault._retry_held)."""
+    if work is _apply_change:
+        return (*payload[:3], 0, *payload[4:])
+    if work is _reinstate:
+        return (payload[0], 0, *payload[2:])
+    return payload
+
+
+def quarantined(path: str | Path) -> tuple[int, list[Quarantined]]:
+    """How many keys wait in the outbox of the vault file at ``path``, and its
+    quarantined rows; read-only, safe while the gateway runs."""
+    uri = f"file:{Path(path)}?mode=ro"
+    with translated("vault outbox report"):
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+        try:
+            waiting = int(conn.execute("SELECT count(*) FROM keys WHERE synced = 0").fetchone()[0])
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            rows = conn.execute(_QUARANTINED).fetchall() if "quarantine" in tables else []
+        finally:
+            conn.close()
+    return waiting, [Quarantined(int(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
