@@ -7,6 +7,9 @@ mutual TLS (its pipe), with a black-hole proxy between them or two Cores.
   connection is made; a batch of delegated items sent into the partition
   never waits N times the call timeout, and once the link is known down each
   item fails at once; after healing the control path comes back.
+* Several Cores: a gateway given two Core addresses (two ``krypton core``
+  processes on one PostgreSQL registry) fails over within 3 s when its Core
+  is killed, under Create/Get/Destroy load, with no hot-path error.
 
 Figures (detection, batch times, time from healing to the first delegated
 success) are printed (``pytest -s``).
@@ -25,10 +28,13 @@ from tests.helpers.cluster import (
     Cluster,
     activate_item,
     check_item,
+    destroy_item,
     make_cluster,
     one,
     wait_for,
 )
+from tests.helpers.pg import PgServer
+from tests.helpers.servers import free_port
 
 from krypton.client.sync import KmipClient, tls_context
 from krypton.kmip import client_messages as cm
@@ -46,6 +52,7 @@ CALL_TIMEOUT = 2.0  # gateway.uplink.timeout (the default)
 N = 10  # delegated items in one batch: today's main needs N x 2 s under partition
 FAST = 1.0  # a whole batch once the link is known down
 SOON = 15.0
+FAILOVER_BOUND = 3.0
 
 
 def activations(uids: list[str]) -> list[Item]:
@@ -144,3 +151,81 @@ def test_a_black_holed_uplink_is_noticed_within_5_s(tmp_path: Path) -> None:
             raise
         finally:
             cluster.stop()
+
+
+class _Load:
+    """Create, Get, Destroy in a loop on its own connection, until stopped."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.client = long_client(cluster)
+        self.hot_errors: list[str] = []
+        self.destroyed: list[float] = []  # when each Destroy succeeded
+        self.refused: list[tuple[float, str]] = []  # when a Destroy failed, and why
+        self.rounds = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load")
+
+    def __enter__(self) -> _Load:
+        self.client.connect()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.client.close()
+
+    def _run(self) -> None:
+        c = self.client
+        while not self._stop.is_set():
+            try:
+                uid, key = c.create_get(256)
+                if c.get(uid) != key:
+                    self.hot_errors.append(f"Get of {uid} returned other material")
+            except Exception as exc:  # the hot path must never fail
+                self.hot_errors.append(repr(exc))
+                continue
+            got = one(c, destroy_item(uid))
+            now = time.monotonic()
+            if got.status is ResultStatus.SUCCESS:
+                self.destroyed.append(now)
+                if one(c, cm.get_item(uid)).status is ResultStatus.SUCCESS:
+                    self.hot_errors.append(f"{uid} served after its Destroy")
+            else:
+                self.refused.append((now, got.message or ""))
+            self.rounds += 1
+
+
+def test_fails_over_to_a_second_core_on_postgresql(tmp_path: Path, pg: PgServer) -> None:
+    cluster = make_cluster(tmp_path, registry=pg.create_database("failover"))
+    second = free_port()
+    cluster.uplink_address = f"{cluster.core_address}, 127.0.0.1:{second}"
+    try:
+        cluster.start_core()
+        cluster.start_core(name="core-b", port=second)
+        cluster.start_gateways()
+        gateway = cluster.running[A]
+        with _Load(cluster) as load:
+            wait_for("load running", lambda: len(load.destroyed) >= 20 or None, SOON)
+            assert f"READY, in sync with the Krypton Core at {cluster.core_address}" in (
+                gateway.log())
+            cluster.kill_core()
+            killed = time.monotonic()
+            wait_for("a Destroy through the second Core", lambda: (
+                any(t > killed for t in load.destroyed) or None), SOON, 0.01)
+            failover = min(t for t in load.destroyed if t > killed) - killed
+            wait_for("more load on the second Core", lambda: (
+                sum(t > killed for t in load.destroyed) >= 20 or None), SOON)
+        assert f"READY, in sync with the Krypton Core at 127.0.0.1:{second}" in gateway.log()
+        assert not load.hot_errors, f"the hot path failed: {load.hot_errors[:3]}"
+        assert failover <= FAILOVER_BOUND, f"failed over after {failover:.2f} s"
+        failed = [m for t, m in load.refused if t > killed]
+        assert all("Krypton Core is unreachable" in m for m in failed), failed[:3]
+        print(f"\n[failover] Core killed → first Destroy through the second Core "
+              f"{failover:.2f} s; {load.rounds} Create/Get/Destroy rounds, no hot-path "
+              f"error, {len(failed)} Destroy(s) refused as unreachable during failover")
+    except BaseException:
+        print(cluster.dump_logs())
+        raise
+    finally:
+        cluster.stop()
