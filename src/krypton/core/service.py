@@ -16,7 +16,9 @@ How this works
   destroyed meanwhile instead of serving it on. (Changes older than this Core
   process, or beyond the limit, are not replayed.)
 * **SyncKeys** — wrapped L4 records from a gateway's outbox are inserted into
-  the registry, idempotently; the uids stored are acknowledged.
+  the registry, idempotently; the uids stored are acknowledged. A record
+  wrapped under a revoked L3 version is refused and reported
+  (:class:`krypton.core.rotation.SyncFence`).
 * **Execute** — one delegated KMIP batch item is decoded, run by the shared
   KMIP engine (``krypton.engine.control``) in the caller's context (identity,
   tenant, protocol version, the batch's ID placeholder), audited, and answered
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from krypton.core.engine.control import AuditContext, execute_item
 from krypton.core.engine.objects import CoreServices, index_fields
 from krypton.core.keystore import CoreKeyStore
+from krypton.core.rotation import SyncFence
 from krypton.crypto.keyring import L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import StorageError
@@ -97,6 +100,7 @@ class CoreService:
         self.lease_seconds = lease_seconds
         self.limits = limits or Limits()
         self._subscribers: set[_Subscriber] = set()
+        self._fence = SyncFence(keys, registry)  # no record under a revoked L3 version
         self._recent: OrderedDict[tuple[str, str], StateChange] = OrderedDict()
         self._replay_limit = replay_limit
         self._unsubscribe: list[Callable[[], None]] = []
@@ -178,7 +182,7 @@ class CoreService:
             log.info("gateway %s unsubscribed", gateway)
 
     async def sync_keys(self, gateway: str, keys: Sequence[WrappedKey]) -> list[str]:
-        records = [self._record(gateway, k) for k in keys]
+        records = await self._fence.admit(gateway, [self._record(gateway, k) for k in keys])
         await self.registry.put_objects(records)
         for tenant in sorted({r.tenant for r in records}):
             n = sum(1 for r in records if r.tenant == tenant)

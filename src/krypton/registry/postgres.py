@@ -59,6 +59,7 @@ from krypton.model.registry import (
 from krypton.registry._common import (
     AUDIT_COLUMNS,
     KEY_COLUMNS,
+    L3_USAGE_SQL,
     OBJECT_COLUMNS,
     Callback,
     Fanout,
@@ -311,6 +312,11 @@ class PostgresRegistry:
         async with self._connection("locate") as conn:
             cur = await conn.execute(text, params)
             return [row[0] for row in await cur.fetchall()]
+
+    async def l3_usage(self, tenant: str) -> dict[int, int]:
+        async with self._connection("L3 usage") as conn:
+            cur = await conn.execute(L3_USAGE_SQL.replace("?", "%s"), (tenant,))
+            return {int(v): int(n) for v, n in await cur.fetchall()}
 
     async def append_audit(self, record: AuditRecord) -> None:
         r = record
