@@ -13,13 +13,15 @@ trail names the operator for the rotation and the revocation.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.helpers.cluster import Cluster, running_cluster, wait_for
+from tests.helpers.load import Background
+
+from krypton.client.sync import KmipClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -28,33 +30,19 @@ OPERATOR = "ops:alice"
 
 
 class _Creates:
-    """Create+Get in a loop; each key with the wall-clock time it was acknowledged."""
+    """Create+Get steps; each key with the wall-clock time it was acknowledged."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.client = cluster.client(A)
+    def __init__(self) -> None:
         self.made: list[tuple[float, str, bytes]] = []
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="creates")
 
-    def __enter__(self) -> _Creates:
-        self.client.connect()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        self.client.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                uid, key = self.client.create_get(256)
-            except Exception as exc:  # the hot path must not fail
-                self.errors.append(repr(exc))
-                continue
-            self.made.append((time.time(), uid, key))
+    def __call__(self, c: KmipClient) -> None:
+        try:
+            uid, key = c.create_get(256)
+        except Exception as exc:  # the hot path must not fail
+            self.errors.append(repr(exc))
+            return
+        self.made.append((time.time(), uid, key))
 
 
 def versions(cluster: Cluster) -> dict[int, tuple[str, int]]:
@@ -70,7 +58,8 @@ def audit(cluster: Cluster) -> list[dict[str, Any]]:
 
 def test_revoking_the_active_version_under_load(tmp_path: Path) -> None:
     with running_cluster(tmp_path) as cluster:
-        with _Creates(cluster) as load:
+        load = _Creates()
+        with Background(cluster.client(A), load):
             wait_for("keys synced under v1", lambda: (
                 versions(cluster)[1][1] >= 20 or None), 20.0, 0.2)
             assert versions(cluster)[1][0] == "ACTIVE"

@@ -33,6 +33,7 @@ from tests.helpers.cluster import (
     one,
     wait_for,
 )
+from tests.helpers.load import Background
 from tests.helpers.pg import PgServer
 from tests.helpers.servers import free_port
 
@@ -153,47 +154,32 @@ def test_a_black_holed_uplink_is_noticed_within_5_s(tmp_path: Path) -> None:
             cluster.stop()
 
 
-class _Load:
-    """Create, Get, Destroy in a loop on its own connection, until stopped."""
+class _Rounds:
+    """Create, Get, Destroy steps: hot-path errors, and when each Destroy ended."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.client = long_client(cluster)
+    def __init__(self) -> None:
         self.hot_errors: list[str] = []
         self.destroyed: list[float] = []  # when each Destroy succeeded
         self.refused: list[tuple[float, str]] = []  # when a Destroy failed, and why
         self.rounds = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="load")
 
-    def __enter__(self) -> _Load:
-        self.client.connect()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        self.client.close()
-
-    def _run(self) -> None:
-        c = self.client
-        while not self._stop.is_set():
-            try:
-                uid, key = c.create_get(256)
-                if c.get(uid) != key:
-                    self.hot_errors.append(f"Get of {uid} returned other material")
-            except Exception as exc:  # the hot path must never fail
-                self.hot_errors.append(repr(exc))
-                continue
-            got = one(c, destroy_item(uid))
-            now = time.monotonic()
-            if got.status is ResultStatus.SUCCESS:
-                self.destroyed.append(now)
-                if one(c, cm.get_item(uid)).status is ResultStatus.SUCCESS:
-                    self.hot_errors.append(f"{uid} served after its Destroy")
-            else:
-                self.refused.append((now, got.message or ""))
-            self.rounds += 1
+    def __call__(self, c: KmipClient) -> None:
+        try:
+            uid, key = c.create_get(256)
+            if c.get(uid) != key:
+                self.hot_errors.append(f"Get of {uid} returned other material")
+        except Exception as exc:  # the hot path must never fail
+            self.hot_errors.append(repr(exc))
+            return
+        got = one(c, destroy_item(uid))
+        now = time.monotonic()
+        if got.status is ResultStatus.SUCCESS:
+            self.destroyed.append(now)
+            if one(c, cm.get_item(uid)).status is ResultStatus.SUCCESS:
+                self.hot_errors.append(f"{uid} served after its Destroy")
+        else:
+            self.refused.append((now, got.message or ""))
+        self.rounds += 1
 
 
 def test_fails_over_to_a_second_core_on_postgresql(tmp_path: Path, pg: PgServer) -> None:
@@ -205,7 +191,8 @@ def test_fails_over_to_a_second_core_on_postgresql(tmp_path: Path, pg: PgServer)
         cluster.start_core(name="core-b", port=second)
         cluster.start_gateways()
         gateway = cluster.running[A]
-        with _Load(cluster) as load:
+        load = _Rounds()
+        with Background(long_client(cluster), load):
             wait_for("load running", lambda: len(load.destroyed) >= 20 or None, SOON)
             assert f"READY, in sync with the Krypton Core at {cluster.core_address}" in (
                 gateway.log())
