@@ -150,9 +150,10 @@ class CorePipe:
                 # Either side ending ends both: gRPC must see a dead Core at once.
                 await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
             finally:
+                core_ended = down.done()
                 up.cancel()
                 down.cancel()
-                if down.done():  # the Core's side ended: nothing to flush there
+                if core_ended:  # nothing to flush towards a Core that is gone
                     remote_w.transport.abort()
                 else:  # gRPC hung up: flush what it sent (bounded by the TCP user timeout)
                     remote_w.close()
