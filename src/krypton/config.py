@@ -112,7 +112,10 @@ class CacheConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UplinkConfig:
+    # One Core or several ("host:port, host:port"; a name may resolve to several
+    # addresses): each new connection tries them in turn, the last good one first.
     core_address: str = "127.0.0.1:5697"
+    # A delegated call's bound (seconds).
     timeout: float = 2.0
     # The Core's SPIFFE ID: the uplink refuses any other server. Required in a
     # config file ("" only when built in code, e.g. by tests: no check).
@@ -120,14 +123,31 @@ class UplinkConfig:
     # The longest L3 lease this gateway accepts from the Core (a longer one is
     # cut to this).
     max_lease: float = 86_400.0
+    # Liveness: a gRPC keepalive ping every ``keepalive`` seconds, the link dead
+    # when one is not answered within ``keepalive_timeout`` (a silent partition
+    # is noticed within their sum); the same bounds for TCP keepalive and the
+    # TCP user timeout of each connection.
+    keepalive: float = 2.0
+    keepalive_timeout: float = 2.0
+    # One connection attempt to one Core address (TCP and TLS handshake).
+    connect_timeout: float = 2.0
+    # The Subscribe stream is redone when nothing (not even a heartbeat) came for this long.
+    stale_after: float = 15.0
+    # Reconnection backoff cap (seconds).
+    reconnect_max: float = 5.0
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every Core address, in the order given."""
+        return split_addresses(self.core_address)
 
     @property
     def host(self) -> str:
-        return split_address(self.core_address)[0]
+        return self.addresses[0][0]
 
     @property
     def port(self) -> int:
-        return split_address(self.core_address)[1]
+        return self.addresses[0][1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,15 +309,28 @@ def split_address(v: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _address(v: Any, ctx: _Ctx) -> str:
-    want = "must be 'host:port' (IPv6 as '[::1]:port') with a port from 1 to 65535"
+def split_addresses(v: str) -> tuple[tuple[str, int], ...]:
+    """``"a:1, b:2"`` → ``(("a", 1), ("b", 2))``; ValueError if any is not host:port."""
+    parts = [p.strip() for p in v.split(",")]
+    if not parts or not all(parts):
+        raise ValueError(v)
+    return tuple(split_address(p) for p in parts)
+
+
+def _addresses(v: Any, ctx: _Ctx) -> str:
+    want = ("must be 'host:port' (IPv6 as '[::1]:port') with a port from 1 to 65535, "
+            "or several separated by commas")
+    if ctx.from_env and isinstance(v, str) and v.strip()[:2] in ('["', "['"):
+        v = _env_list(v)  # a TOML array of strings ('[::1]:5697' is an address)
+    if isinstance(v, list | tuple) and v and all(isinstance(x, str) for x in v):
+        v = ", ".join(x.strip() for x in v)
     if not isinstance(v, str):
         raise _Bad(want)
     try:
-        split_address(v.strip())
+        split_addresses(v.strip())
     except ValueError:
         raise _Bad(want) from None
-    return v.strip()
+    return ", ".join(p.strip() for p in v.split(","))
 
 
 def _registry(v: Any, ctx: _Ctx) -> str:
@@ -469,8 +502,17 @@ _GATEWAY = _Section(
         "cache": _Section(CacheConfig, {"records": _integer(0)}),
         "uplink": _Section(
             UplinkConfig,
-            {"core_address": _address, "timeout": _seconds, "core_id": _core_id,
-             "max_lease": _seconds},
+            {
+                "core_address": _addresses,
+                "timeout": _seconds,
+                "core_id": _core_id,
+                "max_lease": _seconds,
+                "keepalive": _seconds,
+                "keepalive_timeout": _seconds,
+                "connect_timeout": _seconds,
+                "stale_after": _seconds,
+                "reconnect_max": _seconds,
+            },
         ),
     },
 )

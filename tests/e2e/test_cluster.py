@@ -454,8 +454,12 @@ def test_l3_rotation_and_revocation(start_cluster: Clusters, figures: Figures) -
         assert b.get(old_b) == key_b and a.get(old_b) == key_b
         assert wait_for("B's new key at A", partial(a.get, new_b), SOON) == new_key_b
 
+        # v1 still wraps keys: revoking it needs --force (the refusal changes nothing).
+        with pytest.raises(AssertionError, match="still wraps"):
+            cluster.core_cli("revoke-l3", "--tenant", "demo", "--version", "1")
+        assert a.get(old_a) == key_a
         started = time.monotonic()
-        out = cluster.core_cli("revoke-l3", "--tenant", "demo", "--version", "1")
+        out = cluster.core_cli("revoke-l3", "--tenant", "demo", "--version", "1", "--force")
         assert "L3 version 1 is COMPROMISED" in out
         revoked = time.monotonic()
         revoke_cli = revoked - started

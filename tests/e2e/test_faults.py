@@ -88,7 +88,7 @@ def test_a_stray_tenant_in_the_policy_costs_only_that_tenant(tmp_path: Path) -> 
 def start_fails(c: Cluster, **env: str) -> str:
     """Start the Core expecting it to refuse; its log."""
     with pytest.raises(RuntimeError, match="did not start") as refused:
-        c.start_core(START_TIMEOUT, **env)
+        c.start_core(START_TIMEOUT, env=env)
     return str(refused.value)
 
 

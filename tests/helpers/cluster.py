@@ -183,6 +183,12 @@ class Cluster:
     # through a proxy: KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS).
     gateway_settings: dict[str, dict[str, str]] = field(default_factory=dict)
     core_settings: dict[str, str] = field(default_factory=dict)  # kept across restarts
+    # Where the gateways look for the Core (default: ``core_address``), e.g. a
+    # proxy in between or several Cores ("a:1, b:2"); more gateway settings.
+    uplink_address: str | None = None
+    gateway_extra: dict[str, str] = field(default_factory=dict)
+    # More Cores on the same registry (``start_core(name=..., port=...)``).
+    cores: dict[str, Proc] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -213,19 +219,31 @@ class Cluster:
             KRYPTON_GATEWAY_VAULT_PATH=str(g.vault),
             KRYPTON_GATEWAY_TLS_CERT=str(g.cert),
             KRYPTON_GATEWAY_TLS_KEY=str(g.key),
-            KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS=self.core_address,
+            KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS=self.uplink_address or self.core_address,
             KRYPTON_GATEWAY_LOG_LEVEL="info",
         )
+        env.update(self.gateway_extra)
         env.update(self.gateway_settings.get(name, {}))
         return env
 
     # -- processes --------------------------------------------------------------
-    def start_core(self, timeout: float = START_TIMEOUT, **env: str) -> Proc:
-        """Start the Core; ``env`` adds settings (e.g. another certificate)."""
+    def start_core(self, timeout: float = START_TIMEOUT, *, name: str = "core",
+                   port: int | None = None, env: Mapping[str, str] | None = None,
+                   **settings: str) -> Proc:
+        """Start the Core; ``env`` and ``settings`` add KRYPTON_* settings (e.g.
+        another certificate). Another ``name`` and ``port`` start one more Core
+        (kept in ``cores``)."""
         args = ["core", "--config", str(self.layout.core_config)]
-        self.core = _spawn("core", args, {**self.core_env(), **env}, self.logs)
-        _wait_line(self.core, CORE_READY, timeout)
-        return self.core
+        full = {**self.core_env(), **(env or {}), **settings}
+        if port is not None:
+            full["KRYPTON_CORE_LISTEN_PORT"] = str(port)
+        proc = _spawn(name, args, full, self.logs)
+        _wait_line(proc, CORE_READY, timeout)
+        if name == "core":
+            self.core = proc
+        else:
+            self.cores[name] = proc
+        return proc
 
     def start_gateways(self, *names: str, timeout: float = START_TIMEOUT,
                        serving: bool = True) -> list[Proc]:
@@ -252,6 +270,8 @@ class Cluster:
         """Stop every process (gateways first); their exit statuses."""
         codes = {name: p.stop() for name, p in self.running.items()}
         self.running.clear()
+        codes.update({name: p.stop() for name, p in self.cores.items()})
+        self.cores.clear()
         if self.core is not None:
             codes["core"] = self.core.stop()
         return codes

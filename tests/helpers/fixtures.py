@@ -95,7 +95,7 @@ class Clusters:
         where = root if root is not None else self.root / f"cluster-{len(self.started)}"
         cluster = make_cluster(where, gateways=gateways, registry=registry, tenants=tenants)
         self.started.append(cluster)
-        cluster.start_core(START_TIMEOUT, **dict(core_env or {}))
+        cluster.start_core(START_TIMEOUT, env=core_env)
         if gateways_running:
             cluster.start_gateways(serving=serving)
         return cluster

@@ -118,6 +118,9 @@ class Gate:
     async def key_fingerprint(self, levels: Sequence[str]) -> KeyFingerprint | None:
         return await self.inner.key_fingerprint(levels)
 
+    async def l3_usage(self, tenant: str) -> dict[int, int]:
+        return await self.inner.l3_usage(tenant)
+
     async def put_objects(self, records: Sequence[ObjectRecord]) -> None:
         await self.inner.put_objects(records)
 

@@ -139,6 +139,30 @@ def test_env_overrides_each_kind(dev: DevLayout) -> None:
     assert (cfg.uplink.host, cfg.uplink.port) == ("::1", 7000)
 
 
+def test_uplink_liveness_settings_and_several_cores(dev: DevLayout) -> None:
+    cfg = gateway(dev, env={})
+    assert (cfg.uplink.keepalive, cfg.uplink.keepalive_timeout) == (2.0, 2.0)
+    assert cfg.uplink.keepalive + cfg.uplink.keepalive_timeout < 5.0  # noticed within 5 s
+    text = MINIMAL_GATEWAY.replace(
+        "core_id =", 'core_address = ["a.example:1", "[::1]:2"]\nkeepalive = 1.5\n'
+        "stale_after = 9\ncore_id =")
+    cfg = load_gateway_config(write(dev, text), env={
+        "KRYPTON_GATEWAY_UPLINK_KEEPALIVE_TIMEOUT": "0.5",
+        "KRYPTON_GATEWAY_UPLINK_CONNECT_TIMEOUT": "1",
+        "KRYPTON_GATEWAY_UPLINK_RECONNECT_MAX": "3"})
+    up = cfg.uplink
+    assert up.addresses == (("a.example", 1), ("::1", 2))
+    assert (up.keepalive, up.keepalive_timeout, up.stale_after) == (1.5, 0.5, 9.0)
+    assert (up.connect_timeout, up.reconnect_max) == (1.0, 3.0)
+    env = {"KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": "h1:5697, h2:5698"}
+    assert gateway(dev, env=env).uplink.addresses == (("h1", 5697), ("h2", 5698))
+    for bad in ("h1:5697,", "h1:5697, h2", "h1:0"):
+        with pytest.raises(ConfigError, match=r"^gateway\.uplink\.core_address: .*several"):
+            gateway(dev, env={"KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": bad})
+    with pytest.raises(ConfigError, match=r"^gateway\.uplink\.keepalive: .*> 0"):
+        gateway(dev, env={"KRYPTON_GATEWAY_UPLINK_KEEPALIVE": "0"})
+
+
 def test_env_beats_file(dev: DevLayout) -> None:
     extra = "[gateway.limits]\nmax_connections = 5\n"
     assert gateway(dev, extra).limits.max_connections == 5

@@ -1,9 +1,15 @@
-"""``krypton core``: run a Core, and its key-management commands."""
+"""``krypton core``: run a Core, and its key-management commands.
+
+``rotate-l3``, ``revoke-l3`` and ``l3 list`` act through
+:mod:`krypton.core.rotation` (guarded, fenced, audited with the operator's
+identity: ``--operator``, by default ``os-user:<login name>``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -12,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from krypton.config import CoreConfig, load_core_config
+from krypton.core import rotation
 from krypton.core.app import Core, check_registry_exists, initialise, open_keystore
-from krypton.core.keystore import MASTER_KEY_ENV
-from krypton.crypto.keyring import L3State
+from krypton.core.keystore import MASTER_KEY_ENV, CoreKeyStore
 from krypton.registry import open_registry
 
 DEFAULT_CONFIG = Path("core.toml")
@@ -26,15 +32,16 @@ def _run_async(fn: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(fn())  # type: ignore[arg-type]
 
 
-async def _with_keys(
-    config: CoreConfig, action: Callable[[Any], Awaitable[None]], source: Path
-) -> None:
+KeyAction = Callable[[CoreKeyStore, Any], Awaitable[None]]  # (key store, registry)
+
+
+async def _with_keys(config: CoreConfig, action: KeyAction, source: Path) -> None:
     check_registry_exists(config, source)
     registry = await open_registry(config.registry)
     try:
         keys = await open_keystore(config, registry, source=source)
         try:
-            await action(keys)
+            await action(keys, registry)
         finally:
             await keys.close()
     finally:
@@ -57,11 +64,20 @@ def cmd_serve(args: argparse.Namespace, run: Runner, wait: Callable[[], Awaitabl
     return 0
 
 
+def _operator(args: argparse.Namespace) -> str:
+    if args.operator:
+        return str(args.operator)
+    try:
+        return f"os-user:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "os-user:unknown"
+
+
 def cmd_rotate(args: argparse.Namespace) -> int:
     config = load_core_config(args.config)
 
-    async def action(keys: Any) -> None:
-        version = await keys.rotate_l3(args.tenant)
+    async def action(keys: CoreKeyStore, registry: Any) -> None:
+        version = await rotation.rotate(keys, registry, args.tenant, _operator(args))
         print(f"tenant {args.tenant}: L3 version {version} is now active")
 
     _run_async(lambda: _with_keys(config, action, args.config))
@@ -70,13 +86,52 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     config = load_core_config(args.config)
-    state = L3State.DESTROYED if args.destroy else L3State.COMPROMISED
 
-    async def action(keys: Any) -> None:
-        await keys.set_l3_state(args.tenant, args.version, state)
-        print(f"tenant {args.tenant}: L3 version {args.version} is {state.name}")
+    async def action(keys: CoreKeyStore, registry: Any) -> None:
+        done = await rotation.revoke(keys, registry, args.tenant, args.version, _operator(args),
+                                     destroy=args.destroy, force=args.force, grace=args.grace)
+        if done.rotated_to is not None:
+            print(f"tenant {args.tenant}: L3 version {done.rotated_to} is now active")
+        print(f"tenant {args.tenant}: L3 version {done.version} is {done.state.name} "
+              f"({done.keys} key(s) were wrapped under it)")
 
     _run_async(lambda: _with_keys(config, action, args.config))
+    return 0
+
+
+def cmd_l3_list(args: argparse.Namespace) -> int:
+    config = load_core_config(args.config)
+
+    async def action(keys: CoreKeyStore, registry: Any) -> None:
+        versions = await rotation.list_l3(keys, registry, args.tenant)
+        if args.json:
+            for v in versions:
+                row = {"tenant": args.tenant, "version": v.version, "state": v.state.name,
+                       "keys": v.keys}
+                sys.stdout.write(json.dumps(row) + "\n")
+            return
+        print(f"{'version':>7}  {'state':<11}  keys")
+        for v in versions:
+            print(f"{v.version:>7}  {v.state.name:<11}  {v.keys}")
+
+    _run_async(lambda: _with_keys(config, action, args.config))
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Make the key hierarchy (idempotent): the only command that creates a
+    master key file or the root of a hierarchy in a registry."""
+    config = load_core_config(args.config)
+    tenants: list[str] = []
+
+    async def main() -> None:
+        tenants.extend(await initialise(config))
+
+    _run_async(main)
+    key = (f"${MASTER_KEY_ENV}" if os.environ.get(MASTER_KEY_ENV, "").strip()
+           else str(config.master_key_file))
+    print(f"key hierarchy in {config.registry} (master key: {key});"
+          f" tenants: {', '.join(tenants) or '(none)'}")
     return 0
 
 
@@ -107,23 +162,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_init(args: argparse.Namespace) -> int:
-    """Make the key hierarchy (idempotent): the only command that creates a
-    master key file or the root of a hierarchy in a registry."""
-    config = load_core_config(args.config)
-    tenants: list[str] = []
-
-    async def main() -> None:
-        tenants.extend(await initialise(config))
-
-    _run_async(main)
-    key = (f"${MASTER_KEY_ENV}" if os.environ.get(MASTER_KEY_ENV, "").strip()
-           else str(config.master_key_file))
-    print(f"key hierarchy in {config.registry} (master key: {key});"
-          f" tenants: {', '.join(tenants) or '(none)'}")
-    return 0
-
-
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     run: Runner,
@@ -143,14 +181,30 @@ def register(
     rotate = actions.add_parser("rotate-l3", help="make a new active L3 version for a tenant")
     rotate.add_argument("--tenant", required=True)
     rotate.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="core.toml")
+    rotate.add_argument("--operator", default=None, help="who acts (for the audit trail)")
     rotate.set_defaults(func=cmd_rotate)
 
-    revoke = actions.add_parser("revoke-l3", help="revoke an L3 version: gateways drop it")
+    revoke = actions.add_parser(
+        "revoke-l3", help="revoke an L3 version: gateways drop it (the active one is "
+        "rotated first)")
     revoke.add_argument("--tenant", required=True)
     revoke.add_argument("--version", required=True, type=int)
     revoke.add_argument("--destroy", action="store_true", help="destroy instead of compromise")
+    revoke.add_argument("--force", action="store_true",
+                        help="revoke even though keys are still wrapped under it (they are lost)")
+    revoke.add_argument("--grace", type=float, default=rotation.DEFAULT_GRACE,
+                        help="seconds between the rotation and the revocation (active version)")
     revoke.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="core.toml")
+    revoke.add_argument("--operator", default=None, help="who acts (for the audit trail)")
     revoke.set_defaults(func=cmd_revoke)
+
+    l3 = actions.add_parser("l3", help="L3 versions of a tenant")
+    l3_actions = l3.add_subparsers(dest="l3_action", required=True)
+    listing = l3_actions.add_parser("list", help="every version, its state, the keys under it")
+    listing.add_argument("--tenant", required=True)
+    listing.add_argument("--json", action="store_true", help="JSON lines")
+    listing.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="core.toml")
+    listing.set_defaults(func=cmd_l3_list)
 
     audit = actions.add_parser("audit", help="print the audit trail (JSON lines)")
     audit.add_argument("--tenant", default=None)

@@ -19,7 +19,9 @@ How this works
   a connected gateway never runs out of lease.
 * **SyncKeys** — wrapped L4 records from a gateway's outbox
   (:class:`~krypton.model.record.KeyRecord`) are inserted into the registry
-  (``KeyRecord.to_object``), idempotently; the uids stored are acknowledged.
+  (``KeyRecord.to_object``), idempotently; the uids stored are acknowledged. A
+  record wrapped under a revoked L3 version is refused and reported
+  (:class:`krypton.core.rotation.SyncFence`).
 * **Execute** — one delegated KMIP batch item is decoded, run by the Core's
   control table (``krypton.core.engine.control``) in the caller's context (identity,
   tenant, protocol version, the batch's ID placeholder), audited, and answered
@@ -50,6 +52,7 @@ from dataclasses import dataclass, field
 from krypton.core.engine.control import AuditContext, execute_item
 from krypton.core.engine.objects import CoreServices, index_fields
 from krypton.core.keystore import CoreKeyStore
+from krypton.core.rotation import SyncFence
 from krypton.crypto.keyring import L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import StorageError
@@ -104,6 +107,7 @@ class CoreService:
         self.limits = limits or Limits()
         self._subscribers: set[_Subscriber] = set()
         self._replay_batch = replay_batch
+        self._fence = SyncFence(keys, registry)  # no record under a revoked L3 version
         self._unsubscribe: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -227,7 +231,7 @@ class CoreService:
             log.info("gateway %s unsubscribed", gateway)
 
     async def sync_keys(self, gateway: str, keys: Sequence[KeyRecord]) -> list[str]:
-        records = [self._record(gateway, k) for k in keys]
+        records = await self._fence.admit(gateway, [self._record(gateway, k) for k in keys])
         await self.registry.put_objects(records)
         for tenant in sorted({r.tenant for r in records}):
             n = sum(1 for r in records if r.tenant == tenant)

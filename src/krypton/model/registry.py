@@ -216,6 +216,11 @@ class Registry(Protocol):
         """Unique identifiers matching every given filter, in creation order
         (``created``, then insertion order)."""
 
+    async def l3_usage(self, tenant: str) -> dict[int, int]:
+        """How many of the tenant's objects still hold material wrapped under each
+        L3 version (versions holding none are absent)."""
+        ...
+
     async def append_audit(self, record: AuditRecord) -> None: ...
 
     async def audit(

@@ -239,3 +239,10 @@ class Fanout:
         loop = asyncio.get_running_loop()
         here = [s.task for s in subs if s.loop is loop]
         await asyncio.gather(*here, return_exceptions=True)
+
+
+# Live objects (material held) per L3 version of one tenant; "?" is the placeholder.
+L3_USAGE_SQL = (
+    "SELECT l3_version, COUNT(*) FROM objects WHERE tenant = ? AND sealed IS NOT NULL"
+    " AND l3_version IS NOT NULL GROUP BY l3_version"
+)

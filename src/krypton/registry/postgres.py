@@ -62,6 +62,7 @@ from krypton.registry._common import (
     AUDIT_COLUMNS,
     DEFAULT_FEED_RETENTION,
     KEY_COLUMNS,
+    L3_USAGE_SQL,
     OBJECT_COLUMNS,
     Callback,
     Fanout,
@@ -366,6 +367,11 @@ class PostgresRegistry:
         async with self._connection("locate") as conn:
             cur = await conn.execute(text, params)
             return [row[0] for row in await cur.fetchall()]
+
+    async def l3_usage(self, tenant: str) -> dict[int, int]:
+        async with self._connection("L3 usage") as conn:
+            cur = await conn.execute(L3_USAGE_SQL.replace("?", "%s"), (tenant,))
+            return {int(v): int(n) for v, n in await cur.fetchall()}
 
     async def append_audit(self, record: AuditRecord) -> None:
         async with self._connection("audit write") as conn:

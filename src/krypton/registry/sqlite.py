@@ -47,6 +47,7 @@ from krypton.registry._common import (
     AUDIT_COLUMNS,
     DEFAULT_FEED_RETENTION,
     KEY_COLUMNS,
+    L3_USAGE_SQL,
     OBJECT_COLUMNS,
     Callback,
     Fanout,
@@ -348,6 +349,10 @@ class SqliteRegistry:
     async def locate(self, query: LocateQuery) -> list[str]:
         sql, params = locate_sql(query, "sqlite")
         return await self._read(lambda conn: [r[0] for r in conn.execute(sql, params)])
+
+    async def l3_usage(self, tenant: str) -> dict[int, int]:
+        return await self._read(
+            lambda conn: {int(v): int(n) for v, n in conn.execute(L3_USAGE_SQL, (tenant,))})
 
     async def append_audit(self, record: AuditRecord) -> None:
         await self._write(_append_audit, record)

@@ -19,6 +19,18 @@ uplink client shows it as why it is DOWN) and logged.
 
 The Core still sees the gateway's own certificate (this TLS presents it), so
 nothing changes on the Core's side.
+
+Several Cores: the pipe is given every Core address; a new connection tries
+the one that last worked first, then the others in order (each name's every
+resolved address, ``connect_timeout`` seconds per attempt), so when a Core
+dies gRPC's next connection lands on another.
+
+A dead peer is never hidden: the TCP socket to the Core has keepalive and a
+user timeout (unacknowledged data for ``keepalive + keepalive_timeout``
+seconds kills it), and when either side of a relayed connection ends, both
+are closed, so gRPC sees the loss at once and reconnects. gRPC's own
+keepalive pings travel end to end through the pipe and catch a link that
+black-holes without the kernel noticing.
 """
 
 from __future__ import annotations
@@ -26,24 +38,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shutil
+import socket
 import ssl
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from krypton.config import TLSConfig
 from krypton.errors import PermissionDenied
 from krypton.tls.contexts import client_context, peer_rules
 from krypton.tls.identity import Usage, check_peer
+from krypton.uplink.types import Liveness
 
 log = logging.getLogger("krypton.uplink")
 
 CHUNK = 256 * 1024
-# Like gRPC's own: a Core that accepts but never finishes the handshake keeps the
-# channel CONNECTING (calls are bounded by their own deadlines meanwhile).
-HANDSHAKE_TIMEOUT = 10.0
 _SUN_PATH_MAX = 100  # a Unix socket's path must fit sockaddr_un (108 bytes on Linux)
+
+
+def tune_socket(sock: socket.socket, liveness: Liveness) -> None:
+    """TCP keepalive and user timeout so the kernel gives up on a silent peer."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle = max(1, math.ceil(liveness.keepalive))
+    interval = max(1, math.ceil(liveness.keepalive_timeout / 2))
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", 2),
+                        ("TCP_USER_TIMEOUT",
+                         int((liveness.keepalive + liveness.keepalive_timeout) * 1000))):
+        option = getattr(socket, name, None)
+        if option is not None:  # Linux has them all; elsewhere keepalive's defaults
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def uplink_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -59,14 +86,17 @@ class CorePipe:
     """A local Unix socket for gRPC whose every connection is a checked TLS link to the Core."""
 
     def __init__(
-        self, host: str, port: int, tls: TLSConfig, core_id: str, *,
-        timeout: float = HANDSHAKE_TIMEOUT,
+        self, addresses: Sequence[tuple[str, int]], tls: TLSConfig, core_id: str, *,
+        liveness: Liveness | None = None,
     ) -> None:
-        self._host, self._port = host, port
+        if not addresses:
+            raise ValueError("the pipe needs at least one Core address")
+        self._addresses = tuple(addresses)
         self._ctx = uplink_context(tls)
         self._rules = peer_rules(tls, Usage.SERVER)
         self._core_id = core_id
-        self._timeout = timeout
+        self._liveness = liveness or Liveness()
+        self._good = 0  # index of the address that last worked
         self._dir: Path | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,6 +129,12 @@ class CorePipe:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
+    @property
+    def current(self) -> str:
+        """The Core address that last worked (or is tried first)."""
+        host, port = self._addresses[self._good]
+        return f"{host}:{port}"
+
     async def _serve(self, local_r: asyncio.StreamReader, local_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
@@ -108,25 +144,58 @@ class CorePipe:
             if remote is None:
                 return
             remote_r, remote_w = remote
+            up = asyncio.ensure_future(_copy(local_r, remote_w))
+            down = asyncio.ensure_future(_copy(remote_r, local_w))
             try:
-                await asyncio.gather(_copy(local_r, remote_w), _copy(remote_r, local_w))
+                # Either side ending ends both: gRPC must see a dead Core at once.
+                await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                remote_w.close()
+                core_ended = down.done()
+                up.cancel()
+                down.cancel()
+                if core_ended:  # nothing to flush towards a Core that is gone
+                    remote_w.transport.abort()
+                else:  # gRPC hung up: flush what it sent (bounded by the TCP user timeout)
+                    remote_w.close()
         finally:
             local_w.close()
             if task is not None:
                 self._tasks.discard(task)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        n = len(self._addresses)
+        for i in [(self._good + k) % n for k in range(n)]:
+            host, port = self._addresses[i]
+            for addr in await self._resolve(host, port):
+                got = await self._open(host, addr, port)
+                if got is not None:
+                    self._good = i
+                    return got
+        return None
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            log.debug("uplink: cannot resolve the Core's name %s: %s", host, e)
+            return []
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+    async def _open(self, host: str, addr: str, port: int
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port, ssl=self._ctx,
-                                        server_hostname=self._host, limit=CHUNK),
-                self._timeout,
+                asyncio.open_connection(addr, port, ssl=self._ctx, server_hostname=host,
+                                        limit=CHUNK),
+                self._liveness.connect_timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as e:
-            log.debug("uplink: cannot reach the Core at %s:%d: %s", self._host, self._port, e)
+            log.debug("uplink: cannot reach the Core at %s:%d: %s", addr, port, e)
             return None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            tune_socket(sock, self._liveness)
         sslobj = writer.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
         try:
@@ -136,8 +205,7 @@ class CorePipe:
         except PermissionDenied as e:
             writer.close()
             if e.message != self.last_refusal:
-                log.error("uplink: refused the server at %s:%d: %s", self._host, self._port,
-                          e.message)
+                log.error("uplink: refused the server at %s:%d: %s", addr, port, e.message)
             self.last_refusal = e.message
             return None
         self.last_refusal = ""
@@ -151,9 +219,3 @@ async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             await dst.drain()
     except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
         pass
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if dst.can_write_eof():
-                dst.write_eof()
-            else:
-                dst.close()

@@ -15,9 +15,18 @@ retries after a jittered exponential backoff (``backoff[0]`` doubling up to
 reaches READY. The channel's own reconnect backoff is capped the same way, so
 a Core that comes back is found within about ``backoff[1]`` seconds.
 
+Liveness: gRPC keepalive pings every ``liveness.keepalive`` seconds (through
+the pipe, end to end) and a ping unanswered for ``liveness.keepalive_timeout``
+ends the connection, so a silent partition (packets dropped, no reset) is
+noticed within their sum and a new connection is made; ``stale_after`` stays
+as a backstop. All of these are ``gateway.uplink.*`` settings.
+
 Unary calls (:meth:`execute`, :meth:`sync_keys`, :meth:`fetch_key`) never wait
 for the stream and never queue: each is one RPC with a deadline of ``timeout``
-seconds, sent fail-fast (``wait_for_ready=False``, gRPC retries off). A Core
+seconds, sent fail-fast (``wait_for_ready=False``, gRPC retries off). Once the uplink
+is known down (the stream broke and has not been READY since), a call fails
+at once without touching the network, so a batch of N delegated items under
+a partition never waits N times ``timeout``. A Core
 that is down or slow therefore costs a caller at most ``timeout`` and yields
 :class:`~krypton.errors.UpstreamUnavailable` ("the Krypton Core is
 unreachable: ..."); other gRPC failures are translated by
@@ -60,7 +69,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from krypton.config import GatewayConfig, TLSConfig, split_address
+from krypton.config import GatewayConfig, TLSConfig, split_addresses
 from krypton.crypto.keyring import KeyRing, L3Grant
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import KryptonError, PermissionDenied, UpstreamUnavailable
@@ -73,6 +82,7 @@ from krypton.uplink.types import (
     ExecuteResult,
     Heartbeat,
     L3Versions,
+    Liveness,
     StateChange,
 )
 from krypton.uplink.v1 import uplink_pb2 as pb
@@ -86,6 +96,8 @@ DEFAULT_STALE_AFTER = 15.0
 MAX_MESSAGE = 16 * 1024 * 1024
 _GUARD = 0.25  # extra seconds before our own timer backs up gRPC's deadline
 _JITTER = random.SystemRandom()
+# Stream endings that mean the link (not the Core's judgement) failed.
+_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -145,10 +157,14 @@ class UplinkClient:
         server_name: str | None = None,
         setting: str = "gateway",
         core_id: str | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         if timeout <= 0 or stale_after <= 0 or not 0 < backoff[0] <= backoff[1]:
             raise ValueError("timeout, stale_after and backoff must be positive (base ≤ cap)")
         self._address = address
+        self._addresses = split_addresses(address)
+        self._liveness = liveness or Liveness()
+        self._known_down = False  # the stream broke and has not been READY since
         self._tls = tls
         self._name = gateway_name
         self._tenants = tuple(sorted(set(tenants)))
@@ -171,8 +187,11 @@ class UplinkClient:
 
     @classmethod
     def from_config(cls, config: GatewayConfig, tenants: Iterable[str]) -> UplinkClient:
-        return cls(config.uplink.core_address, config.tls, config.name, tenants,
-                   config.uplink.timeout, core_id=config.uplink.core_id)
+        up = config.uplink
+        return cls(up.core_address, config.tls, config.name, tenants, up.timeout,
+                   backoff=(min(DEFAULT_BACKOFF[0], up.reconnect_max), up.reconnect_max),
+                   stale_after=up.stale_after, core_id=up.core_id,
+                   liveness=Liveness(up.keepalive, up.keepalive_timeout, up.connect_timeout))
 
     # -- state -------------------------------------------------------------------
     @property
@@ -236,6 +255,8 @@ class UplinkClient:
         if state is previous and state is not ConnectionState.DOWN:
             return
         self._state = state
+        if state is ConnectionState.READY:
+            self._known_down = False
         if state is ConnectionState.DOWN:
             repeated = previous is not ConnectionState.READY and reason == self._last_error
             self._last_error = reason
@@ -243,7 +264,8 @@ class UplinkClient:
             log.log(level, "uplink: DOWN, the Krypton Core at %s: %s; retrying in %.2f s",
                     self._address, reason, retry)
         elif state is ConnectionState.READY:
-            log.info("uplink: READY, in sync with the Krypton Core at %s", self._address)
+            where = self._pipe.current if self._pipe is not None else self._address
+            log.info("uplink: READY, in sync with the Krypton Core at %s", where)
         else:
             loud = previous is ConnectionState.READY or self._first
             self._first = False
@@ -270,17 +292,26 @@ class UplinkClient:
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.keepalive_time_ms", int(self._liveness.keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self._liveness.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            # Any unanswered ping (keepalive or gRPC's own) ends the connection; the
+            # default waits a minute.
+            ("grpc.http2.ping_timeout_ms", int(self._liveness.keepalive_timeout * 1000)),
         ]
         if self._core_id is not None:
-            host, port = split_address(self._address)
-            self._pipe = CorePipe(host, port, self._tls, self._core_id)
+            self._pipe = CorePipe(self._addresses, self._tls, self._core_id,
+                                  liveness=self._liveness)
             target = await self._pipe.start()
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:  # built in code without a Core identity (tests): the CA alone is trusted
             credentials = convert.channel_credentials(self._tls, f"{self._setting}.tls")
             if self._server_name:
                 options.append(("grpc.ssl_target_name_override", self._server_name))
-            self._channel = grpc.aio.secure_channel(self._address, credentials, options=options)
+            host, port = self._addresses[0]  # one Core only on this path
+            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = pb_grpc.UplinkStub(self._channel)
         self._task = asyncio.create_task(self._subscribe_forever(), name="uplink-subscribe")
 
@@ -318,20 +349,24 @@ class UplinkClient:
             self._set_state(ConnectionState.CONNECTING)
             try:
                 await self._subscribe_once()
-                reason = "the Core ended the stream"
+                reason, lost = "the Core ended the stream", False
             except grpc.aio.AioRpcError as e:
                 reason = f"{e.code().name}: {e.details() or 'no detail'}"
+                lost = e.code() in _LOST
                 if self._pipe is not None and self._pipe.last_refusal:
                     reason = f"refused the server: {self._pipe.last_refusal}"
             except _Stale:
-                reason = f"nothing heard for {self._stale_after:g} s"
+                reason, lost = f"nothing heard for {self._stale_after:g} s", True
             except Exception as e:  # a bug must not end the reconnect loop
                 log.exception("uplink: the Subscribe stream failed")
-                reason = f"internal error ({type(e).__name__})"
+                reason, lost = f"internal error ({type(e).__name__})", False
             if self._state is ConnectionState.READY:
                 attempt = 0
             delay = backoff_delay(attempt, *self._backoff)
             attempt += 1
+            # A refusal (PERMISSION_DENIED, ...) is the Core's answer and calls get it
+            # too; a link that is gone fails calls at once until the stream is READY.
+            self._known_down = self._known_down or lost
             self._set_state(ConnectionState.DOWN, reason, delay)
             await asyncio.sleep(delay)
 
@@ -417,6 +452,8 @@ class UplinkClient:
         stub = self._stub
         if stub is None:
             raise UpstreamUnavailable("the Krypton Core is unreachable: the uplink is not started")
+        if self._known_down:  # fail fast: no call waits for a link already known dead
+            raise UpstreamUnavailable(f"the Krypton Core is unreachable: {self._last_error}")
         try:
             async with asyncio.timeout(timeout + _GUARD):
                 return await method(stub)(request, timeout=timeout, wait_for_ready=False)

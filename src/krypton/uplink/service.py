@@ -409,6 +409,11 @@ class UplinkServer:
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
+            # Gateways ping every few seconds (gateway.uplink.keepalive) to notice a
+            # silent partition: never answer that with GOAWAY "too_many_pings".
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 500),
+            ("grpc.http2.max_ping_strikes", 0),
         ])
         pb_grpc.add_UplinkServicer_to_server(self._servicer, server)
         try:

@@ -25,6 +25,7 @@ __all__ = [
     "ExecuteResult",
     "Heartbeat",
     "L3Versions",
+    "Liveness",
     "StateChange",
 ]
 
@@ -35,6 +36,19 @@ class ConnectionState(Enum):
     CONNECTING = "connecting"  # no stream yet, or one not yet in sync
     READY = "ready"  # subscribed and in sync with the Core
     DOWN = "down"  # the last attempt failed; retrying after a backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """How fast a dead link is noticed (``gateway.uplink.*``, in seconds)."""
+
+    keepalive: float = 2.0
+    keepalive_timeout: float = 2.0
+    connect_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if min(self.keepalive, self.keepalive_timeout, self.connect_timeout) <= 0:
+            raise ValueError("keepalive, keepalive_timeout and connect_timeout must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
