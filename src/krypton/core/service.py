@@ -18,13 +18,16 @@ How this works
 * **SyncKeys** — wrapped L4 records from a gateway's outbox
   (:class:`~krypton.model.record.KeyRecord`) are inserted into the registry
   (``KeyRecord.to_object``), idempotently; the uids stored are acknowledged.
+  Each must carry a right record MAC (:func:`krypton.core.records.check_arriving`);
+  one that does not fails the call with Cryptographic Failure.
 * **Execute** — one delegated KMIP batch item is decoded, run by the Core's
   control table (``krypton.core.engine.control``) in the caller's context (identity,
   tenant, protocol version, the batch's ID placeholder), audited, and answered
   with the encoded response batch item and the state changes it made; the
   gateway applies those before relaying the answer.
-* **FetchKey** — a wrapped record by uid (``KeyRecord.from_object``), for a key
-  made at another gateway.
+* **FetchKey** — a wrapped record by uid (``KeyRecord.from_object``, with its
+  record MAC), for a key made at another gateway. The registry the service is
+  given checks the MAC as it reads (:class:`krypton.core.records.AuthenticatedRegistry`).
 
 Every call leaves an audit record naming the gateway (its authenticated
 SPIFFE ID): a Subscribe one per tenant, a SyncKeys one per tenant with the
@@ -48,6 +51,7 @@ from dataclasses import dataclass, field
 from krypton.core.engine.control import AuditContext, execute_item
 from krypton.core.engine.objects import CoreServices, index_fields
 from krypton.core.keystore import CoreKeyStore
+from krypton.core.records import MacKey, check_arriving
 from krypton.crypto.keyring import L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import StorageError
@@ -92,6 +96,7 @@ class CoreService:
         lease_seconds: float,
         limits: Limits | None = None,
         replay_limit: int = REPLAY_LIMIT,
+        mac_key: MacKey | None = None,
     ) -> None:
         self.registry = registry
         self.keys = keys
@@ -101,6 +106,7 @@ class CoreService:
         self._subscribers: set[_Subscriber] = set()
         self._recent: OrderedDict[tuple[str, str], StateChange] = OrderedDict()
         self._replay_limit = replay_limit
+        self._mac_key = mac_key
         self._unsubscribe: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -180,6 +186,8 @@ class CoreService:
             log.info("gateway %s unsubscribed", gateway)
 
     async def sync_keys(self, gateway: str, keys: Sequence[KeyRecord]) -> list[str]:
+        if self._mac_key is not None:
+            keys = [check_arriving(k, self._mac_key) for k in keys]
         records = [self._record(gateway, k) for k in keys]
         await self.registry.put_objects(records)
         for tenant in sorted({r.tenant for r in records}):

@@ -182,6 +182,7 @@ class Upstream:
         rec = await self.client.fetch_key(tenant, uid)
         if rec is None:
             return None
+        rec = self.vault.authentic(rec)  # checked before it is stored (and re-MAC'd)
         held = self.vault.get(uid)
         if held is not None:
             return held
@@ -214,6 +215,8 @@ class Upstream:
         state = change.state
         try:
             fresh = await self.client.fetch_key(change.tenant, change.uid)
+            if fresh is not None:
+                fresh = self.vault.authentic(fresh)
         except KryptonError:
             fresh = None
         if fresh is not None and fresh.wrapped and not rec.wrapped:

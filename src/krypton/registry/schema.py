@@ -10,6 +10,13 @@ order Locate sorts by after ``created``), the Locate side tables
 ``object_names``, ``object_groups`` and ``object_custom`` (rewritten with
 their object; ``pos`` keeps the order of the record's tuple), ``keys`` (sealed
 tenant keys) and ``audit``.
+
+v2 (record MACs, issue 11): ``objects.mac`` holds each object's record MAC
+(:mod:`krypton.core.records`). Rows written before have none: their uids go
+to ``unsealed_objects``, the only place a row without a MAC is accepted, until
+the Core seals them at start. The step is self-contained (one new column, one
+new table filled from ``objects``), so it can be renumbered next to other
+steps.
 """
 
 from __future__ import annotations
@@ -66,6 +73,12 @@ SQLITE: tuple[tuple[str, ...], ...] = (
         " gateway TEXT, correlation_id TEXT, detail TEXT NOT NULL)",
         *_INDEXES,
     ),
+    # v2: record MACs
+    (
+        "ALTER TABLE objects ADD COLUMN mac BLOB",
+        "CREATE TABLE unsealed_objects (uid TEXT PRIMARY KEY)",
+        "INSERT INTO unsealed_objects (uid) SELECT uid FROM objects",
+    ),
 )
 
 POSTGRES: tuple[tuple[str, ...], ...] = (
@@ -89,6 +102,12 @@ POSTGRES: tuple[tuple[str, ...], ...] = (
         " operation TEXT NOT NULL, uid TEXT, result TEXT NOT NULL,"
         " gateway TEXT, correlation_id TEXT, detail TEXT NOT NULL)",
         *_INDEXES,
+    ),
+    # v2: record MACs
+    (
+        "ALTER TABLE objects ADD COLUMN mac BYTEA",
+        "CREATE TABLE unsealed_objects (uid TEXT PRIMARY KEY)",
+        "INSERT INTO unsealed_objects (uid) SELECT uid FROM objects",
     ),
 )
 

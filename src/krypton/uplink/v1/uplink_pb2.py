@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekrypton/uplink/v1/uplink.proto\x12\x11krypton.uplink.v1\"4\n\x10SubscribeRequest\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12\x0f\n\x07tenants\x18\x02 \x03(\t\"|\n\x05L3Key\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08material\x18\x03 \x01(\x0c\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.krypton.uplink.v1.L3State\x12\x15\n\rlease_seconds\x18\x05 \x01(\x01\"N\n\x0eKeyStateChange\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\r\x12\x10\n\x08revision\x18\x04 \x01(\x04\"\x1c\n\tHeartbeat\x12\x0f\n\x07time_ms\x18\x01 \x01(\x03\"\xae\x01\n\tCoreEvent\x12*\n\x06l3_key\x18\x01 \x01(\x0b\x32\x18.krypton.uplink.v1.L3KeyH\x00\x12\x39\n\x0cstate_change\x18\x02 \x01(\x0b\x32!.krypton.uplink.v1.KeyStateChangeH\x00\x12\x31\n\theartbeat\x18\x03 \x01(\x0b\x32\x1c.krypton.uplink.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\"\xba\x01\n\nWrappedKey\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0bobject_type\x18\x03 \x01(\r\x12\x11\n\talgorithm\x18\x04 \x01(\r\x12\x0e\n\x06length\x18\x05 \x01(\r\x12\r\n\x05state\x18\x06 \x01(\r\x12\x12\n\nl3_version\x18\x07 \x01(\r\x12\x0f\n\x07wrapped\x18\x08 \x01(\x0c\x12\x12\n\nattributes\x18\t \x01(\x0c\x12\x0f\n\x07\x63reated\x18\n \x01(\x03\"O\n\x0fSyncKeysRequest\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12+\n\x04keys\x18\x02 \x03(\x0b\x32\x1d.krypton.uplink.v1.WrappedKey\"!\n\x10SyncKeysResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x03(\t\"\xc9\x01\n\x0e\x45xecuteRequest\x12\x12\n\nbatch_item\x18\x01 \x01(\x0c\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x16\n\x0eprotocol_major\x18\x04 \x01(\r\x12\x16\n\x0eprotocol_minor\x18\x05 \x01(\r\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\x12\x0f\n\x07gateway\x18\x07 \x01(\t\x12\x18\n\x0bplaceholder\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_placeholder\"\x83\x01\n\x0f\x45xecuteResponse\x12\x12\n\nbatch_item\x18\x01 \x01(\x0c\x12\x32\n\x07\x63hanges\x18\x02 \x03(\x0b\x32!.krypton.uplink.v1.KeyStateChange\x12\x18\n\x0bplaceholder\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_placeholder\".\n\x0f\x46\x65tchKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\"M\n\x10\x46\x65tchKeyResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12*\n\x03key\x18\x02 \x01(\x0b\x32\x1d.krypton.uplink.v1.WrappedKey*\x84\x01\n\x07L3State\x12\x18\n\x14L3_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fL3_STATE_ACTIVE\x10\x01\x12\x18\n\x14L3_STATE_DEACTIVATED\x10\x02\x12\x18\n\x14L3_STATE_COMPROMISED\x10\x03\x12\x16\n\x12L3_STATE_DESTROYED\x10\x04\x32\xd6\x02\n\x06Uplink\x12P\n\tSubscribe\x12#.krypton.uplink.v1.SubscribeRequest\x1a\x1c.krypton.uplink.v1.CoreEvent0\x01\x12S\n\x08SyncKeys\x12\".krypton.uplink.v1.SyncKeysRequest\x1a#.krypton.uplink.v1.SyncKeysResponse\x12P\n\x07\x45xecute\x12!.krypton.uplink.v1.ExecuteRequest\x1a\".krypton.uplink.v1.ExecuteResponse\x12S\n\x08\x46\x65tchKey\x12\".krypton.uplink.v1.FetchKeyRequest\x1a#.krypton.uplink.v1.FetchKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekrypton/uplink/v1/uplink.proto\x12\x11krypton.uplink.v1\"4\n\x10SubscribeRequest\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12\x0f\n\x07tenants\x18\x02 \x03(\t\"|\n\x05L3Key\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08material\x18\x03 \x01(\x0c\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.krypton.uplink.v1.L3State\x12\x15\n\rlease_seconds\x18\x05 \x01(\x01\"N\n\x0eKeyStateChange\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\r\x12\x10\n\x08revision\x18\x04 \x01(\x04\"\x1c\n\tHeartbeat\x12\x0f\n\x07time_ms\x18\x01 \x01(\x03\"\xae\x01\n\tCoreEvent\x12*\n\x06l3_key\x18\x01 \x01(\x0b\x32\x18.krypton.uplink.v1.L3KeyH\x00\x12\x39\n\x0cstate_change\x18\x02 \x01(\x0b\x32!.krypton.uplink.v1.KeyStateChangeH\x00\x12\x31\n\theartbeat\x18\x03 \x01(\x0b\x32\x1c.krypton.uplink.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\"\xc7\x01\n\nWrappedKey\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0bobject_type\x18\x03 \x01(\r\x12\x11\n\talgorithm\x18\x04 \x01(\r\x12\x0e\n\x06length\x18\x05 \x01(\r\x12\r\n\x05state\x18\x06 \x01(\r\x12\x12\n\nl3_version\x18\x07 \x01(\r\x12\x0f\n\x07wrapped\x18\x08 \x01(\x0c\x12\x12\n\nattributes\x18\t \x01(\x0c\x12\x0f\n\x07\x63reated\x18\n \x01(\x03\x12\x0b\n\x03mac\x18\x0b \x01(\x0c\"O\n\x0fSyncKeysRequest\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12+\n\x04keys\x18\x02 \x03(\x0b\x32\x1d.krypton.uplink.v1.WrappedKey\"!\n\x10SyncKeysResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x03(\t\"\xc9\x01\n\x0e\x45xecuteRequest\x12\x12\n\nbatch_item\x18\x01 \x01(\x0c\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x16\n\x0eprotocol_major\x18\x04 \x01(\r\x12\x16\n\x0eprotocol_minor\x18\x05 \x01(\r\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\x12\x0f\n\x07gateway\x18\x07 \x01(\t\x12\x18\n\x0bplaceholder\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_placeholder\"\x83\x01\n\x0f\x45xecuteResponse\x12\x12\n\nbatch_item\x18\x01 \x01(\x0c\x12\x32\n\x07\x63hanges\x18\x02 \x03(\x0b\x32!.krypton.uplink.v1.KeyStateChange\x12\x18\n\x0bplaceholder\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_placeholder\".\n\x0f\x46\x65tchKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\"M\n\x10\x46\x65tchKeyResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12*\n\x03key\x18\x02 \x01(\x0b\x32\x1d.krypton.uplink.v1.WrappedKey*\x84\x01\n\x07L3State\x12\x18\n\x14L3_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fL3_STATE_ACTIVE\x10\x01\x12\x18\n\x14L3_STATE_DEACTIVATED\x10\x02\x12\x18\n\x14L3_STATE_COMPROMISED\x10\x03\x12\x16\n\x12L3_STATE_DESTROYED\x10\x04\x32\xd6\x02\n\x06Uplink\x12P\n\tSubscribe\x12#.krypton.uplink.v1.SubscribeRequest\x1a\x1c.krypton.uplink.v1.CoreEvent0\x01\x12S\n\x08SyncKeys\x12\".krypton.uplink.v1.SyncKeysRequest\x1a#.krypton.uplink.v1.SyncKeysResponse\x12P\n\x07\x45xecute\x12!.krypton.uplink.v1.ExecuteRequest\x1a\".krypton.uplink.v1.ExecuteResponse\x12S\n\x08\x46\x65tchKey\x12\".krypton.uplink.v1.FetchKeyRequest\x1a#.krypton.uplink.v1.FetchKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'krypton.uplink.v1.uplink_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_L3STATE']._serialized_start=1291
-  _globals['_L3STATE']._serialized_end=1423
+  _globals['_L3STATE']._serialized_start=1304
+  _globals['_L3STATE']._serialized_end=1436
   _globals['_SUBSCRIBEREQUEST']._serialized_start=53
   _globals['_SUBSCRIBEREQUEST']._serialized_end=105
   _globals['_L3KEY']._serialized_start=107
@@ -44,19 +44,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COREEVENT']._serialized_start=344
   _globals['_COREEVENT']._serialized_end=518
   _globals['_WRAPPEDKEY']._serialized_start=521
-  _globals['_WRAPPEDKEY']._serialized_end=707
-  _globals['_SYNCKEYSREQUEST']._serialized_start=709
-  _globals['_SYNCKEYSREQUEST']._serialized_end=788
-  _globals['_SYNCKEYSRESPONSE']._serialized_start=790
-  _globals['_SYNCKEYSRESPONSE']._serialized_end=823
-  _globals['_EXECUTEREQUEST']._serialized_start=826
-  _globals['_EXECUTEREQUEST']._serialized_end=1027
-  _globals['_EXECUTERESPONSE']._serialized_start=1030
-  _globals['_EXECUTERESPONSE']._serialized_end=1161
-  _globals['_FETCHKEYREQUEST']._serialized_start=1163
-  _globals['_FETCHKEYREQUEST']._serialized_end=1209
-  _globals['_FETCHKEYRESPONSE']._serialized_start=1211
-  _globals['_FETCHKEYRESPONSE']._serialized_end=1288
-  _globals['_UPLINK']._serialized_start=1426
-  _globals['_UPLINK']._serialized_end=1768
+  _globals['_WRAPPEDKEY']._serialized_end=720
+  _globals['_SYNCKEYSREQUEST']._serialized_start=722
+  _globals['_SYNCKEYSREQUEST']._serialized_end=801
+  _globals['_SYNCKEYSRESPONSE']._serialized_start=803
+  _globals['_SYNCKEYSRESPONSE']._serialized_end=836
+  _globals['_EXECUTEREQUEST']._serialized_start=839
+  _globals['_EXECUTEREQUEST']._serialized_end=1040
+  _globals['_EXECUTERESPONSE']._serialized_start=1043
+  _globals['_EXECUTERESPONSE']._serialized_end=1174
+  _globals['_FETCHKEYREQUEST']._serialized_start=1176
+  _globals['_FETCHKEYREQUEST']._serialized_end=1222
+  _globals['_FETCHKEYRESPONSE']._serialized_start=1224
+  _globals['_FETCHKEYRESPONSE']._serialized_end=1301
+  _globals['_UPLINK']._serialized_start=1439
+  _globals['_UPLINK']._serialized_end=1781
 # @@protoc_insertion_point(module_scope)
