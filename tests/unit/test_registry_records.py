@@ -11,6 +11,7 @@ the Core's real control handlers; the tampering is plain SQL on the database.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import sqlite3
@@ -23,10 +24,16 @@ import pytest
 from tests.helpers.control_env import core_env, uid_item
 from tests.helpers.pg import PgServer
 
-from krypton.core.records import AuthenticatedRegistry, RecordTampered, seal_legacy
+from krypton.core.records import (
+    AuthenticatedRegistry,
+    RecordTampered,
+    check_arriving,
+    seal_legacy,
+)
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.kmip.attributes import Attribute
+from krypton.model.record import KeyRecord, authenticated_bytes
 from krypton.registry import open_registry
 from krypton.registry.schema import LATEST
 from krypton.ttlv.enums import Operation, ResultReason
@@ -175,3 +182,32 @@ async def _open_close(url: str) -> int:
     await registry.close()
     [(version,)] = _sql(url, "SELECT version FROM schema_version")
     return int(version)
+
+
+def test_records_arriving_by_synckeys_must_carry_their_mac(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The Core checks what a gateway syncs: a right MAC passes; a wrong, missing or
+    other-L3 one is refused (Cryptographic Failure, logged with the uid)."""
+    ring = KeyRing()
+    ring.install("demo", 1, SecretBytes(bytes(range(32))), L3State.ACTIVE,
+                 ring.lease_deadline(3600))  # fmt: skip
+    ring.install("demo", 2, SecretBytes(bytes(range(1, 33))), L3State.ACTIVE,
+                 ring.lease_deadline(3600))  # fmt: skip
+    rec = KeyRecord(
+        uid="k-1", tenant="demo", object_type=2, algorithm=3, length=256, state=1,
+        l3_version=1, wrapped=b"\x01blob", attributes=SENSITIVE_TRUE,
+    )  # fmt: skip
+    good = dataclasses.replace(rec, mac=ring.record_mac("demo", 1, authenticated_bytes(rec)))
+    assert check_arriving(good, ring.record_mac) == good
+    under_v2 = ring.record_mac("demo", 2, authenticated_bytes(rec))
+    caplog.set_level(logging.ERROR, "krypton.core")
+    for bad in (
+        rec,
+        dataclasses.replace(good, mac=under_v2),
+        dataclasses.replace(good, attributes=_flip_sensitive(rec.attributes)),
+        dataclasses.replace(good, state=2),
+    ):
+        with pytest.raises(RecordTampered):
+            check_arriving(bad, ring.record_mac)
+    assert "'k-1'" in caplog.text
