@@ -102,3 +102,5 @@ def test_a_record_tampered_in_the_registry_is_refused_to_another_gateway(
     log = cluster.core.log()
     for uid in uids:
         assert uid in log, f"the Core's log does not name {uid}"
+    audited = cluster.core_cli("audit", "--tenant", "demo")
+    assert "CRYPTOGRAPHIC_FAILURE" in audited

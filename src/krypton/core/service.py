@@ -54,7 +54,7 @@ from krypton.core.keystore import CoreKeyStore
 from krypton.core.records import MacKey, check_arriving
 from krypton.crypto.keyring import L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
-from krypton.errors import StorageError
+from krypton.errors import CryptographicFailure, StorageError
 from krypton.kmip.attributes import parse_attributes
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model.context import RequestContext
@@ -221,7 +221,11 @@ class CoreService:
         return ExecuteResult(encode(answer), changes, placeholder)
 
     async def fetch_key(self, gateway: str, tenant: str, uid: str) -> KeyRecord | None:
-        rec = await self.registry.get_object(tenant, uid)
+        try:
+            rec = await self.registry.get_object(tenant, uid)
+        except CryptographicFailure as exc:  # a record that failed its MAC: refused
+            await self._audit(gateway, tenant, "FetchKey", uid, result=exc.reason.name)
+            raise
         found = "Success" if rec is not None else "ItemNotFound"
         await self._audit(gateway, tenant, "FetchKey", uid, result=found)
         return None if rec is None else KeyRecord.from_object(rec)

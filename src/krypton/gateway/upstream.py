@@ -21,8 +21,10 @@ the consistency rules of DESIGN §4:
   batches whenever the uplink is READY (woken by every ``Create``, and when
   the link comes back).
 * **Read-through.** A ``Get`` of a key this gateway does not hold asks the
-  Core (``FetchKey``) and keeps the wrapped record in the vault. Concurrent
-  reads of one such key share one ``FetchKey`` and one vault write.
+  Core (``FetchKey``) and keeps the wrapped record in the vault, once its
+  record MAC checked out (``Vault.authentic``: a wrong or missing MAC is a
+  Cryptographic Failure, never stored or served). Concurrent reads of one
+  such key share one ``FetchKey`` and one vault write.
 """
 
 from __future__ import annotations
