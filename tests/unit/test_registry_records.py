@@ -116,17 +116,29 @@ def test_a_row_without_a_mac_is_accepted_only_while_listed(
     tmp_path: Path, keystore_url: str
 ) -> None:
     with core_env(tmp_path, url=keystore_url, macs=True) as env:
-        uid = env.register_key()
-        _sql(keystore_url, "UPDATE objects SET mac = NULL WHERE uid = ?", uid)
-        with pytest.raises(RecordTampered):
-            env.wait(env.registry.get_object("demo", uid))
-        _sql(keystore_url, "INSERT INTO unsealed_objects (uid) VALUES (?)", uid)
-        assert env.wait(env.registry.get_object("demo", uid)) is not None
-        assert env.wait(env.registry.legacy_objects()) == [("demo", uid)]
-        # An update re-MACs it and takes it off the list.
-        assert env.run(Operation.ACTIVATE, uid_item(uid)).ok
+        sealed, updated = env.register_key(), env.register_key()
+        for uid in (sealed, updated):
+            _sql(keystore_url, "UPDATE objects SET mac = NULL WHERE uid = ?", uid)
+            with pytest.raises(RecordTampered):
+                env.wait(env.registry.get_object("demo", uid))
+            _sql(keystore_url, "INSERT INTO unsealed_objects (uid) VALUES (?)", uid)
+            assert env.wait(env.registry.get_object("demo", uid)) is not None
+        assert sorted(env.wait(env.registry.legacy_objects())) == sorted(
+            [("demo", sealed), ("demo", updated)]
+        )
+        # An update re-MACs a listed row and takes it off the list ...
+        assert env.run(Operation.ACTIVATE, uid_item(updated)).ok
+        assert env.wait(env.registry.legacy_objects()) == [("demo", sealed)]
+        # ... and the Core's start-up pass seals the rest.
+        assert isinstance(env.registry, AuthenticatedRegistry)
+        assert env.wait(seal_legacy(env.registry.inner, env.ring.record_mac)) == 1
         assert env.wait(env.registry.legacy_objects()) == []
-        assert env.record(uid).mac
+        for uid in (sealed, updated):
+            assert env.record(uid).mac
+        # Once sealed, it is covered: clearing the MAC again no longer passes.
+        _sql(keystore_url, "UPDATE objects SET mac = NULL WHERE uid = ?", sealed)
+        with pytest.raises(RecordTampered):
+            env.wait(env.registry.get_object("demo", sealed))
 
 
 def test_a_registry_written_before_v2_migrates_and_its_keys_still_read(
