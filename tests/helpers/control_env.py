@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from krypton.core.engine.control import AuditContext, execute_item
 from krypton.core.engine.objects import CoreServices, KeyRingSealer
+from krypton.core.records import AuthenticatedRegistry
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
 from krypton.engine.objects import Outcome
@@ -178,13 +179,17 @@ class Env:
 
 
 @contextmanager
-def core_env(tmp_path: Path) -> Iterator[Env]:
+def core_env(tmp_path: Path, *, url: str | None = None, macs: bool = False) -> Iterator[Env]:
+    """Handlers over a real registry (SQLite in ``tmp_path`` unless ``url``); with
+    ``macs`` the registry is wrapped as the Core wraps it (record MACs)."""
     loop = asyncio.new_event_loop()
     path = tmp_path / "registry.db"
-    registry = loop.run_until_complete(open_registry(f"sqlite:{path}"))
+    registry: Registry = loop.run_until_complete(open_registry(url or f"sqlite:{path}"))
     ring = KeyRing()
     for tenant in TENANTS:
         ring.install(tenant, 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(3600))
+    if macs:
+        registry = AuthenticatedRegistry(registry, ring.record_mac)
     try:
         yield Env(loop, CoreServices(registry=registry, sealer=KeyRingSealer(ring)), path, ring)
     finally:

@@ -132,6 +132,15 @@ class Gate:
     ) -> ObjectRecord:
         return await self.inner.update_object(record, audit)
 
+    async def legacy_objects(self) -> list[tuple[str, str]]:
+        return await self.inner.legacy_objects()
+
+    async def is_legacy(self, uid: str) -> bool:
+        return await self.inner.is_legacy(uid)
+
+    async def seal_legacy(self, tenant: str, uid: str, revision: int, mac: bytes) -> bool:
+        return await self.inner.seal_legacy(tenant, uid, revision, mac)
+
     async def locate(self, query: LocateQuery) -> list[str]:
         return await self.inner.locate(query)
 

@@ -17,6 +17,7 @@ FULL = KeyRecord(
     uid="k-1", tenant="demo", object_type=ObjectType.SYMMETRIC_KEY,
     algorithm=CryptographicAlgorithm.AES, length=256, state=State.ACTIVE, l3_version=3,
     wrapped=b"\x01wrapped", attributes=b"\x42\x00\x01", created=1_700_000_000, synced=True,
+    mac=b"\x07" * 32,
 )
 # No algorithm, length or L3 version known, no material (destroyed), no attributes.
 ABSENT = KeyRecord(
@@ -43,6 +44,7 @@ def test_key_record_to_object_and_back(record: KeyRecord) -> None:
 def test_absent_values_are_none_in_the_registry_and_zero_in_the_record() -> None:
     obj = ABSENT.to_object(origin="core")
     assert (obj.algorithm, obj.length, obj.l3_version, obj.sealed) == (None, None, None, None)
+    assert obj.mac is None and KeyRecord.from_object(obj).mac == b""
     full = FULL.to_object(origin="core")
     assert (full.algorithm, full.length, full.l3_version, full.sealed) == (
         CryptographicAlgorithm.AES, 256, 3, b"\x01wrapped"
@@ -53,7 +55,7 @@ def test_object_record_to_key_record_and_back() -> None:
     """The registry's side of the round trip, for the fields a KeyRecord carries."""
     for obj in (
         ObjectRecord("u", "t", ObjectType.SYMMETRIC_KEY, State.ACTIVE, 9, 3, 128, 2, b"s",
-                     b"\x42", origin="gw"),
+                     b"\x42", origin="gw", mac=b"\x09" * 32),
         ObjectRecord("u", "t", ObjectType.SECRET_DATA, State.DESTROYED, 9, origin="gw"),
     ):
         assert KeyRecord.from_object(obj).to_object(origin="gw") == obj
@@ -63,6 +65,14 @@ def test_object_record_to_key_record_and_back() -> None:
 def test_the_uplink_message_round_trips(record: KeyRecord) -> None:
     wire = convert.key_to_pb(record).SerializeToString()
     assert convert.key_from_pb(pb.WrappedKey.FromString(wire)) == record
+
+
+def test_the_record_mac_travels_in_its_own_field() -> None:
+    """WrappedKey.mac (field 11) carries the record MAC both ways, byte for byte."""
+    msg = convert.key_to_pb(FULL)
+    assert msg.mac == FULL.mac
+    assert convert.key_from_pb(pb.WrappedKey.FromString(msg.SerializeToString())).mac == FULL.mac
+    assert pb.WrappedKey.DESCRIPTOR.fields_by_name["mac"].number == 11
 
 
 def test_the_outbox_flag_does_not_travel() -> None:

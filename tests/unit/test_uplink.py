@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import multiprocessing
 import statistics
@@ -27,13 +28,19 @@ import pytest
 from krypton.config import TLSConfig
 from krypton.crypto.keyring import KeyRing, L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
-from krypton.errors import GeneralFailure, ItemNotFound, PermissionDenied, UpstreamUnavailable
+from krypton.errors import (
+    CryptographicFailure,
+    GeneralFailure,
+    ItemNotFound,
+    PermissionDenied,
+    UpstreamUnavailable,
+)
 from krypton.gateway.upstream import Upstream
 from krypton.kmip import client_messages as cm
 from krypton.kmip.messages import ResponseItem, response_item
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model.context import RequestContext
-from krypton.model.record import KeyRecord
+from krypton.model.record import KeyRecord, authenticated_bytes
 from krypton.model.registry import AuditRecord
 from krypton.pki import DevLayout, init_dev_dir
 from krypton.pki.dev import core_spiffe_id, gateway_spiffe_id
@@ -498,6 +505,58 @@ def test_answers_are_checked_against_the_question(dev: DevLayout) -> None:
                     await up.fetch_key("demo", "k-1")
             assert grants == [] and changes == []
         finally:
+            await srv.stop(0)
+
+    run(main)
+
+
+class ForgingCore(LyingCore):
+    """A server with the Core's certificate that answers FetchKey with the key asked
+    for, its MAC made under a key that is not the tenant's L3 (or no MAC at all)."""
+
+    def __init__(self, ring: KeyRing) -> None:
+        self.ring = ring
+
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Any
+                        ) -> AsyncIterator[pb.CoreEvent]:
+        yield convert.event_to_pb(Heartbeat.now())
+        await asyncio.Event().wait()
+
+    async def FetchKey(self, request: pb.FetchKeyRequest, context: Any) -> pb.FetchKeyResponse:
+        rec = record(request.uid, request.tenant)
+        if request.uid == "k-good":
+            rec = dataclasses.replace(rec, mac=self.ring.record_mac(
+                rec.tenant, rec.l3_version, authenticated_bytes(rec)))
+        elif request.uid == "k-forged":
+            rec = dataclasses.replace(rec, mac=bytes(32))
+        return pb.FetchKeyResponse(found=True, key=convert.key_to_pb(rec))
+
+
+def test_the_gateway_checks_the_mac_of_every_fetched_record(
+    dev: DevLayout, tmp_path: Path
+) -> None:
+    """Issue 11: a FetchKey answer whose record MAC is wrong or missing is refused with
+    Cryptographic Failure before the gateway stores or serves it."""
+    async def main() -> None:
+        ring = KeyRing()
+        ring.install("demo", 1, SecretBytes(bytes(range(32))), L3State.ACTIVE,
+                     ring.lease_deadline(3600))
+        srv = grpc.aio.server()
+        pb_grpc.add_UplinkServicer_to_server(ForgingCore(ring), srv)
+        port = srv.add_secure_port("127.0.0.1:0", convert.server_credentials(core_tls(dev)))
+        await srv.start()
+        vault = Vault.open(tmp_path / "gateway.db", sealer=ring.record_mac)
+        try:
+            async with client(gateway_tls(dev), port) as up:
+                upstream = Upstream(up, vault, Limits())
+                got = await upstream.fetch("demo", "k-good")
+                assert got is not None and vault.get("k-good") is not None
+                for uid in ("k-forged", "k-bare"):
+                    with pytest.raises(CryptographicFailure):
+                        await upstream.fetch("demo", uid)
+                    assert vault.get(uid) is None
+        finally:
+            vault.close()
             await srv.stop(0)
 
     run(main)

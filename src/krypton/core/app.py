@@ -15,6 +15,7 @@ from krypton.core.keystore import (
     NotInitialised,
     load_master_key,
 )
+from krypton.core.records import AuthenticatedRegistry, seal_legacy
 from krypton.core.service import CoreService
 from krypton.crypto.keyring import KeyRing
 from krypton.model import Registry
@@ -108,10 +109,15 @@ class Core:
         # The Core seals registered material under the same L3 keys it hands out.
         self.l3 = EmbeddedL3Source(self.keys, cfg.tenants, cfg.l3_lease_seconds)
         await self.l3.start(self.ring)
-        services = CoreServices(registry=self.registry, sealer=KeyRingSealer(self.ring))
+        # Objects carry record MACs under the same L3 keys (krypton.core.records):
+        # rows from before them are sealed now, and the engine sees only the wrapper.
+        await seal_legacy(self.registry, self.ring.record_mac)
+        objects = AuthenticatedRegistry(self.registry, self.ring.record_mac)
+        services = CoreServices(registry=objects, sealer=KeyRingSealer(self.ring))
         self.service = CoreService(
-            self.registry, self.keys, services, lease_seconds=cfg.l3_lease_seconds
-        )
+            objects, self.keys, services, lease_seconds=cfg.l3_lease_seconds,
+            mac_key=self.ring.record_mac,
+        )  # fmt: skip
         await self.service.start()
         self.server = UplinkServer(
             self.service, cfg.tls, cfg.authorised_gateways(), cfg.listen_host, cfg.listen_port,

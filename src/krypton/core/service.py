@@ -22,13 +22,16 @@ How this works
   (``KeyRecord.to_object``), idempotently; the uids stored are acknowledged. A
   record wrapped under a revoked L3 version is refused and reported
   (:class:`krypton.core.rotation.SyncFence`).
+  Each must carry a right record MAC (:func:`krypton.core.records.check_arriving`);
+  one that does not fails the call with Cryptographic Failure.
 * **Execute** — one delegated KMIP batch item is decoded, run by the Core's
   control table (``krypton.core.engine.control``) in the caller's context (identity,
   tenant, protocol version, the batch's ID placeholder), audited, and answered
   with the encoded response batch item and the state changes it made; the
   gateway applies those before relaying the answer.
-* **FetchKey** — a wrapped record by uid (``KeyRecord.from_object``), for a key
-  made at another gateway.
+* **FetchKey** — a wrapped record by uid (``KeyRecord.from_object``, with its
+  record MAC), for a key made at another gateway. The registry the service is
+  given checks the MAC as it reads (:class:`krypton.core.records.AuthenticatedRegistry`).
 * **KeyStates** — the state of a batch of keys (a gateway reconciling).
 
 Every call leaves an audit record naming the gateway (its authenticated
@@ -52,10 +55,11 @@ from dataclasses import dataclass, field
 from krypton.core.engine.control import AuditContext, execute_item
 from krypton.core.engine.objects import CoreServices, index_fields
 from krypton.core.keystore import CoreKeyStore
+from krypton.core.records import MacKey, check_arriving
 from krypton.core.rotation import SyncFence
 from krypton.crypto.keyring import L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
-from krypton.errors import StorageError
+from krypton.errors import CryptographicFailure, StorageError
 from krypton.kmip.attributes import parse_attributes
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model.context import RequestContext
@@ -99,6 +103,7 @@ class CoreService:
         lease_seconds: float,
         limits: Limits | None = None,
         replay_batch: int = REPLAY_BATCH,
+        mac_key: MacKey | None = None,
     ) -> None:
         self.registry = registry
         self.keys = keys
@@ -108,6 +113,7 @@ class CoreService:
         self._subscribers: set[_Subscriber] = set()
         self._replay_batch = replay_batch
         self._fence = SyncFence(keys, registry)  # no record under a revoked L3 version
+        self._mac_key = mac_key
         self._unsubscribe: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -231,6 +237,8 @@ class CoreService:
             log.info("gateway %s unsubscribed", gateway)
 
     async def sync_keys(self, gateway: str, keys: Sequence[KeyRecord]) -> list[str]:
+        if self._mac_key is not None:
+            keys = [check_arriving(k, self._mac_key) for k in keys]
         records = await self._fence.admit(gateway, [self._record(gateway, k) for k in keys])
         await self.registry.put_objects(records)
         for tenant in sorted({r.tenant for r in records}):
@@ -264,7 +272,11 @@ class CoreService:
         return ExecuteResult(encode(answer), changes, placeholder)
 
     async def fetch_key(self, gateway: str, tenant: str, uid: str) -> KeyRecord | None:
-        rec = await self.registry.get_object(tenant, uid)
+        try:
+            rec = await self.registry.get_object(tenant, uid)
+        except CryptographicFailure as exc:  # a record that failed its MAC: refused
+            await self._audit(gateway, tenant, "FetchKey", uid, result=exc.reason.name)
+            raise
         found = "Success" if rec is not None else "ItemNotFound"
         await self._audit(gateway, tenant, "FetchKey", uid, result=found)
         return None if rec is None else KeyRecord.from_object(rec)

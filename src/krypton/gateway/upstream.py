@@ -33,8 +33,10 @@ the consistency rules of DESIGN §4:
   that key's record and take its state: the Core may know something the
   feed has not brought yet.
 * **Read-through.** A ``Get`` of a key this gateway does not hold asks the
-  Core (``FetchKey``) and keeps the wrapped record in the vault. Concurrent
-  reads of one such key share one ``FetchKey`` and one vault write.
+  Core (``FetchKey``) and keeps the wrapped record in the vault, once its
+  record MAC checked out (``Vault.authentic``: a wrong or missing MAC is a
+  Cryptographic Failure, never stored or served). Concurrent reads of one
+  such key share one ``FetchKey`` and one vault write.
 """
 
 from __future__ import annotations
@@ -217,6 +219,7 @@ class Upstream:
         rec = await self.client.fetch_key(tenant, uid)
         if rec is None:
             return None
+        rec = self.vault.authentic(rec)  # checked before it is stored (and re-MAC'd)
         held = self.vault.get(uid)
         if held is not None:
             return held
@@ -281,6 +284,8 @@ class Upstream:
         state = change.state
         try:
             fresh = await self.client.fetch_key(change.tenant, change.uid)
+            if fresh is not None:
+                fresh = self.vault.authentic(fresh)
         except KryptonError:
             fresh = None
         seq = change.seq

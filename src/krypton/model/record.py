@@ -13,7 +13,7 @@ version is 0), and a key without material (destroyed) has ``wrapped == b""``,
 as the vault's columns and the uplink's protobuf fields store them. An
 ``ObjectRecord`` says the same with ``None``. So ``0 ⇔ None`` for
 ``algorithm``, ``length`` and ``l3_version`` and ``b"" ⇔ None`` for
-``wrapped``/``sealed``, in both directions; both round trips are lossless for
+``wrapped``/``sealed`` and ``mac``, in both directions; both round trips are lossless for
 the fields the two records share.
 """
 
@@ -79,6 +79,7 @@ class KeyRecord:
             attributes=rec.attributes,
             created=rec.created,
             synced=synced,
+            mac=rec.mac or b"",
         )
 
     def to_object(
@@ -107,6 +108,7 @@ class KeyRecord:
             names=names,
             groups=groups,
             custom=custom,
+            mac=self.mac or None,
         )
 
     def __repr__(self) -> str:

@@ -92,6 +92,10 @@ class ObjectRecord:
     groups: tuple[str, ...] = ()
     custom: tuple[tuple[str, str], ...] = ()  # (x-name, value as text) pairs for Locate
     revision: int = 0  # bumped by every update; lets gateways ignore stale events
+    # HMAC-SHA256 of the record's covered fields (krypton.model.record.authenticated_bytes
+    # of KeyRecord.from_object) under HKDF(L3 of l3_version, "krypton record mac v1");
+    # None for a row written before record MACs (listed as legacy until sealed).
+    mac: bytes | None = None
 
     def __repr__(self) -> str:
         sealed = f"<{len(self.sealed)} bytes>" if self.sealed else None
@@ -211,6 +215,18 @@ class Registry(Protocol):
         ``ItemNotFound`` if the tenant has no such object; ``RegistryConflict``
         if its revision has moved on. ``audit``, if given, is appended in the
         same transaction (the change and its audit record commit together)."""
+
+    async def legacy_objects(self) -> list[tuple[str, str]]:
+        """(tenant, uid) of every object written before record MACs and not yet
+        sealed (the registry's ``unsealed_objects`` list)."""
+
+    async def is_legacy(self, uid: str) -> bool:
+        """Whether ``uid`` is listed as written before record MACs (and not sealed)."""
+
+    async def seal_legacy(self, tenant: str, uid: str, revision: int, mac: bytes) -> bool:
+        """Store the MAC of a listed legacy object still at ``revision`` and
+        unlist it; no revision bump, no change event. False if it is not listed,
+        has a MAC already or has moved on."""
 
     async def locate(self, query: LocateQuery) -> list[str]:
         """Unique identifiers matching every given filter, in creation order

@@ -41,8 +41,9 @@ Dialect = Literal["sqlite", "postgresql"]
 # The objects columns in the order object_row and record_from_row use.
 OBJECT_COLUMNS = (
     "uid, tenant, object_type, state, created, algorithm, length,"
-    " l3_version, sealed, attributes, origin, revision"
+    " l3_version, sealed, attributes, origin, revision, mac"
 )
+OBJECT_WIDTH = 13
 AUDIT_COLUMNS = "time, identity, tenant, operation, uid, result, gateway, correlation_id, detail"
 KEY_COLUMNS = "tenant, level, version, state, sealed, created"
 FEED_COLUMNS = "seq, tenant, kind, name, number, state"
@@ -77,6 +78,7 @@ def object_row(r: ObjectRecord) -> tuple[Any, ...]:
     return (
         r.uid, r.tenant, int(r.object_type), int(r.state), int(r.created), r.algorithm,
         r.length, r.l3_version, r.sealed, bytes(r.attributes), r.origin, int(r.revision),
+        r.mac,
     )  # fmt: skip
 
 
@@ -90,7 +92,7 @@ def record_from_row(
         uid=row[0], tenant=row[1], object_type=int(row[2]), state=int(row[3]),
         created=int(row[4]), algorithm=row[5], length=row[6], l3_version=row[7],
         sealed=None if row[8] is None else bytes(row[8]), attributes=bytes(row[9]),
-        origin=row[10], revision=int(row[11]),
+        origin=row[10], revision=int(row[11]), mac=None if row[12] is None else bytes(row[12]),
         names=tuple(names), groups=tuple(groups), custom=tuple((n, v) for n, v in custom),
     )  # fmt: skip
 

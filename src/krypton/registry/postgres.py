@@ -64,6 +64,7 @@ from krypton.registry._common import (
     KEY_COLUMNS,
     L3_USAGE_SQL,
     OBJECT_COLUMNS,
+    OBJECT_WIDTH,
     Callback,
     Fanout,
     change_from_feed,
@@ -91,7 +92,9 @@ Conn = psycopg.AsyncConnection[Any]
 
 _OBJECT_TYPES = (
     "text", "text", "int", "int", "int8", "int", "int", "int", "bytea", "bytea", "text", "int8",
+    "bytea",
 )  # fmt: skip
+assert len(_OBJECT_TYPES) == OBJECT_WIDTH
 _INSERT_OBJECTS = (
     f"INSERT INTO objects ({OBJECT_COLUMNS})"  # noqa: S608 (constant fragments only)
     f" SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in _OBJECT_TYPES)})"
@@ -115,9 +118,18 @@ _GET_OBJECT = (
 )
 _UPDATE_OBJECT = (
     "UPDATE objects SET state = %s, algorithm = %s, length = %s, l3_version = %s, sealed = %s,"
-    " attributes = %s, revision = revision + 1"
+    " attributes = %s, mac = %s, revision = revision + 1"
     " WHERE uid = %s AND tenant = %s AND revision = %s"
     " RETURNING object_type, created, origin, revision"
+)
+_UNLIST = "DELETE FROM unsealed_objects WHERE uid = %s"
+_SEAL_LEGACY = (
+    "UPDATE objects SET mac = %s WHERE uid = %s AND tenant = %s AND revision = %s"
+    " AND mac IS NULL AND uid IN (SELECT uid FROM unsealed_objects)"
+)
+_LEGACY = (
+    "SELECT o.tenant, o.uid FROM unsealed_objects u JOIN objects o ON o.uid = u.uid"
+    " ORDER BY o.seq"
 )
 _INSERT_AUDIT = (
     f"INSERT INTO audit ({AUDIT_COLUMNS})"  # noqa: S608
@@ -318,7 +330,9 @@ class PostgresRegistry:
             row = await cur.fetchone()
         if row is None:
             return None
-        return record_from_row(row[:12], row[12], row[13], list(zip(row[14], row[15], strict=True)))
+        w = OBJECT_WIDTH
+        custom = list(zip(row[w + 2], row[w + 3], strict=True))
+        return record_from_row(row[:w], row[w], row[w + 1], custom)
 
     async def update_object(
         self, record: ObjectRecord, audit: AuditRecord | None = None
@@ -329,7 +343,7 @@ class PostgresRegistry:
                 _UPDATE_OBJECT,
                 (
                     int(r.state), r.algorithm, r.length, r.l3_version, r.sealed,
-                    bytes(r.attributes), r.uid, r.tenant, r.revision,
+                    bytes(r.attributes), r.mac, r.uid, r.tenant, r.revision,
                 ),
             )  # fmt: skip
             row = await cur.fetchone()
@@ -348,8 +362,9 @@ class PostgresRegistry:
                 created=int(row[1]), algorithm=r.algorithm, length=r.length,
                 l3_version=r.l3_version, sealed=r.sealed, attributes=bytes(r.attributes),
                 origin=row[2], names=r.names, groups=r.groups, custom=r.custom,
-                revision=int(row[3]),
+                revision=int(row[3]), mac=r.mac,
             )  # fmt: skip
+            await conn.execute(_UNLIST, (r.uid,))
             for table in _INSERT_SIDE:
                 await conn.execute(
                     sql.SQL("DELETE FROM {} WHERE uid = %s").format(sql.Identifier(table)),
@@ -361,6 +376,24 @@ class PostgresRegistry:
                 await conn.execute(_INSERT_AUDIT, _audit_row(audit))
             await _notify(conn, await _to_feed(conn, [change], self.feed_retention))
         return new
+
+    async def legacy_objects(self) -> list[tuple[str, str]]:
+        async with self._connection("read") as conn:
+            cur = await conn.execute(_LEGACY)
+            return [(t, u) for t, u in await cur.fetchall()]
+
+    async def is_legacy(self, uid: str) -> bool:
+        async with self._connection("read") as conn:
+            cur = await conn.execute("SELECT 1 FROM unsealed_objects WHERE uid = %s", (uid,))
+            return await cur.fetchone() is not None
+
+    async def seal_legacy(self, tenant: str, uid: str, revision: int, mac: bytes) -> bool:
+        async with self._transaction("seal") as conn:
+            cur = await conn.execute(_SEAL_LEGACY, (bytes(mac), uid, tenant, int(revision)))
+            if cur.rowcount <= 0:
+                return False
+            await conn.execute(_UNLIST, (uid,))
+            return True
 
     async def locate(self, query: LocateQuery) -> list[str]:
         text, params = locate_sql(query, "postgresql")

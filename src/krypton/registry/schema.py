@@ -14,6 +14,14 @@ committed change, ``seq`` in commit order; ``kind`` 'o' is an object: ``name``
 its uid, ``number`` its revision; 'k' a tenant key: ``name`` its level,
 ``number`` its version) and ``feed_floor`` (one row: the highest ``seq``
 pruned).
+
+
+v3 (record MACs, issue 11): ``objects.mac`` holds each object's record MAC
+(:mod:`krypton.core.records`). Rows written before have none: their uids go
+to ``unsealed_objects``, the only place a row without a MAC is accepted, until
+the Core seals them at start. The step is self-contained (one new column, one
+new table filled from ``objects``), so it can be renumbered next to other
+steps.
 """
 
 from __future__ import annotations
@@ -84,6 +92,12 @@ SQLITE: tuple[tuple[str, ...], ...] = (
         " number INTEGER NOT NULL, state INTEGER NOT NULL, time REAL NOT NULL)",
         *_FEED_TAIL,
     ),
+    # v3: record MACs
+    (
+        "ALTER TABLE objects ADD COLUMN mac BLOB",
+        "CREATE TABLE unsealed_objects (uid TEXT PRIMARY KEY)",
+        "INSERT INTO unsealed_objects (uid) SELECT uid FROM objects",
+    ),
 )
 
 POSTGRES: tuple[tuple[str, ...], ...] = (
@@ -115,6 +129,12 @@ POSTGRES: tuple[tuple[str, ...], ...] = (
         " tenant TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,"
         " number BIGINT NOT NULL, state INTEGER NOT NULL, time DOUBLE PRECISION NOT NULL)",
         *_FEED_TAIL,
+    ),
+    # v3: record MACs
+    (
+        "ALTER TABLE objects ADD COLUMN mac BYTEA",
+        "CREATE TABLE unsealed_objects (uid TEXT PRIMARY KEY)",
+        "INSERT INTO unsealed_objects (uid) SELECT uid FROM objects",
     ),
 )
 

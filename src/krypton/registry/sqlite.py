@@ -49,6 +49,7 @@ from krypton.registry._common import (
     KEY_COLUMNS,
     L3_USAGE_SQL,
     OBJECT_COLUMNS,
+    OBJECT_WIDTH,
     Callback,
     Fanout,
     change_from_feed,
@@ -68,8 +69,17 @@ T = TypeVar("T")
 _Work = Callable[[sqlite3.Connection, Any], tuple[Any, Sequence[Change]]]
 
 _INSERT_OBJECT = (
-    f"INSERT INTO objects ({OBJECT_COLUMNS}) VALUES ({', '.join('?' * 12)})"  # noqa: S608
+    f"INSERT INTO objects ({OBJECT_COLUMNS}) VALUES ({', '.join('?' * OBJECT_WIDTH)})"  # noqa: S608
     " ON CONFLICT(uid) DO NOTHING"
+)
+_UNLIST = "DELETE FROM unsealed_objects WHERE uid = ?"
+_SEAL_LEGACY = (
+    "UPDATE objects SET mac = ? WHERE uid = ? AND tenant = ? AND revision = ? AND mac IS NULL"
+    " AND uid IN (SELECT uid FROM unsealed_objects)"
+)
+_LEGACY = (
+    "SELECT o.tenant, o.uid FROM unsealed_objects u JOIN objects o ON o.uid = u.uid"
+    " ORDER BY o.seq"
 )
 _FINGERPRINT = (
     "SELECT tenant, level, count(*), max(version), total(state * version), count(sealed)"
@@ -139,12 +149,13 @@ def _update_object(
     new = replace(record, object_type=row[2], created=row[4], origin=row[10], revision=row[11] + 1)
     conn.execute(
         "UPDATE objects SET state = ?, algorithm = ?, length = ?, l3_version = ?, sealed = ?,"
-        " attributes = ?, revision = ? WHERE uid = ?",
+        " attributes = ?, revision = ?, mac = ? WHERE uid = ?",
         (
             int(new.state), new.algorithm, new.length, new.l3_version, new.sealed,
-            bytes(new.attributes), new.revision, new.uid,
+            bytes(new.attributes), new.revision, new.mac, new.uid,
         ),
     )  # fmt: skip
+    conn.execute(_UNLIST, (new.uid,))
     for table in _SIDE_INSERT:
         conn.execute(f"DELETE FROM {table} WHERE uid = ?", (new.uid,))  # noqa: S608
     _insert_sides(conn, new)
@@ -152,6 +163,16 @@ def _update_object(
     if audit is not None:
         _append_audit(conn, audit)
     return new, _to_feed(conn, (change,), retention)
+
+
+def _seal_legacy(
+    conn: sqlite3.Connection, payload: tuple[str, str, int, bytes]
+) -> tuple[bool, tuple[()]]:
+    tenant, uid, revision, mac = payload
+    done = conn.execute(_SEAL_LEGACY, (mac, uid, tenant, revision)).rowcount > 0
+    if done:
+        conn.execute(_UNLIST, (uid,))
+    return done, ()
 
 
 def _append_audit(conn: sqlite3.Connection, r: AuditRecord) -> tuple[None, tuple[()]]:
@@ -345,6 +366,17 @@ class SqliteRegistry:
             _update_object, (record, self.feed_retention, audit)
         )
         return result
+
+    async def legacy_objects(self) -> list[tuple[str, str]]:
+        return await self._read(lambda conn: [(t, u) for t, u in conn.execute(_LEGACY)])
+
+    async def is_legacy(self, uid: str) -> bool:
+        sql = "SELECT 1 FROM unsealed_objects WHERE uid = ?"
+        return await self._read(lambda conn: conn.execute(sql, (uid,)).fetchone() is not None)
+
+    async def seal_legacy(self, tenant: str, uid: str, revision: int, mac: bytes) -> bool:
+        done: bool = await self._write(_seal_legacy, (tenant, uid, int(revision), bytes(mac)))
+        return done
 
     async def locate(self, query: LocateQuery) -> list[str]:
         sql, params = locate_sql(query, "sqlite")

@@ -16,6 +16,7 @@ from krypton.config import TLSConfig
 from krypton.crypto.keyring import L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import (
+    CryptographicFailure,
     GeneralFailure,
     InvalidField,
     InvalidMessage,
@@ -46,6 +47,9 @@ _STATUS_OF_ERROR: dict[type[KryptonError], grpc.StatusCode] = {
     InvalidField: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidMessage: grpc.StatusCode.INVALID_ARGUMENT,
     UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
+    # A record that failed its MAC (or whose L3 is not held): fail closed as a
+    # Cryptographic Failure at the gateway too, not as a General Failure.
+    CryptographicFailure: grpc.StatusCode.DATA_LOSS,
 }
 
 # Gateway side: status code → (error class, how the message starts).
@@ -60,6 +64,7 @@ _ERROR_OF_STATUS: dict[grpc.StatusCode, tuple[type[KryptonError], str]] = {
     grpc.StatusCode.UNAUTHENTICATED: (PermissionDenied, "the Krypton Core refused this gateway"),
     grpc.StatusCode.NOT_FOUND: (ItemNotFound, "not found at the Krypton Core"),
     grpc.StatusCode.INVALID_ARGUMENT: (InvalidField, "the Krypton Core rejected the request"),
+    grpc.StatusCode.DATA_LOSS: (CryptographicFailure, "the Krypton Core refused a record"),
 }
 _OTHER = (GeneralFailure, "the Krypton Core failed")
 
@@ -173,6 +178,7 @@ def key_to_pb(key: KeyRecord) -> pb.WrappedKey:
         wrapped=key.wrapped,
         attributes=key.attributes,
         created=key.created,
+        mac=key.mac,
     )
 
 
@@ -192,6 +198,7 @@ def key_from_pb(msg: pb.WrappedKey) -> KeyRecord:
         attributes=msg.attributes,
         created=msg.created,
         synced=True,
+        mac=msg.mac,
     )
 
 

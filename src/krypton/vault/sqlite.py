@@ -413,6 +413,12 @@ class Vault:
         StorageError (after its commit) instead of leaving the cache stale."""
         return self._submit(work, payload)
 
+    def authentic(self, record: KeyRecord) -> KeyRecord:
+        """``record``, received from the Core (``FetchKey``), if its record MAC is
+        right; else RecordTampered (Cryptographic Failure), logged with the uid.
+        No legacy exemption: the Core seals its legacy rows before serving them."""
+        return check(record, self._sealer, lambda uid: False)
+
     async def put(self, record: KeyRecord) -> None:
         await self._submit(_put, (seal(record, self._sealer),))
 

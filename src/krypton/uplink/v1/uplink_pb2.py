@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekrypton/uplink/v1/uplink.proto\x12\x11krypton.uplink.v1\"Z\n\x10SubscribeRequest\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12\x0f\n\x07tenants\x18\x02 \x03(\t\x12\x16\n\tafter_seq\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0c\n\n_after_seq\"|\n\x05L3Key\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08material\x18\x03 \x01(\x0c\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.krypton.uplink.v1.L3State\x12\x15\n\rlease_seconds\x18\x05 \x01(\x01\"[\n\x0eKeyStateChange\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\r\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\"A\n\tHeartbeat\x12\x0f\n\x07time_ms\x18\x01 \x01(\x03\x12\x10\n\x08\x66\x65\x65\x64_seq\x18\x02 \x01(\x04\x12\x11\n\treconcile\x18\x03 \x01(\x08\".\n\nL3Versions\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\r\"\xe4\x01\n\tCoreEvent\x12*\n\x06l3_key\x18\x01 \x01(\x0b\x32\x18.krypton.uplink.v1.L3KeyH\x00\x12\x39\n\x0cstate_change\x18\x02 \x01(\x0b\x32!.krypton.uplink.v1.KeyStateChangeH\x00\x12\x31\n\theartbeat\x18\x03 \x01(\x0b\x32\x1c.krypton.uplink.v1.HeartbeatH\x00\x12\x34\n\x0bl3_versions\x18\x04 \x01(\x0b\x32\x1d.krypton.uplink.v1.L3VersionsH\x00\x42\x07\n\x05\x65vent\"\xba\x01\n\nWrappedKey\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0bobject_type\x18\x03 \x01(\r\x12\x11\n\talgorithm\x18\x04 \x01(\r\x12\x0e\n\x06length\x18\x05 \x01(\r\x12\r\n\x05state\x18\x06 \x01(\r\x12\x12\n\nl3_version\x18\x07 \x01(\r\x12\x0f\n\x07wrapped\x18\x08 \x01(\x0c\x12\x12\n\nattributes\x18\t \x01(\x0c\x12\x0f\n\x07\x63reated\x18\n \x01(\x03\"O\n\x0fSyncKeysRequest\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12+\n\x04keys\x18\x02 \x03(\x0b\x32\x1d.krypton.uplink.v1.WrappedKey\"!\n\x10SyncKeysResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x03(\t\"\xc9\x01\n\x0e\x45xecuteRequest\x12\x12\n\nbatch_item\x18\x01 \x01(\x0c\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x16\n\x0eprotocol_major\x18\x04 \x01(\r\x12\x16\n\x0eprotocol_minor\x18\x05 \x01(\r\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\x12\x0f\n\x07gateway\x18\x07 \x01(\t\x12\x18\n\x0bplaceholder\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_placeholder\"\x83\x01\n\x0f\x45xecuteResponse\x12\x12\n\nbatch_item\x18\x01 \x01(\x0c\x12\x32\n\x07\x63hanges\x18\x02 \x03(\x0b\x32!.krypton.uplink.v1.KeyStateChange\x12\x18\n\x0bplaceholder\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_placeholder\".\n\x0f\x46\x65tchKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\"M\n\x10\x46\x65tchKeyResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12*\n\x03key\x18\x02 \x01(\x0b\x32\x1d.krypton.uplink.v1.WrappedKey\"0\n\x10KeyStatesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04uids\x18\x02 \x03(\t\"F\n\x11KeyStatesResponse\x12\x31\n\x06states\x18\x01 \x03(\x0b\x32!.krypton.uplink.v1.KeyStateChange*\x84\x01\n\x07L3State\x12\x18\n\x14L3_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fL3_STATE_ACTIVE\x10\x01\x12\x18\n\x14L3_STATE_DEACTIVATED\x10\x02\x12\x18\n\x14L3_STATE_COMPROMISED\x10\x03\x12\x16\n\x12L3_STATE_DESTROYED\x10\x04\x32\xae\x03\n\x06Uplink\x12P\n\tSubscribe\x12#.krypton.uplink.v1.SubscribeRequest\x1a\x1c.krypton.uplink.v1.CoreEvent0\x01\x12S\n\x08SyncKeys\x12\".krypton.uplink.v1.SyncKeysRequest\x1a#.krypton.uplink.v1.SyncKeysResponse\x12P\n\x07\x45xecute\x12!.krypton.uplink.v1.ExecuteRequest\x1a\".krypton.uplink.v1.ExecuteResponse\x12S\n\x08\x46\x65tchKey\x12\".krypton.uplink.v1.FetchKeyRequest\x1a#.krypton.uplink.v1.FetchKeyResponse\x12V\n\tKeyStates\x12#.krypton.uplink.v1.KeyStatesRequest\x1a$.krypton.uplink.v1.KeyStatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ekrypton/uplink/v1/uplink.proto\x12\x11krypton.uplink.v1\"Z\n\x10SubscribeRequest\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12\x0f\n\x07tenants\x18\x02 \x03(\t\x12\x16\n\tafter_seq\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0c\n\n_after_seq\"|\n\x05L3Key\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08material\x18\x03 \x01(\x0c\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.krypton.uplink.v1.L3State\x12\x15\n\rlease_seconds\x18\x05 \x01(\x01\"[\n\x0eKeyStateChange\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\r\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x0b\n\x03seq\x18\x05 \x01(\x04\"A\n\tHeartbeat\x12\x0f\n\x07time_ms\x18\x01 \x01(\x03\x12\x10\n\x08\x66\x65\x65\x64_seq\x18\x02 \x01(\x04\x12\x11\n\treconcile\x18\x03 \x01(\x08\".\n\nL3Versions\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\r\"\xe4\x01\n\tCoreEvent\x12*\n\x06l3_key\x18\x01 \x01(\x0b\x32\x18.krypton.uplink.v1.L3KeyH\x00\x12\x39\n\x0cstate_change\x18\x02 \x01(\x0b\x32!.krypton.uplink.v1.KeyStateChangeH\x00\x12\x31\n\theartbeat\x18\x03 \x01(\x0b\x32\x1c.krypton.uplink.v1.HeartbeatH\x00\x12\x34\n\x0bl3_versions\x18\x04 \x01(\x0b\x32\x1d.krypton.uplink.v1.L3VersionsH\x00\x42\x07\n\x05\x65vent\"\xc7\x01\n\nWrappedKey\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0bobject_type\x18\x03 \x01(\r\x12\x11\n\talgorithm\x18\x04 \x01(\r\x12\x0e\n\x06length\x18\x05 \x01(\r\x12\r\n\x05state\x18\x06 \x01(\r\x12\x12\n\nl3_version\x18\x07 \x01(\r\x12\x0f\n\x07wrapped\x18\x08 \x01(\x0c\x12\x12\n\nattributes\x18\t \x01(\x0c\x12\x0f\n\x07\x63reated\x18\n \x01(\x03\x12\x0b\n\x03mac\x18\x0b \x01(\x0c\"O\n\x0fSyncKeysRequest\x12\x0f\n\x07gateway\x18\x01 \x01(\t\x12+\n\x04keys\x18\x02 \x03(\x0b\x32\x1d.krypton.uplink.v1.WrappedKey\"!\n\x10SyncKeysResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x03(\t\"\xc9\x01\n\x0e\x45xecuteRequest\x12\x12\n\nbatch_item\x18\x01 \x01(\x0c\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x16\n\x0eprotocol_major\x18\x04 \x01(\r\x12\x16\n\x0eprotocol_minor\x18\x05 \x01(\r\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\x12\x0f\n\x07gateway\x18\x07 \x01(\t\x12\x18\n\x0bplaceholder\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_placeholder\"\x83\x01\n\x0f\x45xecuteResponse\x12\x12\n\nbatch_item\x18\x01 \x01(\x0c\x12\x32\n\x07\x63hanges\x18\x02 \x03(\x0b\x32!.krypton.uplink.v1.KeyStateChange\x12\x18\n\x0bplaceholder\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_placeholder\".\n\x0f\x46\x65tchKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\"M\n\x10\x46\x65tchKeyResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12*\n\x03key\x18\x02 \x01(\x0b\x32\x1d.krypton.uplink.v1.WrappedKey\"0\n\x10KeyStatesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04uids\x18\x02 \x03(\t\"F\n\x11KeyStatesResponse\x12\x31\n\x06states\x18\x01 \x03(\x0b\x32!.krypton.uplink.v1.KeyStateChange*\x84\x01\n\x07L3State\x12\x18\n\x14L3_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fL3_STATE_ACTIVE\x10\x01\x12\x18\n\x14L3_STATE_DEACTIVATED\x10\x02\x12\x18\n\x14L3_STATE_COMPROMISED\x10\x03\x12\x16\n\x12L3_STATE_DESTROYED\x10\x04\x32\xae\x03\n\x06Uplink\x12P\n\tSubscribe\x12#.krypton.uplink.v1.SubscribeRequest\x1a\x1c.krypton.uplink.v1.CoreEvent0\x01\x12S\n\x08SyncKeys\x12\".krypton.uplink.v1.SyncKeysRequest\x1a#.krypton.uplink.v1.SyncKeysResponse\x12P\n\x07\x45xecute\x12!.krypton.uplink.v1.ExecuteRequest\x1a\".krypton.uplink.v1.ExecuteResponse\x12S\n\x08\x46\x65tchKey\x12\".krypton.uplink.v1.FetchKeyRequest\x1a#.krypton.uplink.v1.FetchKeyResponse\x12V\n\tKeyStates\x12#.krypton.uplink.v1.KeyStatesRequest\x1a$.krypton.uplink.v1.KeyStatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'krypton.uplink.v1.uplink_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_L3STATE']._serialized_start=1603
-  _globals['_L3STATE']._serialized_end=1735
+  _globals['_L3STATE']._serialized_start=1616
+  _globals['_L3STATE']._serialized_end=1748
   _globals['_SUBSCRIBEREQUEST']._serialized_start=53
   _globals['_SUBSCRIBEREQUEST']._serialized_end=143
   _globals['_L3KEY']._serialized_start=145
@@ -46,23 +46,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COREEVENT']._serialized_start=480
   _globals['_COREEVENT']._serialized_end=708
   _globals['_WRAPPEDKEY']._serialized_start=711
-  _globals['_WRAPPEDKEY']._serialized_end=897
-  _globals['_SYNCKEYSREQUEST']._serialized_start=899
-  _globals['_SYNCKEYSREQUEST']._serialized_end=978
-  _globals['_SYNCKEYSRESPONSE']._serialized_start=980
-  _globals['_SYNCKEYSRESPONSE']._serialized_end=1013
-  _globals['_EXECUTEREQUEST']._serialized_start=1016
-  _globals['_EXECUTEREQUEST']._serialized_end=1217
-  _globals['_EXECUTERESPONSE']._serialized_start=1220
-  _globals['_EXECUTERESPONSE']._serialized_end=1351
-  _globals['_FETCHKEYREQUEST']._serialized_start=1353
-  _globals['_FETCHKEYREQUEST']._serialized_end=1399
-  _globals['_FETCHKEYRESPONSE']._serialized_start=1401
-  _globals['_FETCHKEYRESPONSE']._serialized_end=1478
-  _globals['_KEYSTATESREQUEST']._serialized_start=1480
-  _globals['_KEYSTATESREQUEST']._serialized_end=1528
-  _globals['_KEYSTATESRESPONSE']._serialized_start=1530
-  _globals['_KEYSTATESRESPONSE']._serialized_end=1600
-  _globals['_UPLINK']._serialized_start=1738
-  _globals['_UPLINK']._serialized_end=2168
+  _globals['_WRAPPEDKEY']._serialized_end=910
+  _globals['_SYNCKEYSREQUEST']._serialized_start=912
+  _globals['_SYNCKEYSREQUEST']._serialized_end=991
+  _globals['_SYNCKEYSRESPONSE']._serialized_start=993
+  _globals['_SYNCKEYSRESPONSE']._serialized_end=1026
+  _globals['_EXECUTEREQUEST']._serialized_start=1029
+  _globals['_EXECUTEREQUEST']._serialized_end=1230
+  _globals['_EXECUTERESPONSE']._serialized_start=1233
+  _globals['_EXECUTERESPONSE']._serialized_end=1364
+  _globals['_FETCHKEYREQUEST']._serialized_start=1366
+  _globals['_FETCHKEYREQUEST']._serialized_end=1412
+  _globals['_FETCHKEYRESPONSE']._serialized_start=1414
+  _globals['_FETCHKEYRESPONSE']._serialized_end=1491
+  _globals['_KEYSTATESREQUEST']._serialized_start=1493
+  _globals['_KEYSTATESREQUEST']._serialized_end=1541
+  _globals['_KEYSTATESRESPONSE']._serialized_start=1543
+  _globals['_KEYSTATESRESPONSE']._serialized_end=1613
+  _globals['_UPLINK']._serialized_start=1751
+  _globals['_UPLINK']._serialized_end=2181
 # @@protoc_insertion_point(module_scope)

@@ -256,6 +256,7 @@ class WrappedKey(_message.Message):
     WRAPPED_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     tenant: _builtins.str
     object_type: _builtins.int
@@ -269,6 +270,11 @@ class WrappedKey(_message.Message):
     """opaque TTLV of the client's attributes"""
     created: _builtins.int
     """seconds since the epoch"""
+    mac: _builtins.bytes
+    """HMAC-SHA256 of the record's covered fields under HKDF(L3 of l3_version,
+    "krypton record mac v1") (krypton.model.record.authenticated_bytes);
+    empty for a record written before record MACs (a listed legacy row).
+    """
     def __init__(
         self,
         *,
@@ -282,10 +288,11 @@ class WrappedKey(_message.Message):
         wrapped: _builtins.bytes = ...,
         attributes: _builtins.bytes = ...,
         created: _builtins.int = ...,
+        mac: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "attributes", b"attributes", "created", b"created", "l3_version", b"l3_version", "length", b"length", "object_type", b"object_type", "state", b"state", "tenant", b"tenant", "uid", b"uid", "wrapped", b"wrapped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "attributes", b"attributes", "created", b"created", "l3_version", b"l3_version", "length", b"length", "mac", b"mac", "object_type", b"object_type", "state", b"state", "tenant", b"tenant", "uid", b"uid", "wrapped", b"wrapped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
