@@ -137,6 +137,7 @@ class GatewayConfig:
     workers: int = 1
     log_level: str = "info"
     interop: bool = False  # the KMIP Interop operation (test harnesses only, never production)
+    allow_core_dumps: bool = False  # debugging only: core dumps hold key material
     tls: GatewayTLSConfig
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -154,6 +155,7 @@ class CoreConfig:
     tenants: tuple[str, ...] = ("demo", "other")
     gateway: tuple[GatewayGrant, ...] = ()
     gateways: tuple[GatewayGrant, ...] = ()
+    allow_core_dumps: bool = False  # debugging only: core dumps hold key material
     tls: TLSConfig
 
     def authorised_gateways(self) -> dict[str, frozenset[str]]:
@@ -443,6 +445,7 @@ _GATEWAY = _Section(
         "workers": _integer(1, 1024),
         "log_level": _choice(LOG_LEVELS),
         "interop": _boolean,
+        "allow_core_dumps": _boolean,
     },
     {
         "tls": _GATEWAY_TLS,
@@ -478,6 +481,7 @@ _CORE = _Section(
         "tenants": _tenants,
         "gateway": _gateway_tables,
         "gateways": _gateway_shorthand,
+        "allow_core_dumps": _boolean,
     },
     {"tls": _TLS},
 )

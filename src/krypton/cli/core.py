@@ -13,6 +13,7 @@ from typing import Any
 from krypton.config import CoreConfig, load_core_config
 from krypton.core.app import Core, open_keystore
 from krypton.crypto.keyring import L3State
+from krypton.hardening import harden
 from krypton.registry import open_registry
 
 DEFAULT_CONFIG = Path("core.toml")
@@ -38,6 +39,7 @@ async def _with_keys(config: CoreConfig, action: Callable[[Any], Awaitable[None]
 
 def cmd_serve(args: argparse.Namespace, run: Runner, wait: Callable[[], Awaitable[None]]) -> int:
     config = load_core_config(args.config)
+    harden(allow_core_dumps=config.allow_core_dumps, who=f"core {config.name}")
     core = Core(config)
 
     async def main() -> None:
