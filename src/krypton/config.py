@@ -156,6 +156,10 @@ class CoreConfig:
     gateway: tuple[GatewayGrant, ...] = ()
     gateways: tuple[GatewayGrant, ...] = ()
     allow_core_dumps: bool = False  # debugging only: core dumps hold key material
+    # Undo batches (krypton.engine.undo): how long and how many batches' journals are
+    # kept; an Undo whose journal is gone fails (0 batches: every such Undo fails).
+    undo_journal_seconds: float = 60.0
+    undo_journal_batches: int = 1024
     tls: TLSConfig
 
     def authorised_gateways(self) -> dict[str, frozenset[str]]:
@@ -482,6 +486,8 @@ _CORE = _Section(
         "gateway": _gateway_tables,
         "gateways": _gateway_shorthand,
         "allow_core_dumps": _boolean,
+        "undo_journal_seconds": _seconds,
+        "undo_journal_batches": _integer(0),
     },
     {"tls": _TLS},
 )

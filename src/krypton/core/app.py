@@ -6,6 +6,7 @@ import logging
 
 from krypton.config import CoreConfig
 from krypton.core.embedded import EmbeddedL3Source
+from krypton.core.engine.journal import UndoJournal
 from krypton.core.engine.objects import CoreServices, KeyRingSealer
 from krypton.core.keystore import CoreKeyStore, load_master_key
 from krypton.core.service import CoreService
@@ -49,7 +50,10 @@ class Core:
         # The Core seals registered material under the same L3 keys it hands out.
         self.l3 = EmbeddedL3Source(self.keys, cfg.tenants, cfg.l3_lease_seconds)
         await self.l3.start(self.ring)
-        services = CoreServices(registry=self.registry, sealer=KeyRingSealer(self.ring))
+        journal = UndoJournal(cfg.undo_journal_seconds, cfg.undo_journal_batches)
+        services = CoreServices(
+            registry=self.registry, sealer=KeyRingSealer(self.ring), journal=journal
+        )
         self.service = CoreService(
             self.registry, self.keys, services, lease_seconds=cfg.l3_lease_seconds
         )

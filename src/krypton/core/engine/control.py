@@ -143,6 +143,7 @@ async def execute_item(
         journal = undo.token(ctx, (audit or AuditContext()).gateway, raw_batch_item)
         if journal is not None:
             ctx = replace(ctx, undo_token=journal)
+            undo.begin(svc, ctx, parsed.operation)
         handler = CONTROL_HANDLERS.get(parsed.operation) or PRIVATE_HANDLERS.get(parsed.operation)
         if handler is None:
             raise OperationNotSupported(
