@@ -6,15 +6,21 @@ journal tokens never collide — against real processes.
   is answered as a failure saying it was NOT undone, and the key stays Active
   (before: "Operation Undone" while the key stayed Active).
 * ``krypton dev --workers 2``: the two gateway processes share one identity and
-  number their requests alike; concurrent Undo batches through both must each
-  undo exactly their own key (before: with journals named by the request id,
-  keys answered "Operation Undone" stayed Active in the Core's registry).
+  number their requests alike. Batch A (worker 1) journals an Activate and is
+  still running when batch B (worker 2, same request id) succeeds; A then fails
+  and must undo its own Activate (before: B's end had dropped the shared
+  journal, A answered "Operation Undone" and the key stayed Active at the Core).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from tests.helpers.fixtures import Clusters, DevStacks
 
@@ -86,31 +92,91 @@ def test_an_undo_without_its_journal_says_nothing_was_undone(start_cluster: Clus
         assert _state(c, key) == State.ACTIVE  # what the answer says is what happened
 
 
-def test_concurrent_undo_batches_on_two_workers_undo_only_their_own(
-    start_dev: DevStacks,
-) -> None:
+def _server_side_owner(c: KmipClient, port: int, pids: list[int]) -> int:
+    """The process (of ``pids``) holding the server end of ``c``'s connection."""
+    assert c.sock is not None
+    mine = c.sock.getsockname()[1]
+    inode = ""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == port and int(f[2].split(":")[1], 16) == mine:
+            inode = f[9]
+    assert inode, "no server end of the connection in /proc/net/tcp"
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+    raise AssertionError("no worker holds the connection")
+
+
+def test_two_workers_alike_requests_never_share_a_journal(start_dev: DevStacks) -> None:
+    """Each worker's first connection is its connection 1, and the same requests on
+    both give the same request ids. Batch A journals an Activate, then takes a while
+    (Locates at the Core); batch B, on the other worker, meanwhile succeeds and ends
+    its journal. A's Undo must still find its own journal and undo its Activate
+    (before: B's end dropped A's journal, A said "undone" and the key stayed Active)."""
     srv = start_dev(args=("--workers", "2"))
+    children = _children(srv.proc.pid)
     ctx = tls_context(srv.pki / "ca.pem", srv.pki / "client.pem", srv.pki / "client-key.pem")
-
-    def client() -> KmipClient:
-        return KmipClient(srv.host, srv.port, ctx, version=V21, timeout=10.0).connect()
-
-    with client() as c:
-        keys = [_encrypt_only_key(c) for _ in range(48)]
-
-    def run(key: str) -> list[ResultStatus]:
-        with client() as c:  # a new connection: either worker, request ids alike
-            return [a.status for a in _activate_then_fail(c, key)]
-
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(run, keys))
-    assert answers == [[S.OPERATION_UNDONE, S.OPERATION_FAILED]] * len(keys)
-    # What the Core did is in its registry (the record of truth; each worker's vault
-    # copy follows from the change feed).
-    db = sqlite3.connect(f"file:{srv.layout.root / 'core.db'}?mode=ro", uri=True)
+    first: dict[int, KmipClient] = {}  # worker pid -> its first connection
+    spare: list[KmipClient] = []
+    while len(first) < 2 and len(spare) < 40:
+        c = KmipClient(srv.host, srv.port, ctx, version=V21, timeout=30.0).connect()
+        owner = _server_side_owner(c, srv.port, children)
+        if owner in first:
+            spare.append(c)
+        else:
+            first[owner] = c
     try:
-        rows = dict(db.execute("SELECT uid, state FROM objects WHERE tenant = 'demo'"))
+        assert len(first) == 2, "no connection reached one of the workers"
+        a, b = (first[p] for p in sorted(first))
+        x, y = _encrypt_only_key(a), _encrypt_only_key(b)
+        locates = [cm.batch_item(Operation.LOCATE, cm.payload())] * 1000
+
+        def slow_failing_batch() -> list[ResultStatus]:
+            check = cm.batch_item(
+                Operation.CHECK,
+                cm.payload(_uid(x), Item.integer(Tag.CRYPTOGRAPHIC_USAGE_MASK, D)),
+            )
+            activate = cm.batch_item(Operation.ACTIVATE, cm.payload(_uid(x)))
+            return [r.status for r in _undo_batch(a, [activate, *locates, check])]
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(slow_failing_batch)
+            wait_until = time.monotonic() + 10.0  # A's Activate done (and journaled)
+            while _core_states(srv.layout.root, [x]) != [State.ACTIVE]:
+                assert time.monotonic() < wait_until and not pending.done()
+                time.sleep(0.01)
+            activate_y = cm.batch_item(Operation.ACTIVATE, cm.payload(_uid(y)))
+            assert [r.status for r in _undo_batch(b, [activate_y, _get_attrs(y)])] == [
+                S.SUCCESS, S.SUCCESS
+            ]
+            assert not pending.done(), "batch A ended before B: nothing overlapped"
+            answers = pending.result(timeout=60)
+    finally:
+        for c in (*first.values(), *spare):
+            c.close()
+    assert answers[0] is S.OPERATION_UNDONE and answers[-1] is S.OPERATION_FAILED
+    assert _core_states(srv.layout.root, [x, y]) == [State.PRE_ACTIVE, State.ACTIVE]
+
+
+def _get_attrs(key: str) -> Item:
+    return cm.batch_item(Operation.GET_ATTRIBUTES, cm.payload(_uid(key)))
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], check=True,
+                         capture_output=True, text=True)  # fmt: skip
+    return [int(x) for x in out.stdout.split()]
+
+
+def _core_states(root: Path, keys: list[str]) -> list[int | None]:
+    """What the Core did: its registry, the record of truth (a worker's vault copy
+    follows it through the change feed)."""
+    db = sqlite3.connect(f"file:{root / 'core.db'}?mode=ro", uri=True)
+    try:
+        rows = dict(db.execute("SELECT uid, state FROM objects"))
     finally:
         db.close()
-    active = [k for k in keys if rows[k] != State.PRE_ACTIVE]
-    assert active == [], f"{len(active)} of {len(keys)} keys said undone stayed Active"
+    return [rows.get(k) for k in keys]  # None: not synced to the Core yet
