@@ -10,6 +10,9 @@ Measured on the real processes (``krypton dev``, ``--workers``, a separate
   the process's effective uid and gid. The test starts the servers with an
   effective gid other than 0, so the observable works when the tests run as
   root too.
+* The key ring's L3 keys sit on an anonymous page marked "dd" (left out of
+  core dumps) and "lo" (locked) in ``/proc/PID/smaps``, holding non-zero bytes
+  (before: no such mapping; the keys were on the ordinary heap).
 * The dev directory's databases, their ``-wal`` and ``-shm`` files, the master
   key and the private keys are 0600, their folders 0700, even under umask 0
   (before: 0644 and a 0755 folder).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -67,6 +71,32 @@ def _dumpable(pid: int) -> bool:
     return (st.st_uid, st.st_gid) == (euid, egid)
 
 
+def _no_dump_pages(pid: int) -> list[tuple[int, int, set[str]]]:
+    """(start, end, flags) of the anonymous read-write mappings marked "dd"."""
+    found = []
+    text = Path(f"/proc/{pid}/smaps").read_text()
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
+        head = block.split("\n", 1)[0].split()
+        found_flags = re.search(r"VmFlags:(.*)", block)
+        flags = set(found_flags.group(1).split()) if found_flags is not None else set()
+        if len(head) == 5 and head[1].startswith("rw") and "dd" in flags:
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            found.append((lo, hi, flags))
+    return found
+
+
+def _holds_keys_on_no_dump_pages(pid: int) -> bool:
+    pages = _no_dump_pages(pid)
+    if not pages or not all("lo" in flags for _, _, flags in pages):
+        return False
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:  # root may: the test's uid
+        for lo, hi, _ in pages:
+            mem.seek(lo)
+            if any(mem.read(hi - lo)):
+                return True
+    return False
+
+
 def _children(pid: int) -> list[int]:
     cmd = ["ps", "-o", "pid=", "--ppid", str(pid)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -85,6 +115,10 @@ def test_dev_stack_cannot_dump_core(start_dev: DevStacks) -> None:
     assert not _dumpable(pid)
     with srv.connect() as sock:  # still serving
         sock.getpeercert()
+    if os.geteuid() == 0:  # only root reads a non-dumpable process's memory
+        assert _holds_keys_on_no_dump_pages(pid)
+    else:
+        assert _no_dump_pages(pid)
 
 
 def test_every_worker_and_the_core_process_cannot_dump_core(start_dev: DevStacks) -> None:
@@ -105,6 +139,7 @@ def test_separate_core_and_gateway_cannot_dump_core(start_cluster: Clusters) -> 
     for p in procs:
         assert _core_limit(p.proc.pid) == ("0", "0"), p.name
         assert not _dumpable(p.proc.pid), p.name
+        assert _no_dump_pages(p.proc.pid), p.name  # its key ring's page
 
 
 def test_core_dumps_allowed_for_debugging_say_so(start_dev: DevStacks) -> None:
