@@ -4,11 +4,10 @@
 ``synchronous=FULL`` (a COMMIT fsyncs the WAL) plus the store's own pragmas,
 runs its migration and, for a new file, fsyncs the directory so that the
 file's name survives a crash too. A new file is created mode 0600 whatever the
-umask (it holds wrapped keys, names, digests, the audit trail), and a missing
-folder 0700; SQLite gives the ``-wal`` and ``-shm`` files the database file's
-mode. :class:`Readers` hands every thread its own
-read-only connection; WAL readers see the last committed state and never
-block the writer.
+umask (it holds wrapped keys, names, digests, the audit trail); SQLite gives
+the ``-wal`` and ``-shm`` files the database file's mode. :class:`Readers`
+hands every thread its own read-only connection; WAL readers see the last
+committed state and never block the writer.
 """
 
 from __future__ import annotations
@@ -44,18 +43,14 @@ def _connect(path: str, name: str, pragmas: Iterable[str]) -> sqlite3.Connection
 
 
 FILE_MODE = 0o600
-FOLDER_MODE = 0o700
 
 
 def _create_private(path: str) -> None:
-    """An empty database file (and its missing folders) readable by its owner only."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """An empty database file readable by its owner only (a missing folder is left
+    to SQLite's open to report)."""
     try:
-        if not os.path.isdir(folder):
-            os.makedirs(folder, mode=FOLDER_MODE, exist_ok=True)
-            os.chmod(folder, FOLDER_MODE)  # makedirs' mode is filtered by the umask
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    except FileExistsError:  # made by someone else meanwhile: theirs to set
+    except (FileExistsError, FileNotFoundError):  # made meanwhile: theirs; no folder
         return
     except OSError as exc:
         raise StorageError(f"{path}: {exc.strerror}") from None
