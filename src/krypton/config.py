@@ -160,6 +160,7 @@ class GatewayConfig:
     workers: int = 1
     log_level: str = "info"
     interop: bool = False  # the KMIP Interop operation (test harnesses only, never production)
+    allow_core_dumps: bool = False  # debugging only: core dumps hold key material
     tls: GatewayTLSConfig
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -180,6 +181,11 @@ class CoreConfig:
     tenants: tuple[str, ...] = ("demo", "other")
     gateway: tuple[GatewayGrant, ...] = ()
     gateways: tuple[GatewayGrant, ...] = ()
+    allow_core_dumps: bool = False  # debugging only: core dumps hold key material
+    # Undo batches (krypton.engine.undo): how long and how many batches' journals are
+    # kept; an Undo whose journal is gone fails (0 batches: every such Undo fails).
+    undo_journal_seconds: float = 60.0
+    undo_journal_batches: int = 1024
     tls: TLSConfig
 
     def authorised_gateways(self) -> dict[str, frozenset[str]]:
@@ -482,6 +488,7 @@ _GATEWAY = _Section(
         "workers": _integer(1, 1024),
         "log_level": _choice(LOG_LEVELS),
         "interop": _boolean,
+        "allow_core_dumps": _boolean,
     },
     {
         "tls": _GATEWAY_TLS,
@@ -529,6 +536,9 @@ _CORE = _Section(
         "tenants": _tenants,
         "gateway": _gateway_tables,
         "gateways": _gateway_shorthand,
+        "allow_core_dumps": _boolean,
+        "undo_journal_seconds": _seconds,
+        "undo_journal_batches": _integer(0),
     },
     {"tls": _TLS},
 )

@@ -22,6 +22,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ttlv": _BASE,
     "kmip": _BASE | {"ttlv"},
     "config": _BASE,
+    "hardening": _BASE,
     "model": _BASE | {"ttlv", "kmip"},
     "crypto": _BASE,
     "engine": _BASE | {"ttlv", "kmip", "model", "crypto"},
@@ -41,7 +42,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "stack": _BASE | {"config", "core", "gateway", "registry", "tls"},
     "cli": _BASE
     | {"config", "core", "gateway", "registry", "vault", "tls", "stack", "bench", "conformance"}
-    | {"crypto", "pki", "client"},
+    | {"crypto", "pki", "client", "hardening"},
     "__init__": frozenset(),
 }
 

@@ -7,7 +7,9 @@ the test sets, and the test waits for the writer to reach it the same way.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -297,3 +299,17 @@ def test_readers_are_read_only_per_thread_and_close(path: Path, store: Writer[Wo
     late.start()
     late.join()
     assert [str(e) for e in fresh] == ["the test is closed"]
+
+
+def test_a_new_store_and_its_wal_files_are_private_under_any_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        conn = open_file(tmp_path / "store.db", name="test", migrate=_migrate)
+    finally:
+        os.umask(old)
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x)")  # the WAL and its index exist
+        modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.iterdir()}
+    finally:
+        conn.close()
+    assert modes == {"store.db": "0o600", "store.db-wal": "0o600", "store.db-shm": "0o600"}

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
+from tests.helpers.control_env import core_env
 from tests.helpers.embedded import Stack
 
 from krypton.core.engine.journal import UndoJournal
@@ -150,7 +152,11 @@ def test_batches_that_cannot_be_undone_are_refused_before_anything_runs(s: Stack
 
 
 def test_clients_cannot_send_the_private_operations_or_the_mark(s: Stack) -> None:
-    for raw in (undo.private_item(undo.UNDO), undo.marked(item(Operation.ACTIVATE, uid("x")))):
+    token = undo.new_token()
+    for raw in (
+        undo.private_item(undo.UNDO, token),
+        undo.marked(item(Operation.ACTIVATE, uid("x")), token),
+    ):
         [answer] = s.send(cm.request_message(V21, [raw])).items
         assert answer.reason is R.OPERATION_NOT_SUPPORTED
 
@@ -161,9 +167,11 @@ def test_the_journal_forgets_after_its_time_and_keeps_a_bounded_number() -> None
     rec = ObjectRecord(uid="u", tenant="t", object_type=2, state=1, created=int(time.time()))
     for t in ("a", "b", "c"):
         journal.record(t, rec, rec)
-    assert len(journal) == 2 and journal.take("a") == []
+    assert len(journal) == 2 and journal.take("a") is None  # evicted: gone, not empty
     now[0] = 11.0
-    assert journal.take("b") == [] and len(journal) == 0
+    assert journal.take("b") is None and len(journal) == 0
+    journal.open("d")  # opened by a marked item that changed nothing: known and empty
+    assert journal.take("d") == [] and journal.take("d") is None
 
 
 # -- Get with key wrapping -------------------------------------------------------------------
@@ -217,3 +225,47 @@ def test_get_wraps_a_key_with_aes_key_wrap(s: Stack) -> None:
     [v1] = s.send(cm.request_message(V14, [item(
         Operation.GET, uid(key), _wrapping_spec("no-such-key"))])).items  # fmt: skip
     assert v1.reason is R.ITEM_NOT_FOUND
+
+
+def test_batches_with_one_request_id_keep_their_own_journals(tmp_path: Path) -> None:
+    """Two gateway processes of one identity (``--workers``), or one before and after a
+    restart, number their requests alike: the journal is named by the batch's random
+    token, not by the request id, so one batch's Undo never takes another's journal."""
+    with core_env(tmp_path) as env:  # every item: gateway gw-1, request id t.1
+        x, y = env.register_key(), env.register_key()
+        first, second = undo.new_token(), undo.new_token()
+        assert first != second and len(first) == 32
+        for key, token in ((x, first), (y, second)):
+            assert env.item(undo.marked(item(Operation.ACTIVATE, uid(key)), token)).ok
+        assert env.item(undo.private_item(undo.UNDO, first)).ok
+        assert (env.record(x).state, env.record(y).state) == (State.PRE_ACTIVE, State.ACTIVE)
+        assert env.item(undo.private_item(undo.FORGET, second)).ok
+        assert env.record(y).state == State.ACTIVE
+
+
+def test_an_undo_whose_journal_is_gone_fails_at_the_core(tmp_path: Path) -> None:
+    with core_env(tmp_path) as env:
+        key = env.register_key()
+        token = undo.new_token()
+        assert env.item(undo.marked(item(Operation.ACTIVATE, uid(key)), token)).ok
+        env.svc.journal.tokens = 0  # evicted by newer batches
+        env.item(undo.marked(item(Operation.GET_ATTRIBUTES, uid(key)), undo.new_token()))
+        answer = env.item(undo.private_item(undo.UNDO, token))
+        assert answer.failed(R.GENERAL_FAILURE)
+        assert "journal is gone" in (answer.item.message or "")
+        assert env.record(key).state == State.ACTIVE  # nothing claimed, nothing done
+        # A marked item without a token is refused, not journaled under a guess.
+        bare = item(Operation.ACTIVATE, uid(key))
+        tokenless = Item(bare.tag, bare.type, (*bare.children, *_marker_without_token()))
+        assert env.item(tokenless).failed(R.INVALID_MESSAGE)
+
+
+def _marker_without_token() -> tuple[Item, ...]:
+    return (
+        Item.structure(
+            Tag.MESSAGE_EXTENSION,
+            Item.text(Tag.VENDOR_IDENTIFICATION, undo.VENDOR),
+            Item.boolean(Tag.CRITICALITY_INDICATOR, False),
+            Item.structure(Tag.VENDOR_EXTENSION, Item.text(Tag.ATTRIBUTE_NAME, "undo journal")),
+        ),
+    )

@@ -23,6 +23,7 @@ from krypton.core.app import Core
 from krypton.errors import ConfigError, KryptonError
 from krypton.gateway.app import Gateway
 from krypton.gateway.workers import run_workers
+from krypton.hardening import harden
 from krypton.pki.dev import DevLayout, init_dev_dir
 from krypton.stack.dev import EmbeddedStack, prepare_tenants
 from krypton.tls.contexts import server_context
@@ -112,6 +113,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     core = load_core_config(layout.core_config)
     gateway = load_gateway_config(layout.gateway_config)
     _setup_logging(gateway.log_level)
+    allow_dumps = gateway.allow_core_dumps or core.allow_core_dumps
+    harden(allow_core_dumps=allow_dumps, who="krypton dev")
     workers = args.workers or gateway.workers
     printed = False
 
@@ -134,9 +137,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
     address = f"{core.listen_host}:{core.listen_port}"
 
     def run_core() -> int:
+        harden(allow_core_dumps=core.allow_core_dumps, who=f"core {core.name}")
         return _serve(lambda: Core(core), lambda c: None)
 
     def run_gateway() -> int:
+        harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway worker {os.getpid()}")
         return _serve(
             lambda: Gateway(gateway, ssl_ctx, core_address=address), lambda g: ready(g.port)
         )
@@ -160,6 +165,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if args.action == "outbox":
         return cmd_outbox(gateway)
     _setup_logging(gateway.log_level)
+    harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway {gateway.name}")
     workers = args.workers or gateway.workers
 
     def ready(g: Gateway) -> None:
@@ -172,7 +178,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         return _serve(lambda: Gateway(gateway), ready)
     gateway = dataclasses.replace(gateway, workers=workers)
     ssl_ctx = server_context(gateway.tls)
-    return run_workers([lambda: _serve(lambda: Gateway(gateway, ssl_ctx), ready)] * workers)
+
+    def run_worker() -> int:
+        harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway worker {os.getpid()}")
+        return _serve(lambda: Gateway(gateway, ssl_ctx), ready)
+
+    return run_workers([run_worker] * workers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from krypton.config import CoreConfig
 from krypton.core.embedded import EmbeddedL3Source
+from krypton.core.engine.journal import UndoJournal
 from krypton.core.engine.objects import CoreServices, KeyRingSealer
 from krypton.core.keystore import (
     MASTER_KEY_ENV,
@@ -113,7 +114,10 @@ class Core:
         # rows from before them are sealed now, and the engine sees only the wrapper.
         await seal_legacy(self.registry, self.ring.record_mac)
         objects = AuthenticatedRegistry(self.registry, self.ring.record_mac)
-        services = CoreServices(registry=objects, sealer=KeyRingSealer(self.ring))
+        journal = UndoJournal(cfg.undo_journal_seconds, cfg.undo_journal_batches)
+        services = CoreServices(
+            registry=objects, sealer=KeyRingSealer(self.ring), journal=journal
+        )
         self.service = CoreService(
             objects, self.keys, services, lease_seconds=cfg.l3_lease_seconds,
             mac_key=self.ring.record_mac,

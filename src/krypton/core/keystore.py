@@ -166,6 +166,7 @@ def load_master_key(
         raise ConfigError(f"master key file {path}: {exc.strerror}") from None
     key = generate_key(256)
     try:
+        os.fchmod(fd, 0o600)  # exactly: the umask could only have narrowed it
         os.write(fd, key.view())
         os.fsync(fd)
     finally:

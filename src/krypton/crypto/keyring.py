@@ -154,6 +154,7 @@ class KeyRing:
                     )
                 versions[version] = _Version(held.key, state, lease_expires_at)
             else:
+                material.pin()  # kept long: on a page core dumps leave out
                 try:
                     key = WrappingKey(version, material)
                 except Exception:

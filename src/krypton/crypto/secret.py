@@ -12,6 +12,10 @@ zero-copy ``memoryview``, valid until :meth:`wipe`) for passing to a cipher or
 encoder, and :meth:`SecretBytes.reveal` (an immutable copy that cannot be
 wiped) for the rare place that needs ``bytes``.
 
+Long-lived keys (the key ring's L3 versions) move to pages that core dumps
+leave out and swap never sees: :meth:`SecretBytes.pin` (see
+:mod:`krypton.crypto._arena`).
+
 There is deliberately no ``__del__`` wipe: a view taken from a temporary
 holder (``generate_key(256).view()``) would silently turn into zeros.
 """
@@ -23,6 +27,7 @@ import os
 from types import TracebackType
 from typing import NoReturn
 
+from krypton.crypto import _arena
 from krypton.errors import InvalidField
 
 AES_KEY_BITS = frozenset({128, 192, 256})
@@ -34,11 +39,11 @@ class SecretBytes:
     __slots__ = ("_buf", "_wiped")
 
     def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
-        self._buf = bytearray(data)
+        self._buf: bytearray | memoryview = bytearray(data)
         self._wiped = False
 
     @classmethod
-    def adopt(cls, buf: bytearray) -> SecretBytes:
+    def adopt(cls, buf: bytearray | memoryview) -> SecretBytes:
         """Take ownership of ``buf`` without copying it (the caller must drop it)."""
         self = cls.__new__(cls)
         self._buf = buf
@@ -56,7 +61,23 @@ class SecretBytes:
         """A read-only, zero-copy view of the key bytes (all zeros after wipe)."""
         return memoryview(self._buf).toreadonly()
 
-    def buffer(self) -> bytearray:
+    def pin(self) -> bool:
+        """Move these bytes, in place, to a slot of a no-dump, locked page (for a key
+        kept long), zeroing where they were; views taken before show zeros. False
+        (nothing moved) if they do not fit a slot or no page can be had."""
+        n = len(self._buf)
+        if not 0 < n <= _arena.SLOT or self._wiped or isinstance(self._buf, memoryview):
+            return False
+        try:
+            buf = _arena.slot(n)
+        except OSError:
+            return False
+        buf[:] = self._buf
+        self._buf[:] = bytes(n)
+        self._buf = buf
+        return True
+
+    def buffer(self) -> bytearray | memoryview:
         """The owned buffer itself, for package-internal zero-overhead calls. Never
         keep it, resize it or hand it outside ``krypton.crypto``."""
         return self._buf

@@ -20,11 +20,17 @@ can fail.
   with a Krypton Message Extension (:func:`marked`); the Core then keeps, in
   memory, the object's record as it was before the item
   (:class:`~krypton.core.engine.journal.UndoJournal`; for Destroy the sealed
-  material too), under the gateway's request id. If an item fails, the gateway
+  material too), under the batch's journal token. If an item fails, the gateway
   sends the private operation :data:`UNDO` and the Core writes the records back,
   newest first, each only if nobody has changed the object since
   (compare-and-set on its revision); if the batch succeeds it sends
   :data:`FORGET` and the Core drops them.
+
+The journal token is random (:func:`new_token`, 128 bits from ``os.urandom``),
+made by the gateway for each Undo batch and carried in the marker: gateways
+sharing one identity (``--workers``) or a restarted gateway never name another
+batch's journal. A journal the Core no longer has (expired, evicted, a Core
+restart) fails the Undo: nothing is claimed undone that was not.
 
 The items undone are answered with Result Status Operation Undone. The private
 operations are in KMIP's extension range (8XXXXXXX); a client that sends one, or
@@ -32,6 +38,8 @@ an item with the Krypton extension, is answered Operation Not Supported.
 """
 
 from __future__ import annotations
+
+import secrets
 
 from krypton.ttlv.enums import Operation
 from krypton.ttlv.item import Item
@@ -54,18 +62,28 @@ JOURNALED = frozenset((
 ))  # fmt: skip
 
 
-def _marker() -> Item:
+def new_token() -> str:
+    """A journal token for one Undo batch: 128 random bits (``os.urandom``)."""
+    return secrets.token_hex(16)
+
+
+def _marker(token: str) -> Item:
     return Item.structure(
         Tag.MESSAGE_EXTENSION,
         Item.text(Tag.VENDOR_IDENTIFICATION, VENDOR),
         Item.boolean(Tag.CRITICALITY_INDICATOR, False),
-        Item.structure(Tag.VENDOR_EXTENSION, Item.text(Tag.ATTRIBUTE_NAME, "undo journal")),
+        Item.structure(
+            Tag.VENDOR_EXTENSION,
+            Item.text(Tag.ATTRIBUTE_NAME, "undo journal"),
+            Item.text(Tag.ATTRIBUTE_VALUE, token),
+        ),
     )
 
 
-def marked(raw: Item) -> Item:
-    """A request batch item with the extension that asks the Core to journal it."""
-    return Item(raw.tag, raw.type, (*raw.children, _marker()))
+def marked(raw: Item, token: str) -> Item:
+    """A request batch item with the extension that asks the Core to journal it
+    under ``token``."""
+    return Item(raw.tag, raw.type, (*raw.children, _marker(token)))
 
 
 def is_marked(raw: Item) -> bool:
@@ -74,11 +92,22 @@ def is_marked(raw: Item) -> bool:
     return vendor is not None and vendor.value == VENDOR
 
 
-def private_item(operation: int) -> Item:
+def journal_token(raw: Item) -> str | None:
+    """The journal token a marked item carries (None: none, or not a text)."""
+    ext = raw.find(Tag.MESSAGE_EXTENSION)
+    vendor_ext = ext.find(Tag.VENDOR_EXTENSION) if ext is not None else None
+    value = vendor_ext.find(Tag.ATTRIBUTE_VALUE) if vendor_ext is not None else None
+    if value is None or not isinstance(value.value, str) or not value.value:
+        return None
+    return value.value
+
+
+def private_item(operation: int, token: str) -> Item:
     return marked(
         Item.structure(
             Tag.BATCH_ITEM,
             Item.enum(Tag.OPERATION, operation),
             Item.structure(Tag.REQUEST_PAYLOAD),
-        )
+        ),
+        token,
     )

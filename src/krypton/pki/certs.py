@@ -171,6 +171,15 @@ def issue_leaf(
 
 
 # -- files ----------------------------------------------------------------------
+def private_dir(path: Path) -> None:
+    """Make the folder ``path`` (and missing parents) mode 0700 whatever the umask,
+    when it does not exist yet; an existing folder is left as it is."""
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -198,12 +207,14 @@ def write_cert_pem(path: Path, certs: Certificate | Iterable[Certificate]) -> No
 
 
 def write_key_pem(path: Path, key: PrivateKey) -> None:
-    """Write an unencrypted PKCS#8 PEM private key with mode 0600."""
+    """Write an unencrypted PKCS#8 PEM private key with mode 0600 (a folder made
+    for it is 0700)."""
     data = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    private_dir(path.parent)
     write_atomic(path, data, 0o600)
 
 

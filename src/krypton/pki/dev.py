@@ -38,6 +38,7 @@ from krypton.pki.certs import (
     issue_leaf,
     load_cert_pem,
     load_key_pem,
+    private_dir,
     write_atomic,
     write_cert_pem,
     write_key_pem,
@@ -204,7 +205,8 @@ def _load_ca(layout: DevLayout) -> tuple[Certificate, PrivateKey]:
 def init_dev_dir(d: Path, *, force: bool = False) -> DevLayout:
     """Write the development PKI and configs into ``d``; keep what already exists."""
     layout = DevLayout(Path(d))
-    layout.pki.mkdir(parents=True, exist_ok=True)
+    private_dir(layout.root)  # the databases and the master key live here
+    private_dir(layout.pki)
     written: list[Path] = []
     ca_cert, ca_key, new_ca = _load_or_create_ca(layout, force)
     if new_ca:

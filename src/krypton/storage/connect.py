@@ -3,9 +3,11 @@
 :func:`open_file` opens (creating as needed) the file, sets WAL with
 ``synchronous=FULL`` (a COMMIT fsyncs the WAL) plus the store's own pragmas,
 runs its migration and, for a new file, fsyncs the directory so that the
-file's name survives a crash too. :class:`Readers` hands every thread its own
-read-only connection; WAL readers see the last committed state and never
-block the writer.
+file's name survives a crash too. A new file is created mode 0600 whatever the
+umask (it holds wrapped keys, names, digests, the audit trail); SQLite gives
+the ``-wal`` and ``-shm`` files the database file's mode. :class:`Readers`
+hands every thread its own read-only connection; WAL readers see the last
+committed state and never block the writer.
 """
 
 from __future__ import annotations
@@ -40,6 +42,24 @@ def _connect(path: str, name: str, pragmas: Iterable[str]) -> sqlite3.Connection
     return conn
 
 
+FILE_MODE = 0o600
+
+
+def _create_private(path: str) -> None:
+    """An empty database file readable by its owner only (a missing folder is left
+    to SQLite's open to report)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except (FileExistsError, FileNotFoundError):  # made meanwhile: theirs; no folder
+        return
+    except OSError as exc:
+        raise StorageError(f"{path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
 def _fsync_directory(path: str) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
@@ -61,6 +81,8 @@ def open_file(
     path = str(path)
     new = path != MEMORY and not os.path.exists(path)
     with translated(f"{name} open of {path}"):
+        if new:
+            _create_private(path)
         conn = _connect(path, name, pragmas)
         try:
             migrate(conn)

@@ -143,6 +143,7 @@ async def execute_item(
         journal = undo.token(ctx, (audit or AuditContext()).gateway, raw_batch_item)
         if journal is not None:
             ctx = replace(ctx, undo_token=journal)
+            undo.begin(svc, ctx, parsed.operation)
         ctx = replace(ctx, audit=AuditSlot(_record(svc, ctx, audit or AuditContext(),
                                                    _name(operation), uid=None, result="Success",
                                                    detail="")))

@@ -1,7 +1,7 @@
 """The Core's undo journal: records as they were before the items of an Undo batch.
 
-Kept in memory only, per batch (a token the Core derives from the gateway and
-its request id), newest last, for at most ``seconds`` and ``tokens`` batches:
+Kept in memory only, per batch (the gateway's random token for the batch, under
+the gateway's identity and the tenant), newest last, for at most ``seconds`` and ``tokens`` batches:
 a gateway that never ends its batch (it crashed) does not make the Core keep a
 destroyed object's sealed material around. See :mod:`krypton.engine.undo`.
 """
@@ -46,17 +46,28 @@ class UndoJournal:
         started, entries = self._batches.get(token, (self.clock(), []))
         entries.append(JournalEntry(after.tenant, after.uid, after.revision, before))
         self._batches[token] = (started, entries)
-        while len(self._batches) > self.tokens:
-            self._batches.popitem(last=False)
+        self._evict()
 
-    def take(self, token: str) -> list[JournalEntry]:
-        """The batch's entries, oldest first, and forget them."""
+    def open(self, token: str) -> None:
+        """The batch exists from now on, with no entries yet (idempotent)."""
         self._expire()
-        _, entries = self._batches.pop(token, (0.0, []))
-        return entries
+        if token not in self._batches:
+            self._batches[token] = (self.clock(), [])
+            self._evict()
+
+    def take(self, token: str) -> list[JournalEntry] | None:
+        """The batch's entries, oldest first, and forget them; None if the batch
+        is not known (never opened, or expired or evicted since)."""
+        self._expire()
+        batch = self._batches.pop(token, None)
+        return None if batch is None else batch[1]
 
     def __len__(self) -> int:
         return len(self._batches)
+
+    def _evict(self) -> None:
+        while len(self._batches) > self.tokens:
+            self._batches.popitem(last=False)
 
     def _expire(self) -> None:
         deadline = self.clock() - self.seconds

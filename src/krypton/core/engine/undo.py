@@ -1,7 +1,9 @@
 """Undo batches, the Core's side: journal a marked item, write the journal back.
 
 The protocol is :mod:`krypton.engine.undo`; the gateway's side is
-:mod:`krypton.gateway.engine.undo`.
+:mod:`krypton.gateway.engine.undo`. A batch's journal is opened by its first
+marked item (:func:`begin`), so that an Undo can tell "nothing to write back"
+from "the journal is gone" — the latter fails.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import replace
 
 from krypton.core.engine.objects import CoreServices, load
 from krypton.engine.objects import Outcome, payload_fields
-from krypton.engine.undo import is_marked
+from krypton.engine.undo import PRIVATE, is_marked, journal_token
 from krypton.errors import GeneralFailure, InvalidMessage
 from krypton.model.context import RequestContext
 from krypton.model.registry import RegistryConflict, StateChange
@@ -22,10 +24,21 @@ log = logging.getLogger("krypton.undo")
 
 
 def token(ctx: RequestContext, gateway: str | None, raw: Item) -> str | None:
-    """The journal of the batch a marked item belongs to (None: not an Undo batch)."""
+    """The journal of the batch a marked item belongs to (None: not an Undo batch):
+    the gateway's random token for the batch, under the gateway and the tenant."""
     if not is_marked(raw):
         return None
-    return f"{gateway or ''}|{ctx.tenant}|{ctx.request_id}"
+    batch = journal_token(raw)
+    if batch is None:
+        raise InvalidMessage("an Undo batch item without its journal token")
+    return f"{gateway or ''}|{ctx.tenant}|{batch}"
+
+
+def begin(svc: CoreServices, ctx: RequestContext, operation: int) -> None:
+    """A marked item of the batch arrived: its journal exists from now on (until
+    it ends, expires or is evicted), even if nothing in it changes."""
+    if ctx.undo_token is not None and operation not in PRIVATE:
+        svc.journal.open(ctx.undo_token)
 
 
 def _journal_of(ctx: RequestContext) -> str:
@@ -38,6 +51,12 @@ async def undo(svc: CoreServices, ctx: RequestContext, payload: Item | None) -> 
     """Write the batch's journaled records back, newest first."""
     payload_fields(payload, "Undo")
     entries = svc.journal.take(_journal_of(ctx))
+    if entries is None:
+        log.warning("undo of request %s: the batch's journal is gone", ctx.request_id)
+        raise GeneralFailure(
+            "Undo: the batch's journal is gone (expired, evicted or the Core restarted); "
+            "nothing was undone"
+        )
     changes: list[StateChange] = []
     stuck: list[str] = []
     for entry in reversed(entries):

@@ -199,7 +199,8 @@ class Dispatcher:
                 undo.refuse_private(item)
                 if not session.grant.allows(item.operation):
                     raise PermissionDenied("this client may not run this operation")
-                outcome = await self._run(svc, ctx, item, journal=pending is not None)
+                journal = pending.token if pending is not None else None
+                outcome = await self._run(svc, ctx, item, journal=journal)
             except KryptonError as exc:
                 reason = reason_for(header.version, exc.reason, item.operation)
                 results.append(
@@ -270,29 +271,33 @@ class Dispatcher:
             if svc.upstream is not None:
                 svc.upstream.created()
                 if journaled:
-                    await self._private(svc, ctx, FORGET)
+                    await self._private(svc, ctx, FORGET, pending.token)
             return results
-        pending.records.clear()
-        if journaled and not await self._private(svc, ctx, UNDO):
-            log.warning("request %s: Undo failed; the items keep their answers", ctx.request_id)
-            return results
-        return [undo.undone(r) if r.status is ResultStatus.SUCCESS else r for r in results]
+        pending.records.clear()  # the Creates kept back: undone
+        why = await self._private(svc, ctx, UNDO, pending.token) if journaled else None
+        if why is not None:  # what the Core did stands: say so, item by item
+            log.warning("request %s: Undo failed: %s", ctx.request_id, why)
+        return [undo.ended(r, why) for r in results]
 
-    async def _private(self, svc: Services, ctx: RequestContext, operation: int) -> bool:
+    async def _private(
+        self, svc: Services, ctx: RequestContext, operation: int, token: str
+    ) -> str | None:
+        """None if the Core did ``operation`` for the batch ``token``, else why not."""
         assert svc.upstream is not None
         try:
-            response, _ = await svc.upstream.execute(ctx, private_item(operation))
+            response, _ = await svc.upstream.execute(ctx, private_item(operation, token))
         except KryptonError as exc:
             log.warning("request %s: the Core did not take %08X: %s", ctx.request_id,
                         operation, exc.message)  # fmt: skip
-            return False
-        return undo.succeeded(response)
+            return exc.message
+        return undo.failure_of(response)
 
     async def _run(
-        self, svc: Services, ctx: RequestContext, item: RequestItem, *, journal: bool = False
+        self, svc: Services, ctx: RequestContext, item: RequestItem, *, journal: str | None = None
     ) -> Outcome:
         """Locally when a handler can, else at the Core, else Operation Not Supported.
-        ``journal``: the item belongs to an Undo batch, the Core keeps what it changes."""
+        ``journal``: the item belongs to the Undo batch with this journal token, the
+        Core keeps what it changes."""
         handler = HANDLERS.get(item.operation)
         if handler is not None:
             try:
@@ -305,7 +310,7 @@ class Dispatcher:
                 f"operation {OPERATION_NAMES.get(item.operation, item.operation)} "
                 "is not supported here"
             )
-        raw = marked(item.raw) if journal else item.raw
+        raw = marked(item.raw, journal) if journal else item.raw
         response, placeholder = await svc.upstream.execute(ctx, raw)
         return Outcome(None, placeholder, response=response)
 

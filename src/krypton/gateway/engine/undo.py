@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import replace
 
-from krypton.engine.undo import JOURNALED, KEPT_BACK, PRIVATE, READ_ONLY, is_marked
+from krypton.engine.undo import JOURNALED, KEPT_BACK, PRIVATE, READ_ONLY, is_marked, new_token
 from krypton.errors import FeatureNotSupported, OperationNotSupported
 from krypton.kmip.messages import OPERATION_NAMES, RequestItem, ResponseItem
 from krypton.model.ports import KeyStore
 from krypton.model.record import KeyRecord
-from krypton.ttlv.enums import ResultStatus
+from krypton.ttlv.enums import ResultReason, ResultStatus
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
@@ -61,11 +61,13 @@ def undone(result: ResponseItem) -> ResponseItem:
 
 class PendingStore:
     """The gateway's key store as one Undo batch sees it: keys it makes stay here
-    until :meth:`commit` writes them to the vault."""
+    until :meth:`commit` writes them to the vault. ``token`` names the batch's
+    journal at the Core (random: :func:`krypton.engine.undo.new_token`)."""
 
     def __init__(self, base: KeyStore) -> None:
         self.base = base
         self.records: dict[str, KeyRecord] = {}
+        self.token = new_token()  # the batch's journal at the Core
 
     def get(self, uid: str) -> KeyRecord | None:
         return self.records.get(uid) or self.base.get(uid)
@@ -83,10 +85,39 @@ class PendingStore:
         self.records.clear()
 
 
-def succeeded(raw_response: Item) -> bool:
+def failure_of(raw_response: Item) -> str | None:
+    """None if the Core's answer succeeded, else why not (its Result Message)."""
     status = raw_response.find(Tag.RESULT_STATUS)
-    return (
+    if (
         status is not None
         and status.type is ItemType.ENUMERATION
         and status.value == ResultStatus.SUCCESS
+    ):
+        return None
+    message = raw_response.find(Tag.RESULT_MESSAGE)
+    return str(message.value) if message is not None else "the Core refused it"
+
+
+def ended(result: ResponseItem, undo_failed: str | None) -> ResponseItem:
+    """An item's answer once its failed batch was undone (``undo_failed`` None) or
+    the Core's Undo failed: what the gateway did alone (kept-back Creates, reads)
+    is undone either way; what the Core did is undone only if its Undo was."""
+    if result.status is not ResultStatus.SUCCESS:
+        return result
+    if undo_failed is None or result.raw is None:
+        return undone(result)
+    return not_undone(result, undo_failed)
+
+
+def not_undone(result: ResponseItem, why: str) -> ResponseItem:
+    """A relayed item that succeeded but could not be undone: a failure saying so
+    (never Operation Undone, nor a bare Success in a batch that failed)."""
+    assert result.raw is not None
+    op = result.raw.find(Tag.OPERATION)
+    bid = result.raw.find(Tag.UNIQUE_BATCH_ITEM_ID)
+    return ResponseItem.failure(
+        op.value if op is not None and isinstance(op.value, int) else None,
+        bid.value if bid is not None and isinstance(bid.value, bytes) else None,
+        ResultReason.GENERAL_FAILURE,
+        f"done, and NOT undone though the batch failed: {why}",
     )
