@@ -260,6 +260,20 @@ def test_read_timeout_fires_exactly_at_its_limit(limit: float) -> None:
     assert c.expired(T0 + limit) == (Verdict.ABORT, "read timeout")
 
 
+def test_a_started_message_does_not_time_out_while_we_are_behind() -> None:
+    """Frames in hand and the next message started: its rest waits on us (and on
+    reading, paused for the backlog), so read_timeout counts only once we caught up."""
+    clock = Clock()
+    c = conn(clock)
+    msg = frame(64)
+    feed(c, frame(8) * 3 + msg[:10])
+    assert state(c) is State.WORKING_READING
+    assert c.expired(T0 + READ * 5) == (Verdict.NONE, "")  # three frames still in hand
+    c.queue.clear()  # the last one is being answered: we are no longer behind
+    assert c.expired(T0 + READ * 5 + READ - 0.001) == (Verdict.NONE, "")
+    assert c.expired(T0 + READ * 5 + READ) == (Verdict.ABORT, "read timeout")
+
+
 def test_idle_timeout_counts_from_the_last_activity() -> None:
     clock = Clock()
     c = conn(clock)

@@ -385,6 +385,12 @@ class ConnState:
             return Verdict.NONE, ""
         if now is None:
             now = self.clock()
+        if deadline is _READ and (self.queue or not self.reading):
+            # We are behind (frames in hand, or reading paused for the backlog):
+            # the rest of the started message waits on us, not on the peer, so
+            # its time starts again once we catch up.
+            self.mark = now
+            return Verdict.NONE, ""
         if now - getattr(self, deadline.since) < getattr(self, deadline.limit):
             return Verdict.NONE, ""
         if deadline is _IDLE:
