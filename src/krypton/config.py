@@ -99,9 +99,10 @@ class LimitsConfig:
     max_items: int = 100_000
     max_batch_items: int = 1024
     max_connections: int = 1024
+    descriptor_reserve: int = 64
     read_timeout: float = 10.0
     idle_timeout: float = 300.0
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 3.0
     max_response_size: int = 4_194_304
 
 
@@ -454,6 +455,7 @@ _GATEWAY = _Section(
                 "max_items": _integer(1),
                 "max_batch_items": _integer(1),
                 "max_connections": _integer(1),
+                "descriptor_reserve": _integer(0),
                 "read_timeout": _seconds,
                 "idle_timeout": _seconds,
                 "handshake_timeout": _seconds,

@@ -381,6 +381,7 @@ class Gateway:
     def connect(self) -> tuple[Connection, Transport]:
         c = Connection(self.listener)
         t = Transport(tls_in_memory(self.dev))
+        assert self.listener.admit(c)
         c.connection_made(t)  # type: ignore[arg-type]
         return c, t
 
@@ -523,3 +524,19 @@ def test_illegal_transition_aborts_the_connection(gw: Gateway) -> None:
     c, t = gw.connect()
     c._respond(b"an answer nobody asked for")  # DONE while IDLE
     assert t.aborted and state(c) is State.CLOSED
+
+
+def test_full_budget_drops_the_oldest_handshake_then_refuses(gw: Gateway) -> None:
+    gw.listener.budget = 3
+    done, _ = gw.connect()  # through TLS: never dropped for a newcomer
+    first, second = Connection(gw.listener), Connection(gw.listener)
+    assert gw.listener.admit(first) and gw.listener.admit(second)
+    third = Connection(gw.listener)
+    assert gw.listener.admit(third)  # the oldest handshake made room
+    assert state(first) is State.CLOSED and first.id not in gw.listener.connections
+    assert list(gw.listener.handshaking) == [second.id, third.id]
+    gw.listener.established(second)
+    gw.listener.established(third)
+    assert not gw.listener.admit(Connection(gw.listener))  # nobody left to drop
+    assert gw.listener.refused == 1 and gw.listener.evicted == 1
+    assert state(done) is State.IDLE

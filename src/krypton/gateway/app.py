@@ -79,6 +79,7 @@ class Gateway:
             ssl_ctx,
             limits,
             max_connections=cfg.limits.max_connections,
+            descriptor_reserve=cfg.limits.descriptor_reserve,
             read_timeout=cfg.limits.read_timeout,
             idle_timeout=cfg.limits.idle_timeout,
             handshake_timeout=cfg.limits.handshake_timeout,

@@ -31,13 +31,25 @@ the error is queued behind the frames already cut, reading stops and any
 later bytes are dropped; the task answers the earlier frames, then sends the
 error response and closes.
 
+Accepting is ours, not the event loop's (:meth:`Listener._accept`): the
+listening socket is non-blocking and read by a reader callback, so a
+connection is counted from ``accept()``, before its TLS handshake, against
+one budget (``max_connections``, and never more than the descriptor limit
+less ``descriptor_reserve``; the soft ``RLIMIT_NOFILE`` is raised to the hard
+one at start). When the budget is full, the oldest connection still
+handshaking is dropped to admit the new one: a real client finishes its
+handshake in milliseconds, a descriptor hoarder never does. ``EMFILE`` on
+accept is survived (accepting pauses briefly; logged at most every
+``_LOG_EVERY`` seconds). The accepted socket is given to the loop
+(``connect_accepted_socket``), which runs the TLS handshake.
+
 Timeouts are enforced by one sweep per listener (every ``sweep_interval``
 seconds) rather than a timer per read: it asks each connection's state what
 its deadline says at the listener's clock (``read_timeout`` for a message
 started but not finished, ``idle_timeout`` between messages, a grace for a
 closing connection) and closes or aborts accordingly. A slow or stalled
-client costs only its own connection. The TLS handshake is timed by the
-event loop (``ssl_handshake_timeout``).
+client costs only its own connection. The TLS handshake is timed by
+the event loop (``handshake_timeout``).
 
 Identity: the client certificate was verified by TLS (CERT_REQUIRED against
 the configured CA); its SPIFFE ID (or subject) is looked up once per
@@ -49,8 +61,11 @@ closed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
+import resource
+import socket
 import ssl
 import time
 import types
@@ -75,12 +90,26 @@ from krypton.ttlv.codec import Limits, encode
 log = logging.getLogger("krypton.listener")
 
 _CLOSING = State.CLOSING
+_LOG_EVERY = 10.0  # seconds between two log lines about refused or failed accepts
+_ACCEPT_BATCH = 64  # accepts per readable event, so one flood cannot hold the loop
+_EMFILE_PAUSE = 0.1  # seconds accepting pauses when the process is out of descriptors
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_HANDSHAKE_FAILED = (OSError, ssl.SSLError, EOFError, asyncio.TimeoutError)
 
 
 class Connection(ConnState, asyncio.BufferedProtocol):
     """One TLS session: the event loop's callbacks around a :class:`ConnState`."""
 
-    __slots__ = ("can_write", "id", "listener", "refused", "session", "transport", "worker")
+    __slots__ = (
+        "can_write",
+        "handshake",
+        "id",
+        "listener",
+        "refused",
+        "session",
+        "transport",
+        "worker",
+    )
 
     def __init__(self, listener: Listener) -> None:
         super().__init__(
@@ -91,6 +120,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         )
         self.listener = listener
         self.transport: asyncio.Transport | None = None
+        self.handshake: asyncio.Task[None] | None = None
         self.session: Session | None = None
         self.refused: str | None = None
         self.worker: asyncio.Task[None] | None = None
@@ -98,14 +128,28 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         self.can_write.set()
         self.id = 0
 
-    # -- asyncio callbacks -------------------------------------------------------
+    # -- accepted, then TLS ----------------------------------------------------------
+    async def _handshake(self, sock: socket.socket) -> None:
+        """Give the accepted socket to the loop and run the TLS handshake on it."""
+        listener = self.listener
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: self,
+                sock,
+                ssl=listener.ssl_context,
+                ssl_handshake_timeout=listener.handshake_timeout,
+            )
+        except _HANDSHAKE_FAILED as exc:
+            log.debug("connection %d: TLS handshake failed: %r", self.id, exc)
+            listener.unregister(self)
+        except asyncio.CancelledError:
+            listener.unregister(self)  # dropped for a newer connection (or closing)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The TLS handshake is done: look the client's identity up in the policy."""
         # uvloop's TLS transport is not an asyncio.Transport subclass, but has its API.
         self.transport = cast(asyncio.Transport, transport)
-        self.id = self.listener.register(self)
-        if self.id == 0:
-            self.abort()
-            return
+        self.listener.established(self)
         self.fire(Event.ACCEPTED)
         der = None
         sslobj = transport.get_extra_info("ssl_object")
@@ -275,6 +319,8 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         self.closed(Event.ABORT)
         if self.transport is not None:
             self.transport.abort()
+        elif self.handshake is not None:
+            self.handshake.cancel()  # still handshaking: the socket is closed
 
     def close(self) -> None:
         """Flush what was written, then hang up (aborted after the close grace)."""
@@ -310,7 +356,7 @@ def _encode_error(exc: KryptonError) -> bytes:
 
 
 class Listener:
-    """Accepts TLS connections, tracks them, and sweeps their timeouts."""
+    """Accepts connections within a budget, tracks them, and sweeps their timeouts."""
 
     def __init__(
         self,
@@ -320,9 +366,10 @@ class Listener:
         limits: Limits,
         *,
         max_connections: int = 1024,
+        descriptor_reserve: int = 64,
         read_timeout: float = 10.0,
         idle_timeout: float = 300.0,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = 3.0,
         sweep_interval: float = 0.25,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -330,7 +377,8 @@ class Listener:
         self.policy = policy
         self.ssl_context = ssl_context
         self.limits = limits
-        self.max_connections = max_connections
+        self.max_connections = self.budget = max_connections
+        self.descriptor_reserve = descriptor_reserve
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
@@ -338,45 +386,121 @@ class Listener:
         # Monotonic seconds for every deadline; the running loop's time by default.
         self.clock: Callable[[], float] = clock or time.monotonic
         self._own_clock = clock is None
-        self.connections: dict[int, Connection] = {}
+        self.connections: dict[int, Connection] = {}  # every admitted one, from accept
+        self.handshaking: dict[int, Connection] = {}  # of those, not through TLS yet: oldest first
         self.refused = 0
+        self.evicted = 0
         self._ids = itertools.count(1)
-        self._server: asyncio.base_events.Server | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._logged: dict[str, float] = {}
 
-    def register(self, conn: Connection) -> int:
-        if len(self.connections) >= self.max_connections:
-            self.refused += 1
-            return 0
-        cid = next(self._ids)
+    # -- the budget ------------------------------------------------------------------
+    def admit(self, conn: Connection) -> bool:
+        """Count a just-accepted connection; when the budget is full, drop the
+        oldest unfinished handshake for it, or refuse it when there is none."""
+        if len(self.connections) >= self.budget:
+            if not self.handshaking:
+                self.refused += 1
+                self._log_rarely("refused", "connection budget (%d) full: refusing", self.budget)
+                return False
+            _, oldest = next(iter(self.handshaking.items()))
+            self.evicted += 1
+            self._log_rarely("evicted", "connection budget full: dropping the oldest handshake")
+            self.unregister(oldest)
+            oldest.abort()
+        cid = conn.id = next(self._ids)
         self.connections[cid] = conn
-        return cid
+        self.handshaking[cid] = conn
+        return True
+
+    def established(self, conn: Connection) -> None:
+        self.handshaking.pop(conn.id, None)
 
     def unregister(self, conn: Connection) -> None:
         self.connections.pop(conn.id, None)
+        self.handshaking.pop(conn.id, None)
 
+    def _log_rarely(self, what: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._logged.get(what, -_LOG_EVERY) >= _LOG_EVERY:
+            self._logged[what] = now
+            log.warning(msg + " (logged at most every %g s)", *args, _LOG_EVERY)
+
+    # -- accepting -------------------------------------------------------------------
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if self._own_clock:
             self.clock = loop.time
-        factory: Callable[[], Connection] = lambda: Connection(self)  # noqa: E731
-        self._server = await loop.create_server(
-            factory,
-            host,
-            port,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=self.handshake_timeout,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-            backlog=1024,
-        )
+        nofile = raise_descriptor_limit()
+        self.budget = max(1, min(self.max_connections, nofile - self.descriptor_reserve))
+        if self.budget < self.max_connections:
+            log.warning(
+                "descriptor limit %d: at most %d connections (max_connections %d)",
+                nofile,
+                self.budget,
+                self.max_connections,
+            )
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(addr)
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._accept)
         self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_DESCRIPTORS:
+                    raise
+                self._starved(exc)
+                return
+            conn = Connection(self)
+            if not self.admit(conn):
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn.handshake = asyncio.ensure_future(conn._handshake(sock))
+
+    def _starved(self, exc: OSError) -> None:
+        """Out of descriptors: free the oldest handshake, pause accepting briefly."""
+        self._log_rarely("emfile", "accept failed: %s; pausing accepts", exc.strerror)
+        if self.handshaking:
+            _, oldest = next(iter(self.handshaking.items()))
+            self.unregister(oldest)
+            oldest.abort()
+        assert self._loop is not None
+        assert self._sock is not None
+        self._loop.remove_reader(self._sock.fileno())
+        self._loop.call_later(_EMFILE_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        sock = self._server.sockets[0]
-        return int(sock.getsockname()[1])
+        assert self._sock is not None
+        return int(self._sock.getsockname()[1])
 
     async def _sweep(self) -> None:
         while True:
@@ -397,12 +521,26 @@ class Listener:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._server is not None:
-            self._server.close()
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
         for conn in list(self.connections.values()):
             conn.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        await asyncio.sleep(0)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; return the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard not in (resource.RLIM_INFINITY, soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the descriptor limit to %d: %s", hard, exc)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 _VERDICTS: dict[Verdict, Callable[[Connection], None]] = {

@@ -320,10 +320,11 @@ max_message_size = 1048576
 max_depth = 32
 max_items = 100000
 max_batch_items = 1024
-max_connections = 1024
+max_connections = 1024   # counted from accept, handshaking ones included
+descriptor_reserve = 64   # descriptors kept from connections (never more than the limit less this)
 read_timeout = 10.0       # seconds a started message has to complete
 idle_timeout = 300.0      # seconds allowed between messages
-handshake_timeout = 10.0
+handshake_timeout = 3.0   # a full budget drops the oldest unfinished handshake first
 max_response_size = 4194304
 
 [gateway.cache]
