@@ -100,6 +100,8 @@ class LimitsConfig:
     max_batch_items: int = 1024
     max_connections: int = 1024
     descriptor_reserve: int = 64
+    max_pending_bytes: int = 16_777_216
+    receive_buffer: int = 32_768
     read_timeout: float = 10.0
     idle_timeout: float = 300.0
     handshake_timeout: float = 3.0
@@ -456,6 +458,8 @@ _GATEWAY = _Section(
                 "max_batch_items": _integer(1),
                 "max_connections": _integer(1),
                 "descriptor_reserve": _integer(0),
+                "max_pending_bytes": _integer(0),
+                "receive_buffer": _integer(0, 1 << 30),
                 "read_timeout": _seconds,
                 "idle_timeout": _seconds,
                 "handshake_timeout": _seconds,

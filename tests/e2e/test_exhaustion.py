@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 
 import pytest
 from tests.helpers.fixtures import DevStacks
-from tests.helpers.servers import DevServer, recv_message
+from tests.helpers.servers import DevServer, recv_message, rss_kib
 
 from krypton.kmip import client_messages as cm
 from krypton.kmip.versions import ProtocolVersion
@@ -81,3 +82,44 @@ def test_bare_connections_cannot_exhaust_descriptors(start_dev: DevStacks) -> No
     done = [t for t in times if t is not None]
     print(f"round trips under 1,100 bare connections: {len(done)}/10, {times}")
     assert len(done) >= 9, times
+
+
+def request_header(length: int) -> bytes:
+    """The 8 bytes that start a Request Message of ``length`` body bytes."""
+    return bytes.fromhex("42007801") + length.to_bytes(4, "big")
+
+
+@contextlib.contextmanager
+def half_sent(srv: DevServer, n: int, size: int) -> Iterator[list[ssl.SSLSocket]]:
+    """``n`` mutual-TLS connections, each sending half of a ``size``-byte message
+    (as much of it as the gateway takes within a moment), then nothing more."""
+    held: list[ssl.SSLSocket] = []
+    half = request_header(size - 8) + bytes(size // 2)
+    try:
+        for _ in range(n):
+            sock = srv.connect(timeout=5.0)
+            held.append(sock)
+            sock.settimeout(0.02)
+            with contextlib.suppress(TimeoutError, ssl.SSLWantWriteError):
+                sock.sendall(half)
+        yield held
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_half_sent_messages_cannot_exhaust_memory(start_dev: DevStacks) -> None:
+    """500 connections each half-send a 1 MiB message: the gateway grows by at
+    most 128 MiB and keeps answering others."""
+    srv = start_dev(env={"KRYPTON_GATEWAY_LIMITS_READ_TIMEOUT": "60"})
+    for _ in range(20):
+        assert round_trip(srv) is not None  # warm: what a served client costs is paid
+    before = rss_kib(srv.proc.pid)
+    with half_sent(srv, 500, 1 << 20) as held:
+        assert len(held) == 500
+        time.sleep(1.0)
+        times = [round_trip(srv) for _ in range(5)]
+        grown = (rss_kib(srv.proc.pid) - before) / 1024
+    print(f"RSS growth under 500 half-sent 1 MiB messages: {grown:.0f} MiB; {times}")
+    assert grown <= 128
+    assert all(t is not None for t in times), times

@@ -29,7 +29,9 @@ from krypton.gateway._conn_state import (
     INITIAL_BUFFER,
     MAX_QUEUED,
     NOTHING,
+    PAUSE,
     TRANSITIONS,
+    Budget,
     ConnState,
     Event,
     IllegalTransition,
@@ -190,19 +192,47 @@ def test_whole_messages_and_the_start_of_the_next() -> None:
     assert state(c) is State.WORKING and list(c.queue) == [two]
 
 
-def test_message_larger_than_the_buffer_grows_it_once() -> None:
+def big_conn(budget: Budget | None = None) -> ConnState:
     c = ConnState(
-        Limits(max_message_size=INITIAL_BUFFER * 3),
+        Limits(max_message_size=INITIAL_BUFFER * 8),
         Clock(),
         read_timeout=READ,
         idle_timeout=IDLE,
+        budget=budget,
     )
     c.fire(Event.ACCEPTED)
-    big = frame(INITIAL_BUFFER * 2)
+    return c
+
+
+def test_buffer_grows_as_bytes_arrive_not_on_the_announced_length() -> None:
+    budget = Budget(1 << 30)
+    c = big_conn(budget)
+    big = frame(INITIAL_BUFFER * 6)
     feed(c, big[:8])
-    assert len(c.buf) >= len(big)  # grown from the header, before the body
-    assert feed(c, big[8:]) == ANSWER
+    assert len(c.buf) == INITIAL_BUFFER and budget.used == 0  # the header allocates nothing
+    feed(c, big[8 : INITIAL_BUFFER * 2 - 1])
+    assert len(c.buf) == INITIAL_BUFFER * 2  # doubled once it was full, no more
+    assert budget.used == INITIAL_BUFFER
+    assert feed(c, big[INITIAL_BUFFER * 2 - 1 :]) == ANSWER
     assert list(c.queue) == [big]
+    assert len(c.buf) == INITIAL_BUFFER and budget.used == 0  # empty again: shrunk, given back
+
+
+def test_an_exhausted_budget_pauses_reading_until_it_has_room() -> None:
+    freed: list[int] = []
+    budget = Budget(INITIAL_BUFFER, lambda: freed.append(budget.used))
+    hog, starved = big_conn(budget), big_conn(budget)
+    assert feed(hog, frame(INITIAL_BUFFER * 3)[: INITIAL_BUFFER * 2 - 1]) == NOTHING
+    assert budget.used == INITIAL_BUFFER  # the hog's buffer doubled: the budget is spent
+    msg = frame(INITIAL_BUFFER)
+    assert feed(starved, msg[:INITIAL_BUFFER]) == PAUSE  # full, and no room to grow
+    assert starved.starved and not starved.reading and len(starved.buf) == INITIAL_BUFFER
+    assert starved.regrow() is False  # still no room
+    hog.closed(Event.LOST)  # a closed connection gives its buffer back at once
+    assert budget.used == 0 and freed == [0] and len(hog.buf) == 0
+    assert starved.regrow() is True and starved.reading and not starved.starved
+    assert feed(starved, msg[INITIAL_BUFFER:]) == ANSWER and list(starved.queue) == [msg]
+    assert budget.used == 0
 
 
 def test_oversized_length_is_refused_from_the_header() -> None:
@@ -320,6 +350,7 @@ class Transport:
     reading: bool = True
     closed: bool = False
     aborted: bool = False
+    read_limit: int | None = None
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return self.sslobj if name == "ssl_object" else default
@@ -329,6 +360,9 @@ class Transport:
 
     def pause_reading(self) -> None:
         self.reading = False
+
+    def set_read_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.read_limit = high
 
     def resume_reading(self) -> None:
         self.reading = True
@@ -540,3 +574,19 @@ def test_full_budget_drops_the_oldest_handshake_then_refuses(gw: Gateway) -> Non
     assert not gw.listener.admit(Connection(gw.listener))  # nobody left to drop
     assert gw.listener.refused == 1 and gw.listener.evicted == 1
     assert state(done) is State.IDLE
+
+
+def test_a_starved_connection_resumes_when_another_gives_its_buffer_back(gw: Gateway) -> None:
+    gw.listener.limits = Limits(max_message_size=4 * INITIAL_BUFFER)
+    gw.listener.pending.limit = INITIAL_BUFFER  # room for one buffer to double, not two
+    big = frame(INITIAL_BUFFER * 2 - 8)  # 8 KiB in all: twice the initial buffer
+    (c1, t1), (c2, t2) = gw.connect(), gw.connect()
+    gw.deliver(c1, big[:INITIAL_BUFFER])
+    assert t1.reading and gw.listener.pending.used == INITIAL_BUFFER
+    gw.deliver(c2, big[:INITIAL_BUFFER])
+    assert not t2.reading and list(gw.listener.starving) == [c2.id]
+    c1.connection_lost(None)
+    assert t2.reading and not gw.listener.starving  # c1's buffer went back to the budget
+    gw.deliver(c2, big[INITIAL_BUFFER:])
+    gw.spin(until=lambda: t2.written)
+    assert len(t2.written) == 1  # the whole message was framed and answered

@@ -80,6 +80,8 @@ class Gateway:
             limits,
             max_connections=cfg.limits.max_connections,
             descriptor_reserve=cfg.limits.descriptor_reserve,
+            max_pending_bytes=cfg.limits.max_pending_bytes,
+            receive_buffer=cfg.limits.receive_buffer,
             read_timeout=cfg.limits.read_timeout,
             idle_timeout=cfg.limits.idle_timeout,
             handshake_timeout=cfg.limits.handshake_timeout,

@@ -40,8 +40,11 @@ one at start). When the budget is full, the oldest connection still
 handshaking is dropped to admit the new one: a real client finishes its
 handshake in milliseconds, a descriptor hoarder never does. ``EMFILE`` on
 accept is survived (accepting pauses briefly; logged at most every
-``_LOG_EVERY`` seconds). The accepted socket is given to the loop
-(``connect_accepted_socket``), which runs the TLS handshake.
+``_LOG_EVERY`` seconds). Each accepted socket's kernel receive buffer is set
+to ``receive_buffer``: what a client sends ahead of us waits there, and the
+event loop's TLS layer reads (and holds) at most about that much at a time.
+The accepted socket is given to the loop (``connect_accepted_socket``), which
+runs the TLS handshake.
 
 Timeouts are enforced by one sweep per listener (every ``sweep_interval``
 seconds) rather than a timer per read: it asks each connection's state what
@@ -74,7 +77,9 @@ from typing import Any, cast
 
 from krypton.errors import KryptonError, PermissionDenied
 from krypton.gateway._conn_state import (
-    ANSWER_AND_PAUSE,
+    ANSWER,
+    PAUSE,
+    Budget,
     ConnState,
     Event,
     IllegalTransition,
@@ -94,6 +99,7 @@ _LOG_EVERY = 10.0  # seconds between two log lines about refused or failed accep
 _ACCEPT_BATCH = 64  # accepts per readable event, so one flood cannot hold the loop
 _EMFILE_PAUSE = 0.1  # seconds accepting pauses when the process is out of descriptors
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_TLS_READ_BUFFER = 16 * 1024  # bytes the TLS layer buffers before it stops reading
 _HANDSHAKE_FAILED = (OSError, ssl.SSLError, EOFError, asyncio.TimeoutError)
 
 
@@ -117,6 +123,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             listener.clock,
             read_timeout=listener.read_timeout,
             idle_timeout=listener.idle_timeout,
+            budget=listener.pending,
         )
         self.listener = listener
         self.transport: asyncio.Transport | None = None
@@ -144,11 +151,15 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             listener.unregister(self)
         except asyncio.CancelledError:
             listener.unregister(self)  # dropped for a newer connection (or closing)
+        self.handshake = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The TLS handshake is done: look the client's identity up in the policy."""
         # uvloop's TLS transport is not an asyncio.Transport subclass, but has its API.
         self.transport = cast(asyncio.Transport, transport)
+        # The TLS layer's own read buffer stays small: what is not yet read waits
+        # in the socket, not in our memory.
+        transport.set_read_buffer_limits(_TLS_READ_BUFFER)  # type: ignore[attr-defined]
         self.listener.established(self)
         self.fire(Event.ACCEPTED)
         der = None
@@ -176,9 +187,11 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         except IllegalTransition as exc:
             self._illegal(exc)
             return
-        if todo:
-            if todo == ANSWER_AND_PAUSE and self.transport is not None:
-                self.transport.pause_reading()
+        if todo & PAUSE and self.transport is not None:
+            self.transport.pause_reading()
+            if self.starved:
+                self.listener.starving[self.id] = self
+        if todo & ANSWER:
             self._kick()
 
     def eof_received(self) -> bool | None:
@@ -367,6 +380,8 @@ class Listener:
         *,
         max_connections: int = 1024,
         descriptor_reserve: int = 64,
+        max_pending_bytes: int = 16 << 20,
+        receive_buffer: int = 32 * 1024,
         read_timeout: float = 10.0,
         idle_timeout: float = 300.0,
         handshake_timeout: float = 3.0,
@@ -379,6 +394,7 @@ class Listener:
         self.limits = limits
         self.max_connections = self.budget = max_connections
         self.descriptor_reserve = descriptor_reserve
+        self.receive_buffer = receive_buffer  # SO_RCVBUF of each connection (0: the kernel's)
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
@@ -388,6 +404,9 @@ class Listener:
         self._own_clock = clock is None
         self.connections: dict[int, Connection] = {}  # every admitted one, from accept
         self.handshaking: dict[int, Connection] = {}  # of those, not through TLS yet: oldest first
+        # Buffers of partially received messages (above the initial one), all connections.
+        self.pending = Budget(max_pending_bytes, self._budget_freed)
+        self.starving: dict[int, Connection] = {}  # paused until the budget has room
         self.refused = 0
         self.evicted = 0
         self._ids = itertools.count(1)
@@ -421,6 +440,18 @@ class Listener:
     def unregister(self, conn: Connection) -> None:
         self.connections.pop(conn.id, None)
         self.handshaking.pop(conn.id, None)
+        self.starving.pop(conn.id, None)
+
+    def _budget_freed(self) -> None:
+        """Resume connections that starved for buffer, oldest first, while it lasts."""
+        starving = self.starving
+        while starving:
+            cid, conn = next(iter(starving.items()))
+            if conn.starved and not conn.regrow():
+                return  # still no room: the others wait behind it
+            del starving[cid]
+            if conn.reading and conn.transport is not None:
+                conn.transport.resume_reading()
 
     def _log_rarely(self, what: str, msg: str, *args: object) -> None:
         now = time.monotonic()
@@ -479,6 +510,8 @@ class Listener:
                 sock.close()
                 continue
             sock.setblocking(False)
+            if self.receive_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
             conn.handshake = asyncio.ensure_future(conn._handshake(sock))
 
     def _starved(self, exc: OSError) -> None:
