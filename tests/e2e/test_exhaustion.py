@@ -22,6 +22,7 @@ from tests.helpers.servers import DevServer, recv_message, rss_kib
 
 from krypton.kmip import client_messages as cm
 from krypton.kmip.versions import ProtocolVersion
+from krypton.pki.dev import issue_client
 from krypton.ttlv.codec import decode, encode
 from krypton.ttlv.enums import Operation, ResultStatus
 
@@ -122,4 +123,29 @@ def test_half_sent_messages_cannot_exhaust_memory(start_dev: DevStacks) -> None:
         grown = (rss_kib(srv.proc.pid) - before) / 1024
     print(f"RSS growth under 500 half-sent 1 MiB messages: {grown:.0f} MiB; {times}")
     assert grown <= 128
+    assert all(t is not None for t in times), times
+
+
+def test_unknown_identities_do_not_keep_their_slots(start_dev: DevStacks) -> None:
+    """1,000 idle connections of an identity the policy does not know, against a
+    gateway that takes 200 connections: each is closed right after its
+    handshake, and the known client is served all along."""
+    srv = start_dev(env={"KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS": "200"})
+    issue_client(srv.layout.root, "nobody", "intruder")
+    ctx = srv.client_context("nobody-intruder")
+    held: list[ssl.SSLSocket] = []
+    times: list[float | None] = []
+    try:
+        for i in range(1000):
+            with contextlib.suppress(OSError):
+                raw = socket.create_connection((srv.host, srv.port), timeout=5.0)
+                held.append(ctx.wrap_socket(raw, server_hostname="localhost"))
+            if i % 100 == 99:
+                times.append(round_trip(srv))
+        times += [round_trip(srv) for _ in range(5)]
+    finally:
+        for sock in held:
+            sock.close()
+    print(f"round trips among 1,000 unknown-identity connections: {times}")
+    assert len(held) >= 900
     assert all(t is not None for t in times), times

@@ -590,3 +590,24 @@ def test_a_starved_connection_resumes_when_another_gives_its_buffer_back(gw: Gat
     gw.deliver(c2, big[INITIAL_BUFFER:])
     gw.spin(until=lambda: t2.written)
     assert len(t2.written) == 1  # the whole message was framed and answered
+
+
+def test_unknown_identity_is_closed_right_after_the_handshake(gw: Gateway) -> None:
+    gw.listener.policy = Policy.from_dict({})
+    _, ts = gw.connect()
+    begun, tb = gw.connect()
+    gw.deliver(begun, get_request()[:20])  # a request started, not finished
+    gw.listener.sweep(T0 + gw.listener.refuse_grace / 2)
+    assert not ts.closed and not tb.closed  # the grace: a request on its way is answered
+    gw.listener.sweep(T0 + gw.listener.refuse_grace)
+    assert ts.closed and ts.written == []  # sent nothing: closed without a word
+    assert tb.closed and [reason_of(r) for r in tb.written] == [ResultReason.PERMISSION_DENIED]
+    assert not gw.listener.unwelcome
+
+
+def test_full_budget_drops_a_refused_identity_for_a_newcomer(gw: Gateway) -> None:
+    gw.listener.policy = Policy.from_dict({})
+    gw.listener.budget = 1
+    _, t = gw.connect()
+    assert gw.listener.admit(Connection(gw.listener))
+    assert t.aborted and not gw.listener.unwelcome

@@ -56,9 +56,10 @@ the event loop (``handshake_timeout``).
 
 Identity: the client certificate was verified by TLS (CERT_REQUIRED against
 the configured CA); its SPIFFE ID (or subject) is looked up once per
-connection in the policy. An identity the policy does not know gets a
-``Permission Denied`` response to its first message, then the connection is
-closed.
+connection in the policy. An identity the policy does not know does not keep
+its slot: a request it sends within ``refuse_grace`` of the handshake (or
+had begun by then) is answered ``Permission Denied``, and the connection is
+closed at the first sweep after that grace either way.
 """
 
 from __future__ import annotations
@@ -173,13 +174,14 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             identity = peer_identity(sslobj, der)
         except KryptonError as exc:
             self.refused = exc.message
-            return
-        grant = self.listener.policy.lookup(identity)
-        if grant is None:
+        else:
+            grant = self.listener.policy.lookup(identity)
+            if grant is not None:
+                self.session = Session(identity, grant, self.id)
+                return
             self.refused = f"identity {identity!r} is not allowed on this gateway"
-            log.info("connection %d: %s", self.id, self.refused)
-            return
-        self.session = Session(identity, grant, self.id)
+        log.info("connection %d: %s", self.id, self.refused)
+        self.listener.unwelcome[self.id] = (self.listener.clock(), self)
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
@@ -318,6 +320,17 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             if self.queue:
                 await asyncio.sleep(0)
 
+    def turn_away(self) -> None:
+        """Refused by the policy and its grace is over: a request already in hand
+        is answered ``Permission Denied`` by the worker (which then closes), a
+        request begun is answered so now; a connection that sent nothing is closed."""
+        if not self.open or self.queue or (self.worker is not None and not self.worker.done()):
+            return
+        if self.state is State.READING:
+            self._send_error(PermissionDenied(self.refused or "not allowed"))
+        else:
+            self.close()
+
     def _send_error(self, exc: KryptonError) -> None:
         if self.transport is not None and self.open:
             self.transport.write(_encode_error(exc))
@@ -386,6 +399,7 @@ class Listener:
         idle_timeout: float = 300.0,
         handshake_timeout: float = 3.0,
         sweep_interval: float = 0.25,
+        refuse_grace: float = 0.25,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
@@ -399,6 +413,7 @@ class Listener:
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
         self.sweep_interval = sweep_interval
+        self.refuse_grace = refuse_grace  # what a refused identity's first request gets
         # Monotonic seconds for every deadline; the running loop's time by default.
         self.clock: Callable[[], float] = clock or time.monotonic
         self._own_clock = clock is None
@@ -407,6 +422,8 @@ class Listener:
         # Buffers of partially received messages (above the initial one), all connections.
         self.pending = Budget(max_pending_bytes, self._budget_freed)
         self.starving: dict[int, Connection] = {}  # paused until the budget has room
+        # Through TLS but refused by the policy: when, oldest first; turned away by the sweep.
+        self.unwelcome: dict[int, tuple[float, Connection]] = {}
         self.refused = 0
         self.evicted = 0
         self._ids = itertools.count(1)
@@ -418,15 +435,19 @@ class Listener:
     # -- the budget ------------------------------------------------------------------
     def admit(self, conn: Connection) -> bool:
         """Count a just-accepted connection; when the budget is full, drop the
-        oldest unfinished handshake for it, or refuse it when there is none."""
+        oldest unfinished handshake for it (or else the oldest connection the
+        policy refused), or refuse it when there is neither."""
         if len(self.connections) >= self.budget:
-            if not self.handshaking:
+            if self.handshaking:
+                _, oldest = next(iter(self.handshaking.items()))
+            elif self.unwelcome:
+                _, (_, oldest) = next(iter(self.unwelcome.items()))
+            else:
                 self.refused += 1
                 self._log_rarely("refused", "connection budget (%d) full: refusing", self.budget)
                 return False
-            _, oldest = next(iter(self.handshaking.items()))
             self.evicted += 1
-            self._log_rarely("evicted", "connection budget full: dropping the oldest handshake")
+            self._log_rarely("evicted", "connection budget full: dropping a connection not let in")
             self.unregister(oldest)
             oldest.abort()
         cid = conn.id = next(self._ids)
@@ -441,6 +462,7 @@ class Listener:
         self.connections.pop(conn.id, None)
         self.handshaking.pop(conn.id, None)
         self.starving.pop(conn.id, None)
+        self.unwelcome.pop(conn.id, None)
 
     def _budget_freed(self) -> None:
         """Resume connections that starved for buffer, oldest first, while it lasts."""
@@ -544,6 +566,13 @@ class Listener:
         """Close or abort every connection whose deadline has passed at ``now``."""
         if now is None:
             now = self.clock()
+        unwelcome = self.unwelcome
+        while unwelcome:
+            cid, (since, conn) = next(iter(unwelcome.items()))
+            if now - since < self.refuse_grace:
+                break
+            del unwelcome[cid]
+            conn.turn_away()
         for conn in list(self.connections.values()):
             verdict, reason = conn.expired(now)
             if verdict is Verdict.NONE:
