@@ -106,6 +106,8 @@ class LimitsConfig:
     idle_timeout: float = 300.0
     handshake_timeout: float = 3.0
     max_response_size: int = 4_194_304
+    max_rng_bytes: int = 1_048_576
+    write_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -464,6 +466,8 @@ _GATEWAY = _Section(
                 "idle_timeout": _seconds,
                 "handshake_timeout": _seconds,
                 "max_response_size": _integer(8, 1 << 30),
+                "max_rng_bytes": _integer(0, 1 << 30),
+                "write_timeout": _seconds,
             },
         ),
         "cache": _Section(CacheConfig, {"records": _integer(0)}),

@@ -23,8 +23,10 @@ from tests.helpers.servers import DevServer, recv_message, rss_kib
 from krypton.kmip import client_messages as cm
 from krypton.kmip.versions import ProtocolVersion
 from krypton.pki.dev import issue_client
-from krypton.ttlv.codec import decode, encode
-from krypton.ttlv.enums import Operation, ResultStatus
+from krypton.ttlv.codec import Limits, decode, encode
+from krypton.ttlv.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
+from krypton.ttlv.item import Item
+from krypton.ttlv.tags import Tag
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -148,4 +150,48 @@ def test_unknown_identities_do_not_keep_their_slots(start_dev: DevStacks) -> Non
             sock.close()
     print(f"round trips among 1,000 unknown-identity connections: {times}")
     assert len(held) >= 900
+    assert all(t is not None for t in times), times
+
+
+def amplifier() -> bytes:
+    """One ~49 KB message asking for 1,024 x 64 KiB of random bytes."""
+    rng = cm.batch_item(Operation.RNG_RETRIEVE, cm.payload(Item.integer(Tag.DATA_LENGTH, 65536)))
+    return encode(
+        cm.request_message(
+            ProtocolVersion(1, 4), [rng] * 1024, continuation=BatchErrorContinuationOption.CONTINUE
+        )
+    )
+
+
+def test_answers_are_bounded_while_built(start_dev: DevStacks) -> None:
+    """The amplification message is answered within max_response_size (4 MiB);
+    15 connections sending it and never reading grow the gateway by little."""
+    srv = start_dev()
+    message = amplifier()
+    with srv.connect() as sock:
+        sock.sendall(message)
+        answer = recv_message(sock)
+    items = cm.parse_response(decode(answer, Limits(max_message_size=len(answer)))).items
+    assert len(answer) <= 4 << 20
+    assert ResultReason.RESPONSE_TOO_LARGE in {i.reason for i in items}
+    for _ in range(5):
+        assert round_trip(srv) is not None
+    before = rss_kib(srv.proc.pid)
+    held = []
+    try:
+        for _ in range(15):
+            sock = srv.connect()
+            sock.settimeout(0.05)
+            with contextlib.suppress(TimeoutError, ssl.SSLWantWriteError):
+                for _ in range(20):
+                    sock.sendall(message)
+            held.append(sock)
+        time.sleep(1.5)
+        grown = (rss_kib(srv.proc.pid) - before) / 1024
+        times = [round_trip(srv) for _ in range(5)]
+    finally:
+        for sock in held:
+            sock.close()
+    print(f"answer {len(answer)} bytes; RSS growth with 15 non-readers: {grown:.0f} MiB; {times}")
+    assert grown <= 128
     assert all(t is not None for t in times), times

@@ -304,11 +304,25 @@ def test_idle_timeout_counts_from_the_last_activity() -> None:
 
 
 def test_idle_peer_that_does_not_read_its_answers_is_aborted() -> None:
-    c = conn()
+    c = ConnState(LIMITS, Clock(), read_timeout=READ, idle_timeout=IDLE, write_timeout=IDLE * 2)
+    c.fire(Event.ACCEPTED)
     c.pause_writing()
     assert c.expired(T0 + IDLE) == (Verdict.ABORT, "not reading its answers")
     c.resume_writing()
     assert c.expired(T0 + IDLE) == (Verdict.CLOSE, "idle timeout")
+
+
+def test_a_writer_stalled_for_the_write_timeout_is_aborted_in_any_state() -> None:
+    clock = Clock()
+    c = ConnState(LIMITS, clock, read_timeout=READ, idle_timeout=IDLE, write_timeout=2.0)
+    c.fire(Event.ACCEPTED)
+    feed(c, frame(8) * 2)  # frames in hand: the idle deadline does not run
+    clock.now = T0 + 1
+    c.pause_writing()
+    assert c.expired(T0 + 2.9) == (Verdict.NONE, "")
+    assert c.expired(T0 + 3) == (Verdict.ABORT, "write timeout: not reading its answers")
+    c.resume_writing()
+    assert c.expired(T0 + 3) == (Verdict.NONE, "")
 
 
 def test_frames_waiting_on_us_are_not_the_peers_idleness() -> None:
@@ -351,6 +365,7 @@ class Transport:
     closed: bool = False
     aborted: bool = False
     read_limit: int | None = None
+    write_limit: int | None = None
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return self.sslobj if name == "ssl_object" else default
@@ -363,6 +378,9 @@ class Transport:
 
     def set_read_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.read_limit = high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.write_limit = high
 
     def resume_reading(self) -> None:
         self.reading = True

@@ -48,7 +48,9 @@ transport to close, so ``HANDSHAKING`` has no entry here.
 Backpressure is decided here and carried out by the listener: at
 :data:`MAX_QUEUED` frames in hand, or after a framing error, reading pauses;
 it resumes once the backlog halves. ``writable`` mirrors the transport's
-pause_writing / resume_writing; the listener's worker waits while it is off.
+pause_writing / resume_writing; the listener's worker waits while it is off,
+and a connection whose writing stays paused for ``write_timeout`` (the
+client is not reading its answers) is aborted, whatever its state.
 """
 
 from __future__ import annotations
@@ -259,6 +261,8 @@ class ConnState:
         "state",
         "view",
         "writable",
+        "write_paused",
+        "write_timeout",
     )
 
     def __init__(
@@ -270,6 +274,7 @@ class ConnState:
         idle_timeout: float,
         close_grace: float = CLOSE_GRACE,
         budget: Budget | None = None,
+        write_timeout: float = 30.0,
     ) -> None:
         self.limits = limits
         self.budget = budget or Budget(UNLIMITED)
@@ -286,6 +291,8 @@ class ConnState:
         self.mark = self.last_activity = clock()
         self.reading = True  # False while reading is paused (backlog, or DRAINING)
         self.writable = True  # False while the transport has paused writing
+        self.write_timeout = write_timeout
+        self.write_paused = 0.0  # when writing paused
         self.starved = False  # reading paused: the buffer is full and the budget too
 
     # -- transitions (the hot path reads the same table, a column at a time) -----
@@ -443,6 +450,8 @@ class ConnState:
         return True
 
     def pause_writing(self) -> None:
+        if self.writable:
+            self.write_paused = self.clock()
         self.writable = False
 
     def resume_writing(self) -> None:
@@ -474,6 +483,8 @@ class ConnState:
             return Verdict.NONE, ""
         if now is None:
             now = self.clock()
+        if not self.writable and now - self.write_paused >= self.write_timeout:
+            return Verdict.ABORT, "write timeout: not reading its answers"
         if now - getattr(self, deadline.since) < getattr(self, deadline.limit):
             return Verdict.NONE, ""
         if deadline is _IDLE:

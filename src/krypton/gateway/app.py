@@ -74,7 +74,12 @@ class Gateway:
             store=self.vault, keyring=self.keyring, upstream=self.upstream, interop=cfg.interop
         )
         self.listener = Listener(
-            Dispatcher(services, limits, max_response_size=cfg.limits.max_response_size),
+            Dispatcher(
+                services,
+                limits,
+                max_response_size=cfg.limits.max_response_size,
+                max_rng_bytes=cfg.limits.max_rng_bytes,
+            ),
             policy,
             ssl_ctx,
             limits,
@@ -85,6 +90,7 @@ class Gateway:
             read_timeout=cfg.limits.read_timeout,
             idle_timeout=cfg.limits.idle_timeout,
             handshake_timeout=cfg.limits.handshake_timeout,
+            write_timeout=cfg.limits.write_timeout,
         )
         await self.listener.start(cfg.listen_host, cfg.listen_port, reuse_port=cfg.workers > 1)
         log.info("gateway %s: KMIP on %s:%d", cfg.name, cfg.listen_host, self.listener.port)

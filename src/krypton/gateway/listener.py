@@ -101,6 +101,7 @@ _ACCEPT_BATCH = 64  # accepts per readable event, so one flood cannot hold the l
 _EMFILE_PAUSE = 0.1  # seconds accepting pauses when the process is out of descriptors
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _TLS_READ_BUFFER = 16 * 1024  # bytes the TLS layer buffers before it stops reading
+_TLS_WRITE_BUFFER = 256 * 1024  # bytes unsent before the worker waits
 _HANDSHAKE_FAILED = (OSError, ssl.SSLError, EOFError, asyncio.TimeoutError)
 
 
@@ -125,6 +126,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             read_timeout=listener.read_timeout,
             idle_timeout=listener.idle_timeout,
             budget=listener.pending,
+            write_timeout=listener.write_timeout,
         )
         self.listener = listener
         self.transport: asyncio.Transport | None = None
@@ -161,6 +163,9 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         # The TLS layer's own read buffer stays small: what is not yet read waits
         # in the socket, not in our memory.
         transport.set_read_buffer_limits(_TLS_READ_BUFFER)  # type: ignore[attr-defined]
+        # And the answers a client has not taken pause the worker soon (one answer,
+        # at most max_response_size, is written whole).
+        self.transport.set_write_buffer_limits(_TLS_WRITE_BUFFER)
         self.listener.established(self)
         self.fire(Event.ACCEPTED)
         der = None
@@ -398,6 +403,7 @@ class Listener:
         read_timeout: float = 10.0,
         idle_timeout: float = 300.0,
         handshake_timeout: float = 3.0,
+        write_timeout: float = 30.0,
         sweep_interval: float = 0.25,
         refuse_grace: float = 0.25,
         clock: Callable[[], float] | None = None,
@@ -412,6 +418,7 @@ class Listener:
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
+        self.write_timeout = write_timeout
         self.sweep_interval = sweep_interval
         self.refuse_grace = refuse_grace  # what a refused identity's first request gets
         # Monotonic seconds for every deadline; the running loop's time by default.

@@ -328,6 +328,8 @@ read_timeout = 10.0       # seconds a started message has to complete
 idle_timeout = 300.0      # seconds allowed between messages
 handshake_timeout = 3.0   # a full budget drops the oldest unfinished handshake first
 max_response_size = 4194304
+max_rng_bytes = 1048576   # random bytes the RNG Retrieve items of one message may ask for together
+write_timeout = 30.0      # seconds a client may leave its answers unread before it is dropped
 
 [gateway.cache]
 records = 100000
