@@ -107,6 +107,13 @@ class LimitsConfig:
     handshake_timeout: float = 3.0
     max_response_size: int = 4_194_304
     max_rng_bytes: int = 1_048_576
+    max_connections_per_tenant: int = 511
+    max_connections_per_identity: int = 256
+    max_pending_bytes_per_tenant: int = 7_340_032
+    max_pending_bytes_per_identity: int = 4_194_304
+    max_streams: int = 1024
+    max_streams_per_tenant: int = 511
+    max_streams_per_identity: int = 256
     write_timeout: float = 30.0
 
 
@@ -467,6 +474,13 @@ _GATEWAY = _Section(
                 "handshake_timeout": _seconds,
                 "max_response_size": _integer(8, 1 << 30),
                 "max_rng_bytes": _integer(0, 1 << 30),
+                "max_connections_per_tenant": _integer(1),
+                "max_connections_per_identity": _integer(1),
+                "max_pending_bytes_per_tenant": _integer(0),
+                "max_pending_bytes_per_identity": _integer(0),
+                "max_streams": _integer(1),
+                "max_streams_per_tenant": _integer(1),
+                "max_streams_per_identity": _integer(1),
                 "write_timeout": _seconds,
             },
         ),

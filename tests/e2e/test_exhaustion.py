@@ -17,14 +17,22 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tests.helpers.cluster import activate_item
 from tests.helpers.fixtures import DevStacks
 from tests.helpers.servers import DevServer, recv_message, rss_kib
 
 from krypton.kmip import client_messages as cm
+from krypton.kmip.messages import ResponseItem
 from krypton.kmip.versions import ProtocolVersion
 from krypton.pki.dev import issue_client
 from krypton.ttlv.codec import Limits, decode, encode
-from krypton.ttlv.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
+from krypton.ttlv.enums import (
+    BatchErrorContinuationOption,
+    BlockCipherMode,
+    Operation,
+    ResultReason,
+    ResultStatus,
+)
 from krypton.ttlv.item import Item
 from krypton.ttlv.tags import Tag
 
@@ -114,14 +122,21 @@ def half_sent(srv: DevServer, n: int, size: int) -> Iterator[list[ssl.SSLSocket]
 def test_half_sent_messages_cannot_exhaust_memory(start_dev: DevStacks) -> None:
     """500 connections each half-send a 1 MiB message: the gateway grows by at
     most 128 MiB and keeps answering others."""
-    srv = start_dev(env={"KRYPTON_GATEWAY_LIMITS_READ_TIMEOUT": "60"})
+    srv = start_dev(
+        env={
+            "KRYPTON_GATEWAY_LIMITS_READ_TIMEOUT": "60",
+            # every one of the 500 is let in (one identity's share is 256 by default)
+            "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_TENANT": "1000",
+            "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_IDENTITY": "1000",
+        }
+    )
     for _ in range(20):
-        assert round_trip(srv) is not None  # warm: what a served client costs is paid
+        assert round_trip(srv, "other-client") is not None  # warm: a served client's cost
     before = rss_kib(srv.proc.pid)
     with half_sent(srv, 500, 1 << 20) as held:
         assert len(held) == 500
         time.sleep(1.0)
-        times = [round_trip(srv) for _ in range(5)]
+        times = [round_trip(srv, "other-client") for _ in range(5)]
         grown = (rss_kib(srv.proc.pid) - before) / 1024
     print(f"RSS growth under 500 half-sent 1 MiB messages: {grown:.0f} MiB; {times}")
     assert grown <= 128
@@ -195,3 +210,58 @@ def test_answers_are_bounded_while_built(start_dev: DevStacks) -> None:
     print(f"answer {len(answer)} bytes; RSS growth with 15 non-readers: {grown:.0f} MiB; {times}")
     assert grown <= 128
     assert all(t is not None for t in times), times
+
+
+def ask(sock: ssl.SSLSocket, *items: Item) -> list[ResponseItem]:
+    sock.sendall(encode(cm.request_message(ProtocolVersion(1, 4), list(items))))
+    return list(cm.parse_response(decode(recv_message(sock))).items)
+
+
+def open_stream(sock: ssl.SSLSocket, uid: str) -> ResponseItem:
+    """An Encrypt that starts a multi-part stream (AES-GCM) on key ``uid``."""
+    (answer,) = ask(
+        sock,
+        cm.batch_item(
+            Operation.ENCRYPT,
+            cm.payload(
+                Item.text(Tag.UNIQUE_IDENTIFIER, uid),
+                Item.structure(
+                    Tag.CRYPTOGRAPHIC_PARAMETERS,
+                    Item.enum(Tag.BLOCK_CIPHER_MODE, BlockCipherMode.GCM),
+                ),
+                Item.bytes_(Tag.DATA, bytes(16)),
+                Item.bytes_(Tag.IV_COUNTER_NONCE, bytes(12)),
+                Item.boolean(Tag.INIT_INDICATOR, True),
+            ),
+        ),
+    )
+    return answer
+
+
+def new_key(sock: ssl.SSLSocket) -> str:
+    (created,) = ask(sock, cm.create_item(ProtocolVersion(1, 4), cm.aes_attributes()))
+    assert created.payload is not None, created
+    uid = cm.unique_identifier(created.payload)
+    (activated,) = ask(sock, activate_item(uid))
+    assert activated.status is ResultStatus.SUCCESS, activated
+    return uid
+
+
+def test_one_tenant_cannot_take_every_stream(start_dev: DevStacks) -> None:
+    """Tenant demo opens multi-part streams until refused; tenant other still gets one."""
+    srv = start_dev(
+        env={
+            "KRYPTON_GATEWAY_LIMITS_MAX_STREAMS": "16",
+            "KRYPTON_GATEWAY_LIMITS_MAX_STREAMS_PER_TENANT": "7",
+            "KRYPTON_GATEWAY_LIMITS_MAX_STREAMS_PER_IDENTITY": "7",
+        }
+    )
+    with srv.connect() as demo, srv.connect("other-client") as other:
+        mine, theirs = new_key(demo), new_key(other)
+        answers = [open_stream(demo, mine) for _ in range(16)]
+        opened = [a for a in answers if a.status is ResultStatus.SUCCESS]
+        refused = [a for a in answers if a.status is not ResultStatus.SUCCESS]
+        assert len(opened) == 7, answers[:2]
+        assert {a.reason for a in refused} == {ResultReason.GENERAL_FAILURE}
+        assert "for this tenant" in (refused[0].message or "")
+        assert open_stream(other, theirs).status is ResultStatus.SUCCESS

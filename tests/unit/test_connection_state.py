@@ -629,3 +629,27 @@ def test_full_budget_drops_a_refused_identity_for_a_newcomer(gw: Gateway) -> Non
     _, t = gw.connect()
     assert gw.listener.admit(Connection(gw.listener))
     assert t.aborted and not gw.listener.unwelcome
+
+
+def test_one_tenant_cannot_take_more_than_its_share(gw: Gateway) -> None:
+    gw.listener.per_tenant = 1
+    first, _ = gw.connect()
+    second, t2 = gw.connect()  # the same tenant: over its share, turned away like a stranger
+    assert first.session is not None and second.session is None
+    assert second.refused == "too many connections for tenant 'demo'"
+    gw.listener.sweep(T0 + gw.listener.refuse_grace)
+    assert t2.closed
+    first.connection_lost(None)  # its slot comes back to the tenant
+    third, _ = gw.connect()
+    assert third.session is not None and gw.listener.held["t:demo"] == 1
+
+
+def test_a_tenants_share_of_the_buffer_budget_is_its_own(gw: Gateway) -> None:
+    gw.listener.limits = Limits(max_message_size=4 * INITIAL_BUFFER)
+    gw.listener.pending_per_tenant = INITIAL_BUFFER
+    big = frame(INITIAL_BUFFER * 2 - 8)
+    (c1, t1), (c2, t2) = gw.connect(), gw.connect()
+    gw.deliver(c1, big[:INITIAL_BUFFER])
+    gw.deliver(c2, big[:INITIAL_BUFFER])
+    assert t1.reading and not t2.reading  # the tenant's share is spent, not the whole budget
+    assert gw.listener.pending.used == INITIAL_BUFFER

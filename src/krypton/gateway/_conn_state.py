@@ -170,23 +170,42 @@ ANSWER_AND_PAUSE = ANSWER | PAUSE
 
 
 class Budget:
-    """Bytes shared by many connections (their buffers above :data:`INITIAL_BUFFER`)."""
+    """Bytes shared by many connections (their buffers above :data:`INITIAL_BUFFER`).
 
-    __slots__ = ("limit", "on_free", "used")
+    A budget may draw on a ``parent`` (a client identity's on its tenant's, a
+    tenant's on the whole listener's): taking needs room in every one."""
 
-    def __init__(self, limit: int, on_free: Callable[[], None] | None = None) -> None:
+    __slots__ = ("limit", "on_free", "parent", "used")
+
+    def __init__(
+        self,
+        limit: int,
+        on_free: Callable[[], None] | None = None,
+        parent: Budget | None = None,
+    ) -> None:
         self.limit = limit
         self.used = 0
         self.on_free = on_free  # called when bytes are given back
+        self.parent = parent
 
     def take(self, n: int) -> bool:
         if self.used + n > self.limit:
             return False
+        if self.parent is not None and not self.parent.take(n):
+            return False
         self.used += n
         return True
 
+    def force(self, n: int) -> None:
+        """Take ``n`` whatever the limits say (a read already under way)."""
+        self.used += n
+        if self.parent is not None:
+            self.parent.force(n)
+
     def give(self, n: int) -> None:
         self.used -= n
+        if self.parent is not None:
+            self.parent.give(n)
         if n and self.on_free is not None:
             self.on_free()
 
@@ -397,7 +416,7 @@ class ConnState:
         if not self.budget.take(cost):
             if not force:
                 return False
-            self.budget.used += cost
+            self.budget.force(cost)
         self._replace(bytearray(new_size), size)
         return True
 

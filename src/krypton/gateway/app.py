@@ -8,9 +8,10 @@ import ssl
 
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing
+from krypton.engine.ciphers import STREAMS
 from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
-from krypton.gateway.listener import Listener
+from krypton.gateway.listener import Listener, Shares
 from krypton.gateway.policy import Policy
 from krypton.gateway.upstream import Upstream
 from krypton.tls.contexts import server_context
@@ -64,6 +65,10 @@ class Gateway:
         policy = Policy.load(cfg.policy_file)
         ssl_ctx = self.ssl_context or server_context(cfg.tls)
         limits = limits_of(cfg)
+        lim = cfg.limits
+        STREAMS.configure(
+            lim.max_streams, lim.max_streams_per_tenant, lim.max_streams_per_identity
+        )
         self.vault = Vault.open(cfg.vault_path, cache_size=cfg.cache.records)
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants))
         self.upstream = Upstream(self.client, self.vault, limits)
@@ -86,6 +91,12 @@ class Gateway:
             max_connections=cfg.limits.max_connections,
             descriptor_reserve=cfg.limits.descriptor_reserve,
             max_pending_bytes=cfg.limits.max_pending_bytes,
+            shares=Shares(
+                connections=lim.max_connections_per_tenant,
+                connections_per_identity=lim.max_connections_per_identity,
+                pending_bytes=lim.max_pending_bytes_per_tenant,
+                pending_bytes_per_identity=lim.max_pending_bytes_per_identity,
+            ),
             receive_buffer=cfg.limits.receive_buffer,
             read_timeout=cfg.limits.read_timeout,
             idle_timeout=cfg.limits.idle_timeout,

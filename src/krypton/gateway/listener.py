@@ -65,6 +65,7 @@ closed at the first sweep after that grace either way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import itertools
 import logging
@@ -74,6 +75,7 @@ import ssl
 import time
 import types
 from collections.abc import Callable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import Any, cast
 
 from krypton.errors import KryptonError, PermissionDenied
@@ -181,10 +183,14 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             self.refused = exc.message
         else:
             grant = self.listener.policy.lookup(identity)
-            if grant is not None:
-                self.session = Session(identity, grant, self.id)
-                return
-            self.refused = f"identity {identity!r} is not allowed on this gateway"
+            if grant is None:
+                self.refused = f"identity {identity!r} is not allowed on this gateway"
+            else:
+                session = Session(identity, grant, self.id)
+                self.refused = self.listener.let_in(self, session)
+                if self.refused is None:
+                    self.session = session
+                    return
         log.info("connection %d: %s", self.id, self.refused)
         self.listener.unwelcome[self.id] = (self.listener.clock(), self)
 
@@ -386,6 +392,17 @@ def _encode_error(exc: KryptonError) -> bytes:
     return encode(error_response(None, int(time.time()), exc.reason, exc.message))
 
 
+@dataclass(frozen=True, slots=True)
+class Shares:
+    """What one tenant (and one client identity of it) may hold of the listener's
+    pools; the defaults keep a tenant below half of each."""
+
+    connections: int = 511
+    connections_per_identity: int = 256
+    pending_bytes: int = 7 << 20
+    pending_bytes_per_identity: int = 4 << 20
+
+
 class Listener:
     """Accepts connections within a budget, tracks them, and sweeps their timeouts."""
 
@@ -399,6 +416,7 @@ class Listener:
         max_connections: int = 1024,
         descriptor_reserve: int = 64,
         max_pending_bytes: int = 16 << 20,
+        shares: Shares | None = None,
         receive_buffer: int = 32 * 1024,
         read_timeout: float = 10.0,
         idle_timeout: float = 300.0,
@@ -428,6 +446,12 @@ class Listener:
         self.handshaking: dict[int, Connection] = {}  # of those, not through TLS yet: oldest first
         # Buffers of partially received messages (above the initial one), all connections.
         self.pending = Budget(max_pending_bytes, self._budget_freed)
+        shares = shares or Shares()
+        self.per_tenant, self.per_identity = shares.connections, shares.connections_per_identity
+        self.pending_per_tenant = shares.pending_bytes
+        self.pending_per_identity = shares.pending_bytes_per_identity
+        self.held: collections.Counter[str] = collections.Counter()  # "t:"/"i:" -> connections
+        self.shares: dict[str, Budget] = {}  # "t:"/"i:" -> its share of ``pending``
         self.starving: dict[int, Connection] = {}  # paused until the budget has room
         # Through TLS but refused by the policy: when, oldest first; turned away by the sweep.
         self.unwelcome: dict[int, tuple[float, Connection]] = {}
@@ -466,21 +490,57 @@ class Listener:
         self.handshaking.pop(conn.id, None)
 
     def unregister(self, conn: Connection) -> None:
-        self.connections.pop(conn.id, None)
+        if self.connections.pop(conn.id, None) is None:
+            return  # not counted, or already uncounted
         self.handshaking.pop(conn.id, None)
         self.starving.pop(conn.id, None)
         self.unwelcome.pop(conn.id, None)
+        self._let_out(conn)
 
     def _budget_freed(self) -> None:
-        """Resume connections that starved for buffer, oldest first, while it lasts."""
-        starving = self.starving
-        while starving:
-            cid, conn = next(iter(starving.items()))
+        """Resume connections that starved for buffer, oldest first, while it lasts
+        (one held back by its tenant's or identity's share does not hold back others)."""
+        pending = self.pending
+        for cid, conn in list(self.starving.items()):
+            if pending.used >= pending.limit:
+                return
             if conn.starved and not conn.regrow():
-                return  # still no room: the others wait behind it
-            del starving[cid]
+                continue
+            del self.starving[cid]
             if conn.reading and conn.transport is not None:
                 conn.transport.resume_reading()
+
+    # -- shares of one tenant and one identity -----------------------------------------
+    def let_in(self, conn: Connection, session: Session) -> str | None:
+        """Count a connection the policy let in against its tenant's and identity's
+        shares; the reason when one is full (then it is not counted)."""
+        tenant, identity = "t:" + session.grant.tenant, "i:" + session.identity
+        held = self.held
+        if held[tenant] >= self.per_tenant:
+            return f"too many connections for tenant {session.grant.tenant!r}"
+        if held[identity] >= self.per_identity:
+            return "too many connections for this client identity"
+        held.update((tenant, identity))
+        shares = self.shares
+        if identity not in shares:
+            if tenant not in shares:
+                shares[tenant] = Budget(self.pending_per_tenant, parent=self.pending)
+            shares[identity] = Budget(self.pending_per_identity, parent=shares[tenant])
+        conn.budget = shares[identity]
+        return None
+
+    def _let_out(self, conn: Connection) -> None:
+        session = conn.session
+        if session is None:
+            return
+        tenant, identity = "t:" + session.grant.tenant, "i:" + session.identity
+        self.held.subtract((tenant, identity))
+        for key in (identity, tenant):
+            if self.held[key] <= 0:
+                del self.held[key]
+                share = self.shares.get(key)
+                if share is not None and share.used == 0:
+                    del self.shares[key]
 
     def _log_rarely(self, what: str, msg: str, *args: object) -> None:
         now = time.monotonic()

@@ -330,6 +330,14 @@ handshake_timeout = 3.0   # a full budget drops the oldest unfinished handshake 
 max_response_size = 4194304
 max_rng_bytes = 1048576   # random bytes the RNG Retrieve items of one message may ask for together
 write_timeout = 30.0      # seconds a client may leave its answers unread before it is dropped
+# One tenant's (and one client identity's) share of each pool: below half by default.
+max_connections_per_tenant = 511
+max_connections_per_identity = 256
+max_pending_bytes_per_tenant = 7340032
+max_pending_bytes_per_identity = 4194304
+max_streams = 1024        # multi-part Encrypt/Decrypt streams open at once
+max_streams_per_tenant = 511
+max_streams_per_identity = 256
 
 [gateway.cache]
 records = 100000

@@ -28,6 +28,7 @@ is logged with the request id — never with the message or key material.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -100,6 +101,9 @@ def _within(limits: Limits, needs: Limits) -> bool:
 
 
 _GET_CACHE = fastget.GetCache()  # the defaults
+
+
+_YIELD_EVERY = 32  # batch items handled between two turns of the event loop
 
 
 def _bound(client: int | None, server: int | None) -> int | None:
@@ -202,7 +206,9 @@ class Dispatcher:
         results: list[ResponseItem] = []
         failed = False
         rng_left = self.max_rng_bytes
-        for item in request.items:
+        for n, item in enumerate(request.items, 1):
+            if not n % _YIELD_EVERY:
+                await asyncio.sleep(0)  # a long batch takes turns with other connections
             try:
                 undo.refuse_private(item)
                 if not session.grant.allows(item.operation):
