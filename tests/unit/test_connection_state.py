@@ -9,6 +9,7 @@ recording transport on an event loop, still with the fake clock and no sleeps.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import struct
 from collections.abc import Iterator
@@ -653,3 +654,13 @@ def test_a_tenants_share_of_the_buffer_budget_is_its_own(gw: Gateway) -> None:
     gw.deliver(c2, big[:INITIAL_BUFFER])
     assert t1.reading and not t2.reading  # the tenant's share is spent, not the whole budget
     assert gw.listener.pending.used == INITIAL_BUFFER
+
+
+def test_a_connection_waiting_for_a_slot_is_closed_after_the_grace(gw: Gateway) -> None:
+    mine, peer = socket.socketpair()
+    with peer:
+        gw.listener.waiting.append((T0, mine))
+        gw.listener.sweep(T0 + gw.listener.refuse_grace / 2)
+        assert mine.fileno() != -1  # a slot may still be freed for it
+        gw.listener.sweep(T0 + gw.listener.refuse_grace)
+        assert mine.fileno() == -1 and not gw.listener.waiting

@@ -9,9 +9,10 @@ import ssl
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing
 from krypton.engine.ciphers import STREAMS
+from krypton.gateway._admission import Shares
 from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
-from krypton.gateway.listener import Listener, Shares
+from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
 from krypton.gateway.upstream import Upstream
 from krypton.tls.contexts import server_context

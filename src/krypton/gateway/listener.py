@@ -36,13 +36,12 @@ listening socket is non-blocking and read by a reader callback, so a
 connection is counted from ``accept()``, before its TLS handshake, against
 one budget (``max_connections``, and never more than the descriptor limit
 less ``descriptor_reserve``; the soft ``RLIMIT_NOFILE`` is raised to the hard
-one at start). When the budget is full, the oldest connection still
-handshaking is dropped to admit the new one: a real client finishes its
-handshake in milliseconds, a descriptor hoarder never does. ``EMFILE`` on
-accept is survived (accepting pauses briefly; logged at most every
-``_LOG_EVERY`` seconds). Each accepted socket's kernel receive buffer is set
-to ``receive_buffer``: what a client sends ahead of us waits there, and the
-event loop's TLS layer reads (and holds) at most about that much at a time.
+one at start); who is admitted, and what share of the buffers and slots a
+tenant gets, is :mod:`krypton.gateway._admission`'s. ``EMFILE`` on accept is
+survived (accepting pauses briefly; logged at most every 10 s). Each
+accepted socket's kernel receive buffer is set to ``receive_buffer``: what a
+client sends ahead of us waits there, and the event loop's TLS layer reads
+(and holds) at most about that much at a time.
 The accepted socket is given to the loop (``connect_accepted_socket``), which
 runs the TLS handshake.
 
@@ -67,22 +66,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
-import itertools
 import logging
-import resource
 import socket
 import ssl
 import time
 import types
 from collections.abc import Callable, Coroutine, Generator
-from dataclasses import dataclass
 from typing import Any, cast
 
 from krypton.errors import KryptonError, PermissionDenied
+from krypton.gateway._admission import Admission, Shares, raise_descriptor_limit
 from krypton.gateway._conn_state import (
     ANSWER,
     PAUSE,
-    Budget,
     ConnState,
     Event,
     IllegalTransition,
@@ -98,7 +94,7 @@ from krypton.ttlv.codec import Limits, encode
 log = logging.getLogger("krypton.listener")
 
 _CLOSING = State.CLOSING
-_LOG_EVERY = 10.0  # seconds between two log lines about refused or failed accepts
+_WAITING_ROOM = 16  # accepted sockets that may wait for a slot
 _ACCEPT_BATCH = 64  # accepts per readable event, so one flood cannot hold the loop
 _EMFILE_PAUSE = 0.1  # seconds accepting pauses when the process is out of descriptors
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -392,18 +388,7 @@ def _encode_error(exc: KryptonError) -> bytes:
     return encode(error_response(None, int(time.time()), exc.reason, exc.message))
 
 
-@dataclass(frozen=True, slots=True)
-class Shares:
-    """What one tenant (and one client identity of it) may hold of the listener's
-    pools; the defaults keep a tenant below half of each."""
-
-    connections: int = 511
-    connections_per_identity: int = 256
-    pending_bytes: int = 7 << 20
-    pending_bytes_per_identity: int = 4 << 20
-
-
-class Listener:
+class Listener(Admission):
     """Accepts connections within a budget, tracks them, and sweeps their timeouts."""
 
     def __init__(
@@ -430,7 +415,7 @@ class Listener:
         self.policy = policy
         self.ssl_context = ssl_context
         self.limits = limits
-        self.max_connections = self.budget = max_connections
+        Admission.__init__(self, max_connections, max_pending_bytes, shares or Shares())
         self.descriptor_reserve = descriptor_reserve
         self.receive_buffer = receive_buffer  # SO_RCVBUF of each connection (0: the kernel's)
         self.read_timeout = read_timeout
@@ -442,111 +427,13 @@ class Listener:
         # Monotonic seconds for every deadline; the running loop's time by default.
         self.clock: Callable[[], float] = clock or time.monotonic
         self._own_clock = clock is None
-        self.connections: dict[int, Connection] = {}  # every admitted one, from accept
-        self.handshaking: dict[int, Connection] = {}  # of those, not through TLS yet: oldest first
-        # Buffers of partially received messages (above the initial one), all connections.
-        self.pending = Budget(max_pending_bytes, self._budget_freed)
-        shares = shares or Shares()
-        self.per_tenant, self.per_identity = shares.connections, shares.connections_per_identity
-        self.pending_per_tenant = shares.pending_bytes
-        self.pending_per_identity = shares.pending_bytes_per_identity
-        self.held: collections.Counter[str] = collections.Counter()  # "t:"/"i:" -> connections
-        self.shares: dict[str, Budget] = {}  # "t:"/"i:" -> its share of ``pending``
-        self.starving: dict[int, Connection] = {}  # paused until the budget has room
-        # Through TLS but refused by the policy: when, oldest first; turned away by the sweep.
-        self.unwelcome: dict[int, tuple[float, Connection]] = {}
-        self.refused = 0
-        self.evicted = 0
-        self._ids = itertools.count(1)
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._logged: dict[str, float] = {}
-
-    # -- the budget ------------------------------------------------------------------
-    def admit(self, conn: Connection) -> bool:
-        """Count a just-accepted connection; when the budget is full, drop the
-        oldest unfinished handshake for it (or else the oldest connection the
-        policy refused), or refuse it when there is neither."""
-        if len(self.connections) >= self.budget:
-            if self.handshaking:
-                _, oldest = next(iter(self.handshaking.items()))
-            elif self.unwelcome:
-                _, (_, oldest) = next(iter(self.unwelcome.items()))
-            else:
-                self.refused += 1
-                self._log_rarely("refused", "connection budget (%d) full: refusing", self.budget)
-                return False
-            self.evicted += 1
-            self._log_rarely("evicted", "connection budget full: dropping a connection not let in")
-            self.unregister(oldest)
-            oldest.abort()
-        cid = conn.id = next(self._ids)
-        self.connections[cid] = conn
-        self.handshaking[cid] = conn
-        return True
-
-    def established(self, conn: Connection) -> None:
-        self.handshaking.pop(conn.id, None)
-
-    def unregister(self, conn: Connection) -> None:
-        if self.connections.pop(conn.id, None) is None:
-            return  # not counted, or already uncounted
-        self.handshaking.pop(conn.id, None)
-        self.starving.pop(conn.id, None)
-        self.unwelcome.pop(conn.id, None)
-        self._let_out(conn)
-
-    def _budget_freed(self) -> None:
-        """Resume connections that starved for buffer, oldest first, while it lasts
-        (one held back by its tenant's or identity's share does not hold back others)."""
-        pending = self.pending
-        for cid, conn in list(self.starving.items()):
-            if pending.used >= pending.limit:
-                return
-            if conn.starved and not conn.regrow():
-                continue
-            del self.starving[cid]
-            if conn.reading and conn.transport is not None:
-                conn.transport.resume_reading()
-
-    # -- shares of one tenant and one identity -----------------------------------------
-    def let_in(self, conn: Connection, session: Session) -> str | None:
-        """Count a connection the policy let in against its tenant's and identity's
-        shares; the reason when one is full (then it is not counted)."""
-        tenant, identity = "t:" + session.grant.tenant, "i:" + session.identity
-        held = self.held
-        if held[tenant] >= self.per_tenant:
-            return f"too many connections for tenant {session.grant.tenant!r}"
-        if held[identity] >= self.per_identity:
-            return "too many connections for this client identity"
-        held.update((tenant, identity))
-        shares = self.shares
-        if identity not in shares:
-            if tenant not in shares:
-                shares[tenant] = Budget(self.pending_per_tenant, parent=self.pending)
-            shares[identity] = Budget(self.pending_per_identity, parent=shares[tenant])
-        conn.budget = shares[identity]
-        return None
-
-    def _let_out(self, conn: Connection) -> None:
-        session = conn.session
-        if session is None:
-            return
-        tenant, identity = "t:" + session.grant.tenant, "i:" + session.identity
-        self.held.subtract((tenant, identity))
-        for key in (identity, tenant):
-            if self.held[key] <= 0:
-                del self.held[key]
-                share = self.shares.get(key)
-                if share is not None and share.used == 0:
-                    del self.shares[key]
-
-    def _log_rarely(self, what: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._logged.get(what, -_LOG_EVERY) >= _LOG_EVERY:
-            self._logged[what] = now
-            log.warning(msg + " (logged at most every %g s)", *args, _LOG_EVERY)
+        # Accepted when every slot was taken by a connection let in: closed unless a
+        # slot is freed within ``refuse_grace`` (a client that closed and reconnects).
+        self.waiting: collections.deque[tuple[float, socket.socket]] = collections.deque()
+        self._letting_in = False
 
     # -- accepting -------------------------------------------------------------------
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
@@ -595,13 +482,34 @@ class Listener:
                 self._starved(exc)
                 return
             conn = Connection(self)
+            if self.admit(conn):
+                self._start(conn, sock)
+            elif len(self.waiting) < _WAITING_ROOM:
+                self.waiting.append((self.clock(), sock))  # a slot may be freed in a moment
+            else:
+                sock.close()
+
+    def _start(self, conn: Connection, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if self.receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+        conn.handshake = asyncio.ensure_future(conn._handshake(sock))
+
+    def slot_freed(self) -> None:
+        """A connection went: let in the ones waiting for a slot (on the next turn)."""
+        if self.waiting and not self._letting_in and self._loop is not None:
+            self._letting_in = True
+            self._loop.call_soon(self._let_waiting_in)
+
+    def _let_waiting_in(self) -> None:
+        self._letting_in = False
+        while self.waiting and len(self.connections) < self.budget:
+            _, sock = self.waiting.popleft()
+            conn = Connection(self)
             if not self.admit(conn):
                 sock.close()
-                continue
-            sock.setblocking(False)
-            if self.receive_buffer:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
-            conn.handshake = asyncio.ensure_future(conn._handshake(sock))
+                return
+            self._start(conn, sock)
 
     def _starved(self, exc: OSError) -> None:
         """Out of descriptors: free the oldest handshake, pause accepting briefly."""
@@ -633,13 +541,9 @@ class Listener:
         """Close or abort every connection whose deadline has passed at ``now``."""
         if now is None:
             now = self.clock()
-        unwelcome = self.unwelcome
-        while unwelcome:
-            cid, (since, conn) = next(iter(unwelcome.items()))
-            if now - since < self.refuse_grace:
-                break
-            del unwelcome[cid]
-            conn.turn_away()
+        self.turn_away_unwelcome(now)
+        while self.waiting and now - self.waiting[0][0] >= self.refuse_grace:
+            self.waiting.popleft()[1].close()
         for conn in list(self.connections.values()):
             verdict, reason = conn.expired(now)
             if verdict is Verdict.NONE:
@@ -657,19 +561,9 @@ class Listener:
             self._sock = None
         for conn in list(self.connections.values()):
             conn.abort()
+        while self.waiting:
+            self.waiting.popleft()[1].close()
         await asyncio.sleep(0)
-
-
-def raise_descriptor_limit() -> int:
-    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; return the soft limit now."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard not in (resource.RLIM_INFINITY, soft):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the descriptor limit to %d: %s", hard, exc)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 _VERDICTS: dict[Verdict, Callable[[Connection], None]] = {
