@@ -99,10 +99,22 @@ class LimitsConfig:
     max_items: int = 100_000
     max_batch_items: int = 1024
     max_connections: int = 1024
+    descriptor_reserve: int = 64
+    max_pending_bytes: int = 16_777_216
+    receive_buffer: int = 32_768
     read_timeout: float = 10.0
     idle_timeout: float = 300.0
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 3.0
     max_response_size: int = 4_194_304
+    max_rng_bytes: int = 1_048_576
+    max_connections_per_tenant: int = 511
+    max_connections_per_identity: int = 256
+    max_pending_bytes_per_tenant: int = 7_340_032
+    max_pending_bytes_per_identity: int = 4_194_304
+    max_streams: int = 1024
+    max_streams_per_tenant: int = 511
+    max_streams_per_identity: int = 256
+    write_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -500,10 +512,22 @@ _GATEWAY = _Section(
                 "max_items": _integer(1),
                 "max_batch_items": _integer(1),
                 "max_connections": _integer(1),
+                "descriptor_reserve": _integer(0),
+                "max_pending_bytes": _integer(0),
+                "receive_buffer": _integer(0, 1 << 30),
                 "read_timeout": _seconds,
                 "idle_timeout": _seconds,
                 "handshake_timeout": _seconds,
                 "max_response_size": _integer(8, 1 << 30),
+                "max_rng_bytes": _integer(0, 1 << 30),
+                "max_connections_per_tenant": _integer(1),
+                "max_connections_per_identity": _integer(1),
+                "max_pending_bytes_per_tenant": _integer(0),
+                "max_pending_bytes_per_identity": _integer(0),
+                "max_streams": _integer(1),
+                "max_streams_per_tenant": _integer(1),
+                "max_streams_per_identity": _integer(1),
+                "write_timeout": _seconds,
             },
         ),
         "cache": _Section(CacheConfig, {"records": _integer(0)}),

@@ -57,11 +57,13 @@ class DevStacks:
         port: int | None = None,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        nofile: int | None = None,
     ) -> DevServer:
         """A ready stack; ``root`` (its dev directory, made if missing) defaults to a
-        fresh one. Start again on the same ``root`` and ``port`` to restart."""
+        fresh one. Start again on the same ``root`` and ``port`` to restart.
+        ``nofile`` limits its descriptors (soft and hard)."""
         where = root if root is not None else self.root / f"dev-{len(self.started)}"
-        server = start_dev_server(where, port=port, env=env, args=args)
+        server = start_dev_server(where, port=port, env=env, args=args, nofile=nofile)
         self.started.append(server)
         return server
 

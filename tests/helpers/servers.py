@@ -70,7 +70,9 @@ def start_dev_server(
     env: dict[str, str] | None = None,
     timeout: float = 20.0,
     args: tuple[str, ...] = (),
+    nofile: int | None = None,
 ) -> DevServer:
+    """``nofile``: the process's descriptor limit, soft and hard (as ``prlimit --nofile``)."""
     layout = init_dev_dir(root)
     port = port or free_port()
     full_env = dict(os.environ)
@@ -79,9 +81,10 @@ def start_dev_server(
     full_env.setdefault("KRYPTON_CORE_LISTEN_PORT", str(free_port()))
     full_env.setdefault("KRYPTON_GATEWAY_LOG_LEVEL", "warning")
     log_path = root / "server.log"
+    limit = [] if nofile is None else ["prlimit", f"--nofile={nofile}:{nofile}", "--"]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "krypton.cli.main", "dev", "--dir", str(root), *args],
+            [*limit, sys.executable, "-m", "krypton.cli.main", "dev", "--dir", str(root), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -97,6 +100,14 @@ def start_dev_server(
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError("krypton dev did not start:\n" + log_path.read_text())
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident set (``VmRSS`` of ``/proc/PID/status``), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def recv_message(sock: ssl.SSLSocket) -> bytes:

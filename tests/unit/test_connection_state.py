@@ -9,6 +9,7 @@ recording transport on an event loop, still with the fake clock and no sleeps.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import struct
 from collections.abc import Iterator
@@ -29,7 +30,9 @@ from krypton.gateway._conn_state import (
     INITIAL_BUFFER,
     MAX_QUEUED,
     NOTHING,
+    PAUSE,
     TRANSITIONS,
+    Budget,
     ConnState,
     Event,
     IllegalTransition,
@@ -190,19 +193,47 @@ def test_whole_messages_and_the_start_of_the_next() -> None:
     assert state(c) is State.WORKING and list(c.queue) == [two]
 
 
-def test_message_larger_than_the_buffer_grows_it_once() -> None:
+def big_conn(budget: Budget | None = None) -> ConnState:
     c = ConnState(
-        Limits(max_message_size=INITIAL_BUFFER * 3),
+        Limits(max_message_size=INITIAL_BUFFER * 8),
         Clock(),
         read_timeout=READ,
         idle_timeout=IDLE,
+        budget=budget,
     )
     c.fire(Event.ACCEPTED)
-    big = frame(INITIAL_BUFFER * 2)
+    return c
+
+
+def test_buffer_grows_as_bytes_arrive_not_on_the_announced_length() -> None:
+    budget = Budget(1 << 30)
+    c = big_conn(budget)
+    big = frame(INITIAL_BUFFER * 6)
     feed(c, big[:8])
-    assert len(c.buf) >= len(big)  # grown from the header, before the body
-    assert feed(c, big[8:]) == ANSWER
+    assert len(c.buf) == INITIAL_BUFFER and budget.used == 0  # the header allocates nothing
+    feed(c, big[8 : INITIAL_BUFFER * 2 - 1])
+    assert len(c.buf) == INITIAL_BUFFER * 2  # doubled once it was full, no more
+    assert budget.used == INITIAL_BUFFER
+    assert feed(c, big[INITIAL_BUFFER * 2 - 1 :]) == ANSWER
     assert list(c.queue) == [big]
+    assert len(c.buf) == INITIAL_BUFFER and budget.used == 0  # empty again: shrunk, given back
+
+
+def test_an_exhausted_budget_pauses_reading_until_it_has_room() -> None:
+    freed: list[int] = []
+    budget = Budget(INITIAL_BUFFER, lambda: freed.append(budget.used))
+    hog, starved = big_conn(budget), big_conn(budget)
+    assert feed(hog, frame(INITIAL_BUFFER * 3)[: INITIAL_BUFFER * 2 - 1]) == NOTHING
+    assert budget.used == INITIAL_BUFFER  # the hog's buffer doubled: the budget is spent
+    msg = frame(INITIAL_BUFFER)
+    assert feed(starved, msg[:INITIAL_BUFFER]) == PAUSE  # full, and no room to grow
+    assert starved.starved and not starved.reading and len(starved.buf) == INITIAL_BUFFER
+    assert starved.regrow() is False  # still no room
+    hog.closed(Event.LOST)  # a closed connection gives its buffer back at once
+    assert budget.used == 0 and freed == [0] and len(hog.buf) == 0
+    assert starved.regrow() is True and starved.reading and not starved.starved
+    assert feed(starved, msg[INITIAL_BUFFER:]) == ANSWER and list(starved.queue) == [msg]
+    assert budget.used == 0
 
 
 def test_oversized_length_is_refused_from_the_header() -> None:
@@ -288,11 +319,25 @@ def test_idle_timeout_counts_from_the_last_activity() -> None:
 
 
 def test_idle_peer_that_does_not_read_its_answers_is_aborted() -> None:
-    c = conn()
+    c = ConnState(LIMITS, Clock(), read_timeout=READ, idle_timeout=IDLE, write_timeout=IDLE * 2)
+    c.fire(Event.ACCEPTED)
     c.pause_writing()
     assert c.expired(T0 + IDLE) == (Verdict.ABORT, "not reading its answers")
     c.resume_writing()
     assert c.expired(T0 + IDLE) == (Verdict.CLOSE, "idle timeout")
+
+
+def test_a_writer_stalled_for_the_write_timeout_is_aborted_in_any_state() -> None:
+    clock = Clock()
+    c = ConnState(LIMITS, clock, read_timeout=READ, idle_timeout=IDLE, write_timeout=2.0)
+    c.fire(Event.ACCEPTED)
+    feed(c, frame(8) * 2)  # frames in hand: the idle deadline does not run
+    clock.now = T0 + 1
+    c.pause_writing()
+    assert c.expired(T0 + 2.9) == (Verdict.NONE, "")
+    assert c.expired(T0 + 3) == (Verdict.ABORT, "write timeout: not reading its answers")
+    c.resume_writing()
+    assert c.expired(T0 + 3) == (Verdict.NONE, "")
 
 
 def test_frames_waiting_on_us_are_not_the_peers_idleness() -> None:
@@ -334,6 +379,8 @@ class Transport:
     reading: bool = True
     closed: bool = False
     aborted: bool = False
+    read_limit: int | None = None
+    write_limit: int | None = None
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return self.sslobj if name == "ssl_object" else default
@@ -343,6 +390,12 @@ class Transport:
 
     def pause_reading(self) -> None:
         self.reading = False
+
+    def set_read_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.read_limit = high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.write_limit = high
 
     def resume_reading(self) -> None:
         self.reading = True
@@ -395,6 +448,7 @@ class Gateway:
     def connect(self) -> tuple[Connection, Transport]:
         c = Connection(self.listener)
         t = Transport(tls_in_memory(self.dev))
+        assert self.listener.admit(c)
         c.connection_made(t)  # type: ignore[arg-type]
         return c, t
 
@@ -537,3 +591,90 @@ def test_illegal_transition_aborts_the_connection(gw: Gateway) -> None:
     c, t = gw.connect()
     c._respond(b"an answer nobody asked for")  # DONE while IDLE
     assert t.aborted and state(c) is State.CLOSED
+
+
+def test_full_budget_drops_the_oldest_handshake_then_refuses(gw: Gateway) -> None:
+    gw.listener.budget = 3
+    done, _ = gw.connect()  # through TLS: never dropped for a newcomer
+    first, second = Connection(gw.listener), Connection(gw.listener)
+    assert gw.listener.admit(first) and gw.listener.admit(second)
+    third = Connection(gw.listener)
+    assert gw.listener.admit(third)  # the oldest handshake made room
+    assert state(first) is State.CLOSED and first.id not in gw.listener.connections
+    assert list(gw.listener.handshaking) == [second.id, third.id]
+    gw.listener.established(second)
+    gw.listener.established(third)
+    assert not gw.listener.admit(Connection(gw.listener))  # nobody left to drop
+    assert gw.listener.refused == 1 and gw.listener.evicted == 1
+    assert state(done) is State.IDLE
+
+
+def test_a_starved_connection_resumes_when_another_gives_its_buffer_back(gw: Gateway) -> None:
+    gw.listener.limits = Limits(max_message_size=4 * INITIAL_BUFFER)
+    gw.listener.pending.limit = INITIAL_BUFFER  # room for one buffer to double, not two
+    big = frame(INITIAL_BUFFER * 2 - 8)  # 8 KiB in all: twice the initial buffer
+    (c1, t1), (c2, t2) = gw.connect(), gw.connect()
+    gw.deliver(c1, big[:INITIAL_BUFFER])
+    assert t1.reading and gw.listener.pending.used == INITIAL_BUFFER
+    gw.deliver(c2, big[:INITIAL_BUFFER])
+    assert not t2.reading and list(gw.listener.starving) == [c2.id]
+    c1.connection_lost(None)
+    assert t2.reading and not gw.listener.starving  # c1's buffer went back to the budget
+    gw.deliver(c2, big[INITIAL_BUFFER:])
+    gw.spin(until=lambda: t2.written)
+    assert len(t2.written) == 1  # the whole message was framed and answered
+
+
+def test_unknown_identity_is_closed_right_after_the_handshake(gw: Gateway) -> None:
+    gw.listener.policy = Policy.from_dict({})
+    _, ts = gw.connect()
+    begun, tb = gw.connect()
+    gw.deliver(begun, get_request()[:20])  # a request started, not finished
+    gw.listener.sweep(T0 + gw.listener.refuse_grace / 2)
+    assert not ts.closed and not tb.closed  # the grace: a request on its way is answered
+    gw.listener.sweep(T0 + gw.listener.refuse_grace)
+    assert ts.closed and ts.written == []  # sent nothing: closed without a word
+    assert tb.closed and [reason_of(r) for r in tb.written] == [ResultReason.PERMISSION_DENIED]
+    assert not gw.listener.unwelcome
+
+
+def test_full_budget_drops_a_refused_identity_for_a_newcomer(gw: Gateway) -> None:
+    gw.listener.policy = Policy.from_dict({})
+    gw.listener.budget = 1
+    _, t = gw.connect()
+    assert gw.listener.admit(Connection(gw.listener))
+    assert t.aborted and not gw.listener.unwelcome
+
+
+def test_one_tenant_cannot_take_more_than_its_share(gw: Gateway) -> None:
+    gw.listener.per_tenant = 1
+    first, _ = gw.connect()
+    second, t2 = gw.connect()  # the same tenant: over its share, turned away like a stranger
+    assert first.session is not None and second.session is None
+    assert second.refused == "too many connections for tenant 'demo'"
+    gw.listener.sweep(T0 + gw.listener.refuse_grace)
+    assert t2.closed
+    first.connection_lost(None)  # its slot comes back to the tenant
+    third, _ = gw.connect()
+    assert third.session is not None and gw.listener.held["t:demo"] == 1
+
+
+def test_a_tenants_share_of_the_buffer_budget_is_its_own(gw: Gateway) -> None:
+    gw.listener.limits = Limits(max_message_size=4 * INITIAL_BUFFER)
+    gw.listener.pending_per_tenant = INITIAL_BUFFER
+    big = frame(INITIAL_BUFFER * 2 - 8)
+    (c1, t1), (c2, t2) = gw.connect(), gw.connect()
+    gw.deliver(c1, big[:INITIAL_BUFFER])
+    gw.deliver(c2, big[:INITIAL_BUFFER])
+    assert t1.reading and not t2.reading  # the tenant's share is spent, not the whole budget
+    assert gw.listener.pending.used == INITIAL_BUFFER
+
+
+def test_a_connection_waiting_for_a_slot_is_closed_after_the_grace(gw: Gateway) -> None:
+    mine, peer = socket.socketpair()
+    with peer:
+        gw.listener.waiting.append((T0, mine))
+        gw.listener.sweep(T0 + gw.listener.refuse_grace / 2)
+        assert mine.fileno() != -1  # a slot may still be freed for it
+        gw.listener.sweep(T0 + gw.listener.refuse_grace)
+        assert mine.fileno() == -1 and not gw.listener.waiting

@@ -517,7 +517,7 @@ def test_multi_part_cbc_decrypt_and_no_unauthenticated_gcm_plaintext(gw: Gw) -> 
 
 def test_streams_are_bounded_and_expire() -> None:
     now = [0.0]
-    streams = Streams(limit=2, seconds=10, clock=lambda: now[0])
+    streams = Streams(limit=2, seconds=10, clock=lambda: now[0], per_tenant=2, per_identity=2)
     work = object()
     a = streams.open("demo", "k", ENC, work)  # type: ignore[arg-type]
     streams.open("demo", "k", ENC, work)  # type: ignore[arg-type]
@@ -537,6 +537,20 @@ def test_streams_are_bounded_and_expire() -> None:
     now[0] = 100.0
     with pytest.raises(InvalidCorrelation):
         streams.take("demo", a, ENC)
+
+
+def test_no_tenant_or_client_can_take_the_whole_stream_pool() -> None:
+    streams = Streams(limit=4, per_tenant=2, per_identity=1)
+    work = object()
+    mine = streams.open("demo", "k", ENC, work, "spiffe://a")  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="for this client"):
+        streams.open("demo", "k", ENC, work, "spiffe://a")  # type: ignore[arg-type]
+    streams.open("demo", "k", ENC, work, "spiffe://b")  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="for this tenant"):
+        streams.open("demo", "k", ENC, work, "spiffe://c")  # type: ignore[arg-type]
+    streams.open("other", "k", ENC, work, "spiffe://d")  # type: ignore[arg-type]  # still room
+    streams.take("demo", mine, ENC)  # finished: its share comes back
+    streams.open("demo", "k", ENC, work, "spiffe://a")  # type: ignore[arg-type]
 
 
 # -- the rest ---------------------------------------------------------------------------------

@@ -278,3 +278,22 @@ def test_the_servers_maximum_response_size_holds_on_every_path(tmp_path: Path, b
     finally:
         vault.close()
         loop.close()
+
+
+def test_random_bytes_per_message_are_capped_before_any_is_drawn(tmp_path: Path) -> None:
+    """gateway.limits.max_rng_bytes: the RNG Retrieve items of one message ask for
+    at most that many bytes together; the ones past it fail with Response Too Large."""
+    loop = asyncio.new_event_loop()
+    vault = Vault.open(tmp_path / "v.db")
+    d = Dispatcher(Services(store=vault, keyring=KeyRing()), max_rng_bytes=3000)
+    rng = cm.batch_item(Operation.RNG_RETRIEVE, cm.payload(Item.integer(Tag.DATA_LENGTH, 1000)))
+    msg = cm.request_message(V14, [rng] * 5, continuation=BatchErrorContinuationOption.CONTINUE)
+    try:
+        out = loop.run_until_complete(d.handle(encode(msg), Session("s", Grant("demo", None), 1)))
+        items = cm.parse_response(decode(out)).items
+        assert [i.status for i in items[:3]] == [ResultStatus.SUCCESS] * 3
+        assert [i.reason for i in items[3:]] == [ResultReason.RESPONSE_TOO_LARGE] * 2
+        assert len(out) < 4000
+    finally:
+        vault.close()
+        loop.close()

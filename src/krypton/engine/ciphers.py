@@ -25,7 +25,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -56,6 +56,8 @@ from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
 MAX_STREAMS = 1024  # multi-part operations open at once in one gateway process
+STREAMS_PER_TENANT = MAX_STREAMS // 2 - 1  # of those, one tenant's: below half
+STREAMS_PER_IDENTITY = MAX_STREAMS // 4  # and one client identity's
 STREAM_SECONDS = 300.0  # a stream not continued for this long is dropped
 # Authentication tag lengths: SP 800-38D §5.2.1.2 for GCM, the same for Poly1305.
 TAG_LENGTHS = frozenset((4, 8, 12, 13, 14, 15, 16))
@@ -384,16 +386,21 @@ class Stream:
     operation: int
     work: Work
     expires: float
+    identity: str = ""
 
 
 @dataclass
 class Streams:
-    """Open multi-part operations by Correlation Value, bounded in number and time."""
+    """Open multi-part operations by Correlation Value, bounded in number and time,
+    and per tenant and per client identity (so no one tenant can take the pool)."""
 
     limit: int = MAX_STREAMS
     seconds: float = STREAM_SECONDS
     clock: Callable[[], float] = time.monotonic
+    per_tenant: int = STREAMS_PER_TENANT
+    per_identity: int = STREAMS_PER_IDENTITY
     _open: OrderedDict[bytes, Stream] = field(default_factory=OrderedDict)
+    _held: Counter[str] = field(default_factory=Counter)  # by "t:" tenant and "i:" identity
 
     def _prune(self) -> None:
         """Drop the expired streams: the oldest deadlines come first (``put_back``
@@ -403,14 +410,27 @@ class Streams:
             value, stream = next(iter(self._open.items()))
             if stream.expires > now:
                 return
-            del self._open[value]
+            self._remove(value, stream)
 
-    def open(self, tenant: str, uid: str, operation: int, work: Work) -> bytes:
+    def _remove(self, value: bytes, stream: Stream) -> None:
+        del self._open[value]
+        self._held.subtract(("t:" + stream.tenant, "i:" + stream.identity))
+
+    def _add(self, value: bytes, stream: Stream) -> None:
+        self._open[value] = stream
+        self._held.update(("t:" + stream.tenant, "i:" + stream.identity))
+
+    def open(self, tenant: str, uid: str, operation: int, work: Work, identity: str = "") -> bytes:
         self._prune()
         if len(self._open) >= self.limit:
             raise GeneralFailure("too many multi-part operations are open at this gateway")
+        if self._held["t:" + tenant] >= self.per_tenant:
+            raise GeneralFailure("too many multi-part operations are open for this tenant")
+        if self._held["i:" + identity] >= self.per_identity:
+            raise GeneralFailure("too many multi-part operations are open for this client")
         value = secrets.token_bytes(16)
-        self._open[value] = Stream(tenant, uid, operation, work, self.clock() + self.seconds)
+        expires = self.clock() + self.seconds
+        self._add(value, Stream(tenant, uid, operation, work, expires, identity))
         return value
 
     def take(self, tenant: str, value: bytes, operation: int) -> Stream:
@@ -419,12 +439,16 @@ class Streams:
         stream = self._open.get(value)
         if stream is None or stream.tenant != tenant or stream.operation != operation:
             raise InvalidCorrelation("no open multi-part operation has this Correlation Value")
-        del self._open[value]
+        self._remove(value, stream)
         return stream
 
     def put_back(self, value: bytes, stream: Stream) -> None:
         stream.expires = self.clock() + self.seconds
-        self._open[value] = stream
+        self._add(value, stream)
+
+    def configure(self, limit: int, per_tenant: int, per_identity: int) -> None:
+        """The process's limits (``gateway.limits.max_streams*``), set at start."""
+        self.limit, self.per_tenant, self.per_identity = limit, per_tenant, per_identity
 
     def __len__(self) -> int:
         return len(self._open)

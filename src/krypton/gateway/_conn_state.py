@@ -28,8 +28,15 @@ dropped meanwhile, since the stream position is lost.
 preallocated ``bytearray`` (:meth:`ConnState.get_buffer`), :meth:`ConnState.received`
 cuts complete frames with :func:`krypton.ttlv.framing.message_length` (an
 oversized or malformed header is refused before its body is awaited) and
-names the event. The buffer grows only for a message larger than it (up to
-``max_message_size``) and is compacted once per read.
+names the event. The buffer grows as bytes arrive, never on the length a
+header announces: it doubles when one message fills it (up to
+``max_message_size``), and only while the shared :class:`Budget` for partially
+received messages (every byte above :data:`INITIAL_BUFFER`, over all
+connections) allows. When it does not, reading pauses (:data:`PAUSE`) until
+the budget has room again (:meth:`ConnState.regrow`); the sender's bytes wait
+in its socket, and its read timeout still runs. Once the buffer is empty again
+it shrinks back to :data:`INITIAL_BUFFER`, and a closed connection drops it,
+so the budget is returned at once.
 
 Deadlines are a table too (:data:`DEADLINES`): which clock a state is timed
 on (when its message started, or the last activity) and what happens when it
@@ -41,7 +48,9 @@ transport to close, so ``HANDSHAKING`` has no entry here.
 Backpressure is decided here and carried out by the listener: at
 :data:`MAX_QUEUED` frames in hand, or after a framing error, reading pauses;
 it resumes once the backlog halves. ``writable`` mirrors the transport's
-pause_writing / resume_writing; the listener's worker waits while it is off.
+pause_writing / resume_writing; the listener's worker waits while it is off,
+and a connection whose writing stays paused for ``write_timeout`` (the
+client is not reading its answers) is aborted, whatever its state.
 """
 
 from __future__ import annotations
@@ -64,7 +73,9 @@ __all__ = [
     "INITIAL_BUFFER",
     "MAX_QUEUED",
     "NOTHING",
+    "PAUSE",
     "TRANSITIONS",
+    "Budget",
     "ConnState",
     "Deadline",
     "Event",
@@ -73,7 +84,7 @@ __all__ = [
     "Verdict",
 ]
 
-INITIAL_BUFFER = 64 * 1024
+INITIAL_BUFFER = 4 * 1024
 MAX_QUEUED = 16  # frames in hand before reading pauses
 CLOSE_GRACE = 1.0  # seconds a closing connection gets to take its last bytes
 
@@ -151,10 +162,60 @@ _ON_CUT_START = _on(Event.CUT_START)
 _ON_DONE = _on(Event.DONE)
 _REQUEST = Tag.REQUEST_MESSAGE
 
-# What received() asks of the listener.
+# What received() asks of the listener (flags).
 NOTHING = 0
 ANSWER = 1  # frames are in hand: answer them
-ANSWER_AND_PAUSE = 2  # and pause reading
+PAUSE = 2  # pause reading
+ANSWER_AND_PAUSE = ANSWER | PAUSE
+
+
+class Budget:
+    """Bytes shared by many connections (their buffers above :data:`INITIAL_BUFFER`).
+
+    A budget may draw on a ``parent`` (a client identity's on its tenant's, a
+    tenant's on the whole listener's): taking needs room in every one."""
+
+    __slots__ = ("limit", "on_free", "parent", "used")
+
+    def __init__(
+        self,
+        limit: int,
+        on_free: Callable[[], None] | None = None,
+        parent: Budget | None = None,
+    ) -> None:
+        self.limit = limit
+        self.used = 0
+        self.on_free = on_free  # called when bytes are given back
+        self.parent = parent
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        if self.parent is not None and not self.parent.take(n):
+            return False
+        self.used += n
+        return True
+
+    def force(self, n: int) -> None:
+        """Take ``n`` whatever the limits say (a read already under way)."""
+        self.used += n
+        if self.parent is not None:
+            self.parent.force(n)
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        if self.parent is not None:
+            self.parent.give(n)
+        if n and self.on_free is not None:
+            self.on_free()
+
+
+UNLIMITED = 1 << 62
+
+
+def _over_initial(size: int) -> int:
+    """What a buffer of ``size`` bytes costs the budget."""
+    return max(size - INITIAL_BUFFER, 0)
 
 
 class Verdict(IntEnum):
@@ -202,6 +263,7 @@ class ConnState:
     """
 
     __slots__ = (
+        "budget",
         "buf",
         "clock",
         "close_grace",
@@ -214,9 +276,12 @@ class ConnState:
         "read_timeout",
         "reading",
         "start",
+        "starved",
         "state",
         "view",
         "writable",
+        "write_paused",
+        "write_timeout",
     )
 
     def __init__(
@@ -227,8 +292,11 @@ class ConnState:
         read_timeout: float,
         idle_timeout: float,
         close_grace: float = CLOSE_GRACE,
+        budget: Budget | None = None,
+        write_timeout: float = 30.0,
     ) -> None:
         self.limits = limits
+        self.budget = budget or Budget(UNLIMITED)
         self.clock = clock
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
@@ -242,6 +310,9 @@ class ConnState:
         self.mark = self.last_activity = clock()
         self.reading = True  # False while reading is paused (backlog, or DRAINING)
         self.writable = True  # False while the transport has paused writing
+        self.write_timeout = write_timeout
+        self.write_paused = 0.0  # when writing paused
+        self.starved = False  # reading paused: the buffer is full and the budget too
 
     # -- transitions (the hot path reads the same table, a column at a time) -----
     def fire(self, event: Event) -> State:
@@ -256,8 +327,8 @@ class ConnState:
 
     # -- input -------------------------------------------------------------------
     def get_buffer(self, sizehint: int = -1) -> memoryview:
-        if self.end == len(self.buf):
-            self._make_room()
+        if self.end == len(self.buf) and not self._make_room():
+            self._grow(force=True)  # read while starved (the loop had a read in flight)
         return self.view[self.end :]
 
     def received(self, nbytes: int) -> int:
@@ -283,10 +354,6 @@ class ConnState:
             while end - start >= HEADER_SIZE:
                 total = message_length(view[start : start + HEADER_SIZE], self.limits, _REQUEST)
                 if end - start < total:
-                    if total > len(self.buf) - start:
-                        self.start = start
-                        self._make_room(total)
-                        start = self.start
                     break
                 queue.append(bytes(view[start : start + total]))
                 start += total
@@ -299,6 +366,8 @@ class ConnState:
         cut = len(queue) > queued
         if start == self.end:
             self.start = self.end = 0
+            if len(self.buf) > INITIAL_BUFFER:
+                self._shrink()
             if cut:
                 try:
                     self.state = _ON_CUT[self.state]
@@ -317,6 +386,10 @@ class ConnState:
                     self.mark = now
             except KeyError:
                 self.fire(Event.CUT_START if cut else Event.MORE if had else Event.START)
+            if self.end == len(self.buf) and not self._make_room():
+                self.starved = True
+                self.reading = False
+                return ANSWER_AND_PAUSE if queue else PAUSE
         if not queue:
             return NOTHING
         if self.reading and len(queue) >= MAX_QUEUED:
@@ -324,20 +397,56 @@ class ConnState:
             return ANSWER_AND_PAUSE
         return ANSWER
 
-    def _make_room(self, need: int = 0) -> None:
-        """Compact unread bytes to the front; grow when one message needs more."""
-        pending = self.end - self.start
-        size = len(self.buf)
-        if need > size or (pending == size and need == 0):
-            size = min(max(size * 2, need), self.limits.max_message_size + HEADER_SIZE)
-        if self.start or size != len(self.buf):
-            new = bytearray(size) if size != len(self.buf) else self.buf
-            new[:pending] = bytes(self.view[self.start : self.end])
-            if new is not self.buf:
-                self.view.release()
-                self.buf = new
-                self.view = memoryview(new)
+    def _make_room(self) -> bool:
+        """The buffer is full: compact unread bytes to the front or, when one
+        message fills it, grow it. False when the budget refused the growth."""
+        if self.start:
+            pending = self.end - self.start
+            self.buf[:pending] = bytes(self.view[self.start : self.end])
             self.start, self.end = 0, pending
+            return True
+        return self._grow()
+
+    def _grow(self, *, force: bool = False) -> bool:
+        size = len(self.buf)
+        new_size = min(max(size * 2, INITIAL_BUFFER), self.limits.max_message_size + HEADER_SIZE)
+        if new_size <= size:
+            return True  # a whole message of the largest size fits: framing cuts it
+        cost = _over_initial(new_size) - _over_initial(size)
+        if not self.budget.take(cost):
+            if not force:
+                return False
+            self.budget.force(cost)
+        self._replace(bytearray(new_size), size)
+        return True
+
+    def _shrink(self) -> None:
+        """Empty again: back to the initial buffer, the budget given back."""
+        self._replace(bytearray(INITIAL_BUFFER), 0)
+
+    def _replace(self, new: bytearray, keep: int) -> None:
+        old = len(self.buf)
+        new[:keep] = self.view[:keep]
+        self.view.release()
+        self.buf = new
+        self.view = memoryview(new)
+        extra = _over_initial(old) - _over_initial(len(new))
+        if extra > 0:
+            self.budget.give(extra)
+
+    def regrow(self) -> bool:
+        """A starved connection retries its growth; True when reading may resume."""
+        if not self.starved or not self._make_room():
+            return False
+        self.starved = False
+        self.reading = len(self.queue) < MAX_QUEUED and self.state is not State.DRAINING
+        return self.reading
+
+    def release(self) -> None:
+        """Closed: drop the buffer (and give its share of the budget back)."""
+        self.start = self.end = 0
+        self.starved = False
+        self._replace(bytearray(0), 0)
 
     # -- output and backpressure ---------------------------------------------------
     def answered(self) -> bool:
@@ -349,12 +458,19 @@ class ConnState:
                 self.state = _ON_DONE[self.state]
             except KeyError:
                 self.fire(Event.DONE)
-        if self.reading or self.state is State.DRAINING or len(queue) >= MAX_QUEUED // 2:
+        if (
+            self.reading
+            or self.starved
+            or self.state is State.DRAINING
+            or len(queue) >= MAX_QUEUED // 2
+        ):
             return False
         self.reading = True
         return True
 
     def pause_writing(self) -> None:
+        if self.writable:
+            self.write_paused = self.clock()
         self.writable = False
 
     def resume_writing(self) -> None:
@@ -371,6 +487,7 @@ class ConnState:
         """Aborted (``ABORT``) or gone (``LOST``): nothing more is answered."""
         self.fire(event)
         self.queue.clear()
+        self.release()
 
     @property
     def open(self) -> bool:
@@ -385,10 +502,14 @@ class ConnState:
             return Verdict.NONE, ""
         if now is None:
             now = self.clock()
-        if deadline is _READ and (self.queue or not self.reading):
-            # We are behind (frames in hand, or reading paused for the backlog):
-            # the rest of the started message waits on us, not on the peer, so
-            # its time starts again once we catch up.
+        if not self.writable and now - self.write_paused >= self.write_timeout:
+            return Verdict.ABORT, "write timeout: not reading its answers"
+        if deadline is _READ and self.queue:
+            # We are behind (frames in hand; reading may be paused for that
+            # backlog): the rest of the started message waits on us, not on the
+            # peer, so its time starts again once we catch up. (A connection
+            # paused only for the memory budget keeps its deadline: a peer
+            # that trickles must not hold buffer space for ever.)
             self.mark = now
             return Verdict.NONE, ""
         if now - getattr(self, deadline.since) < getattr(self, deadline.limit):

@@ -8,6 +8,8 @@ import ssl
 
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing
+from krypton.engine.ciphers import STREAMS
+from krypton.gateway._admission import Shares
 from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
 from krypton.gateway.listener import Listener
@@ -64,6 +66,10 @@ class Gateway:
         policy = Policy.load(cfg.policy_file)
         ssl_ctx = self.ssl_context or server_context(cfg.tls)
         limits = limits_of(cfg)
+        lim = cfg.limits
+        STREAMS.configure(
+            lim.max_streams, lim.max_streams_per_tenant, lim.max_streams_per_identity
+        )
         self.vault = Vault.open(
             cfg.vault_path, cache_size=cfg.cache.records, sealer=self.keyring.record_mac
         )
@@ -77,14 +83,29 @@ class Gateway:
             store=self.vault, keyring=self.keyring, upstream=self.upstream, interop=cfg.interop
         )
         self.listener = Listener(
-            Dispatcher(services, limits, max_response_size=cfg.limits.max_response_size),
+            Dispatcher(
+                services,
+                limits,
+                max_response_size=cfg.limits.max_response_size,
+                max_rng_bytes=cfg.limits.max_rng_bytes,
+            ),
             policy,
             ssl_ctx,
             limits,
             max_connections=cfg.limits.max_connections,
+            descriptor_reserve=cfg.limits.descriptor_reserve,
+            max_pending_bytes=cfg.limits.max_pending_bytes,
+            shares=Shares(
+                connections=lim.max_connections_per_tenant,
+                connections_per_identity=lim.max_connections_per_identity,
+                pending_bytes=lim.max_pending_bytes_per_tenant,
+                pending_bytes_per_identity=lim.max_pending_bytes_per_identity,
+            ),
+            receive_buffer=cfg.limits.receive_buffer,
             read_timeout=cfg.limits.read_timeout,
             idle_timeout=cfg.limits.idle_timeout,
             handshake_timeout=cfg.limits.handshake_timeout,
+            write_timeout=cfg.limits.write_timeout,
         )
         await self.listener.start(cfg.listen_host, cfg.listen_port, reuse_port=cfg.workers > 1)
         log.info("gateway %s: KMIP on %s:%d", cfg.name, cfg.listen_host, self.listener.port)

@@ -31,26 +31,43 @@ the error is queued behind the frames already cut, reading stops and any
 later bytes are dropped; the task answers the earlier frames, then sends the
 error response and closes.
 
+Accepting is ours, not the event loop's (:meth:`Listener._accept`): the
+listening socket is non-blocking and read by a reader callback, so a
+connection is counted from ``accept()``, before its TLS handshake, against
+one budget (``max_connections``, and never more than the descriptor limit
+less ``descriptor_reserve``; the soft ``RLIMIT_NOFILE`` is raised to the hard
+one at start); who is admitted, and what share of the buffers and slots a
+tenant gets, is :mod:`krypton.gateway._admission`'s. ``EMFILE`` on accept is
+survived (accepting pauses briefly; logged at most every 10 s). Each
+accepted socket's kernel receive buffer is set to ``receive_buffer``: what a
+client sends ahead of us waits there, and the event loop's TLS layer reads
+(and holds) at most about that much at a time.
+The accepted socket is given to the loop (``connect_accepted_socket``), which
+runs the TLS handshake.
+
 Timeouts are enforced by one sweep per listener (every ``sweep_interval``
 seconds) rather than a timer per read: it asks each connection's state what
 its deadline says at the listener's clock (``read_timeout`` for a message
 started but not finished, ``idle_timeout`` between messages, a grace for a
 closing connection) and closes or aborts accordingly. A slow or stalled
-client costs only its own connection. The TLS handshake is timed by the
-event loop (``ssl_handshake_timeout``).
+client costs only its own connection. The TLS handshake is timed by
+the event loop (``handshake_timeout``).
 
 Identity: the client certificate was verified by TLS (CERT_REQUIRED against
 the configured CA); its SPIFFE ID (or subject) is looked up once per
-connection in the policy. An identity the policy does not know gets a
-``Permission Denied`` response to its first message, then the connection is
-closed.
+connection in the policy. An identity the policy does not know does not keep
+its slot: a request it sends within ``refuse_grace`` of the handshake (or
+had begun by then) is answered ``Permission Denied``, and the connection is
+closed at the first sweep after that grace either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import collections
+import errno
 import logging
+import socket
 import ssl
 import time
 import types
@@ -58,8 +75,10 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any, cast
 
 from krypton.errors import KryptonError, PermissionDenied
+from krypton.gateway._admission import Admission, Shares, raise_descriptor_limit
 from krypton.gateway._conn_state import (
-    ANSWER_AND_PAUSE,
+    ANSWER,
+    PAUSE,
     ConnState,
     Event,
     IllegalTransition,
@@ -75,12 +94,28 @@ from krypton.ttlv.codec import Limits, encode
 log = logging.getLogger("krypton.listener")
 
 _CLOSING = State.CLOSING
+_WAITING_ROOM = 16  # accepted sockets that may wait for a slot
+_ACCEPT_BATCH = 64  # accepts per readable event, so one flood cannot hold the loop
+_EMFILE_PAUSE = 0.1  # seconds accepting pauses when the process is out of descriptors
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_TLS_READ_BUFFER = 16 * 1024  # bytes the TLS layer buffers before it stops reading
+_TLS_WRITE_BUFFER = 256 * 1024  # bytes unsent before the worker waits
+_HANDSHAKE_FAILED = (OSError, ssl.SSLError, EOFError, asyncio.TimeoutError)
 
 
 class Connection(ConnState, asyncio.BufferedProtocol):
     """One TLS session: the event loop's callbacks around a :class:`ConnState`."""
 
-    __slots__ = ("can_write", "id", "listener", "refused", "session", "transport", "worker")
+    __slots__ = (
+        "can_write",
+        "handshake",
+        "id",
+        "listener",
+        "refused",
+        "session",
+        "transport",
+        "worker",
+    )
 
     def __init__(self, listener: Listener) -> None:
         super().__init__(
@@ -88,9 +123,12 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             listener.clock,
             read_timeout=listener.read_timeout,
             idle_timeout=listener.idle_timeout,
+            budget=listener.pending,
+            write_timeout=listener.write_timeout,
         )
         self.listener = listener
         self.transport: asyncio.Transport | None = None
+        self.handshake: asyncio.Task[None] | None = None
         self.session: Session | None = None
         self.refused: str | None = None
         self.worker: asyncio.Task[None] | None = None
@@ -98,14 +136,35 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         self.can_write.set()
         self.id = 0
 
-    # -- asyncio callbacks -------------------------------------------------------
+    # -- accepted, then TLS ----------------------------------------------------------
+    async def _handshake(self, sock: socket.socket) -> None:
+        """Give the accepted socket to the loop and run the TLS handshake on it."""
+        listener = self.listener
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: self,
+                sock,
+                ssl=listener.ssl_context,
+                ssl_handshake_timeout=listener.handshake_timeout,
+            )
+        except _HANDSHAKE_FAILED as exc:
+            log.debug("connection %d: TLS handshake failed: %r", self.id, exc)
+            listener.unregister(self)
+        except asyncio.CancelledError:
+            listener.unregister(self)  # dropped for a newer connection (or closing)
+        self.handshake = None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The TLS handshake is done: look the client's identity up in the policy."""
         # uvloop's TLS transport is not an asyncio.Transport subclass, but has its API.
         self.transport = cast(asyncio.Transport, transport)
-        self.id = self.listener.register(self)
-        if self.id == 0:
-            self.abort()
-            return
+        # The TLS layer's own read buffer stays small: what is not yet read waits
+        # in the socket, not in our memory.
+        transport.set_read_buffer_limits(_TLS_READ_BUFFER)  # type: ignore[attr-defined]
+        # And the answers a client has not taken pause the worker soon (one answer,
+        # at most max_response_size, is written whole).
+        self.transport.set_write_buffer_limits(_TLS_WRITE_BUFFER)
+        self.listener.established(self)
         self.fire(Event.ACCEPTED)
         der = None
         sslobj = transport.get_extra_info("ssl_object")
@@ -118,13 +177,18 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             identity = peer_identity(sslobj, der)
         except KryptonError as exc:
             self.refused = exc.message
-            return
-        grant = self.listener.policy.lookup(identity)
-        if grant is None:
-            self.refused = f"identity {identity!r} is not allowed on this gateway"
-            log.info("connection %d: %s", self.id, self.refused)
-            return
-        self.session = Session(identity, grant, self.id)
+        else:
+            grant = self.listener.policy.lookup(identity)
+            if grant is None:
+                self.refused = f"identity {identity!r} is not allowed on this gateway"
+            else:
+                session = Session(identity, grant, self.id)
+                self.refused = self.listener.let_in(self, session)
+                if self.refused is None:
+                    self.session = session
+                    return
+        log.info("connection %d: %s", self.id, self.refused)
+        self.listener.unwelcome[self.id] = (self.listener.clock(), self)
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
@@ -132,9 +196,11 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         except IllegalTransition as exc:
             self._illegal(exc)
             return
-        if todo:
-            if todo == ANSWER_AND_PAUSE and self.transport is not None:
-                self.transport.pause_reading()
+        if todo & PAUSE and self.transport is not None:
+            self.transport.pause_reading()
+            if self.starved:
+                self.listener.starving[self.id] = self
+        if todo & ANSWER:
             self._kick()
 
     def eof_received(self) -> bool | None:
@@ -261,6 +327,17 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             if self.queue:
                 await asyncio.sleep(0)
 
+    def turn_away(self) -> None:
+        """Refused by the policy and its grace is over: a request already in hand
+        is answered ``Permission Denied`` by the worker (which then closes), a
+        request begun is answered so now; a connection that sent nothing is closed."""
+        if not self.open or self.queue or (self.worker is not None and not self.worker.done()):
+            return
+        if self.state is State.READING:
+            self._send_error(PermissionDenied(self.refused or "not allowed"))
+        else:
+            self.close()
+
     def _send_error(self, exc: KryptonError) -> None:
         if self.transport is not None and self.open:
             self.transport.write(_encode_error(exc))
@@ -275,6 +352,8 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         self.closed(Event.ABORT)
         if self.transport is not None:
             self.transport.abort()
+        elif self.handshake is not None:
+            self.handshake.cancel()  # still handshaking: the socket is closed
 
     def close(self) -> None:
         """Flush what was written, then hang up (aborted after the close grace)."""
@@ -309,8 +388,8 @@ def _encode_error(exc: KryptonError) -> bytes:
     return encode(error_response(None, int(time.time()), exc.reason, exc.message))
 
 
-class Listener:
-    """Accepts TLS connections, tracks them, and sweeps their timeouts."""
+class Listener(Admission):
+    """Accepts connections within a budget, tracks them, and sweeps their timeouts."""
 
     def __init__(
         self,
@@ -320,63 +399,138 @@ class Listener:
         limits: Limits,
         *,
         max_connections: int = 1024,
+        descriptor_reserve: int = 64,
+        max_pending_bytes: int = 16 << 20,
+        shares: Shares | None = None,
+        receive_buffer: int = 32 * 1024,
         read_timeout: float = 10.0,
         idle_timeout: float = 300.0,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = 3.0,
+        write_timeout: float = 30.0,
         sweep_interval: float = 0.25,
+        refuse_grace: float = 0.25,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.policy = policy
         self.ssl_context = ssl_context
         self.limits = limits
-        self.max_connections = max_connections
+        Admission.__init__(self, max_connections, max_pending_bytes, shares or Shares())
+        self.descriptor_reserve = descriptor_reserve
+        self.receive_buffer = receive_buffer  # SO_RCVBUF of each connection (0: the kernel's)
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
+        self.write_timeout = write_timeout
         self.sweep_interval = sweep_interval
+        self.refuse_grace = refuse_grace  # what a refused identity's first request gets
         # Monotonic seconds for every deadline; the running loop's time by default.
         self.clock: Callable[[], float] = clock or time.monotonic
         self._own_clock = clock is None
-        self.connections: dict[int, Connection] = {}
-        self.refused = 0
-        self._ids = itertools.count(1)
-        self._server: asyncio.base_events.Server | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Accepted when every slot was taken by a connection let in: closed unless a
+        # slot is freed within ``refuse_grace`` (a client that closed and reconnects).
+        self.waiting: collections.deque[tuple[float, socket.socket]] = collections.deque()
+        self._letting_in = False
 
-    def register(self, conn: Connection) -> int:
-        if len(self.connections) >= self.max_connections:
-            self.refused += 1
-            return 0
-        cid = next(self._ids)
-        self.connections[cid] = conn
-        return cid
-
-    def unregister(self, conn: Connection) -> None:
-        self.connections.pop(conn.id, None)
-
+    # -- accepting -------------------------------------------------------------------
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if self._own_clock:
             self.clock = loop.time
-        factory: Callable[[], Connection] = lambda: Connection(self)  # noqa: E731
-        self._server = await loop.create_server(
-            factory,
-            host,
-            port,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=self.handshake_timeout,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-            backlog=1024,
-        )
+        nofile = raise_descriptor_limit()
+        self.budget = max(1, min(self.max_connections, nofile - self.descriptor_reserve))
+        if self.budget < self.max_connections:
+            log.warning(
+                "descriptor limit %d: at most %d connections (max_connections %d)",
+                nofile,
+                self.budget,
+                self.max_connections,
+            )
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(addr)
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._accept)
         self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_DESCRIPTORS:
+                    raise
+                self._starved(exc)
+                return
+            conn = Connection(self)
+            if self.admit(conn):
+                self._start(conn, sock)
+            elif len(self.waiting) < _WAITING_ROOM:
+                self.waiting.append((self.clock(), sock))  # a slot may be freed in a moment
+            else:
+                sock.close()
+
+    def _start(self, conn: Connection, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if self.receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+        conn.handshake = asyncio.ensure_future(conn._handshake(sock))
+
+    def slot_freed(self) -> None:
+        """A connection went: let in the ones waiting for a slot (on the next turn)."""
+        if self.waiting and not self._letting_in and self._loop is not None:
+            self._letting_in = True
+            self._loop.call_soon(self._let_waiting_in)
+
+    def _let_waiting_in(self) -> None:
+        self._letting_in = False
+        while self.waiting and len(self.connections) < self.budget:
+            _, sock = self.waiting.popleft()
+            conn = Connection(self)
+            if not self.admit(conn):
+                sock.close()
+                return
+            self._start(conn, sock)
+
+    def _starved(self, exc: OSError) -> None:
+        """Out of descriptors: free the oldest handshake, pause accepting briefly."""
+        self._log_rarely("emfile", "accept failed: %s; pausing accepts", exc.strerror)
+        if self.handshaking:
+            _, oldest = next(iter(self.handshaking.items()))
+            self.unregister(oldest)
+            oldest.abort()
+        assert self._loop is not None
+        assert self._sock is not None
+        self._loop.remove_reader(self._sock.fileno())
+        self._loop.call_later(_EMFILE_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        sock = self._server.sockets[0]
-        return int(sock.getsockname()[1])
+        assert self._sock is not None
+        return int(self._sock.getsockname()[1])
 
     async def _sweep(self) -> None:
         while True:
@@ -387,6 +541,9 @@ class Listener:
         """Close or abort every connection whose deadline has passed at ``now``."""
         if now is None:
             now = self.clock()
+        self.turn_away_unwelcome(now)
+        while self.waiting and now - self.waiting[0][0] >= self.refuse_grace:
+            self.waiting.popleft()[1].close()
         for conn in list(self.connections.values()):
             verdict, reason = conn.expired(now)
             if verdict is Verdict.NONE:
@@ -397,12 +554,16 @@ class Listener:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._server is not None:
-            self._server.close()
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
         for conn in list(self.connections.values()):
             conn.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        while self.waiting:
+            self.waiting.popleft()[1].close()
+        await asyncio.sleep(0)
 
 
 _VERDICTS: dict[Verdict, Callable[[Connection], None]] = {

@@ -322,11 +322,24 @@ max_message_size = 1048576
 max_depth = 32
 max_items = 100000
 max_batch_items = 1024
-max_connections = 1024
+max_connections = 1024   # counted from accept, handshaking ones included
+descriptor_reserve = 64   # descriptors kept from connections (never more than the limit less this)
+max_pending_bytes = 16777216  # buffers of partly received messages, all connections together
+receive_buffer = 32768    # each connection's socket receive buffer (SO_RCVBUF; 0: the kernel's)
 read_timeout = 10.0       # seconds a started message has to complete
 idle_timeout = 300.0      # seconds allowed between messages
-handshake_timeout = 10.0
+handshake_timeout = 3.0   # a full budget drops the oldest unfinished handshake first
 max_response_size = 4194304
+max_rng_bytes = 1048576   # random bytes the RNG Retrieve items of one message may ask for together
+write_timeout = 30.0      # seconds a client may leave its answers unread before it is dropped
+# One tenant's (and one client identity's) share of each pool: below half by default.
+max_connections_per_tenant = 511
+max_connections_per_identity = 256
+max_pending_bytes_per_tenant = 7340032
+max_pending_bytes_per_identity = 4194304
+max_streams = 1024        # multi-part Encrypt/Decrypt streams open at once
+max_streams_per_tenant = 511
+max_streams_per_identity = 256
 
 [gateway.cache]
 records = 100000

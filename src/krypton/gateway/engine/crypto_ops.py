@@ -306,7 +306,7 @@ async def _crypt(svc: Services, ctx: RequestContext, payload: Item | None, op: _
     shown = iv if drawn else None
     if streaming:
         head = work.update(request.data or b"")
-        value = STREAMS.open(ctx.tenant, rec.uid, op.operation, work)
+        value = STREAMS.open(ctx.tenant, rec.uid, op.operation, work, ctx.identity)
         return _answer(rec.uid, head, iv=shown, correlation=value)
     return _answer(rec.uid, data, iv=shown, tag=tag)
 

@@ -28,6 +28,7 @@ is logged with the request id — never with the message or key material.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -40,6 +41,7 @@ from krypton.errors import (
     KryptonError,
     OperationNotSupported,
     PermissionDenied,
+    ResponseTooLarge,
 )
 from krypton.gateway.engine import crypto_ops, info, keys, undo
 from krypton.gateway.engine.services import Handler, NotLocal, Services
@@ -58,6 +60,7 @@ from krypton.model.context import RequestContext
 from krypton.model.grant import Grant
 from krypton.ttlv.codec import DEFAULT_LIMITS, Limits, decode, encode
 from krypton.ttlv.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
+from krypton.ttlv.item import Item
 from krypton.ttlv.tags import Tag
 
 log = logging.getLogger("krypton.dispatch")
@@ -100,6 +103,9 @@ def _within(limits: Limits, needs: Limits) -> bool:
 _GET_CACHE = fastget.GetCache()  # the defaults
 
 
+_YIELD_EVERY = 32  # batch items handled between two turns of the event loop
+
+
 def _bound(client: int | None, server: int | None) -> int | None:
     if client is None:
         return server
@@ -115,7 +121,10 @@ class Dispatcher:
     message (``gateway.limits.max_response_size``); a request's Maximum Response
     Size can only lower it. Items of an answer over it fail with Response Too
     Large; a fast-path answer over it is dropped and the request goes the generic
-    way, which says so."""
+    way, which says so. ``max_rng_bytes``: the random bytes one message's RNG
+    Retrieve items may ask for together (``gateway.limits.max_rng_bytes``); the
+    items past it fail with Response Too Large without a byte drawn, so a small
+    message cannot make the gateway build a huge answer only to refuse it."""
 
     def __init__(
         self,
@@ -126,8 +135,10 @@ class Dispatcher:
         get_cache: fastget.GetCache = _GET_CACHE,
         clock: Callable[[], float] = time.time,
         max_response_size: int | None = None,
+        max_rng_bytes: int = 1 << 20,
     ) -> None:
         self.services = services
+        self.max_rng_bytes = max_rng_bytes
         self.limits = limits
         self.clock = clock
         self.max_response_size = max_response_size
@@ -194,11 +205,20 @@ class Dispatcher:
         )
         results: list[ResponseItem] = []
         failed = False
-        for item in request.items:
+        rng_left = self.max_rng_bytes
+        for n, item in enumerate(request.items, 1):
+            if not n % _YIELD_EVERY:
+                await asyncio.sleep(0)  # a long batch takes turns with other connections
             try:
                 undo.refuse_private(item)
                 if not session.grant.allows(item.operation):
                     raise PermissionDenied("this client may not run this operation")
+                if item.operation == Operation.RNG_RETRIEVE:
+                    rng_left -= _data_length(item.payload)
+                    if rng_left < 0:
+                        raise ResponseTooLarge(
+                            f"more than {self.max_rng_bytes} random bytes in one message"
+                        )
                 journal = pending.token if pending is not None else None
                 outcome = await self._run(svc, ctx, item, journal=journal)
             except KryptonError as exc:
@@ -313,6 +333,14 @@ class Dispatcher:
         raw = marked(item.raw, journal) if journal else item.raw
         response, placeholder = await svc.upstream.execute(ctx, raw)
         return Outcome(None, placeholder, response=response)
+
+
+def _data_length(payload: Item | None) -> int:
+    """An RNG Retrieve's Data Length when it is a sane Integer (else 0: the handler
+    refuses it)."""
+    n = payload.find(Tag.DATA_LENGTH) if payload is not None else None
+    value = n.value if n is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _too_large(r: ResponseItem) -> ResponseItem:

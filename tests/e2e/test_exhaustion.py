@@ -1,0 +1,267 @@
+"""Exhaustion (issue 13): no client can take the gateway down by holding its
+descriptors, its memory or its shared pools.
+
+Each test starts its own ``krypton dev`` process, floods it from this process
+with connections or half-sent messages, and meanwhile checks that a
+legitimate client still gets its answers in time. Memory and descriptors are
+read from the gateway process itself (``/proc/PID``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+
+import pytest
+from tests.helpers.cluster import activate_item
+from tests.helpers.fixtures import DevStacks
+from tests.helpers.servers import DevServer, recv_message, rss_kib
+
+from krypton.kmip import client_messages as cm
+from krypton.kmip.messages import ResponseItem
+from krypton.kmip.versions import ProtocolVersion
+from krypton.pki.dev import issue_client
+from krypton.ttlv.codec import Limits, decode, encode
+from krypton.ttlv.enums import (
+    BatchErrorContinuationOption,
+    BlockCipherMode,
+    Operation,
+    ResultReason,
+    ResultStatus,
+)
+from krypton.ttlv.item import Item
+from krypton.ttlv.tags import Tag
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+ROUND_TRIP_WITHIN = 3.0
+
+
+def discover() -> bytes:
+    item = cm.batch_item(Operation.DISCOVER_VERSIONS, cm.payload())
+    return encode(cm.request_message(ProtocolVersion(1, 4), [item]))
+
+
+def round_trip(srv: DevServer, who: str = "client") -> float | None:
+    """Seconds for a fresh connection's handshake + Discover Versions, or None
+    when it failed or took longer than ``ROUND_TRIP_WITHIN``."""
+    start = time.monotonic()
+    try:
+        with srv.connect(who, timeout=ROUND_TRIP_WITHIN) as sock:
+            sock.sendall(discover())
+            response = cm.parse_response(decode(recv_message(sock)))
+    except (OSError, EOFError):
+        return None
+    took = time.monotonic() - start
+    ok = [i.status for i in response.items] == [ResultStatus.SUCCESS]
+    return took if ok and took <= ROUND_TRIP_WITHIN else None
+
+
+@contextlib.contextmanager
+def bare_connections(srv: DevServer, n: int) -> Iterator[list[socket.socket]]:
+    """``n`` TCP connections that never start TLS (as many as connect)."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            with contextlib.suppress(OSError):
+                held.append(socket.create_connection((srv.host, srv.port), timeout=1.0))
+        yield held
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_bare_connections_cannot_exhaust_descriptors(start_dev: DevStacks) -> None:
+    """1,100 silent TCP connections against a 1,024-descriptor gateway: legitimate
+    clients still connect and are answered, each within 3 s."""
+    srv = start_dev(nofile=1024, env={"KRYPTON_GATEWAY_LIMITS_HANDSHAKE_TIMEOUT": "30"})
+    assert round_trip(srv) is not None
+    with bare_connections(srv, 1100) as held:
+        assert len(held) >= 1000
+        time.sleep(0.5)  # let the gateway accept (and evict) what it can
+        times = [round_trip(srv) for _ in range(10)]
+        assert srv.proc.poll() is None
+        assert open_descriptors(srv.proc.pid) <= 1024
+    done = [t for t in times if t is not None]
+    print(f"round trips under 1,100 bare connections: {len(done)}/10, {times}")
+    assert len(done) >= 9, times
+
+
+def request_header(length: int) -> bytes:
+    """The 8 bytes that start a Request Message of ``length`` body bytes."""
+    return bytes.fromhex("42007801") + length.to_bytes(4, "big")
+
+
+@contextlib.contextmanager
+def half_sent(srv: DevServer, n: int, size: int) -> Iterator[list[ssl.SSLSocket]]:
+    """``n`` mutual-TLS connections, each sending half of a ``size``-byte message
+    (as much of it as the gateway takes within a moment), then nothing more."""
+    held: list[ssl.SSLSocket] = []
+    half = request_header(size - 8) + bytes(size // 2)
+    try:
+        for _ in range(n):
+            sock = srv.connect(timeout=5.0)
+            held.append(sock)
+            sock.settimeout(0.02)
+            with contextlib.suppress(TimeoutError, ssl.SSLWantWriteError):
+                sock.sendall(half)
+        yield held
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_half_sent_messages_cannot_exhaust_memory(start_dev: DevStacks) -> None:
+    """500 connections each half-send a 1 MiB message: the gateway grows by at
+    most 128 MiB and keeps answering others."""
+    srv = start_dev(
+        env={
+            "KRYPTON_GATEWAY_LIMITS_READ_TIMEOUT": "60",
+            # every one of the 500 is let in (one identity's share is 256 by default)
+            "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_TENANT": "1000",
+            "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_IDENTITY": "1000",
+        }
+    )
+    for _ in range(20):
+        assert round_trip(srv, "other-client") is not None  # warm: a served client's cost
+    before = rss_kib(srv.proc.pid)
+    with half_sent(srv, 500, 1 << 20) as held:
+        assert len(held) == 500
+        time.sleep(1.0)
+        times = [round_trip(srv, "other-client") for _ in range(5)]
+        grown = (rss_kib(srv.proc.pid) - before) / 1024
+    print(f"RSS growth under 500 half-sent 1 MiB messages: {grown:.0f} MiB; {times}")
+    assert grown <= 128
+    assert all(t is not None for t in times), times
+
+
+def test_unknown_identities_do_not_keep_their_slots(start_dev: DevStacks) -> None:
+    """1,000 idle connections of an identity the policy does not know, against a
+    gateway that takes 200 connections: each is closed right after its
+    handshake, and the known client is served all along."""
+    srv = start_dev(env={"KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS": "200"})
+    issue_client(srv.layout.root, "nobody", "intruder")
+    ctx = srv.client_context("nobody-intruder")
+    held: list[ssl.SSLSocket] = []
+    times: list[float | None] = []
+    try:
+        for i in range(1000):
+            with contextlib.suppress(OSError):
+                raw = socket.create_connection((srv.host, srv.port), timeout=5.0)
+                held.append(ctx.wrap_socket(raw, server_hostname="localhost"))
+            if i % 100 == 99:
+                times.append(round_trip(srv))
+        times += [round_trip(srv) for _ in range(5)]
+    finally:
+        for sock in held:
+            sock.close()
+    print(f"round trips among 1,000 unknown-identity connections: {times}")
+    assert len(held) >= 900
+    assert all(t is not None for t in times), times
+
+
+def amplifier() -> bytes:
+    """One ~49 KB message asking for 1,024 x 64 KiB of random bytes."""
+    rng = cm.batch_item(Operation.RNG_RETRIEVE, cm.payload(Item.integer(Tag.DATA_LENGTH, 65536)))
+    return encode(
+        cm.request_message(
+            ProtocolVersion(1, 4), [rng] * 1024, continuation=BatchErrorContinuationOption.CONTINUE
+        )
+    )
+
+
+def test_answers_are_bounded_while_built(start_dev: DevStacks) -> None:
+    """The amplification message is answered within max_response_size (4 MiB);
+    15 connections sending it and never reading grow the gateway by little."""
+    srv = start_dev()
+    message = amplifier()
+    with srv.connect() as sock:
+        sock.sendall(message)
+        answer = recv_message(sock)
+    items = cm.parse_response(decode(answer, Limits(max_message_size=len(answer)))).items
+    assert len(answer) <= 4 << 20
+    assert ResultReason.RESPONSE_TOO_LARGE in {i.reason for i in items}
+    for _ in range(5):
+        assert round_trip(srv) is not None
+    before = rss_kib(srv.proc.pid)
+    held = []
+    try:
+        for _ in range(15):
+            sock = srv.connect()
+            sock.settimeout(0.05)
+            with contextlib.suppress(TimeoutError, ssl.SSLWantWriteError):
+                for _ in range(20):
+                    sock.sendall(message)
+            held.append(sock)
+        time.sleep(1.5)
+        grown = (rss_kib(srv.proc.pid) - before) / 1024
+        times = [round_trip(srv) for _ in range(5)]
+    finally:
+        for sock in held:
+            sock.close()
+    print(f"answer {len(answer)} bytes; RSS growth with 15 non-readers: {grown:.0f} MiB; {times}")
+    assert grown <= 128
+    assert all(t is not None for t in times), times
+
+
+def ask(sock: ssl.SSLSocket, *items: Item) -> list[ResponseItem]:
+    sock.sendall(encode(cm.request_message(ProtocolVersion(1, 4), list(items))))
+    return list(cm.parse_response(decode(recv_message(sock))).items)
+
+
+def open_stream(sock: ssl.SSLSocket, uid: str) -> ResponseItem:
+    """An Encrypt that starts a multi-part stream (AES-GCM) on key ``uid``."""
+    (answer,) = ask(
+        sock,
+        cm.batch_item(
+            Operation.ENCRYPT,
+            cm.payload(
+                Item.text(Tag.UNIQUE_IDENTIFIER, uid),
+                Item.structure(
+                    Tag.CRYPTOGRAPHIC_PARAMETERS,
+                    Item.enum(Tag.BLOCK_CIPHER_MODE, BlockCipherMode.GCM),
+                ),
+                Item.bytes_(Tag.DATA, bytes(16)),
+                Item.bytes_(Tag.IV_COUNTER_NONCE, bytes(12)),
+                Item.boolean(Tag.INIT_INDICATOR, True),
+            ),
+        ),
+    )
+    return answer
+
+
+def new_key(sock: ssl.SSLSocket) -> str:
+    (created,) = ask(sock, cm.create_item(ProtocolVersion(1, 4), cm.aes_attributes()))
+    assert created.payload is not None, created
+    uid = cm.unique_identifier(created.payload)
+    (activated,) = ask(sock, activate_item(uid))
+    assert activated.status is ResultStatus.SUCCESS, activated
+    return uid
+
+
+def test_one_tenant_cannot_take_every_stream(start_dev: DevStacks) -> None:
+    """Tenant demo opens multi-part streams until refused; tenant other still gets one."""
+    srv = start_dev(
+        env={
+            "KRYPTON_GATEWAY_LIMITS_MAX_STREAMS": "16",
+            "KRYPTON_GATEWAY_LIMITS_MAX_STREAMS_PER_TENANT": "7",
+            "KRYPTON_GATEWAY_LIMITS_MAX_STREAMS_PER_IDENTITY": "7",
+        }
+    )
+    with srv.connect() as demo, srv.connect("other-client") as other:
+        mine, theirs = new_key(demo), new_key(other)
+        answers = [open_stream(demo, mine) for _ in range(16)]
+        opened = [a for a in answers if a.status is ResultStatus.SUCCESS]
+        refused = [a for a in answers if a.status is not ResultStatus.SUCCESS]
+        assert len(opened) == 7, answers[:2]
+        assert {a.reason for a in refused} == {ResultReason.GENERAL_FAILURE}
+        assert "for this tenant" in (refused[0].message or "")
+        assert open_stream(other, theirs).status is ResultStatus.SUCCESS
