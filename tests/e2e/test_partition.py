@@ -185,7 +185,7 @@ def test_an_l3_version_revoked_during_a_partition_is_dropped_after_healing(
         assert wait_for("the key at B", partial(b.get, uid), SOON) == key
         proxy.partition()
         assert "L3 version 2 is now active" in cluster.core_cli("rotate-l3", "--tenant", "demo")
-        out = cluster.core_cli("revoke-l3", "--tenant", "demo", "--version", "1")
+        out = cluster.core_cli("revoke-l3", "--tenant", "demo", "--version", "1", "--force")
         assert "L3 version 1 is COMPROMISED" in out
         wait_for("A dropping L3 v1", partial(refused, a, uid), SOON)
         assert b.get(uid) == key  # cut off, B still holds v1

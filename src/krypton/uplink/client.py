@@ -389,6 +389,10 @@ class UplinkClient:
                 if msg is grpc.aio.EOF:
                     return
                 assert isinstance(msg, pb.CoreEvent)
+                # The Core answered on this stream: the link is up again, so the
+                # calls the sync itself makes (KeyStates, FetchKey while it
+                # reconciles, before READY) must not fail fast.
+                self._known_down = False
                 await self._dispatch(msg, feed)
         finally:
             call.cancel()
