@@ -49,7 +49,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from krypton.engine.objects import belongs
-from krypton.errors import KryptonError
+from krypton.errors import KryptonError, StorageError
 from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
 from krypton.ttlv.codec import Limits, decode, encode
@@ -152,7 +152,15 @@ class Upstream:
 
     async def _sync(self, records: list[KeyRecord]) -> int:
         acked = await self.client.sync_keys(records)
-        await self.vault.mark_synced(acked)
+        try:
+            await self.vault.mark_synced(acked)
+        except StorageError as exc:
+            # The keys are at the Core; only the outbox mark is not stored (a full
+            # disk, say). Go on: they are offered again later, and SyncKeys is
+            # idempotent. 0, so that a flush loop does not spin on them.
+            log.warning("outbox: %d key(s) reached the Krypton Core but are not marked so"
+                        " (%s); they are sent again later", len(acked), exc.message)
+            return 0
         return len(acked)
 
     # -- delegation ------------------------------------------------------------------
