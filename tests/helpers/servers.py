@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -18,7 +19,38 @@ from krypton.ttlv.framing import HEADER_SIZE
 READY_LINE = "Krypton dev stack is up"
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port that is free now, for a server process to bind soon after.
+
+    Chosen below the kernel's ephemeral range: a port handed out by ``bind(0)``
+    is one the kernel also hands to outgoing connections, and under load (a
+    flood test's hundreds of client sockets, another suite on the same machine)
+    one of them took the port between this check and the server's bind
+    ("Address already in use"). Never the same port twice in one process.
+    """
+    floor = min(_ephemeral_floor(), 65536)
+    low = 20000 if floor > 21000 else 1024
+    for _ in range(200):
+        port = random.randrange(low, floor)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -73,6 +105,27 @@ def start_dev_server(
     nofile: int | None = None,
 ) -> DevServer:
     """``nofile``: the process's descriptor limit, soft and hard (as ``prlimit --nofile``)."""
+    for attempt in range(3):
+        try:
+            return _start_dev_server_once(root, port, env, timeout, args, nofile)
+        except _PortTaken:
+            if port is not None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(RuntimeError):
+    """Another process bound a port between free_port() and the server's bind."""
+
+
+def _start_dev_server_once(
+    root: Path,
+    port: int | None,
+    env: dict[str, str] | None,
+    timeout: float,
+    args: tuple[str, ...],
+    nofile: int | None,
+) -> DevServer:
     layout = init_dev_dir(root)
     port = port or free_port()
     full_env = dict(os.environ)
@@ -99,7 +152,11 @@ def start_dev_server(
             break
         time.sleep(0.05)
     proc.kill()
-    raise RuntimeError("krypton dev did not start:\n" + log_path.read_text())
+    proc.wait(timeout=10)
+    text = log_path.read_text()
+    if "Address already in use" in text:
+        raise _PortTaken("krypton dev did not start:\n" + text)
+    raise RuntimeError("krypton dev did not start:\n" + text)
 
 
 def rss_kib(pid: int) -> int:
