@@ -176,7 +176,7 @@ def test_env_can_supply_a_required_setting(dev: DevLayout) -> None:
     with pytest.raises(ConfigError, match=expected):
         load_gateway_config(write(dev, text), env={})
     cfg = load_gateway_config(write(dev, text), env={"KRYPTON_GATEWAY_TLS_CERT": "pki/gateway.pem"})
-    assert cfg.tls.cert.name == "gateway.pem"
+    assert cfg.tls.cert is not None and cfg.tls.cert.name == "gateway.pem"
 
 
 @pytest.mark.parametrize(
