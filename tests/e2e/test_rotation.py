@@ -33,6 +33,7 @@ from kmip.core import enums
 from kmip.pie.client import ProxyKmipClient
 from tests.helpers.cluster import Cluster, activate_item, one, wait_for
 from tests.helpers.fixtures import Clusters
+from tests.helpers.workload_api import WorkloadAPI
 
 from krypton.client.sync import KmipClient, tls_context
 from krypton.errors import KryptonError
@@ -43,6 +44,7 @@ from krypton.pki.dev import (
     LOOPBACK_DNS,
     LOOPBACK_IPS,
     core_spiffe_id,
+    gateway_spiffe_id,
     policy_rule,
     workload_spiffe_id,
 )
@@ -308,3 +310,37 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(start_cluster: Clust
     cluster.running.pop(GATEWAY_NAME)
     codes = cluster.stop()
     assert codes["core"] == 0
+
+
+# -- SPIFFE ----------------------------------------------------------------------------
+def test_svids_from_the_workload_api_rotate(start_cluster: Clusters, tmp_path: Path) -> None:
+    """``gateway.tls.source = "spiffe"`` against the stand-in Workload API server
+    (tests/helpers/workload_api.py): the SVID serves the KMIP listener and the uplink,
+    a rotated SVID is presented within 5 s while open connections go on, and a
+    Workload API connection that py-spiffe gave up on is made again."""
+    cluster = start_cluster(gateways_running=False)
+    api = WorkloadAPI(tmp_path / "agent.sock", dev_ca(cluster), gateway_spiffe_id(GATEWAY_NAME),
+                      lifetime=600)
+    with api:
+        cluster.gateway_extra.update(KRYPTON_GATEWAY_TLS_SOURCE="spiffe",
+                                     KRYPTON_GATEWAY_TLS_SPIFFE_SOCKET=api.address)
+        cluster.start_gateways()  # serving: the uplink works with the SVID too
+        g = cluster.gateways[GATEWAY_NAME]
+        ctx = demo_ctx(cluster)
+        assert presented(g.port, ctx) == api.serial
+        with cluster.client(GATEWAY_NAME) as c:
+            uid = c.create()
+            new = api.rotate()
+            wait_for("the rotated SVID presented", lambda: presents(g.port, ctx, new),
+                     ROTATED_WITHIN)
+            assert len(c.get(uid)) == 32
+            api.fail_streams()
+            wait_for("the source closed", lambda: log_has(cluster, GATEWAY_NAME, "source closed"),
+                     10.0)
+            api.heal()
+            after = api.rotate()
+            wait_for("the SVID after the source was made again",
+                     lambda: presents(g.port, ctx, after), 15.0)
+            assert len(c.get(uid)) == 32
+        with cluster.client(GATEWAY_NAME) as c:  # delegated: the uplink presents the SVID
+            assert one(c, activate_item(uid)).status is ResultStatus.SUCCESS
