@@ -344,3 +344,25 @@ def test_svids_from_the_workload_api_rotate(start_cluster: Clusters, tmp_path: P
             assert len(c.get(uid)) == 32
         with cluster.client(GATEWAY_NAME) as c:  # delegated: the uplink presents the SVID
             assert one(c, activate_item(uid)).status is ResultStatus.SUCCESS
+
+
+def test_every_worker_takes_the_rotated_svid(start_cluster: Clusters, tmp_path: Path) -> None:
+    """``--workers 2`` with ``source = "spiffe"``: each worker holds its own Workload API
+    stream (none crosses the fork) and each presents the rotated SVID."""
+    cluster = start_cluster(gateways_running=False)
+    api = WorkloadAPI(tmp_path / "agent.sock", dev_ca(cluster), gateway_spiffe_id(GATEWAY_NAME))
+    with api:
+        cluster.gateway_extra.update(KRYPTON_GATEWAY_TLS_SOURCE="spiffe",
+                                     KRYPTON_GATEWAY_TLS_SPIFFE_SOCKET=api.address,
+                                     KRYPTON_GATEWAY_WORKERS="2")
+        cluster.start_gateways()
+        wait_for("both workers on the Workload API", lambda: api.streams >= 2 or None, 10.0)
+        g = cluster.gateways[GATEWAY_NAME]
+        ctx = demo_ctx(cluster)
+        new = api.rotate()
+
+        def all_new() -> bool | None:
+            return True if all(presented(g.port, ctx) == new for _ in range(12)) else None
+
+        wait_for("every worker presents the rotated SVID", all_new, ROTATED_WITHIN)
+        assert cluster.running.pop(GATEWAY_NAME).stop() == 0

@@ -22,6 +22,10 @@ context (:data:`PEER_RULES_ATTR`).
 
 Every problem loading the certificate, key or CA is a ConfigError naming the
 setting (``gateway.tls.key: does not match gateway.tls.cert ...``).
+
+Contexts are built from :class:`krypton.tls.material.Material` (read once and
+checked, loaded from memory). A rotation (:mod:`krypton.tls.reload`) builds a
+new context from new material rather than changing one in use.
 """
 
 from __future__ import annotations
