@@ -74,22 +74,38 @@ TLS_VERSIONS = ("1.2", "1.3")
 # -- the configuration objects ----------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TLSConfig:
-    cert: Path
-    key: Path
-    ca: Path
+    # The own certificate (chain, leaf first), its key and the trust bundle (one
+    # or more CAs). Required with ``source = "file"`` (the Core's only source);
+    # watched, and reloaded when they change (or on SIGHUP).
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
     min_version: str = "1.2"
     session_tickets: bool = True
     # SPIFFE IDs of peers must be in this trust domain.
     trust_domain: str = "krypton.dev"
     # Certificate serials / identities refused, one a line (krypton.tls.denylist).
     deny_list: Path | None = None
+    # How often (seconds) the files are looked at for a change.
+    reload_interval: float = 1.0
+
+
+TLS_SOURCES = ("file", "spiffe")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayTLSConfig(TLSConfig):
-    """The KMIP listener's TLS: also how long a TLS session may be resumed."""
+    """The KMIP listener's TLS: also how long a TLS session may be resumed, and
+    where the material comes from: the files, or the SPIFFE Workload API (the
+    X.509-SVID and the bundle of its trust domain, for the listener and the uplink)."""
 
     session_lifetime: float = 3600.0
+    source: str = "file"
+    # The Workload API's socket (``unix:///run/spire/agent.sock`` or a path);
+    # empty: $SPIFFE_ENDPOINT_SOCKET.
+    spiffe_socket: str = ""
+    # How long start-up waits for the first SVID (seconds).
+    spiffe_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +186,8 @@ class GatewayConfig:
     vault_path: Path = Path("gateway.db")
     policy_file: Path = Path("policy.toml")
     workers: int = 1
+    # SIGTERM: how long requests in flight may take to finish (seconds).
+    drain_timeout: float = 10.0
     log_level: str = "info"
     interop: bool = False  # the KMIP Interop operation (test harnesses only, never production)
     allow_core_dumps: bool = False  # debugging only: core dumps hold key material
@@ -198,6 +216,8 @@ class CoreConfig:
     # kept; an Undo whose journal is gone fails (0 batches: every such Undo fails).
     undo_journal_seconds: float = 60.0
     undo_journal_batches: int = 1024
+    # SIGTERM: how long calls in flight may take to finish (seconds).
+    drain_timeout: float = 10.0
     tls: TLSConfig
 
     def authorised_gateways(self) -> dict[str, frozenset[str]]:
@@ -283,6 +303,12 @@ def _boolean(v: Any, ctx: _Ctx) -> bool:
 def _text(v: Any, ctx: _Ctx) -> str:
     if not isinstance(v, str) or not v.strip():
         raise _Bad("must be a non-empty string")
+    return v.strip()
+
+
+def _text_or_empty(v: Any, ctx: _Ctx) -> str:
+    if not isinstance(v, str):
+        raise _Bad("must be a string")
     return v.strip()
 
 
@@ -474,20 +500,29 @@ class _Section:
 
 _FILE = _path(must_exist=True)
 _PORT = _integer(0, 65535)
+
+
+def _tls_file(v: Any, ctx: _Ctx) -> Path | None:
+    return None if v is None else _FILE(v, ctx)
+
+
 _TLS = _Section(
     TLSConfig,
     {
-        "cert": _FILE,
-        "key": _FILE,
-        "ca": _FILE,
+        "cert": _tls_file,
+        "key": _tls_file,
+        "ca": _tls_file,
         "min_version": _choice(TLS_VERSIONS),
         "session_tickets": _boolean,
         "trust_domain": _trust_domain,
         "deny_list": _optional_file,
+        "reload_interval": _seconds,
     },
 )
 _GATEWAY_TLS = _Section(
-    GatewayTLSConfig, {**_TLS.settings, "session_lifetime": _seconds}
+    GatewayTLSConfig,
+    {**_TLS.settings, "session_lifetime": _seconds, "source": _choice(TLS_SOURCES),
+     "spiffe_socket": _text_or_empty, "spiffe_timeout": _seconds},
 )
 _GATEWAY = _Section(
     GatewayConfig,
@@ -498,6 +533,7 @@ _GATEWAY = _Section(
         "vault_path": _path(must_exist=False),
         "policy_file": _FILE,
         "workers": _integer(1, 1024),
+        "drain_timeout": _seconds,
         "log_level": _choice(LOG_LEVELS),
         "interop": _boolean,
         "allow_core_dumps": _boolean,
@@ -563,6 +599,7 @@ _CORE = _Section(
         "allow_core_dumps": _boolean,
         "undo_journal_seconds": _seconds,
         "undo_journal_batches": _integer(0),
+        "drain_timeout": _seconds,
     },
     {"tls": _TLS},
 )
@@ -670,6 +707,7 @@ def load_gateway_config(
 ) -> GatewayConfig:
     """Load ``[gateway]`` from a TOML file, applying ``KRYPTON_GATEWAY_*`` overrides."""
     config: GatewayConfig = _load("gateway", path, env)
+    _check_tls_files(config.tls, "gateway.tls", path, spiffe=config.tls.source == "spiffe")
     return config
 
 
@@ -678,8 +716,22 @@ def load_core_config(
 ) -> CoreConfig:
     """Load ``[core]`` from a TOML file, applying ``KRYPTON_CORE_*`` overrides."""
     config: CoreConfig = _load("core", path, env)
+    _check_tls_files(config.tls, "core.tls", path, spiffe=False)
     _check_gateways(config)
     return config
+
+
+def _check_tls_files(tls: TLSConfig, setting: str, path: str | os.PathLike[str], *,
+                     spiffe: bool) -> None:
+    """cert, key and ca are required unless the material comes from SPIFFE."""
+    if spiffe:
+        return
+    for name in ("cert", "key", "ca"):
+        if getattr(tls, name) is None:
+            raise ConfigError(
+                f"{setting}.{name}: required setting is missing (set it in "
+                f"{Path(path).expanduser().absolute()} or {env_name(f'{setting}.{name}')})"
+            )
 
 
 def _check_gateways(config: CoreConfig) -> None:

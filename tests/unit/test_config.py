@@ -176,7 +176,7 @@ def test_env_can_supply_a_required_setting(dev: DevLayout) -> None:
     with pytest.raises(ConfigError, match=expected):
         load_gateway_config(write(dev, text), env={})
     cfg = load_gateway_config(write(dev, text), env={"KRYPTON_GATEWAY_TLS_CERT": "pki/gateway.pem"})
-    assert cfg.tls.cert.name == "gateway.pem"
+    assert cfg.tls.cert is not None and cfg.tls.cert.name == "gateway.pem"
 
 
 @pytest.mark.parametrize(
@@ -377,6 +377,25 @@ def test_tls_trust_settings(dev: DevLayout) -> None:
         gateway(dev, env={"KRYPTON_GATEWAY_TLS_SESSION_LIFETIME": "0"})
     with pytest.raises(ConfigError, match=r"gateway\.tls\.trust_domain: must be a SPIFFE trust"):
         gateway(dev, env={"KRYPTON_GATEWAY_TLS_TRUST_DOMAIN": "Upper.Case"})
+
+
+def test_tls_source_settings(dev: DevLayout) -> None:
+    """With ``source = "spiffe"`` the files are not needed; with ``file`` they are."""
+    text = (MINIMAL_GATEWAY.replace('cert = "pki/gateway.pem"\n', "")
+            .replace('key = "pki/gateway-key.pem"\n', ""))
+    with pytest.raises(ConfigError, match=r"^gateway\.tls\.cert: required"):
+        load_gateway_config(write(dev, text), env={})
+    cfg = load_gateway_config(write(dev, text), env={
+        "KRYPTON_GATEWAY_TLS_SOURCE": "spiffe",
+        "KRYPTON_GATEWAY_TLS_SPIFFE_SOCKET": "unix:///run/spire/agent.sock",
+        "KRYPTON_GATEWAY_DRAIN_TIMEOUT": "3"})
+    assert (cfg.tls.source, cfg.tls.cert, cfg.tls.key) == ("spiffe", None, None)
+    assert cfg.tls.spiffe_socket == "unix:///run/spire/agent.sock"
+    assert (cfg.drain_timeout, cfg.tls.reload_interval) == (3.0, 1.0)
+    with pytest.raises(ConfigError, match=r"^gateway\.tls\.source: must be one of 'file'"):
+        gateway(dev, env={"KRYPTON_GATEWAY_TLS_SOURCE": "vault"})
+    with pytest.raises(ConfigError, match=r"^gateway\.tls\.reload_interval: must be a number"):
+        gateway(dev, env={"KRYPTON_GATEWAY_TLS_RELOAD_INTERVAL": "0"})
 
 
 def test_the_master_key_variable_is_not_an_unknown_setting(dev: DevLayout) -> None:

@@ -49,7 +49,10 @@ async def _with_keys(config: CoreConfig, action: KeyAction, source: Path) -> Non
         await registry.close()
 
 
-def cmd_serve(args: argparse.Namespace, run: Runner, wait: Callable[[], Awaitable[None]]) -> int:
+Waiter = Callable[[Callable[[], None]], Awaitable[None]]
+
+
+def cmd_serve(args: argparse.Namespace, run: Runner, wait: Waiter) -> int:
     config = load_core_config(args.config)
     harden(allow_core_dumps=config.allow_core_dumps, who=f"core {config.name}")
     core = Core(config, source=args.config)
@@ -58,7 +61,8 @@ def cmd_serve(args: argparse.Namespace, run: Runner, wait: Callable[[], Awaitabl
         await core.start()
         print(f"core {config.name}: uplink on {config.listen_host}:{core.port}", flush=True)
         try:
-            await wait()
+            await wait(core.reload)  # SIGHUP reloads; SIGTERM/SIGINT end the wait
+            await core.drain()
         finally:
             await core.close()
 
@@ -167,7 +171,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     run: Runner,
-    wait: Callable[[], Awaitable[None]],
+    wait: Waiter,
 ) -> None:
     core = sub.add_parser("core", help="run a Krypton Core, or manage its keys")
     core.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="core.toml")

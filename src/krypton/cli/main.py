@@ -42,12 +42,16 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal(reload: Callable[[], None] | None = None) -> None:
+    """Until SIGINT or SIGTERM; SIGHUP calls ``reload`` (certificates, policy)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if reload is not None:
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
 
 
@@ -83,6 +87,10 @@ Stop with Ctrl-C; keys persist in {layout.root.resolve()}.
 class _Service(Protocol):
     async def start(self) -> None: ...
 
+    def reload(self) -> None: ...
+
+    async def drain(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -90,14 +98,16 @@ S = TypeVar("S", bound=_Service)
 
 
 def _serve(make: Callable[[], S], on_ready: Callable[[S], None]) -> int:
-    """Start a service on uvloop, wait for SIGINT/SIGTERM, close it."""
+    """Start a service on uvloop, reload it on SIGHUP; on SIGINT/SIGTERM drain it
+    (what is in flight is answered) and close it."""
     service = make()
 
     async def main() -> None:
         await service.start()
         try:
             on_ready(service)
-            await _wait_for_signal()
+            await _wait_for_signal(service.reload)
+            await service.drain()
         finally:
             await service.close()
 
@@ -177,7 +187,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if workers <= 1:
         return _serve(lambda: Gateway(gateway), ready)
     gateway = dataclasses.replace(gateway, workers=workers)
-    ssl_ctx = server_context(gateway.tls)
+    # Made before the fork, so workers share a session-ticket key (until a reload).
+    # SVIDs are fetched by each worker: no gRPC threads may cross a fork.
+    ssl_ctx = server_context(gateway.tls) if gateway.tls.source == "file" else None
 
     def run_worker() -> int:
         harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway worker {os.getpid()}")

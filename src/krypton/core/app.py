@@ -1,7 +1,15 @@
-"""Wiring: a configured Krypton Core (registry, key store, engine, uplink server)."""
+"""Wiring: a configured Krypton Core (registry, key store, engine, uplink server).
+
+A running Core watches its TLS files (:mod:`krypton.tls.reload`) and gives a new
+certificate, key or trust bundle to its gRPC server for the next handshake;
+``reload`` (SIGHUP) looks at them at once, ``drain`` (SIGTERM) stops accepting
+and lets the calls in flight finish.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -23,6 +31,8 @@ from krypton.model import Registry
 from krypton.registry import open_registry
 from krypton.tls.contexts import peer_rules
 from krypton.tls.identity import Usage
+from krypton.tls.material import Material
+from krypton.tls.reload import Commit, FileSource, Reloader
 from krypton.uplink.service import UplinkServer
 
 log = logging.getLogger("krypton.core")
@@ -98,6 +108,11 @@ class Core:
         self.l3: EmbeddedL3Source | None = None
         self.service: CoreService | None = None
         self.server: UplinkServer | None = None
+        # The TLS material, watched; ``tls.failures`` counts material refused, and
+        # ``tls.on_failure`` (set before start) is told each time.
+        self.tls = Reloader(FileSource(config.tls, "core.tls"),
+                            interval=config.tls.reload_interval)
+        self._tls_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -123,11 +138,15 @@ class Core:
             mac_key=self.ring.record_mac,
         )  # fmt: skip
         await self.service.start()
+        material = self.tls.load_first()
         self.server = UplinkServer(
             self.service, cfg.tls, cfg.authorised_gateways(), cfg.listen_host, cfg.listen_port,
             rules=peer_rules(cfg.tls, Usage.CLIENT), audit=self.registry.append_audit,
+            material=material,
         )
         port = await self.server.start()
+        self.tls.subscribe(self._new_material)
+        self._tls_task = asyncio.create_task(self.tls.run(), name="tls-reload")
         log.info("core %s: uplink on %s:%d", cfg.name, cfg.listen_host, port)
 
     @property
@@ -135,7 +154,31 @@ class Core:
         assert self.server is not None
         return self.server.port
 
+    def _new_material(self, material: Material) -> Commit:
+        server = self.server
+        assert server is not None
+        return lambda: server.rotate(material)
+
+    def certificate_expiry(self) -> float:
+        """When the Core's own certificate expires (seconds since the epoch)."""
+        return self.tls.certificate_expiry()
+
+    def reload(self) -> None:
+        """SIGHUP: look at the TLS files now."""
+        self.tls.request()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """SIGTERM: stop accepting, end the Subscribe streams, let the calls in flight
+        finish (at most ``timeout`` seconds, default ``core.drain_timeout``)."""
+        if self.server is not None:
+            await self.server.drain(self.config.drain_timeout if timeout is None else timeout)
+
     async def close(self) -> None:
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_task
+            self._tls_task = None
         if self.server is not None:
             await self.server.stop()
         if self.service is not None:

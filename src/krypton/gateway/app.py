@@ -1,7 +1,17 @@
-"""Wiring: a configured Gateway (vault, key ring, uplink, dispatcher, listener)."""
+"""Wiring: a configured Gateway (vault, key ring, uplink, dispatcher, listener).
+
+Besides start and close, what an operator does to a running gateway: ``reload``
+(SIGHUP: the TLS material and the policy file), ``drain`` (SIGTERM: stop
+accepting, answer what is in flight, flush the outbox while the Core is up),
+and ``certificate_expiry`` (for readiness). The TLS material is watched all the
+time (:mod:`krypton.tls.reload`): the KMIP listener and the uplink both take a
+new certificate, key or trust bundle for their next handshake.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import ssl
@@ -9,18 +19,32 @@ import ssl
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing
 from krypton.engine.ciphers import STREAMS
+from krypton.errors import ConfigError, KryptonError
 from krypton.gateway._admission import Shares
 from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
 from krypton.gateway.upstream import Upstream
-from krypton.tls.contexts import server_context
+from krypton.tls.contexts import listener_rules, server_context
+from krypton.tls.material import Material
+from krypton.tls.reload import Commit, FileSource, Reloader, Source
+from krypton.tls.workload import WorkloadSource
 from krypton.ttlv.codec import Limits
 from krypton.uplink.client import UplinkClient, UplinkL3Source
 from krypton.vault.sqlite import Vault
 
 log = logging.getLogger("krypton.gateway")
+
+DRAIN_FLUSH_MAX = 5.0  # seconds a draining gateway spends flushing its outbox at most
+
+
+def tls_source(config: GatewayConfig) -> Source:
+    """Where the gateway's TLS material comes from (``gateway.tls.source``)."""
+    tls = config.tls
+    if tls.source == "spiffe":
+        return WorkloadSource(tls.spiffe_socket, timeout=tls.spiffe_timeout)
+    return FileSource(tls, "gateway.tls")
 
 
 def limits_of(config: GatewayConfig) -> Limits:
@@ -60,11 +84,19 @@ class Gateway:
         self.l3_source: UplinkL3Source | None = None
         self.upstream: Upstream | None = None
         self.listener: Listener | None = None
+        # The TLS material, watched; ``tls.failures`` counts material refused, and
+        # ``tls.on_failure`` (set before start) is told each time.
+        self.tls = Reloader(tls_source(config), interval=config.tls.reload_interval)
+        self._tls_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         cfg = self.config
         policy = Policy.load(cfg.policy_file)
-        ssl_ctx = self.ssl_context or server_context(cfg.tls)
+        source = self.tls.source
+        if isinstance(source, WorkloadSource):
+            await source.start()
+        material = self.tls.load_first()
+        ssl_ctx = self.ssl_context or server_context(cfg.tls, material=material)
         limits = limits_of(cfg)
         lim = cfg.limits
         STREAMS.configure(
@@ -73,7 +105,7 @@ class Gateway:
         self.vault = Vault.open(
             cfg.vault_path, cache_size=cfg.cache.records, sealer=self.keyring.record_mac
         )
-        self.client = UplinkClient.from_config(cfg, sorted(policy.tenants))
+        self.client = UplinkClient.from_config(cfg, sorted(policy.tenants), material)
         self.upstream = Upstream(self.client, self.vault, limits)
         await self.upstream.start()
         self.l3_source = UplinkL3Source(self.client, max_lease=cfg.uplink.max_lease)
@@ -108,7 +140,80 @@ class Gateway:
             write_timeout=cfg.limits.write_timeout,
         )
         await self.listener.start(cfg.listen_host, cfg.listen_port, reuse_port=cfg.workers > 1)
+        self.tls.subscribe(self._new_listener_context)
+        self.tls.subscribe(self._new_uplink_material)
+        self._tls_tasks.append(asyncio.create_task(self.tls.run(), name="tls-reload"))
+        if isinstance(source, WorkloadSource):
+            self._tls_tasks.append(asyncio.create_task(
+                source.run(cfg.tls.reload_interval), name="spiffe-source"))
         log.info("gateway %s: KMIP on %s:%d", cfg.name, cfg.listen_host, self.listener.port)
+
+    # -- operating a running gateway -----------------------------------------------------
+    def _new_listener_context(self, material: Material) -> Commit:
+        listener = self.listener
+        assert listener is not None
+        ctx = server_context(self.config.tls, material=material,
+                             rules=listener_rules(listener.ssl_context))
+
+        def commit() -> None:
+            listener.ssl_context = ctx  # the next handshake's; open ones keep theirs
+
+        return commit
+
+    def _new_uplink_material(self, material: Material) -> Commit:
+        client = self.client
+        assert client is not None
+        return lambda: client.rotate_tls(material)
+
+    def certificate_expiry(self) -> float:
+        """When the gateway's own certificate expires (seconds since the epoch)."""
+        return self.tls.certificate_expiry()
+
+    def reload(self) -> None:
+        """SIGHUP: look at the TLS material now, and read the policy file again."""
+        self.tls.request()
+        self.reload_policy()
+
+    def reload_policy(self) -> bool:
+        """Read the policy file again; a bad one leaves the current policy in use
+        (and says why). New connections are judged by the new policy."""
+        listener = self.listener
+        if listener is None:
+            return False
+        path = self.config.policy_file
+        try:
+            policy = Policy.load(path)
+        except ConfigError as e:
+            log.error("policy %s not reloaded, the current one stays in use: %s", path, str(e))
+            return False
+        added = sorted(policy.tenants - listener.policy.tenants)
+        if added:
+            log.warning("policy %s: tenant(s) %s are new: their keys come from the Core after a"
+                        " restart", path, ", ".join(added))
+        listener.policy = policy
+        log.info("policy %s reloaded: %d rule(s)", path, len(policy.rules))
+        return True
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """SIGTERM: stop accepting, answer the requests in flight (for at most
+        ``timeout`` seconds, default ``gateway.drain_timeout``), and send the outbox
+        to the Core if it is up. ``close`` follows."""
+        if timeout is None:
+            timeout = self.config.drain_timeout
+        if self.listener is not None:
+            late = await self.listener.drain(timeout)
+            if late:
+                log.warning("drain: %d connection(s) still had a request after %.1f s",
+                            late, timeout)
+        upstream = self.upstream
+        if upstream is None or not upstream.ready:
+            return
+        try:
+            async with asyncio.timeout(DRAIN_FLUSH_MAX):
+                while upstream.ready and await upstream.drain_once() == upstream.batch:
+                    pass
+        except (KryptonError, TimeoutError) as e:
+            log.warning("drain: outbox not flushed: %s", getattr(e, "message", "") or "timed out")
 
     @property
     def port(self) -> int:
@@ -116,6 +221,13 @@ class Gateway:
         return self.listener.port
 
     async def close(self) -> None:
+        for task in self._tls_tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tls_tasks.clear()
+        if isinstance(self.tls.source, WorkloadSource):
+            self.tls.source.close()
         if self.listener is not None:
             await self.listener.close()
         if self.upstream is not None:

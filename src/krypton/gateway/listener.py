@@ -551,19 +551,45 @@ class Listener(Admission):
             log.info("connection %d: %s", conn.id, reason)
             _VERDICTS[verdict](conn)
 
-    async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+    def _stop_accepting(self) -> None:
         if self._sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+
+    async def drain(self, timeout: float, poll: float = 0.01) -> int:
+        """SIGTERM: stop accepting, let the requests in hand be answered (for at most
+        ``timeout`` seconds), hang up once the answers are flushed, then close.
+        Returns how many connections still had work when the time ran out."""
+        self._stop_accepting()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and any(_busy(c) for c in self.connections.values()):
+            await asyncio.sleep(poll)
+        late = sum(1 for c in self.connections.values() if _busy(c))
+        for conn in list(self.connections.values()):
+            conn.close()
+        grace = min(deadline, loop.time() + 1.0)  # the answers' last bytes
+        while self.connections and loop.time() < grace:
+            await asyncio.sleep(poll)
+        await self.close()
+        return late
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._stop_accepting()
         for conn in list(self.connections.values()):
             conn.abort()
         while self.waiting:
             self.waiting.popleft()[1].close()
         await asyncio.sleep(0)
+
+
+def _busy(conn: Connection) -> bool:
+    """A request of ``conn`` is being answered or waits in its queue."""
+    return bool(conn.queue) or (conn.worker is not None and not conn.worker.done())
 
 
 _VERDICTS: dict[Verdict, Callable[[Connection], None]] = {

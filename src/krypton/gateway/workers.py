@@ -12,7 +12,9 @@ before it is acknowledged), cache of wrapped records, and L3 source.
 The parent builds the TLS server context *before* forking, so every worker
 shares one session-ticket key and a client can resume its TLS session on
 whichever worker the kernel hands the next connection to. The parent then
-only supervises: it forwards SIGTERM/SIGINT to the workers, restarts a worker
+only supervises: it forwards SIGTERM/SIGINT (as SIGTERM: each worker drains)
+and SIGHUP (each worker reloads its certificates and policy) to the workers,
+restarts a worker
 that dies unexpectedly (with a short back-off), and exits when all workers
 have stopped after a signal.
 """
@@ -35,6 +37,8 @@ _RESTART_BACKOFF = 0.5
 def _child(target: Callable[[], int]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Until the worker's loop handles SIGHUP (reload), one must not kill it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     code = 1
     try:
         code = target()
@@ -62,7 +66,13 @@ def run_workers(targets: Sequence[Callable[[], int]]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         for slot in range(len(targets)):
             spawn(slot)

@@ -62,6 +62,18 @@ class EmbeddedStack:
         assert self.gateway is not None
         return self.gateway.port
 
+    def reload(self) -> None:
+        """SIGHUP: both reload their TLS material (and the gateway its policy)."""
+        self.core.reload()
+        if self.gateway is not None:
+            self.gateway.reload()
+
+    async def drain(self) -> None:
+        """SIGTERM: the gateway drains first (its outbox reaches the Core), then the Core."""
+        if self.gateway is not None:
+            await self.gateway.drain()
+        await self.core.drain()
+
     async def close(self) -> None:
         try:
             if self.gateway is not None:

@@ -22,6 +22,10 @@ context (:data:`PEER_RULES_ATTR`).
 
 Every problem loading the certificate, key or CA is a ConfigError naming the
 setting (``gateway.tls.key: does not match gateway.tls.cert ...``).
+
+Contexts are built from :class:`krypton.tls.material.Material` (read once and
+checked, loaded from memory). A rotation (:mod:`krypton.tls.reload`) builds a
+new context from new material rather than changing one in use.
 """
 
 from __future__ import annotations
@@ -31,15 +35,21 @@ import os
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-
 from krypton.config import GatewayTLSConfig, TLSConfig
 from krypton.errors import ConfigError
 from krypton.tls._openssl import set_session_timeout
 from krypton.tls.denylist import DenyList
 from krypton.tls.identity import PeerRules, Usage, check_peer
+from krypton.tls.material import (
+    Material,
+    Names,
+    check,
+    load_chain,
+    load_into,
+    names_for,
+    read,
+    read_files,
+)
 
 log = logging.getLogger("krypton.tls")
 
@@ -55,56 +65,36 @@ PEER_RULES_ATTR = "krypton_peer_rules"
 DEFAULT_SESSION_LIFETIME = 3600.0
 
 
-def _read(path: Path, setting: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{setting}: file not found: {path}") from None
-    except OSError as e:
-        raise ConfigError(f"{setting}: cannot read {path}: {e.strerror}") from None
-
-
-def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path, names: tuple[str, str]) -> None:
-    cert_name, key_name = names
-    try:
-        x509.load_pem_x509_certificates(_read(cert, cert_name))
-    except ValueError:
-        raise ConfigError(f"{cert_name}: no PEM certificate in {cert}") from None
-    try:
-        serialization.load_pem_private_key(_read(key, key_name), password=None)
-    except TypeError:
-        raise ConfigError(f"{key_name}: encrypted private keys are not supported ({key})") from None
-    except ValueError:
-        raise ConfigError(f"{key_name}: no usable PEM private key in {key}") from None
-    except UnsupportedAlgorithm as e:
-        raise ConfigError(f"{key_name}: unsupported private key in {key} ({e})") from None
-    try:
-        ctx.load_cert_chain(cert, key)
-    except ssl.SSLError as e:
-        raise ConfigError(
-            f"{key_name}: does not match {cert_name} or is unusable "
-            f"({e.reason or e.__class__.__name__}; {key}, {cert})"
-        ) from None
-    except OSError as e:
-        raise ConfigError(f"{cert_name}: cannot load {cert}: {e.strerror or e}") from None
-
-
 def _load_ca(ctx: ssl.SSLContext, ca: Path, name: str) -> None:
-    _read(ca, name)
     try:
-        ctx.load_verify_locations(cafile=ca)
+        data = ca.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: file not found: {ca}") from None
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read {ca}: {e.strerror}") from None
+    try:
+        ctx.load_verify_locations(cadata=data.decode("ascii", "replace"))
     except ssl.SSLError as e:
         raise ConfigError(
             f"{name}: no usable CA certificate in {ca} ({e.reason or e.__class__.__name__})"
         ) from None
-    except OSError as e:
-        raise ConfigError(f"{name}: cannot load {ca}: {e.strerror or e}") from None
     if ctx.cert_store_stats()["x509_ca"] == 0:
         raise ConfigError(f"{name}: {ca} holds no CA certificate (basicConstraints CA:TRUE)")
 
 
-def server_context(tls: TLSConfig, *, setting: str = "gateway.tls") -> ssl.SSLContext:
-    """The listener's context. ``setting`` names the config section in error messages."""
+def server_context(
+    tls: TLSConfig, *, setting: str = "gateway.tls", material: Material | None = None,
+    rules: PeerRules | None = None,
+) -> ssl.SSLContext:
+    """The listener's context. ``setting`` names the config section in error messages.
+
+    ``material`` is what it presents and trusts (default: read from ``tls``'s
+    files); ``rules`` the checks of every peer (default: :func:`peer_rules`).
+    A reload makes a new context this way, so nothing of the old one (its CAs,
+    its session-ticket key) carries over.
+    """
+    if material is None:
+        material = read_files(tls, setting)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[tls.min_version]
     ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
@@ -125,9 +115,8 @@ def server_context(tls: TLSConfig, *, setting: str = "gateway.tls") -> ssl.SSLCo
                     "session tickets are off", setting)
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
-    _load_chain(ctx, tls.cert, tls.key, (f"{setting}.cert", f"{setting}.key"))
-    _load_ca(ctx, tls.ca, f"{setting}.ca")
-    set_listener_rules(ctx, peer_rules(tls, Usage.CLIENT))
+    load_into(ctx, material, names_for(setting))
+    set_listener_rules(ctx, rules or peer_rules(tls, Usage.CLIENT))
     return ctx
 
 
@@ -142,6 +131,12 @@ def set_listener_rules(ctx: ssl.SSLContext, rules: PeerRules) -> None:
     setattr(ctx, PEER_RULES_ATTR, rules)
 
 
+def listener_rules(ctx: ssl.SSLContext) -> PeerRules | None:
+    """The rules attached to a server context (None for one made elsewhere)."""
+    rules = getattr(ctx, PEER_RULES_ATTR, None)
+    return rules if isinstance(rules, PeerRules) else None
+
+
 def peer_identity(sslobj: ssl.SSLObject | ssl.SSLSocket, der: bytes | None) -> str:
     """The client's identity once its certificate passes this connection's checks.
 
@@ -152,6 +147,17 @@ def peer_identity(sslobj: ssl.SSLObject | ssl.SSLSocket, der: bytes | None) -> s
     if not isinstance(rules, PeerRules):
         rules = PeerRules()
     return check_peer(der, rules).identity
+
+
+def _client_base(min_version: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = _VERSIONS[min_version]
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def client_context(
@@ -169,14 +175,21 @@ def client_context(
     """
     if (cert is None) != (key is None):
         raise ConfigError("cert and key: give both or neither")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = _VERSIONS[min_version]
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    ctx.set_ciphers(TLS12_CIPHERS)
-    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx = _client_base(min_version)
     _load_ca(ctx, Path(ca), "ca")
     if cert is not None and key is not None:
-        _load_chain(ctx, Path(cert), Path(key), ("cert", "key"))
+        names = Names("cert", "key", "ca")
+        cert, key = Path(cert), Path(key)
+        material = check(read(cert, "cert"), read(key, "key"), read(Path(ca), "ca"), names,
+                         origin=f"{cert}, {key}", where=(f" in {cert}", f" in {key}", f" in {ca}"))
+        load_chain(ctx, material, names)
+    return ctx
+
+
+def material_client_context(material: Material, *, min_version: str = "1.2",
+                            setting: str = "gateway.tls") -> ssl.SSLContext:
+    """A client context presenting ``material``'s chain and trusting its bundle only
+    (the host-name check is on; the uplink turns it off and checks the SPIFFE ID)."""
+    ctx = _client_base(min_version)
+    load_into(ctx, material, names_for(setting))
     return ctx

@@ -49,8 +49,9 @@ from pathlib import Path
 
 from krypton.config import TLSConfig
 from krypton.errors import PermissionDenied
-from krypton.tls.contexts import client_context, peer_rules
+from krypton.tls.contexts import material_client_context, peer_rules
 from krypton.tls.identity import Usage, check_peer
+from krypton.tls.material import Material, read_files
 from krypton.uplink.types import Liveness
 
 log = logging.getLogger("krypton.uplink")
@@ -73,10 +74,13 @@ def tune_socket(sock: socket.socket, liveness: Liveness) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def uplink_context(tls: TLSConfig) -> ssl.SSLContext:
+def uplink_context(tls: TLSConfig, material: Material | None = None) -> ssl.SSLContext:
     """The gateway's client context: its certificate, the CA, ALPN h2, no host-name check
-    (the Core is recognised by its SPIFFE ID instead)."""
-    ctx = client_context(tls.ca, tls.cert, tls.key, min_version=tls.min_version)
+    (the Core is recognised by its SPIFFE ID instead). ``material`` defaults to ``tls``'s
+    files."""
+    if material is None:
+        material = read_files(tls, "gateway.tls")
+    ctx = material_client_context(material, min_version=tls.min_version)
     ctx.check_hostname = False  # verify_mode stays CERT_REQUIRED
     ctx.set_alpn_protocols(["h2"])
     return ctx
@@ -87,12 +91,13 @@ class CorePipe:
 
     def __init__(
         self, addresses: Sequence[tuple[str, int]], tls: TLSConfig, core_id: str, *,
-        liveness: Liveness | None = None,
+        liveness: Liveness | None = None, material: Material | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("the pipe needs at least one Core address")
         self._addresses = tuple(addresses)
-        self._ctx = uplink_context(tls)
+        self._tls = tls
+        self._ctx = uplink_context(tls, material)
         self._rules = peer_rules(tls, Usage.SERVER)
         self._core_id = core_id
         self._liveness = liveness or Liveness()
@@ -101,6 +106,11 @@ class CorePipe:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_refusal = ""
+
+    def rotate(self, material: Material) -> None:
+        """Present and trust ``material`` from the next connection on (a new context:
+        the old CAs are not kept); connections already made are left alone."""
+        self._ctx = uplink_context(self._tls, material)
 
     async def start(self) -> str:
         """Listen; the gRPC target (``unix:<path>``)."""

@@ -74,6 +74,7 @@ from krypton.crypto.keyring import KeyRing, L3Grant
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import KryptonError, PermissionDenied, UpstreamUnavailable
 from krypton.model.record import KeyRecord
+from krypton.tls.material import Material
 from krypton.uplink import convert
 from krypton.uplink._pipe import CorePipe
 from krypton.uplink.types import (
@@ -158,6 +159,7 @@ class UplinkClient:
         setting: str = "gateway",
         core_id: str | None = None,
         liveness: Liveness | None = None,
+        material: Material | None = None,
     ) -> None:
         if timeout <= 0 or stale_after <= 0 or not 0 < backoff[0] <= backoff[1]:
             raise ValueError("timeout, stale_after and backoff must be positive (base ≤ cap)")
@@ -166,6 +168,7 @@ class UplinkClient:
         self._liveness = liveness or Liveness()
         self._known_down = False  # the stream broke and has not been READY since
         self._tls = tls
+        self._material = material  # what the pipe presents and trusts (default: tls's files)
         self._name = gateway_name
         self._tenants = tuple(sorted(set(tenants)))
         self._timeout = float(timeout)
@@ -186,12 +189,22 @@ class UplinkClient:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_config(cls, config: GatewayConfig, tenants: Iterable[str]) -> UplinkClient:
+    def from_config(cls, config: GatewayConfig, tenants: Iterable[str],
+                    material: Material | None = None) -> UplinkClient:
         up = config.uplink
         return cls(up.core_address, config.tls, config.name, tenants, up.timeout,
                    backoff=(min(DEFAULT_BACKOFF[0], up.reconnect_max), up.reconnect_max),
                    stale_after=up.stale_after, core_id=up.core_id,
-                   liveness=Liveness(up.keepalive, up.keepalive_timeout, up.connect_timeout))
+                   liveness=Liveness(up.keepalive, up.keepalive_timeout, up.connect_timeout),
+                   material=material)
+
+    def rotate_tls(self, material: Material) -> None:
+        """Use ``material`` for the next connection to the Core (the pipe makes a new
+        TLS connection with it when gRPC reconnects); the one up stays up. Without
+        a ``core_id`` (tests only) the channel's credentials are fixed."""
+        self._material = material
+        if self._pipe is not None:
+            self._pipe.rotate(material)
 
     # -- state -------------------------------------------------------------------
     @property
@@ -302,7 +315,7 @@ class UplinkClient:
         ]
         if self._core_id is not None:
             self._pipe = CorePipe(self._addresses, self._tls, self._core_id,
-                                  liveness=self._liveness)
+                                  liveness=self._liveness, material=self._material)
             target = await self._pipe.start()
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:  # built in code without a Core identity (tests): the CA alone is trusted

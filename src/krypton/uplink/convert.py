@@ -10,6 +10,9 @@ once and never logged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import grpc
 
 from krypton.config import TLSConfig
@@ -26,7 +29,7 @@ from krypton.errors import (
     UpstreamUnavailable,
 )
 from krypton.model.record import KeyRecord
-from krypton.tls.contexts import server_context
+from krypton.tls.material import Material, read_files
 from krypton.uplink.types import (
     CoreEvent,
     ExecuteRequest,
@@ -92,15 +95,35 @@ def error_of(error: grpc.aio.AioRpcError, timeout: float) -> KryptonError:
 
 # -- credentials --------------------------------------------------------------------
 def _pem_files(tls: TLSConfig, setting: str) -> tuple[bytes, bytes, bytes]:
-    server_context(tls, setting=setting)  # checks every file; ConfigError names the setting
-    return tls.cert.read_bytes(), tls.key.read_bytes(), tls.ca.read_bytes()
+    material = read_files(tls, setting)  # checks every file; ConfigError names the setting
+    return material.chain, material.key, material.ca
 
 
 def server_credentials(tls: TLSConfig, setting: str = "core.tls") -> grpc.ServerCredentials:
-    """Mutual TLS: a client certificate chaining to ``tls.ca`` is required."""
+    """Mutual TLS from ``tls``'s files, fixed: a client certificate chaining to the CA
+    is required."""
     cert, key, ca = _pem_files(tls, setting)
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                        require_client_auth=True)
+
+
+def server_certificates(material: Material) -> grpc.ServerCertificateConfiguration:
+    """What the Core's server presents and trusts (a client certificate chaining to
+    the bundle is required), as gRPC's dynamic credentials take it."""
+    return grpc.ssl_server_certificate_configuration(
+        [(material.key, material.chain)], root_certificates=material.ca)
+
+
+def dynamic_server_credentials(
+    material: Material,
+    fetch: Callable[[], grpc.ServerCertificateConfiguration | None],
+) -> grpc.ServerCredentials:
+    """Mutual TLS whose material gRPC asks ``fetch`` for before each new handshake
+    (None: unchanged), so a rotation needs no restart."""
+    # gRPC documents None as "no change"; its stubs do not say so.
+    fetcher = cast(Callable[[], grpc.ServerCertificateConfiguration], fetch)
+    return grpc.dynamic_ssl_server_credentials(
+        server_certificates(material), fetcher, require_client_authentication=True)
 
 
 def channel_credentials(tls: TLSConfig, setting: str = "gateway.tls") -> grpc.ChannelCredentials:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -65,6 +66,7 @@ from krypton.errors import ConfigError, KryptonError, PermissionDenied
 from krypton.model.record import KeyRecord
 from krypton.model.registry import AuditRecord
 from krypton.tls.identity import PeerRules, check_peer
+from krypton.tls.material import Material, read_files
 from krypton.tls.spiffe import looks_like_spiffe, parse_spiffe_id
 from krypton.uplink import convert
 from krypton.uplink.types import (
@@ -166,6 +168,14 @@ class _Servicer(pb_grpc.UplinkServicer):
         self._rules = rules
         self._audit = audit
         self._ders: dict[bytes, bytes] = {}
+        self._streams: set[asyncio.Task[Any]] = set()  # the Subscribe calls running
+
+    def end_streams(self) -> int:
+        """End every Subscribe stream (drain: their gateways go elsewhere or retry)."""
+        streams = [t for t in self._streams if not t.done()]
+        for task in streams:
+            task.cancel()
+        return len(streams)
 
     # -- authorisation -------------------------------------------------------------
     def _identity(self, context: Context) -> str:
@@ -287,6 +297,9 @@ class _Servicer(pb_grpc.UplinkServicer):
         after = request.after_seq if request.HasField("after_seq") else None
         events = with_heartbeats(self._handler.subscribe(gateway, tenants, after),
                                  self._heartbeat)
+        me = asyncio.current_task()
+        if me is not None:
+            self._streams.add(me)
         try:
             while True:
                 try:
@@ -310,6 +323,8 @@ class _Servicer(pb_grpc.UplinkServicer):
                     event.material.wipe()
                 yield msg
         finally:
+            if me is not None:
+                self._streams.discard(me)
             await events.aclose()
             log.info("uplink: gateway %s unsubscribed", gateway)
 
@@ -384,11 +399,17 @@ class UplinkServer:
         setting: str = "core",
         rules: PeerRules | None = None,
         audit: AuditSink | None = None,
+        material: Material | None = None,
     ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be > 0 seconds")
         self._servicer = _Servicer(handler, authorised, heartbeat, rules or PeerRules(), audit)
         self._tls = tls
+        self._material = material
+        # Material handed over by rotate(), taken by gRPC before its next handshake
+        # (from one of its own threads: hence the lock).
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._pending_lock = threading.Lock()
         self._host = host
         self._port = port
         self._setting = setting
@@ -403,8 +424,21 @@ class UplinkServer:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"{host}:{self._port}"
 
+    def rotate(self, material: Material) -> None:
+        """Present and trust ``material`` from the next handshake on (the old bundle is
+        replaced, not added to); connections already made are left alone."""
+        config = convert.server_certificates(material)
+        with self._pending_lock:
+            self._pending = config
+
+    def _fetch_certificates(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._pending_lock:
+            config, self._pending = self._pending, None
+        return config
+
     async def start(self) -> int:
-        credentials = convert.server_credentials(self._tls, f"{self._setting}.tls")
+        material = self._material or read_files(self._tls, f"{self._setting}.tls")
+        credentials = convert.dynamic_server_credentials(material, self._fetch_certificates)
         server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -429,6 +463,19 @@ class UplinkServer:
         self._server, self._port = server, port
         log.info("uplink: listening on %s", self.address)
         return port
+
+    async def drain(self, timeout: float) -> None:
+        """SIGTERM: stop accepting calls, end the Subscribe streams, and give the
+        calls in flight up to ``timeout`` seconds to finish."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        stopping = asyncio.ensure_future(server.stop(timeout))
+        await asyncio.sleep(0)
+        ended = self._servicer.end_streams()
+        await stopping
+        log.info("uplink: drained (%d stream(s) ended); stopped listening on %s", ended,
+                 self.address)
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop accepting calls; running ones get ``grace`` seconds, streams are cancelled."""
