@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import ssl
 
+from krypton.admin.checks import Check
+from krypton.admin.peers import WorkerSlot
+from krypton.admin.server import AdminServer
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing
 from krypton.engine.ciphers import STREAMS
+from krypton.gateway._admin import GatewaySource
 from krypton.gateway._admission import Shares
 from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
 from krypton.gateway.upstream import Upstream
+from krypton.metrics.meter import KmipMeter, ProcessCounters
 from krypton.tls.contexts import server_context
 from krypton.ttlv.codec import Limits
 from krypton.uplink.client import UplinkClient, UplinkL3Source
@@ -39,6 +45,14 @@ class Gateway:
     Its L3 keys come from the Core over the uplink (``core_address`` may be
     given to override the configured one, as the embedded dev stack does once
     its Core has bound a port).
+
+    Its admin endpoint (``gateway.admin``) comes up first, so ``/healthz``
+    answers and ``/readyz`` says what is missing while the rest starts;
+    ``worker`` makes it one of several worker processes answering together
+    (:mod:`krypton.admin.peers`). ``checks`` is what ``/readyz`` runs: a part
+    that can make the gateway unable to serve appends its own
+    (:class:`krypton.admin.checks.Check`); ``counters`` holds rare events for
+    the metrics (``tls_reload_failures``).
     """
 
     def __init__(
@@ -47,6 +61,7 @@ class Gateway:
         ssl_context: ssl.SSLContext | None = None,
         *,
         core_address: str | None = None,
+        worker: WorkerSlot | None = None,
     ) -> None:
         if core_address is not None:
             config = dataclasses.replace(
@@ -60,10 +75,22 @@ class Gateway:
         self.l3_source: UplinkL3Source | None = None
         self.upstream: Upstream | None = None
         self.listener: Listener | None = None
+        self.policy: Policy | None = None
+        self.counters = ProcessCounters()
+        # Counting KMIP requests costs the hot path a little: only when they are shown.
+        self.meter = KmipMeter() if config.admin.listen else None
+        self.admin: AdminServer | None = None
+        self.checks: list[Check] = []
+        if self.meter is not None:
+            source = GatewaySource(self, self.meter, None if worker is None else worker.index)
+            self.checks += source.default_checks()
+            self.admin = AdminServer(config.admin, source, setting="gateway.admin", slot=worker)
 
     async def start(self) -> None:
         cfg = self.config
-        policy = Policy.load(cfg.policy_file)
+        if self.admin is not None:
+            self.admin.start()
+        self.policy = policy = Policy.load(cfg.policy_file)
         ssl_ctx = self.ssl_context or server_context(cfg.tls)
         limits = limits_of(cfg)
         lim = cfg.limits
@@ -88,6 +115,7 @@ class Gateway:
                 limits,
                 max_response_size=cfg.limits.max_response_size,
                 max_rng_bytes=cfg.limits.max_rng_bytes,
+                meter=self.meter,
             ),
             policy,
             ssl_ctx,
@@ -115,7 +143,14 @@ class Gateway:
         assert self.listener is not None
         return self.listener.port
 
+    @property
+    def admin_port(self) -> int | None:
+        """The admin endpoint's port (None when it is off)."""
+        return self.admin.port if self.admin is not None else None
+
     async def close(self) -> None:
+        if self.admin is not None:
+            await asyncio.to_thread(self.admin.close)
         if self.listener is not None:
             await self.listener.close()
         if self.upstream is not None:
