@@ -14,8 +14,9 @@ from typing import Final
 
 from krypton.ttlv.enums import Operation, ResultReason
 
-# Where the specification's spelling is not the capitalised words of the member name.
-_SPELLED: Final[dict[IntEnum, str]] = {
+# Where the specification's spelling is not the capitalised words of the member
+# name. One table per enumeration: members of two IntEnums with one value are equal.
+_OPERATIONS: Final[dict[int, str]] = {
     Operation.RE_KEY: "Re-key",
     Operation.RE_CERTIFY: "Re-certify",
     Operation.RE_KEY_KEY_PAIR: "Re-key Key Pair",
@@ -25,6 +26,8 @@ _SPELLED: Final[dict[IntEnum, str]] = {
     Operation.RNG_SEED: "RNG Seed",
     Operation.PKCS_11: "PKCS#11",
     Operation.RE_PROVISION: "Re-Provision",
+}
+_REASONS: Final[dict[int, str]] = {
     ResultReason.INDEX_OUT_OF_BOUNDS: "Index Out of Bounds",
     ResultReason.INVALID_CSR: "Invalid CSR",
     ResultReason.PKCS_11_CODEC_ERROR: "PKCS#11 Codec Error",
@@ -33,12 +36,13 @@ _SPELLED: Final[dict[IntEnum, str]] = {
 }
 
 
-def _spelled(member: IntEnum) -> str:
-    return _SPELLED.get(member) or " ".join(w.capitalize() for w in member.name.split("_"))
+def _names(enum: type[IntEnum], spelled: dict[int, str]) -> dict[int, str]:
+    return {int(m): spelled.get(m) or " ".join(w.capitalize() for w in m.name.split("_"))
+            for m in enum}
 
 
-OPERATION_SPEC_NAMES: Final[dict[int, str]] = {int(op): _spelled(op) for op in Operation}
-REASON_SPEC_NAMES: Final[dict[int, str]] = {int(r): _spelled(r) for r in ResultReason}
+OPERATION_SPEC_NAMES: Final = _names(Operation, _OPERATIONS)
+REASON_SPEC_NAMES: Final = _names(ResultReason, _REASONS)
 
 
 def operation_name(value: int) -> str:
