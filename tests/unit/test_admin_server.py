@@ -135,7 +135,8 @@ def test_workers_answer_one_scrape_together(tmp_path: Path) -> None:
     port = free_port()
     config = AdminConfig(listen=f"127.0.0.1:{port}")
     sources = [FixedSource(10), FixedSource(20)]
-    servers = [AdminServer(config, s, setting="gateway.admin", slot=WorkerSlot(n, tmp_path))
+    servers = [AdminServer(config, s, setting="gateway.admin",
+                           slot=WorkerSlot(n, tmp_path, len(sources)))
                for n, s in enumerate(sources)]
     for s in servers:
         s.start()  # both on one port (SO_REUSEPORT), as the gateway's workers
@@ -154,6 +155,12 @@ def test_workers_answer_one_scrape_together(tmp_path: Path) -> None:
             assert json.loads(body)["missing"] == ["worker 1: the vault is closed"]
         statuses = json.loads(get(f"http://127.0.0.1:{port}/status.json")[2])["workers"]
         assert len(statuses) == 2
+        servers[1].close()  # gone (a worker restarting): the other answers alone
+        code, _, body = get(f"http://127.0.0.1:{port}/readyz")
+        assert code == 503
+        assert json.loads(body)["missing"] == ["worker 1: it did not answer"]
+        body = get(f"http://127.0.0.1:{port}/metrics")[2]
+        assert b'worker="0"' in body and b'worker="1"' not in body
     finally:
         for s in servers:
             s.close()

@@ -13,8 +13,8 @@ of them: ``/metrics`` labels each worker's series with ``worker="<n>"``,
 ``/readyz`` is ready only when every worker is, the status page shows each.
 
 A worker that does not answer within ``PEER_TIMEOUT`` (restarting, or stuck)
-is left out of that scrape and named in its log; its socket file is replaced
-when it comes back.
+is left out of that scrape's metrics and named in the log, and ``/readyz``
+says it is missing; its socket file is replaced when it comes back.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ WHAT = ("families", "status", "ready")
 
 @dataclass(frozen=True, slots=True)
 class WorkerSlot:
-    """Worker ``index`` of a gateway whose workers meet in ``folder``."""
+    """Worker ``index`` of the ``count`` workers of a gateway, who meet in ``folder``."""
 
     index: int
     folder: Path
+    count: int = 1
 
     def socket_path(self, index: int | None = None) -> Path:
         return self.folder / f"worker-{self.index if index is None else index}.sock"

@@ -210,6 +210,8 @@ class AdminServer:
             return not lacking, {"ready": not lacking, "missing": lacking, "checks": own}
         workers = {str(self.slot.index): own}
         workers.update((str(i), r) for i, r in gather(self.slot, "ready"))
+        for n in range(self.slot.count):
+            workers.setdefault(str(n), {"worker": ["it did not answer"]})
         lacking = [f"worker {w}: {p}" for w, r in sorted(workers.items()) for p in missing(r)]
         return not lacking, {"ready": not lacking, "missing": lacking, "workers": workers}
 

@@ -150,7 +150,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         )
 
     with rendezvous() as folder:  # where the workers answer a scrape together
-        slots = [WorkerSlot(n, folder) for n in range(workers)]
+        slots = [WorkerSlot(n, folder, workers) for n in range(workers)]
         return run_workers([run_core, *(functools.partial(run_gateway, s) for s in slots)])
 
 
@@ -189,7 +189,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         return _serve(lambda: Gateway(gateway, ssl_ctx, worker=slot), ready)
 
     with rendezvous() as folder:  # where the workers answer a scrape together
-        return run_workers([functools.partial(run_worker, WorkerSlot(n, folder))
+        return run_workers([functools.partial(run_worker, WorkerSlot(n, folder, workers))
                             for n in range(workers)])
 
 
