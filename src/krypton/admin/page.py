@@ -23,7 +23,7 @@ h3{font-size:1em;margin:1em 0 .3em}
 table{border-collapse:collapse;margin:.2em 0 .8em;background:#fff}
 th,td{border:1px solid #ccc;padding:.2em .6em;text-align:left}th{background:#eee}
 .ready{color:#060;font-weight:bold}.unready{color:#a00;font-weight:bold}
-#hist{display:flex;align-items:flex-end;height:160px;gap:6px;margin:.5em 0;
+#hist{display:flex;align-items:flex-end;height:160px;gap:6px;margin:1.8em 0 .3em;
   border-bottom:1px solid #888;max-width:760px}
 .bar{flex:1;background:#4a7fb5;min-height:1px;position:relative}
 .bar span{position:absolute;top:-1.3em;left:0;right:0;text-align:center;font-size:11px}
