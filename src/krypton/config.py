@@ -179,6 +179,32 @@ class UplinkConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """The admin endpoint (``/healthz``, ``/readyz``, ``/metrics``, the status page):
+    ``listen`` is ``host:port`` (port 0: any free one), ``""`` turns it off; with
+    ``cert`` and ``key`` it speaks HTTPS instead of plain HTTP."""
+
+    listen: str = ""
+    cert: Path | None = None
+    key: Path | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port), or None when the endpoint is off."""
+        return split_address(self.listen, allow_zero=True) if self.listen else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayAdminConfig(AdminConfig):
+    listen: str = "127.0.0.1:9696"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreAdminConfig(AdminConfig):
+    listen: str = "127.0.0.1:9697"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayConfig:
     name: str = "gw-dev"
     listen_host: str = "127.0.0.1"
@@ -195,6 +221,7 @@ class GatewayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    admin: AdminConfig = field(default_factory=GatewayAdminConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,6 +246,7 @@ class CoreConfig:
     # SIGTERM: how long calls in flight may take to finish (seconds).
     drain_timeout: float = 10.0
     tls: TLSConfig
+    admin: AdminConfig = field(default_factory=CoreAdminConfig)
 
     def authorised_gateways(self) -> dict[str, frozenset[str]]:
         """Each gateway's SPIFFE ID → the tenants it is served (as listed for it)."""
@@ -341,14 +369,14 @@ def _path(*, must_exist: bool) -> Convert:
     return convert
 
 
-def split_address(v: str) -> tuple[str, int]:
+def split_address(v: str, *, allow_zero: bool = False) -> tuple[str, int]:
     if v.startswith("["):
         host, sep, port = v[1:].partition("]:")
     else:
         host, sep, port = v.rpartition(":")
         if ":" in host:
             raise ValueError(v)
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host or not port.isdigit() or not int(not allow_zero) <= int(port) <= 65535:
         raise ValueError(v)
     return host, int(port)
 
@@ -426,6 +454,27 @@ def _core_id(v: Any, ctx: _Ctx) -> str:
     if spiffe is None:
         raise _Bad("must be the Core's SPIFFE ID (spiffe://trust-domain/path)")
     return spiffe
+
+
+def _admin_listen(v: Any, ctx: _Ctx) -> str:
+    want = ("must be 'host:port' (IPv6 as '[::1]:port'; port 0: any free one), "
+            "or \"\" to turn the admin endpoint off")
+    if not isinstance(v, str):
+        raise _Bad(want)
+    if not v.strip():
+        return ""
+    try:
+        split_address(v.strip(), allow_zero=True)
+    except ValueError:
+        raise _Bad(want) from None
+    return v.strip()
+
+
+def _optional_existing(v: Any, ctx: _Ctx) -> Path | None:
+    if v is None:
+        return None
+    path: Path = _FILE(v, ctx)
+    return path
 
 
 def _optional_file(v: Any, ctx: _Ctx) -> Path | None:
@@ -519,6 +568,11 @@ _TLS = _Section(
         "reload_interval": _seconds,
     },
 )
+_ADMIN_SETTINGS: Mapping[str, Convert] = {
+    "listen": _admin_listen,
+    "cert": _optional_existing,
+    "key": _optional_existing,
+}
 _GATEWAY_TLS = _Section(
     GatewayTLSConfig,
     {**_TLS.settings, "session_lifetime": _seconds, "source": _choice(TLS_SOURCES),
@@ -581,6 +635,7 @@ _GATEWAY = _Section(
                 "reconnect_max": _seconds,
             },
         ),
+        "admin": _Section(GatewayAdminConfig, _ADMIN_SETTINGS),
     },
 )
 _CORE = _Section(
@@ -601,7 +656,7 @@ _CORE = _Section(
         "undo_journal_batches": _integer(0),
         "drain_timeout": _seconds,
     },
-    {"tls": _TLS},
+    {"tls": _TLS, "admin": _Section(CoreAdminConfig, _ADMIN_SETTINGS)},
 )
 _ROOTS: dict[str, _Section] = {"gateway": _GATEWAY, "core": _CORE}
 
@@ -708,6 +763,7 @@ def load_gateway_config(
     """Load ``[gateway]`` from a TOML file, applying ``KRYPTON_GATEWAY_*`` overrides."""
     config: GatewayConfig = _load("gateway", path, env)
     _check_tls_files(config.tls, "gateway.tls", path, spiffe=config.tls.source == "spiffe")
+    _check_admin("gateway", config.admin)
     return config
 
 
@@ -718,6 +774,7 @@ def load_core_config(
     config: CoreConfig = _load("core", path, env)
     _check_tls_files(config.tls, "core.tls", path, spiffe=False)
     _check_gateways(config)
+    _check_admin("core", config.admin)
     return config
 
 
@@ -732,6 +789,14 @@ def _check_tls_files(tls: TLSConfig, setting: str, path: str | os.PathLike[str],
                 f"{setting}.{name}: required setting is missing (set it in "
                 f"{Path(path).expanduser().absolute()} or {env_name(f'{setting}.{name}')})"
             )
+
+
+def _check_admin(root: str, admin: AdminConfig) -> None:
+    """HTTPS needs both a certificate and its key."""
+    if (admin.cert is None) != (admin.key is None):
+        given, missing = ("cert", "key") if admin.key is None else ("key", "cert")
+        raise ConfigError(f"{root}.admin.{missing}: required setting is missing "
+                          f"({root}.admin.{given} is set: HTTPS needs both)")
 
 
 def _check_gateways(config: CoreConfig) -> None:

@@ -25,12 +25,14 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from kmip.core import enums
 from kmip.pie.client import ProxyKmipClient
+from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers.cluster import Cluster, activate_item, one, wait_for
 from tests.helpers.fixtures import Clusters
 from tests.helpers.workload_api import WorkloadAPI
@@ -70,13 +72,18 @@ def rotate(cert_path: Path, key_path: Path, ca: tuple[Certificate, PrivateKey],
     return cert.serial_number
 
 
-def presented(port: int, ctx: ssl.SSLContext) -> int:
-    """The serial of the certificate a server presents to a new handshake."""
+def presented_cert(port: int, ctx: ssl.SSLContext) -> x509.Certificate:
+    """The certificate a server presents to a new handshake."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as tls:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return x509.load_der_x509_certificate(der)
+
+
+def presented(port: int, ctx: ssl.SSLContext) -> int:
+    """The serial of the certificate a server presents to a new handshake."""
+    return presented_cert(port, ctx).serial_number
 
 
 def demo_ctx(cluster: Cluster) -> ssl.SSLContext:
@@ -123,6 +130,19 @@ def test_new_handshakes_get_the_new_certificate_old_connections_keep_working(
         assert len(again.get(uid)) == 32
 
 
+def scrape_metrics(port: int) -> dict[str, float]:
+    """``/metrics`` of an admin endpoint: ``name{label=value,...}`` → value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())
+                              if k != "worker")
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
 def test_a_half_written_certificate_is_not_applied(start_cluster: Clusters) -> None:
     cluster = start_cluster()
     g = cluster.gateways[GATEWAY_NAME]
@@ -136,6 +156,11 @@ def test_a_half_written_certificate_is_not_applied(start_cluster: Clusters) -> N
     wait_for("the refusal logged", lambda: log_has(cluster, GATEWAY_NAME, "material refused"),
              ROTATED_WITHIN + 5)
     assert presented(g.port, ctx) == before  # the old pair stays in use
+    metrics = scrape_metrics(g.admin_port)
+    assert metrics["krypton_tls_reload_failures_total"] >= 1
+    # the expiry shown is the certificate in use, not the half-written file
+    assert metrics["krypton_tls_certificate_expiry_timestamp_seconds{role=gateway}"] == (
+        presented_cert(g.port, ctx).not_valid_after_utc.timestamp())
     with cluster.client(GATEWAY_NAME) as c:
         c.create()
     g.cert.write_bytes(whole)  # finished

@@ -164,6 +164,7 @@ class GatewaySpec:
     port: int
     vault: Path
     tenants: tuple[str, ...] = ("demo", "other")
+    admin_port: int = 0  # its admin endpoint (never the default 9696)
 
     @property
     def spiffe_id(self) -> str:
@@ -189,6 +190,8 @@ class Cluster:
     gateway_extra: dict[str, str] = field(default_factory=dict)
     # More Cores on the same registry (``start_core(name=..., port=...)``).
     cores: dict[str, Proc] = field(default_factory=dict)
+    # Each Core's admin endpoint port, by name (never the default 9697).
+    core_admin_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -221,6 +224,7 @@ class Cluster:
             KRYPTON_GATEWAY_TLS_KEY=str(g.key),
             KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS=self.uplink_address or self.core_address,
             KRYPTON_GATEWAY_LOG_LEVEL="info",
+            KRYPTON_GATEWAY_ADMIN_LISTEN=f"127.0.0.1:{g.admin_port}",
         )
         env.update(self.gateway_extra)
         env.update(self.gateway_settings.get(name, {}))
@@ -234,7 +238,9 @@ class Cluster:
         another certificate). Another ``name`` and ``port`` start one more Core
         (kept in ``cores``)."""
         args = ["core", "--config", str(self.layout.core_config)]
-        full = {**self.core_env(), **(env or {}), **settings}
+        admin = self.core_admin_ports.setdefault(name, free_port())
+        full = {**self.core_env(), "KRYPTON_CORE_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+                **(env or {}), **settings}
         if port is not None:
             full["KRYPTON_CORE_LISTEN_PORT"] = str(port)
         proc = _spawn(name, args, full, self.logs)
@@ -370,7 +376,8 @@ def make_cluster(
             cert, key = layout.gateway, layout.gateway_key
         else:
             cert, key = issue_gateway_cert(layout, name)
-        specs[name] = GatewaySpec(name, cert, key, free_port(), root / f"vault-{name}.db")
+        specs[name] = GatewaySpec(name, cert, key, free_port(), root / f"vault-{name}.db",
+                                  admin_port=free_port())
         if tenants is not None and name in tenants:
             specs[name].tenants = tenants[name]
     cluster = Cluster(root, layout, free_port(), registry, specs)

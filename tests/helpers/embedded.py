@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from krypton.client.sync import KmipClient, tls_context
-from krypton.config import load_core_config, load_gateway_config
+from krypton.config import AdminConfig, load_core_config, load_gateway_config
 from krypton.core.engine.objects import CoreServices
 from krypton.kmip import client_messages as cm
 from krypton.model import ObjectRecord, Registry
@@ -150,12 +150,14 @@ class StackFactory:
             listen_port=0,
             registry=f"sqlite:{where / 'core.db'}",
             master_key_file=where / "master.key",
+            admin=AdminConfig(),  # off: tests never bind the default admin ports
         )
         gateway = dataclasses.replace(
             load_gateway_config(self.layout.gateway_config, env={}),
             listen_port=0,
             vault_path=where / "gateway.db",
             interop=interop,
+            admin=AdminConfig(),
         )
         embedded = EmbeddedStack(core, gateway)
         self.runner.run(embedded.start())

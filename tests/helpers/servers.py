@@ -65,6 +65,14 @@ class DevServer:
     proc: subprocess.Popen[str]
     log_path: Path
     host: str = "127.0.0.1"
+    # The admin endpoints (None when the test turned one off).
+    admin_port: int | None = None
+    core_admin_port: int | None = None
+
+    def admin_url(self, path: str = "/", *, core: bool = False) -> str:
+        port = self.core_admin_port if core else self.admin_port
+        assert port is not None, "that admin endpoint is off"
+        return f"http://{self.host}:{port}{path}"
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -133,6 +141,9 @@ def _start_dev_server_once(
     full_env["KRYPTON_GATEWAY_LISTEN_PORT"] = str(port)
     full_env.setdefault("KRYPTON_CORE_LISTEN_PORT", str(free_port()))
     full_env.setdefault("KRYPTON_GATEWAY_LOG_LEVEL", "warning")
+    # Never the default admin ports (9696, 9697): tests run side by side.
+    full_env.setdefault("KRYPTON_GATEWAY_ADMIN_LISTEN", f"127.0.0.1:{free_port()}")
+    full_env.setdefault("KRYPTON_CORE_ADMIN_LISTEN", f"127.0.0.1:{free_port()}")
     log_path = root / "server.log"
     limit = [] if nofile is None else ["prlimit", f"--nofile={nofile}:{nofile}", "--"]
     with log_path.open("w") as log:
@@ -147,7 +158,9 @@ def _start_dev_server_once(
     while time.monotonic() < deadline:
         text = log_path.read_text()
         if READY_LINE in text:
-            return DevServer(layout, port, proc, log_path)
+            return DevServer(layout, port, proc, log_path,
+                             admin_port=_port_of(full_env["KRYPTON_GATEWAY_ADMIN_LISTEN"]),
+                             core_admin_port=_port_of(full_env["KRYPTON_CORE_ADMIN_LISTEN"]))
         if proc.poll() is not None:
             break
         time.sleep(0.05)
@@ -157,6 +170,10 @@ def _start_dev_server_once(
     if "Address already in use" in text:
         raise _PortTaken("krypton dev did not start:\n" + text)
     raise RuntimeError("krypton dev did not start:\n" + text)
+
+
+def _port_of(listen: str) -> int | None:
+    return int(listen.rpartition(":")[2]) if listen.strip() else None
 
 
 def rss_kib(pid: int) -> int:

@@ -404,3 +404,26 @@ def test_the_master_key_variable_is_not_an_unknown_setting(dev: DevLayout) -> No
     assert SECRETS_FROM_ENV["core"] == {MASTER_KEY_ENV}
     config = load_core_config(dev.core_config, {MASTER_KEY_ENV: "ab" * 32})
     assert "ab" * 32 not in repr(config)
+
+
+def test_admin_endpoints_default_off_by_empty_and_with_tls(dev: DevLayout) -> None:
+    assert gateway(dev).admin.listen == "127.0.0.1:9696"
+    assert gateway(dev).admin.address == ("127.0.0.1", 9696)
+    core = load_core_config(dev.core_config, env={})
+    assert (core.admin.listen, core.admin.cert) == ("127.0.0.1:9697", None)
+    off = gateway(dev, env={"KRYPTON_GATEWAY_ADMIN_LISTEN": ""})
+    assert off.admin.listen == "" and off.admin.address is None
+    tls = gateway(dev, '[gateway.admin]\nlisten = "[::1]:0"\ncert = "pki/gateway.pem"\n'
+                       'key = "pki/gateway-key.pem"\n')
+    assert tls.admin.address == ("::1", 0)
+    assert tls.admin.cert == dev.root.absolute() / "pki/gateway.pem"
+    with pytest.raises(ConfigError, match=r"^gateway\.admin\.key: required setting is missing"):
+        gateway(dev, '[gateway.admin]\ncert = "pki/gateway.pem"\n')
+    with pytest.raises(ConfigError, match=r"^core\.admin\.cert: required setting is missing"):
+        load_core_config(write(dev, MINIMAL_CORE + '[core.admin]\nkey = "pki/core-key.pem"\n'),
+                         env={})
+    for bad in ("9696", "localhost", "h:70000"):
+        with pytest.raises(ConfigError, match=r"^gateway\.admin\.listen: .*\"\" to turn"):
+            gateway(dev, env={"KRYPTON_GATEWAY_ADMIN_LISTEN": bad})
+    with pytest.raises(ConfigError, match=r"^gateway\.admin\.cert: file not found"):
+        gateway(dev, '[gateway.admin]\ncert = "nope.pem"\nkey = "nope.pem"\n')

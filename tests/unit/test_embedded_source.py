@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tests.helpers.keystore_env import opened_store
 
-from krypton.config import load_core_config, load_gateway_config
+from krypton.config import AdminConfig, load_core_config, load_gateway_config
 from krypton.core.embedded import EmbeddedL3Source
 from krypton.crypto.keyring import KeyRing, L3Source, L3State
 from krypton.crypto.secret import generate_key
@@ -125,9 +125,11 @@ def test_dev_stack_runs_on_the_configured_registry(
 ) -> None:
     layout = init_dev_dir(tmp_path / "dev")
     core = dataclasses.replace(
-        load_core_config(layout.core_config), registry=keystore_url, listen_port=0
+        load_core_config(layout.core_config), registry=keystore_url, listen_port=0,
+        admin=AdminConfig(),
     )
-    gateway = dataclasses.replace(load_gateway_config(layout.gateway_config), listen_port=0)
+    gateway = dataclasses.replace(load_gateway_config(layout.gateway_config), listen_port=0,
+                                  admin=AdminConfig())
     monkeypatch.setenv("KRYPTON_CORE_MASTER_KEY", master_raw.hex())
     prepare_tenants(core)  # synchronous, as the CLI calls it before forking
     stack = EmbeddedStack(core, gateway)

@@ -26,23 +26,27 @@ ALLOWED: dict[str, frozenset[str]] = {
     "model": _BASE | {"ttlv", "kmip"},
     "crypto": _BASE,
     "engine": _BASE | {"ttlv", "kmip", "model", "crypto"},
-    "storage": _BASE,
-    "vault": _BASE | {"ttlv", "kmip", "model", "crypto", "storage"},
+    "metrics": _BASE | {"ttlv", "kmip"},
+    "admin": _BASE | {"config", "metrics", "tls"},
+    "storage": _BASE | {"metrics"},
+    "vault": _BASE | {"ttlv", "kmip", "model", "crypto", "storage", "metrics"},
     "registry": _BASE | {"ttlv", "kmip", "model", "storage"},
     "tls": _BASE | {"config"},
     "pki": _BASE,
     "uplink": _BASE | {"ttlv", "kmip", "model", "crypto", "config", "tls"},
     "gateway": _BASE
-    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "vault", "uplink"},
+    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "vault", "uplink"}
+    | {"metrics", "admin"},
     "core": _BASE
-    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "registry", "uplink"},
+    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "registry", "uplink"}
+    | {"metrics", "admin"},
     "client": _BASE | {"ttlv", "kmip"},
     "conformance": _BASE | {"ttlv", "kmip", "client"},
     "bench": _BASE | {"ttlv", "kmip", "client", "config", "tls"},
     "stack": _BASE | {"config", "core", "gateway", "registry", "tls"},
     "cli": _BASE
     | {"config", "core", "gateway", "registry", "vault", "tls", "stack", "bench", "conformance"}
-    | {"crypto", "pki", "client", "hardening"},
+    | {"crypto", "pki", "client", "hardening", "admin"},
     "__init__": frozenset(),
 }
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from krypton.admin.peers import WorkerSlot, rendezvous
 from krypton.bench.cli import register as register_bench
 from krypton.cli.core import register as register_core
 from krypton.config import GatewayConfig, load_core_config, load_gateway_config
@@ -150,13 +152,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
         harden(allow_core_dumps=core.allow_core_dumps, who=f"core {core.name}")
         return _serve(lambda: Core(core), lambda c: None)
 
-    def run_gateway() -> int:
+    def run_gateway(slot: WorkerSlot) -> int:
         harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway worker {os.getpid()}")
         return _serve(
-            lambda: Gateway(gateway, ssl_ctx, core_address=address), lambda g: ready(g.port)
+            lambda: Gateway(gateway, ssl_ctx, core_address=address, worker=slot),
+            lambda g: ready(g.port),
         )
 
-    return run_workers([run_core, *([run_gateway] * workers)])
+    with rendezvous() as folder:  # where the workers answer a scrape together
+        slots = [WorkerSlot(n, folder, workers) for n in range(workers)]
+        return run_workers([run_core, *(functools.partial(run_gateway, s) for s in slots)])
 
 
 def cmd_outbox(gateway: GatewayConfig) -> int:
@@ -191,11 +196,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     # SVIDs are fetched by each worker: no gRPC threads may cross a fork.
     ssl_ctx = server_context(gateway.tls) if gateway.tls.source == "file" else None
 
-    def run_worker() -> int:
+    def run_worker(slot: WorkerSlot) -> int:
         harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway worker {os.getpid()}")
-        return _serve(lambda: Gateway(gateway, ssl_ctx), ready)
+        return _serve(lambda: Gateway(gateway, ssl_ctx, worker=slot), ready)
 
-    return run_workers([run_worker] * workers)
+    with rendezvous() as folder:  # where the workers answer a scrape together
+        return run_workers([functools.partial(run_worker, WorkerSlot(n, folder, workers))
+                            for n in range(workers)])
 
 
 def build_parser() -> argparse.ArgumentParser:

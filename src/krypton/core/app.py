@@ -12,8 +12,12 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import cast
 
+from krypton.admin.checks import Check
+from krypton.admin.server import AdminServer
 from krypton.config import CoreConfig
+from krypton.core._admin import CoreSource, MeteredRegistry
 from krypton.core.embedded import EmbeddedL3Source
 from krypton.core.engine.journal import UndoJournal
 from krypton.core.engine.objects import CoreServices, KeyRingSealer
@@ -27,6 +31,7 @@ from krypton.core.keystore import (
 from krypton.core.records import AuthenticatedRegistry, seal_legacy
 from krypton.core.service import CoreService
 from krypton.crypto.keyring import KeyRing
+from krypton.metrics.meter import CONTROL_BUCKETS, KmipMeter
 from krypton.model import Registry
 from krypton.registry import open_registry
 from krypton.tls.contexts import peer_rules
@@ -97,12 +102,26 @@ async def initialise(config: CoreConfig) -> list[str]:
 
 
 class Core:
-    """One Core process: ``start`` brings it up, ``close`` takes it down cleanly."""
+    """One Core process: ``start`` brings it up, ``close`` takes it down cleanly.
+
+    Its admin endpoint (``core.admin``) comes up first; ``checks`` is what
+    ``/readyz`` runs (a part that can make the Core unable to serve appends its
+    own :class:`krypton.admin.checks.Check`), ``counters`` holds rare events
+    for the metrics (``tls_reload_failures``)."""
 
     def __init__(self, config: CoreConfig, *, source: str | Path | None = None) -> None:
         self.config = config
         self.source = source  # the configuration file, named in errors
         self.registry: Registry | None = None
+        self.metered: MeteredRegistry | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.meter = KmipMeter(CONTROL_BUCKETS)
+        self.checks: list[Check] = []
+        self.admin: AdminServer | None = None
+        if config.admin.listen:
+            view = CoreSource(self)
+            self.checks += view.default_checks()
+            self.admin = AdminServer(config.admin, view, setting="core.admin")
         self.keys: CoreKeyStore | None = None
         self.ring = KeyRing()
         self.l3: EmbeddedL3Source | None = None
@@ -116,8 +135,13 @@ class Core:
 
     async def start(self) -> None:
         cfg = self.config
+        self.loop = asyncio.get_running_loop()
+        if self.admin is not None:
+            self.admin.start()
         check_registry_exists(cfg, self.source)
-        self.registry = await open_registry(cfg.registry, feed_retention=cfg.feed_retention)
+        self.metered = MeteredRegistry(
+            await open_registry(cfg.registry, feed_retention=cfg.feed_retention))
+        self.registry = cast(Registry, self.metered)
         self.keys = await open_keystore(cfg, self.registry, source=self.source)
         for tenant in cfg.tenants:
             await self.keys.ensure_tenant(tenant)
@@ -135,7 +159,7 @@ class Core:
         )
         self.service = CoreService(
             objects, self.keys, services, lease_seconds=cfg.l3_lease_seconds,
-            mac_key=self.ring.record_mac,
+            mac_key=self.ring.record_mac, meter=self.meter,
         )  # fmt: skip
         await self.service.start()
         material = self.tls.load_first()
@@ -153,6 +177,11 @@ class Core:
     def port(self) -> int:
         assert self.server is not None
         return self.server.port
+
+    @property
+    def admin_port(self) -> int | None:
+        """The admin endpoint's port (None when it is off)."""
+        return self.admin.port if self.admin is not None else None
 
     def _new_material(self, material: Material) -> Commit:
         server = self.server
@@ -179,6 +208,8 @@ class Core:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tls_task
             self._tls_task = None
+        if self.admin is not None:
+            await asyncio.to_thread(self.admin.close)
         if self.server is not None:
             await self.server.stop()
         if self.service is not None:

@@ -62,10 +62,14 @@ from krypton.crypto.secret import SecretBytes
 from krypton.errors import CryptographicFailure, StorageError
 from krypton.kmip.attributes import parse_attributes
 from krypton.kmip.versions import ProtocolVersion
+from krypton.metrics.meter import FAILED, SUCCESS, KmipMeter
 from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
 from krypton.model.registry import AuditRecord, Change, ObjectRecord, Registry
 from krypton.ttlv.codec import Limits, decode, encode
+from krypton.ttlv.enums import ResultStatus
+from krypton.ttlv.item import Item
+from krypton.ttlv.tags import Tag
 from krypton.uplink.types import (
     CoreEvent,
     ExecuteRequest,
@@ -104,6 +108,7 @@ class CoreService:
         limits: Limits | None = None,
         replay_batch: int = REPLAY_BATCH,
         mac_key: MacKey | None = None,
+        meter: KmipMeter | None = None,
     ) -> None:
         self.registry = registry
         self.keys = keys
@@ -116,6 +121,15 @@ class CoreService:
         self._mac_key = mac_key
         self._unsubscribe: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.meter = meter  # Execute items by operation and result, and their time
+        self.synced_keys = 0  # records stored from SyncKeys
+
+    def connected(self) -> dict[str, frozenset[str]]:
+        """Each gateway with a Subscribe stream open → its tenants (any thread)."""
+        out: dict[str, frozenset[str]] = {}
+        for sub in list(self._subscribers):
+            out[sub.gateway] = out.get(sub.gateway, frozenset()) | sub.tenants
+        return out
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -241,6 +255,7 @@ class CoreService:
             keys = [check_arriving(k, self._mac_key) for k in keys]
         records = await self._fence.admit(gateway, [self._record(gateway, k) for k in keys])
         await self.registry.put_objects(records)
+        self.synced_keys += len(records)
         for tenant in sorted({r.tenant for r in records}):
             n = sum(1 for r in records if r.tenant == tenant)
             await self._audit(gateway, tenant, "SyncKeys", detail=f"{n} record(s)")
@@ -252,6 +267,7 @@ class CoreService:
         return key.to_object(origin=gateway, names=names, groups=groups, custom=custom)
 
     async def execute(self, gateway: str, request: ExecuteRequest) -> ExecuteResult:
+        began = time.perf_counter()
         item = decode(request.batch_item, self.limits)
         ctx = RequestContext(
             identity=request.identity,
@@ -269,6 +285,9 @@ class CoreService:
         if outcome is not None:
             placeholder = outcome.uid
             changes = outcome.changes
+        if self.meter is not None:
+            self.meter.done(_int_of(answer, Tag.OPERATION, -1), _result_of(answer),
+                            time.perf_counter() - began)
         return ExecuteResult(encode(answer), changes, placeholder)
 
     async def fetch_key(self, gateway: str, tenant: str, uid: str) -> KeyRecord | None:
@@ -297,3 +316,14 @@ class CoreService:
         except StorageError:
             log.error("audit record of %s by %s not written", operation, gateway)
 
+
+def _int_of(item: Item, tag: int, default: int) -> int:
+    found = item.find(tag)
+    return found.value if found is not None and isinstance(found.value, int) else default
+
+
+def _result_of(answer: Item) -> int:
+    """A response batch item's result: SUCCESS, its Result Reason, or FAILED."""
+    if _int_of(answer, Tag.RESULT_STATUS, -1) == ResultStatus.SUCCESS:
+        return SUCCESS
+    return _int_of(answer, Tag.RESULT_REASON, FAILED)

@@ -16,16 +16,21 @@ import dataclasses
 import logging
 import ssl
 
+from krypton.admin.checks import Check
+from krypton.admin.peers import WorkerSlot
+from krypton.admin.server import AdminServer
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing
 from krypton.engine.ciphers import STREAMS
 from krypton.errors import ConfigError, KryptonError
+from krypton.gateway._admin import GatewaySource
 from krypton.gateway._admission import Shares
 from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
 from krypton.gateway.upstream import Upstream
+from krypton.metrics.meter import KmipMeter
 from krypton.tls.contexts import listener_rules, server_context
 from krypton.tls.material import Material
 from krypton.tls.reload import Commit, FileSource, Reloader, Source
@@ -63,6 +68,14 @@ class Gateway:
     Its L3 keys come from the Core over the uplink (``core_address`` may be
     given to override the configured one, as the embedded dev stack does once
     its Core has bound a port).
+
+    Its admin endpoint (``gateway.admin``) comes up first, so ``/healthz``
+    answers and ``/readyz`` says what is missing while the rest starts;
+    ``worker`` makes it one of several worker processes answering together
+    (:mod:`krypton.admin.peers`). ``checks`` is what ``/readyz`` runs: a part
+    that can make the gateway unable to serve appends its own
+    (:class:`krypton.admin.checks.Check`); ``tls.failures`` counts TLS
+    material refused (``krypton_tls_reload_failures_total``).
     """
 
     def __init__(
@@ -71,6 +84,7 @@ class Gateway:
         ssl_context: ssl.SSLContext | None = None,
         *,
         core_address: str | None = None,
+        worker: WorkerSlot | None = None,
     ) -> None:
         if core_address is not None:
             config = dataclasses.replace(
@@ -89,9 +103,21 @@ class Gateway:
         self.tls = Reloader(tls_source(config), interval=config.tls.reload_interval)
         self._tls_tasks: list[asyncio.Task[None]] = []
 
+        self.policy: Policy | None = None
+        # Counting KMIP requests costs the hot path a little: only when they are shown.
+        self.meter = KmipMeter() if config.admin.listen else None
+        self.admin: AdminServer | None = None
+        self.checks: list[Check] = []
+        if self.meter is not None:
+            source = GatewaySource(self, self.meter, None if worker is None else worker.index)
+            self.checks += source.default_checks()
+            self.admin = AdminServer(config.admin, source, setting="gateway.admin", slot=worker)
+
     async def start(self) -> None:
         cfg = self.config
-        policy = Policy.load(cfg.policy_file)
+        if self.admin is not None:
+            self.admin.start()
+        self.policy = policy = Policy.load(cfg.policy_file)
         source = self.tls.source
         if isinstance(source, WorkloadSource):
             await source.start()
@@ -120,6 +146,7 @@ class Gateway:
                 limits,
                 max_response_size=cfg.limits.max_response_size,
                 max_rng_bytes=cfg.limits.max_rng_bytes,
+                meter=self.meter,
             ),
             policy,
             ssl_ctx,
@@ -191,6 +218,7 @@ class Gateway:
             log.warning("policy %s: tenant(s) %s are new: their keys come from the Core after a"
                         " restart", path, ", ".join(added))
         listener.policy = policy
+        self.policy = policy
         log.info("policy %s reloaded: %d rule(s)", path, len(policy.rules))
         return True
 
@@ -220,6 +248,11 @@ class Gateway:
         assert self.listener is not None
         return self.listener.port
 
+    @property
+    def admin_port(self) -> int | None:
+        """The admin endpoint's port (None when it is off)."""
+        return self.admin.port if self.admin is not None else None
+
     async def close(self) -> None:
         for task in self._tls_tasks:
             task.cancel()
@@ -228,6 +261,8 @@ class Gateway:
         self._tls_tasks.clear()
         if isinstance(self.tls.source, WorkloadSource):
             self.tls.source.close()
+        if self.admin is not None:
+            await asyncio.to_thread(self.admin.close)
         if self.listener is not None:
             await self.listener.close()
         if self.upstream is not None:

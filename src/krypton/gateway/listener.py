@@ -101,6 +101,8 @@ _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errn
 _TLS_READ_BUFFER = 16 * 1024  # bytes the TLS layer buffers before it stops reading
 _TLS_WRITE_BUFFER = 256 * 1024  # bytes unsent before the worker waits
 _HANDSHAKE_FAILED = (OSError, ssl.SSLError, EOFError, asyncio.TimeoutError)
+# TLS handshakes by result (``Listener.handshakes``: krypton_tls_handshakes_total).
+_SUCCESS, _FAILED, _TIMEOUT = "success", "failed", "timeout"
 
 
 class Connection(ConnState, asyncio.BufferedProtocol):
@@ -149,6 +151,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             )
         except _HANDSHAKE_FAILED as exc:
             log.debug("connection %d: TLS handshake failed: %r", self.id, exc)
+            listener.handshakes[_TIMEOUT if isinstance(exc, TimeoutError) else _FAILED] += 1
             listener.unregister(self)
         except asyncio.CancelledError:
             listener.unregister(self)  # dropped for a newer connection (or closing)
@@ -164,6 +167,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         # And the answers a client has not taken pause the worker soon (one answer,
         # at most max_response_size, is written whole).
         self.transport.set_write_buffer_limits(_TLS_WRITE_BUFFER)
+        self.listener.handshakes[_SUCCESS] += 1
         self.listener.established(self)
         self.fire(Event.ACCEPTED)
         der = None
@@ -434,6 +438,7 @@ class Listener(Admission):
         # slot is freed within ``refuse_grace`` (a client that closed and reconnects).
         self.waiting: collections.deque[tuple[float, socket.socket]] = collections.deque()
         self._letting_in = False
+        self.handshakes = dict.fromkeys((_SUCCESS, _FAILED, _TIMEOUT), 0)
 
     # -- accepting -------------------------------------------------------------------
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
@@ -531,6 +536,11 @@ class Listener(Admission):
     def port(self) -> int:
         assert self._sock is not None
         return int(self._sock.getsockname()[1])
+
+    @property
+    def listening(self) -> bool:
+        """True from ``start`` until ``close``."""
+        return self._sock is not None
 
     async def _sweep(self) -> None:
         while True:

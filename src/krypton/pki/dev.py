@@ -348,6 +348,11 @@ records = 100000
 core_address = "127.0.0.1:5697"
 timeout = 2.0
 core_id = "{core_spiffe_id()}"  # the uplink refuses any other server
+
+# /healthz, /readyz, /metrics (Prometheus) and a status page at /; "" turns it off.
+# Set cert and key for HTTPS.
+[gateway.admin]
+listen = "127.0.0.1:9696"
 """
 
 CORE_TOML = f"""\
@@ -376,4 +381,8 @@ cert = "pki/core.pem"
 key = "pki/core-key.pem"
 ca = "pki/ca.pem"
 trust_domain = "{TRUST_DOMAIN}"  # gateways' SPIFFE IDs must be in it
+
+# /healthz, /readyz, /metrics (Prometheus) and a status page at /; "" turns it off.
+[core.admin]
+listen = "127.0.0.1:9697"
 """

@@ -46,10 +46,12 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from krypton.errors import StorageError
+from krypton.metrics.meter import BATCH_BUCKETS, COMMIT_BUCKETS, Histogram
 from krypton.storage.errors import storage_error
 
 W = TypeVar("W", bound=Callable[[sqlite3.Connection, Any], Any])
@@ -103,6 +105,12 @@ class Writer(Generic[W]):
         self.name = name
         self.commits = 0  # transactions committed (each one fsync of the WAL)
         self.largest_batch = 0
+        # Each transaction's time (commit included) and operations; written by the thread.
+        self.commit_seconds = Histogram(COMMIT_BUCKETS)
+        self.batch_sizes = Histogram(BATCH_BUCKETS)
+        # The last write that failed for a reason other than a constraint (disk full,
+        # I/O error, read-only file), until a transaction commits again.
+        self.write_error: str | None = None
         self._conn = conn
         self._max_batch = max(1, max_batch)
         self._savepoint_each = savepoint_each
@@ -119,6 +127,16 @@ class Writer(Generic[W]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def unwritable(self) -> str | None:
+        """Why this store cannot take writes now (closed, its thread gone, its
+        last write failed for want of disk or an I/O error), or None."""
+        if self._closed:
+            return f"the {self.name} is closed"
+        if not self._thread.is_alive():
+            return f"the {self.name} writer thread has stopped"
+        error = self.write_error
+        return None if error is None else f"the last {self.name} write failed ({error})"
 
     def submit(self, work: W, payload: Any) -> asyncio.Future[Any]:
         """Queue ``work(conn, payload)``; the future resolves once it is durable."""
@@ -171,12 +189,15 @@ class Writer(Generic[W]):
                     break
             if not batch:
                 continue
+            began = time.perf_counter()
             try:
                 done = self._commit(batch)
             except BaseException as exc:  # a bug here must not strand callers
                 done = None
                 for op in batch:
                     op.error = op.error or StorageError(f"{self.name} writer failed: {exc!r}")
+            self.commit_seconds.observe(time.perf_counter() - began)
+            self.batch_sizes.observe(len(batch))
             self._resolve(batch)
             if done is not None and self._settled is not None:
                 self._settled(done)
@@ -184,6 +205,8 @@ class Writer(Generic[W]):
     def _error(self, exc: Exception, what: str) -> BaseException:
         """An operation's (``what="write"``) or the COMMIT's error, for its callers."""
         if isinstance(exc, sqlite3.Error):
+            if not isinstance(exc, sqlite3.IntegrityError):
+                self.write_error = f"{exc.__class__.__name__}: {exc}"
             duplicate = self._duplicate if what == "write" else None
             return storage_error(exc, f"{self.name} {what}", duplicate=duplicate)
         return exc
@@ -236,6 +259,8 @@ class Writer(Generic[W]):
 
     def _done(self, ops: list[Op[W]]) -> list[Op[W]]:
         self.commits += 1
+        if ops:
+            self.write_error = None
         self.largest_batch = max(self.largest_batch, len(ops))
         if self._committed is not None:
             self._committed(ops)

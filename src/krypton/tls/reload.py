@@ -141,6 +141,11 @@ class Reloader:
             raise RuntimeError("the reloader has not loaded its first material")
         return self._current
 
+    @property
+    def loaded(self) -> Material | None:
+        """The material in use, None before the first load."""
+        return self._current
+
     def certificate_expiry(self) -> float:
         """When the certificate in use expires (seconds since the epoch)."""
         return self.current.not_after

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from krypton.errors import KryptonError, StorageError
+from krypton.metrics.meter import Histogram
 from krypton.model.record import KeyRecord
 from krypton.storage import Op, Readers, Writer, open_file, translated
 from krypton.vault.auth import Sealer, check, seal
@@ -70,6 +71,7 @@ _OUTBOX = (
     " wrapped, attributes, created, synced, mac, rowid FROM keys WHERE synced = 0"
     " ORDER BY rowid LIMIT ?"
 )
+_OUTBOX_STATS = "SELECT count(*), min(created) FROM keys WHERE synced = 0"
 _QUARANTINED = "SELECT row, uid, reason, at FROM quarantine ORDER BY row"
 _QUARANTINE_ROW = "UPDATE keys SET synced = 2 WHERE rowid = ?"
 _QUARANTINE_NOTE = "INSERT OR REPLACE INTO quarantine (row, uid, reason, at) VALUES (?, ?, ?, ?)"
@@ -404,6 +406,23 @@ class Vault:
     def quarantined(self) -> int:
         """Outbox rows this vault object took out of the outbox as undecodable."""
         return self._quarantined
+
+    @property
+    def commit_stats(self) -> tuple[Histogram, Histogram]:
+        """Each commit's seconds and operations (read them as copies: the writer
+        thread updates them)."""
+        return self._writer.commit_seconds, self._writer.batch_sizes
+
+    def unwritable(self) -> str | None:
+        """Why the vault cannot take writes now, or None (:meth:`Writer.unwritable`)."""
+        return self._writer.unwritable()
+
+    def outbox_stats(self) -> tuple[int, int | None]:
+        """How many keys wait for the Core, and when the oldest was made (seconds
+        since the epoch; None when none waits). Any thread."""
+        with translated("vault outbox read"):
+            row = self._readers.get().execute(_OUTBOX_STATS).fetchone()
+        return int(row[0]), (None if row[1] is None else int(row[1]))
 
     # -- writes (durable when they return) -------------------------------------
     def submit(self, work: Work, payload: Any) -> asyncio.Future[Any]:

@@ -32,7 +32,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from krypton.engine.objects import Outcome
@@ -56,6 +56,7 @@ from krypton.kmip.messages import (
 )
 from krypton.kmip.reasons import reason_for
 from krypton.kmip.wire import encode_response
+from krypton.metrics.meter import FAILED, NO_OPERATION, SUCCESS, UNDONE, KmipMeter
 from krypton.model.context import RequestContext
 from krypton.model.grant import Grant
 from krypton.ttlv.codec import DEFAULT_LIMITS, Limits, decode, encode
@@ -136,8 +137,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         max_response_size: int | None = None,
         max_rng_bytes: int = 1 << 20,
+        meter: KmipMeter | None = None,
     ) -> None:
         self.services = services
+        self.meter = meter
         self.max_rng_bytes = max_rng_bytes
         self.limits = limits
         self.clock = clock
@@ -154,9 +157,15 @@ class Dispatcher:
         """The response to a plain Get, computed without waiting; None for anything else."""
         if not self.fast:
             return None
+        meter = self.meter
+        began = _clock() if meter is not None else 0.0
         out = self._fast_get.answer(self.services, session.grant, frame, int(self.clock()))
-        if out is not None and self.max_response_size is not None:
-            return out if len(out) <= self.max_response_size else None
+        if out is None:
+            return None
+        if self.max_response_size is not None and len(out) > self.max_response_size:
+            return None
+        if meter is not None:
+            meter.done(_GET, SUCCESS, _clock() - began)
         return out
 
     async def handle(
@@ -168,21 +177,29 @@ class Dispatcher:
             answered = self.answer_now(frame, session)
             if answered is not None:
                 return answered
+        meter = self.meter
+        began = _clock() if meter is not None else 0.0
         now = int(self.clock())
         if self.fast_create:
             created = await self._fast_create.answer(self.services, session.grant, frame, now)
             if created is not None:
+                if meter is not None:
+                    meter.done(_CREATE, SUCCESS, _clock() - began)
                 return created
         request_id = f"{session.connection_id}.{next(self._ids)}"
         try:
             message = decode(frame, self.limits)
         except KryptonError as exc:
             log.info("request %s: undecodable message: %s", request_id, exc.message)
+            if meter is not None:
+                meter.done(NO_OPERATION, exc.reason, _clock() - began)
             return encode(error_response(None, now, exc.reason, exc.message))
         try:
             request = parse_request(message, self.limits)
         except KryptonError as exc:
             log.info("request %s: invalid message: %s", request_id, exc.message)
+            if meter is not None:
+                meter.done(NO_OPERATION, exc.reason, _clock() - began)
             return encode(error_response(peek_version(message), now, exc.reason, exc.message))
 
         header = request.header
@@ -192,6 +209,8 @@ class Dispatcher:
             try:
                 undo.check_batch(request.items, HANDLERS)
             except KryptonError as exc:
+                if meter is not None:
+                    meter.done(NO_OPERATION, exc.reason, _clock() - began)
                 return encode(error_response(header.version, now, exc.reason, exc.message))
             pending = undo.PendingStore(svc.store)
             svc = replace(svc, store=pending)
@@ -206,7 +225,10 @@ class Dispatcher:
         results: list[ResponseItem] = []
         failed = False
         rng_left = self.max_rng_bytes
+        marks = [began]  # when each item began (the first: when the message did)
         for n, item in enumerate(request.items, 1):
+            if n > 1 and meter is not None:
+                marks.append(_clock())
             if not n % _YIELD_EVERY:
                 await asyncio.sleep(0)  # a long batch takes turns with other connections
             try:
@@ -269,6 +291,9 @@ class Dispatcher:
         if limit is not None and len(out) > limit:
             results = [_too_large(r) for r in results]
             out = encode_response(header.version, now, results)
+        if meter is not None:
+            marks.append(_clock())
+            _count(meter, request.items, results, marks)
         return out
 
     async def _end_undo_batch(
@@ -333,6 +358,32 @@ class Dispatcher:
         raw = marked(item.raw, journal) if journal else item.raw
         response, placeholder = await svc.upstream.execute(ctx, raw)
         return Outcome(None, placeholder, response=response)
+
+
+_clock = time.perf_counter
+_GET = int(Operation.GET)
+_CREATE = int(Operation.CREATE)
+_SUCCESS = ResultStatus.SUCCESS
+_UNDONE = ResultStatus.OPERATION_UNDONE
+
+
+def _count(meter: KmipMeter, items: Sequence[RequestItem], results: Sequence[ResponseItem],
+           marks: Sequence[float]) -> None:
+    """Each answered item by its operation and result, with its time: a
+    one-item message's from its arrival to its answer; in a batch, each item's
+    own turn (the first's includes decoding, the last's encoding)."""
+    for n, r in enumerate(results):
+        if r.status is _SUCCESS:
+            result = SUCCESS
+        elif r.status is _UNDONE:
+            result = UNDONE
+        else:
+            result = FAILED if r.reason is None else int(r.reason)
+            if r.reason is None and r.raw is not None:
+                found = r.raw.find(Tag.RESULT_REASON)
+                if found is not None and isinstance(found.value, int):
+                    result = found.value
+        meter.done(int(items[n].operation), result, marks[n + 1] - marks[n])
 
 
 def _data_length(payload: Item | None) -> int:
