@@ -9,8 +9,8 @@ the consistency rules of DESIGN §4:
   names (its Unique Identifier, or the batch's ID Placeholder) is looked up in
   the vault; if that record is still in the outbox it is sent with
   ``SyncKeys`` first, so the Core never sees an operation on a key it does
-  not hold. A ``Locate`` flushes the whole outbox first, so it finds every key
-  this gateway has made.
+  not hold. A ``Locate`` flushes the tenant's outbox first (read by tenant,
+  page after page), so it finds every key this gateway has made for it.
 * **State flows down.** The Core's answer carries the state changes the
   operation made; they are written to the vault *before* the answer is
   relayed. Changes made through other gateways arrive on the Subscribe
@@ -143,12 +143,23 @@ class Upstream:
                 log.exception("outbox: drain failed; retried on the next wake")
 
     async def drain_once(self, tenant: str | None = None) -> int:
-        records = self.vault.outbox(self.batch)
-        if tenant is not None:
-            records = [r for r in records if belongs(r, tenant)]
+        records = self.vault.outbox(self.batch, tenant=tenant)
         if not records:
             return 0
         return await self._sync(records)
+
+    async def flush(self, tenant: str) -> int:
+        """Send every key of ``tenant`` waiting in the outbox now; how many the
+        Core acknowledged. Reads go on past each page (so keys the Core refuses,
+        or rows that cannot be sent, never stop it), and only this tenant's rows
+        are read, however many other tenants' wait before them."""
+        sent, after, more = 0, 0, True
+        while more:
+            page = self.vault.outbox_page(self.batch, tenant=tenant, after=after)
+            after, more = page.position, page.more
+            if page.records:
+                sent += await self._sync(page.records)
+        return sent
 
     async def _sync(self, records: list[KeyRecord]) -> int:
         acked = await self.client.sync_keys(records)
@@ -203,8 +214,7 @@ class Upstream:
     async def _sync_before(self, ctx: RequestContext, raw_item: Item) -> None:
         operation = raw_item.find(Tag.OPERATION)
         if operation is not None and operation.value == Operation.LOCATE:
-            while await self.drain_once(ctx.tenant) == self.batch:
-                pass
+            await self.flush(ctx.tenant)
             return
         uid = _named_uid(raw_item) or ctx.placeholder
         if uid is None:
