@@ -268,3 +268,23 @@ def test_progress_line_on_stderr(gateway: DevServer) -> None:
     assert out["count"] is None and out["duration_s"] == 1.3 and out["ops"] > 0
     lines = [line for line in err.splitlines() if "ops/s" in line]
     assert lines and "p99" in lines[0] and "errors 0" in lines[0]
+
+
+def test_random_gets_over_a_recorded_key_list(gateway: DevServer, tmp_path: Path) -> None:
+    """Issue 16: a load phase records the keys it made, then Gets draw from them."""
+    keys = tmp_path / "keys.txt"
+    rc, out, _ = bench(gateway.port, gateway.pki, "--op", "create", "--count", "60", "-c", "3",
+                       "--keys-file", str(keys))  # fmt: skip
+    assert rc == 0 and out["keys"] == 60
+    rc, out, _ = bench(gateway.port, gateway.pki, "--op", "create", "--count", "20",
+                       "--keys-file", str(keys))  # fmt: skip
+    made = keys.read_text().split()
+    assert rc == 0 and len(made) == len(set(made)) == 80  # appended
+    rc, out, _ = bench(gateway.port, gateway.pki, "--count", str(COUNT), "-c", "4",
+                       "--keys-file", str(keys), "--check", "full")  # fmt: skip
+    assert rc == 0
+    assert_clean(out)
+    assert out["keys"] == 80 and out["keys_file"] == str(keys)
+    keys.write_text("nope-1\nnope-2\n")
+    rc, out, _ = bench(gateway.port, gateway.pki, "--count", "30", "--keys-file", str(keys))
+    assert rc == 1 and out["error_reasons"] == {"Item Not Found": 30}

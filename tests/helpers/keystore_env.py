@@ -144,6 +144,9 @@ class Gate:
     async def locate(self, query: LocateQuery) -> list[str]:
         return await self.inner.locate(query)
 
+    async def locate_count(self, query: LocateQuery) -> int:
+        return await self.inner.locate_count(query)
+
     async def append_audit(self, record: AuditRecord) -> None:
         await self.inner.append_audit(record)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ from krypton.bench.wire import (
     parse_ratio,
     ratio_pattern,
 )
+from krypton.kmip import client_messages as cm
 from krypton.kmip.messages import ResponseItem, build_response, error_response, parse_request
 from krypton.kmip.versions import ProtocolVersion
 from krypton.ttlv.codec import DEFAULT_LIMITS, decode, encode
@@ -172,3 +174,31 @@ def test_bad_ratio(bad: str) -> None:
 def test_unknown_op() -> None:
     with pytest.raises(ValueError):
         build_plan("delete", V14, None)
+
+
+# -- random Get over a recorded key list (--keys-file) -------------------------------
+def test_random_gets_draw_every_recorded_key_and_encode_each_exactly() -> None:
+    keys = ["k-1", "a-much-longer-identifier-0002", "3" * 36]
+    plan = build_plan("get", V14, None, keys=keys)
+    exact = {k: encode(cm.request_message(V14, [cm.get_item(k)])) for k in keys}
+    assert len(plan.requests) == 1 and plan.expects == ((GET,),)
+    drawn = [plan.requests[0] for _ in range(600)]
+    assert set(drawn) == set(exact.values())  # each one, byte for byte the client's Get
+    for k, message in exact.items():
+        assert 120 < drawn.count(message) < 280, k  # uniform: ~200 each
+    with pytest.raises(ValueError, match="--op get"):
+        build_plan("create", V14, None, keys=keys)
+    with pytest.raises(ValueError, match="no key"):
+        build_plan("get", V14, None, keys=[])
+
+
+def test_keys_file_and_created_uid(tmp_path: Path) -> None:
+    path = tmp_path / "keys.txt"
+    path.write_text("a\n\nb\nc\n")
+    assert wire.read_keys(path) == ["a", "b", "c"]
+    payload = Item.structure(
+        Tag.RESPONSE_PAYLOAD, Item.enum(Tag.OBJECT_TYPE, 2), Item.text(Tag.UNIQUE_IDENTIFIER, "u-7")
+    )
+    made = ResponseItem(CREATE, None, payload=payload)
+    assert wire.created_uid(encode(build_response(V14, 0, [made]))) == "u-7"
+    assert wire.created_uid(b"\x00" * 16) is None

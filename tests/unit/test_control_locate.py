@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 from tests.helpers.control_env import (
@@ -23,8 +24,10 @@ from tests.helpers.control_env import (
     uid_item,
 )
 
+from krypton.core.engine.locate import locate as core_locate
 from krypton.kmip.attributes import Attribute, attributes_v2, to_v1
 from krypton.kmip.versions import ProtocolVersion
+from krypton.model import LocateQuery, ObjectRecord, Registry
 from krypton.ttlv.enums import (
     CryptographicUsageMask,
     ObjectType,
@@ -188,6 +191,56 @@ def test_paging_and_located_items(world: World) -> None:
     assert bad.failed(ResultReason.INVALID_FIELD)
 
 
+def test_paging_with_a_filter_matched_on_the_records(world: World) -> None:
+    w = world
+    aes = Attribute("Cryptographic Algorithm", Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, 3))
+    a = locate(w, [aes], Item.integer(Tag.MAXIMUM_ITEMS, 1), Item.integer(Tag.OFFSET_ITEMS, 1))
+    assert a.uids == [w.k2]
+    assert a.payload.children[0] == Item.integer(Tag.LOCATED_ITEMS, 3)
+    a = locate(w, [aes, group("payments")], Item.integer(Tag.OFFSET_ITEMS, 1), version=V14)
+    assert a.uids == [w.k1]
+    assert a.payload.find(Tag.LOCATED_ITEMS) == Item.integer(Tag.LOCATED_ITEMS, 2)
+
+
+class Reads:
+    """The registry, noting what a Locate asks of it."""
+
+    def __init__(self, inner: Registry) -> None:
+        self.inner = inner
+        self.asked: list[tuple[str, LocateQuery | str]] = []
+
+    async def locate(self, query: LocateQuery) -> list[str]:
+        self.asked.append(("locate", query))
+        return await self.inner.locate(query)
+
+    async def locate_count(self, query: LocateQuery) -> int:
+        self.asked.append(("count", query))
+        return await self.inner.locate_count(query)
+
+    async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
+        self.asked.append(("get", uid))
+        return await self.inner.get_object(tenant, uid)
+
+
+def test_an_indexed_locate_reads_one_page_and_a_count(world: World) -> None:
+    """Issue 16: the registry answers the page (order, Offset Items, Maximum Items,
+    the Storage Status Mask) and counts Located Items; no record is read."""
+    w = world
+    reads = Reads(w.env.svc.registry)
+    ctx = w.env.ctx(V21)
+    payload = Item.structure(
+        Tag.REQUEST_PAYLOAD, Item.integer(Tag.MAXIMUM_ITEMS, 2), Item.integer(Tag.OFFSET_ITEMS, 1),
+        attributes_v2([object_type(ObjectType.SYMMETRIC_KEY)]),
+    )  # fmt: skip
+    svc = replace(w.env.svc, registry=cast(Registry, reads))
+    outcome = w.env.wait(core_locate(svc, ctx, payload))
+    assert outcome.payload is not None
+    assert [c.value for c in outcome.payload.children] == [3, w.k2, w.k1]
+    query = LocateQuery("demo", object_type=ObjectType.SYMMETRIC_KEY, destroyed=False,
+                        newest_first=True)
+    assert reads.asked == [("locate", replace(query, offset=1, limit=2)), ("count", query)]
+
+
 @pytest.mark.parametrize("as_enum", [False, True])
 def test_storage_status_mask(world: World, as_enum: bool) -> None:
     w = world
@@ -213,6 +266,8 @@ def test_storage_status_mask(world: World, as_enum: bool) -> None:
     assert locate(w, [state(State.DESTROYED)], mask(destroyed)).uids == [w.k4]
     archived = StorageStatusMask.ARCHIVAL_STORAGE
     assert locate(w, [], mask(online | archived)).uids == [w.secret, w.k3, w.k2, w.k1]
+    assert locate(w, [], mask(destroyed | archived)).uids == [w.k4]
+    assert locate(w, [], mask(archived)).uids == [w.secret, w.k3, w.k2, w.k1]  # as before
 
 
 def test_one_match_sets_the_id_placeholder(world: World) -> None:

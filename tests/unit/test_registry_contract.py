@@ -32,7 +32,7 @@ from krypton.model import (
     SealedKey,
     StateChange,
 )
-from krypton.registry import locate_sql, open_registry
+from krypton.registry import locate_count_sql, locate_sql, open_registry
 
 KEY, SECRET_DATA = 2, 7  # KMIP Object Type values
 PRE_ACTIVE, ACTIVE, DEACTIVATED, DESTROYED = 1, 2, 3, 6
@@ -252,12 +252,26 @@ LOCATE_SET = (
         (LocateQuery("demo", limit=0), []),
         (LocateQuery("demo", name="shared", offset=1, limit=1), ["c"]),
         (LocateQuery("demo", offset=9), []),
+        (LocateQuery("demo", destroyed=False), ["d", "a", "b", "c"]),
+        (LocateQuery("demo", destroyed=True), ["e"]),
+        (LocateQuery("demo", state=DESTROYED, destroyed=False), []),
+        (LocateQuery("demo", newest_first=True), ["e", "c", "b", "a", "d"]),
+        (LocateQuery("demo", newest_first=True, destroyed=False, offset=1, limit=2), ["b", "a"]),
+        (LocateQuery("demo", object_type=KEY, newest_first=True, limit=2), ["e", "b"]),
+        (LocateQuery("demo", state=ACTIVE, newest_first=True, offset=2), ["d"]),
+        (LocateQuery("demo", name="shared", newest_first=True, destroyed=False), ["c", "b"]),
+        (LocateQuery("demo", group="g1", newest_first=True, destroyed=True, limit=5), ["e"]),
+        (LocateQuery("other", newest_first=True, destroyed=False, limit=16), ["z"]),
     ],
 )
 def test_locate(shared_url: str, query: LocateQuery, expected: list[str]) -> None:
     async def body(reg: Registry) -> None:
         await reg.put_objects(LOCATE_SET)
         assert await reg.locate(query) == expected
+        # Located Items: every match, offset and limit aside, counted by the database
+        every = await reg.locate(replace(query, offset=0, limit=None))
+        assert await reg.locate_count(query) == len(every)
+        assert expected == every[query.offset :][: query.limit]
 
     run(shared_url, body)
 
@@ -456,16 +470,29 @@ INDEXED = [
     (LocateQuery("t1", name="n7", group="g7", state=ACTIVE), "object_names_tenant_name", BY_UID),
     (
         LocateQuery("t1", state=ACTIVE),
-        "objects_tenant_state",
-        "USING INDEX objects_tenant_state (tenant=? AND state=?)",
+        "objects_tenant_state_order",
+        "USING INDEX objects_tenant_state_order (tenant=? AND state=?)",
     ),
 ]
+
+# A page of the usual Locate (newest first, destroyed left out, Maximum Items):
+# the index walked in the answer's order, so LIMIT stops it (no sort of every
+# match), and the count of Located Items from the index alone.
+PAGE = LocateQuery("t1", newest_first=True, destroyed=False, limit=16)
+ORDERED = [
+    (replace(PAGE, object_type=KEY), "objects_tenant_type_order",
+     "(tenant=? AND object_type=?)"),
+    (PAGE, "objects_tenant_order", "(tenant=?)"),
+    (replace(PAGE, state=ACTIVE), "objects_tenant_state_order", "(tenant=? AND state=?)"),
+    (replace(PAGE, object_type=KEY, offset=500), "objects_tenant_type_order",
+     "(tenant=? AND object_type=?)"),
+]  # fmt: skip
 
 
 def _many(n: int = 3000) -> list[ObjectRecord]:
     return [
         ObjectRecord(f"u{i}", f"t{i % 3}", KEY, 1 + i % 4, i, names=(f"n{i}",),
-                     groups=(f"g{i % 50}",), custom=(("x-c", str(i % 100)),))
+                     groups=(f"g{i % 500}",), custom=(("x-c", str(i % 100)),))
         for i in range(n)
     ]  # fmt: skip
 
@@ -484,6 +511,32 @@ def test_sqlite_locate_searches_an_index(tmp_path: Path) -> None:
             assert any(step.startswith("SEARCH") and index in step for step in plan), plan
             assert f"SEARCH o {objects}" in plan, plan  # not every object of the tenant
             assert not any(step.startswith("SCAN") for step in plan), plan
+
+
+def test_sqlite_locate_pages_in_index_order_and_counts_from_the_index(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    run(f"sqlite:{path}", _fill)
+    with sqlite3.connect(path) as db:
+        for query, index, search in ORDERED:
+            sql, params = locate_sql(query, "sqlite")
+            plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            assert plan == [f"SEARCH o USING INDEX {index} {search}"], plan  # no TEMP B-TREE
+            sql, params = locate_count_sql(query, "sqlite")
+            plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            assert len(plan) == 1 and plan[0].endswith(search), plan  # the index alone
+            assert plan[0].startswith("SEARCH o USING COVERING INDEX objects_tenant_"), plan
+
+
+def test_postgresql_locate_pages_in_index_order(pg: PgServer) -> None:
+    url = pg.create_database()
+    run(url, _fill)
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("VACUUM ANALYZE")
+        for query, index, _ in ORDERED:
+            sql, params = locate_sql(query, "postgresql")
+            plan = "\n".join(row[0] for row in db.execute(f"EXPLAIN {sql}", params))
+            assert f"Index Scan Backward using {index} on objects" in plan, plan
+            assert "Sort" not in plan and "Seq Scan" not in plan, plan
 
 
 def test_postgresql_locate_uses_an_index(pg: PgServer) -> None:

@@ -26,6 +26,8 @@ examples:
   krypton bench --pki .krypton-dev/pki --op get --connections 16 --duration 10
   krypton bench --op mixed --ratio 9:1 --procs 2 --connections 32 --png bench.png
   krypton bench --op connect --resume --count 2000 --json
+  krypton bench --op create -c 16 --count 1000000 --keys-file keys.txt   # load phase
+  krypton bench --op get -c 16 --duration 10 --keys-file keys.txt        # random keys
   krypton bench ceiling --port 15697 --pki .krypton-dev/pki
 
 Exit status: 0 when every response was a Success, 1 when any error was seen
@@ -73,6 +75,11 @@ def register(sub: Any) -> None:
         help="--op connect: resume TLS sessions (default: a full handshake each time)",
     )  # fmt: skip
     w.add_argument("--uid", default=None, help="Get this key instead of creating one at start")
+    w.add_argument(
+        "--keys-file", type=Path, default=None,
+        help="--op create: append the identifier of every key made to this file; "
+        "--op get: Get identifiers drawn uniformly at random from it, one per request",
+    )  # fmt: skip
     w.add_argument("--length", type=int, choices=[128, 192, 256], default=256, help="AES bits")
     w.add_argument(
         "--check", choices=["status", "full"], default="status",
@@ -123,6 +130,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError("--duration must be positive")
     if args.timeout <= 0:
         raise ConfigError("--timeout must be positive")
+    if args.keys_file is not None and args.op not in ("get", "create"):
+        raise ConfigError("--keys-file is for --op create (record) and --op get (draw)")
+    if args.keys_file is not None and args.uid is not None:
+        raise ConfigError("--keys-file and --uid: give one")
     try:
         ratio = parse_ratio(args.ratio)
     except ValueError as e:
@@ -150,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         timeout=args.timeout,
         server_pids=tuple(args.server_pid),
         progress=not args.quiet,
+        keys_file=args.keys_file,
     )
 
 
@@ -164,6 +176,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.png is not None and not plot.available():
         raise ConfigError("--png needs matplotlib (pip install matplotlib)")
     outcome = run_bench(cfg)
+    if cfg.keys_file is not None and cfg.op == "create":
+        with cfg.keys_file.open("a") as keys:
+            keys.writelines(uid + "\n" for uid in outcome.created)
     summary = summarize(outcome)
     if args.png is not None:
         plot.write_png(args.png, outcome.samples, summary)

@@ -4,7 +4,10 @@ How this works
 --------------
 1. Setup: for ``get``, ``mixed`` and ``connect`` one key is created with the
    blocking client (unless ``--uid`` names one), so every worker Gets the
-   same identifier; then every request is encoded once (:func:`build_plan`).
+   same identifier -- or, for ``get`` with ``--keys-file``, every request
+   Gets an identifier of that file drawn at random; ``create`` with
+   ``--keys-file`` appends the identifier of every key it made to the file
+   (the load phase). Then every request is encoded once (:func:`build_plan`).
 2. ``--procs`` worker processes are forked, each with its share of the
    connections (and of ``--count``); each says ``ready`` once connected.
    ``go`` is sent to all at once.
@@ -32,7 +35,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TextIO
 
-from krypton.bench.wire import build_plan
+from krypton.bench.wire import build_plan, read_keys
 from krypton.bench.worker import Target, WorkerResult, WorkerSpec, client_context, worker_main
 from krypton.client.sync import DEFAULT_VERSION, KmipClient
 from krypton.errors import ConfigError, GeneralFailure, KryptonError
@@ -59,12 +62,15 @@ class BenchConfig:
     timeout: float = 10.0
     server_pids: tuple[int, ...] = ()
     progress: bool = True
+    keys_file: Path | None = None  # get: draw from it; create: append to it
 
 
 @dataclass(slots=True)
 class Outcome:
     config: BenchConfig
     uid: str | None = None
+    keys: int = 0  # get --keys-file: how many identifiers it drew from
+    created: list[str] = field(default_factory=list)  # create --keys-file
     samples: array[int] = field(default_factory=lambda: array("q"))
     kinds: array[int] = field(default_factory=lambda: array("B"))
     errors: dict[int, int] = field(default_factory=dict)
@@ -160,8 +166,10 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def worker_specs(cfg: BenchConfig, uid: str | None) -> list[WorkerSpec]:
-    plan = build_plan(cfg.op, cfg.version, uid, ratio=cfg.ratio, length=cfg.length)
+def worker_specs(
+    cfg: BenchConfig, uid: str | None, keys: list[str] | None = None
+) -> list[WorkerSpec]:
+    plan = build_plan(cfg.op, cfg.version, uid, ratio=cfg.ratio, length=cfg.length, keys=keys)
     procs = max(1, min(cfg.procs, cfg.connections))
     quotas = split(cfg.count, cfg.connections) if cfg.count is not None else None
     specs, first = [], 0
@@ -179,6 +187,7 @@ def worker_specs(cfg: BenchConfig, uid: str | None) -> list[WorkerSpec]:
                 warmup=cfg.warmup,
                 full_check=cfg.full_check,
                 timeout=cfg.timeout,
+                record=cfg.keys_file is not None and cfg.op == "create",
             )
         )
         first += n
@@ -238,14 +247,30 @@ def _recv(pipe: Pipe) -> tuple[object, ...]:
     return msg
 
 
+def _keys(cfg: BenchConfig) -> list[str] | None:
+    """The identifiers a ``get`` draws from (``--keys-file``), else None."""
+    if cfg.keys_file is None or cfg.op == "create":
+        return None
+    if cfg.op != "get":
+        raise ConfigError("--keys-file: a recorded key list is for --op get (and create)")
+    try:
+        keys = read_keys(cfg.keys_file)
+    except OSError as exc:
+        raise ConfigError(f"--keys-file: cannot read {cfg.keys_file}: {exc.strerror}") from None
+    if not keys:
+        raise ConfigError(f"--keys-file: {cfg.keys_file} holds no key identifiers")
+    return keys
+
+
 def run_bench(cfg: BenchConfig, out: TextIO = sys.stderr) -> Outcome:
+    keys = _keys(cfg)
     uid = cfg.uid
-    if uid is None and cfg.op in _NEEDS_KEY:
+    if uid is None and keys is None and cfg.op in _NEEDS_KEY:
         uid = create_key(cfg)
     else:
         make_context(cfg.target)
-    specs = worker_specs(cfg, uid)
-    outcome = Outcome(cfg, uid)
+    specs = worker_specs(cfg, uid, keys)
+    outcome = Outcome(cfg, uid, keys=len(keys or ()))
     mp = _context()
     procs, pipes = [], []
     parent_cpu0 = time.process_time()
@@ -381,6 +406,7 @@ def _merge(
         outcome.generator_cpu += r.cpu
         outcome.resumed += r.resumed
         outcome.full += r.full
+        outcome.created += r.uids
         if not outcome.tls and r.tls:
             outcome.tls = dict(r.tls)
     if done:

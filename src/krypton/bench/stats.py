@@ -75,6 +75,8 @@ def summarize(o: Outcome) -> dict[str, Any]:
         "warmup_s": cfg.warmup,
         "check": "full" if cfg.full_check else "status",
         "tls": tls,
+        "keys_file": None if cfg.keys_file is None else str(cfg.keys_file),
+        "keys": o.keys if cfg.op == "get" else len(o.created),  # drawn from / recorded
         "ops": ops,
         "errors": errors,
         "error_reasons": _reasons(o.errors),
@@ -126,6 +128,9 @@ def format_report(s: dict[str, Any]) -> str:
         + (f"   (warmup: {s['warmup_ops']:,} ops, {s['warmup_errors']:,} errors)"
            if s["warmup_ops"] else ""),
     ]  # fmt: skip
+    if s.get("keys_file"):
+        how = "random Get over" if s["op"] == "get" else "appended"
+        lines.append(f"  keys       {how} {s['keys']:,} identifiers ({s['keys_file']})")
     for name, k in s["error_reasons"].items():
         lines.append(f"    error    {k:,} x {name}")
     for name, k in s["warmup_error_reasons"].items():

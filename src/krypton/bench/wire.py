@@ -5,7 +5,9 @@ How this works
 Every request is encoded once, before the run (:func:`build_plan`): an
 operation is a cycle of ready-made byte strings, each with the tuple of
 operations its response must carry (``(GET,)``, ``(CREATE, GET)``), so the
-hot path only writes bytes it already has.
+hot path only writes bytes it already has. The one exception is a Get over a
+recorded key list (``--keys-file``, :class:`RandomGets`): each request joins
+a ready-made head and tail around an identifier drawn uniformly at random.
 
 :func:`check_status` reads a response without building a tree. It walks the
 TTLV headers with one precompiled ``struct`` -- message, response header
@@ -22,10 +24,13 @@ message with the real codec instead and also checks the key material length.
 
 from __future__ import annotations
 
+import os
+import random
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import gcd
+from pathlib import Path
 
 from krypton.errors import InvalidMessage
 from krypton.kmip import client_messages as cm
@@ -102,11 +107,60 @@ OPS = ("get", "create", "createget", "mixed", "connect")
 class Plan:
     """The request cycle of one operation type; ``kinds`` index ``kind_names``."""
 
-    requests: tuple[bytes, ...]
+    requests: Sequence[bytes]
     expects: tuple[tuple[int, ...], ...]
     kinds: tuple[int, ...]
     kind_names: tuple[str, ...]
     key_bytes: int = 32
+
+
+class RandomGets(Sequence[bytes]):
+    """A cycle of one Get whose identifier is drawn, uniformly and with
+    replacement, from a recorded key list on every request (so a key cache
+    sees the whole list, not a repeating sample). The message is a head and a
+    tail made once per identifier length around the identifier's bytes. The
+    draw is load shaping, not a secret: ``random``, reseeded in each process."""
+
+    def __init__(self, version: ProtocolVersion, uids: Sequence[str]) -> None:
+        if not uids:
+            raise ValueError("no key identifiers to Get")
+        self.uids = [u.encode() for u in uids]
+        self.parts: dict[int, tuple[bytes, bytes]] = {}
+        for n in {len(u) for u in self.uids}:
+            marker = b"#" * n
+            whole = encode(cm.request_message(version, [cm.get_item(marker.decode())]))
+            at = whole.index(marker)
+            self.parts[n] = (whole[:at], whole[at + n :])
+        self._pid = 0
+        self._draw = random.Random().randrange
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> bytes:  # type: ignore[override]
+        if self._pid != os.getpid():  # a forked worker: its own draws
+            self._pid = os.getpid()
+            self._draw = random.Random(os.urandom(16)).randrange
+        uid = self.uids[self._draw(len(self.uids))]
+        head, tail = self.parts[len(uid)]
+        return head + uid + tail
+
+
+def read_keys(path: Path) -> list[str]:
+    """The identifiers in a keys file (one per line; blank lines ignored)."""
+    return [line for line in path.read_text().split() if line]
+
+
+def created_uid(response: bytes) -> str | None:
+    """The Unique Identifier a successful single-item Create response carries."""
+    from krypton.ttlv.codec import decode
+
+    try:
+        items = cm.parse_response(decode(response)).items
+        payload = items[0].payload if items else None
+        return None if payload is None else cm.unique_identifier(payload)
+    except (InvalidMessage, ValueError):
+        return None
 
 
 def parse_ratio(text: str) -> tuple[int, int]:
@@ -133,8 +187,15 @@ def build_plan(
     *,
     ratio: tuple[int, int] = (9, 1),
     length: int = 256,
+    keys: Sequence[str] | None = None,
 ) -> Plan:
+    """The requests of ``op``; a ``get`` with ``keys`` draws one of them at random
+    for every request (:class:`RandomGets`)."""
     attrs = cm.aes_attributes(length)
+    if keys is not None:
+        if op != "get":
+            raise ValueError(f"a key list is for --op get, not {op!r}")
+        return Plan(RandomGets(version, keys), ((GET,),), (0,), ("get",), length // 8)
 
     def msg(*items: Item) -> bytes:
         return encode(cm.request_message(version, list(items)))

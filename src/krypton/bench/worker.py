@@ -59,6 +59,7 @@ from krypton.bench.wire import (
     Plan,
     check_full,
     check_status,
+    created_uid,
 )
 
 _now = time.perf_counter_ns
@@ -89,6 +90,7 @@ class WorkerSpec:
     full_check: bool
     timeout: float
     tick: float = 0.25
+    record: bool = False  # keep the identifier of every key a Create made (--keys-file)
 
 
 @dataclass(slots=True)
@@ -105,6 +107,7 @@ class WorkerResult:
     tls: dict[str, str] = field(default_factory=dict)
     samples: bytes = b""
     kinds: bytes = b""
+    uids: list[str] = field(default_factory=list)
 
 
 class ResumingContext(ssl.SSLContext):
@@ -151,11 +154,14 @@ class _Run:
 
     __slots__ = (
         "active", "cpu_start", "errors", "finished", "full", "kinds", "measuring", "ops",
-        "resumed", "samples", "stopping", "t_end", "t_start", "tls", "track_kinds",
+        "record", "resumed", "samples", "stopping", "t_end", "t_start", "tls", "track_kinds",
         "warm_errors", "warm_ops",
     )  # fmt: skip
 
-    def __init__(self, plan: Plan, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, plan: Plan, loop: asyncio.AbstractEventLoop, *, record: bool = False
+    ) -> None:
+        self.record: list[str] | None = [] if record else None
         self.samples = array("q")
         self.kinds = array("B")
         self.track_kinds = len(plan.kind_names) > 1
@@ -196,7 +202,7 @@ class _Run:
     def result(self, cpu: float) -> WorkerResult:
         return WorkerResult(
             self.ops, self.errors, self.warm_ops, self.warm_errors, self.t_start, self.t_end,
-            cpu, self.resumed, self.full, self.tls,
+            cpu, self.resumed, self.full, self.tls, uids=self.record or [],
         )  # fmt: skip
 
 
@@ -274,6 +280,10 @@ class _Conn(asyncio.BufferedProtocol):
                 self.waiter.set_result((code, t1))
             return
         run = self.run
+        if run.record is not None and not code:  # a key made: keep its identifier
+            uid = created_uid(bytes(self.view[:need]))
+            if uid is not None:
+                run.record.append(uid)
         if run.measuring:
             run.samples.append(t1 - self.t0)
             if run.track_kinds:
@@ -442,7 +452,7 @@ async def _ticker(run: _Run, conns: list[_Conn], pipe: Pipe, spec: WorkerSpec) -
 
 async def _main(spec: WorkerSpec, pipe: Pipe) -> None:
     loop = asyncio.get_running_loop()
-    run = _Run(spec.plan, loop)
+    run = _Run(spec.plan, loop, record=spec.record)
     ctx = client_context(spec.target)
     conns: list[_Conn] = []
     quotas = spec.quotas or (-1,) * spec.connections

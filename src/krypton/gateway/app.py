@@ -238,8 +238,7 @@ class Gateway:
             return
         try:
             async with asyncio.timeout(DRAIN_FLUSH_MAX):
-                while upstream.ready and await upstream.drain_once() == upstream.batch:
-                    pass
+                await upstream.pump()
         except (KryptonError, TimeoutError) as e:
             log.warning("drain: outbox not flushed: %s", getattr(e, "message", "") or "timed out")
 

@@ -9,8 +9,8 @@ the consistency rules of DESIGN §4:
   names (its Unique Identifier, or the batch's ID Placeholder) is looked up in
   the vault; if that record is still in the outbox it is sent with
   ``SyncKeys`` first, so the Core never sees an operation on a key it does
-  not hold. A ``Locate`` flushes the whole outbox first, so it finds every key
-  this gateway has made.
+  not hold. A ``Locate`` flushes the tenant's outbox first (read by tenant,
+  page after page), so it finds every key this gateway has made for it.
 * **State flows down.** The Core's answer carries the state changes the
   operation made; they are written to the vault *before* the answer is
   relayed. Changes made through other gateways arrive on the Subscribe
@@ -20,6 +20,15 @@ the consistency rules of DESIGN §4:
   while the Core was away stay in the outbox; a drainer task sends them in
   batches whenever the uplink is READY (woken by every ``Create``, and when
   the link comes back).
+* **The pump.** Draining (and a Locate's flush) reads the outbox page after
+  page past a position (``Vault.outbox_page``) and keeps up to ``window``
+  ``SyncKeys`` batches in flight: a batch's keys are marked synced as soon as
+  its answer comes, while the next batches travel and the Core stores them
+  (issue 16: one batch at a time left both processes mostly waiting). Keys
+  the Core refuses stay in the outbox and the pass goes on past them;
+  ``SyncKeys`` is idempotent, so a batch sent twice (by the drain and a
+  flush, or again after a lost answer) is harmless. The first failed batch
+  stops new ones; those in flight finish, then the failure is raised.
 * **The change feed.** Changes made through other gateways arrive on the
   Subscribe stream from the Core's durable feed; :meth:`apply` brings a held
   record up to the Core's and writes the feed position in the same vault
@@ -65,6 +74,7 @@ log = logging.getLogger("krypton.upstream")
 T = TypeVar("T")
 
 DRAIN_BATCH = 512
+DRAIN_WINDOW = 4  # SyncKeys batches in flight at once
 DRAIN_INTERVAL = 0.5
 DRAIN_LINGER = 0.1
 RECONCILE_BATCH = 500
@@ -81,11 +91,13 @@ class Upstream:
         batch: int = DRAIN_BATCH,
         interval: float = DRAIN_INTERVAL,
         linger: float = DRAIN_LINGER,
+        window: int = DRAIN_WINDOW,
     ) -> None:
         self.client = client
         self.vault = vault
         self.limits = limits
         self.batch = batch
+        self.window = max(1, window)
         self.interval = interval
         self.linger = linger
         self._wake = asyncio.Event()
@@ -135,20 +147,42 @@ class Upstream:
             # a key at the Core sooner syncs it itself (sync before delegate).
             await asyncio.sleep(self.linger)
             try:
-                while await self.drain_once() == self.batch:
-                    pass
+                await self.pump()
             except KryptonError as exc:
                 log.info("outbox: not drained now: %s", exc.message)
             except Exception:  # the drainer must outlive any one bad batch
                 log.exception("outbox: drain failed; retried on the next wake")
 
-    async def drain_once(self, tenant: str | None = None) -> int:
-        records = self.vault.outbox(self.batch)
-        if tenant is not None:
-            records = [r for r in records if belongs(r, tenant)]
-        if not records:
-            return 0
-        return await self._sync(records)
+    async def pump(self, tenant: str | None = None) -> int:
+        """Send every key waiting in the outbox (``tenant``'s only, if given: the
+        other tenants' rows are not even read), with up to ``window`` batches in
+        flight; how many the Core acknowledged. Reads go on past each page, so
+        keys the Core refuses, or rows that cannot be sent, never stop it; keys
+        made meanwhile are sent too, until a page comes back short."""
+        after, more, acked = 0, True, 0
+        flight: set[asyncio.Future[int]] = set()
+        failure: BaseException | None = None
+        try:
+            while True:
+                while more and failure is None and len(flight) < self.window:
+                    page = self.vault.outbox_page(self.batch, tenant=tenant, after=after)
+                    after, more = page.position, page.more
+                    if page.records:
+                        flight.add(asyncio.ensure_future(self._sync(page.records)))
+                if not flight:
+                    break
+                done, flight = await asyncio.wait(flight, return_when=asyncio.FIRST_COMPLETED)
+                for batch in done:
+                    if batch.exception() is None:
+                        acked += batch.result()
+                    elif failure is None:
+                        failure = batch.exception()
+        finally:
+            for batch in flight:  # only when this pump itself is cancelled
+                batch.cancel()
+        if failure is not None:
+            raise failure
+        return acked
 
     async def _sync(self, records: list[KeyRecord]) -> int:
         acked = await self.client.sync_keys(records)
@@ -157,7 +191,7 @@ class Upstream:
         except StorageError as exc:
             # The keys are at the Core; only the outbox mark is not stored (a full
             # disk, say). Go on: they are offered again later, and SyncKeys is
-            # idempotent. 0, so that a flush loop does not spin on them.
+            # idempotent. 0: none marked.
             log.warning("outbox: %d key(s) reached the Krypton Core but are not marked so"
                         " (%s); they are sent again later", len(acked), exc.message)
             return 0
@@ -203,8 +237,7 @@ class Upstream:
     async def _sync_before(self, ctx: RequestContext, raw_item: Item) -> None:
         operation = raw_item.find(Tag.OPERATION)
         if operation is not None and operation.value == Operation.LOCATE:
-            while await self.drain_once(ctx.tenant) == self.batch:
-                pass
+            await self.pump(ctx.tenant)
             return
         uid = _named_uid(raw_item) or ctx.placeholder
         if uid is None:

@@ -107,6 +107,12 @@ class ObjectRecord:
 
 @dataclass(frozen=True, slots=True)
 class LocateQuery:
+    """What a Locate asks the registry: the tenant's objects matching every filter
+    given, in creation order (``created``, then insertion order; reversed with
+    ``newest_first``), ``offset`` of them skipped, at most ``limit`` returned.
+    ``destroyed``: None, any state; False, destroyed objects (KMIP states
+    Destroyed and Destroyed Compromised) left out; True, only those."""
+
     tenant: str
     object_type: int | None = None
     state: int | None = None
@@ -115,6 +121,8 @@ class LocateQuery:
     custom: tuple[tuple[str, str], ...] = ()
     offset: int = 0
     limit: int | None = None
+    destroyed: bool | None = None
+    newest_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +237,13 @@ class Registry(Protocol):
         has a MAC already or has moved on."""
 
     async def locate(self, query: LocateQuery) -> list[str]:
-        """Unique identifiers matching every given filter, in creation order
-        (``created``, then insertion order)."""
+        """Unique identifiers matching every given filter, in the query's order,
+        ``offset`` and ``limit`` applied by the database (an index serves the
+        order: a page costs its size, not the number of matches)."""
+
+    async def locate_count(self, query: LocateQuery) -> int:
+        """How many objects match every given filter (``offset`` and ``limit``
+        ignored), counted by the database without reading them out."""
 
     async def l3_usage(self, tenant: str) -> dict[int, int]:
         """How many of the tenant's objects still hold material wrapped under each

@@ -9,7 +9,8 @@
   Core instances on one database.
 
 ``locate_sql(query, dialect)`` is the one SQL statement both backends run for a
-Locate, public so that it can be read and EXPLAINed (tests check its plan).
+Locate, and ``locate_count_sql`` the one that counts its matches (Located
+Items); public so that they can be read and EXPLAINed (tests check the plans).
 
 Opening is async because the PostgreSQL backend connects (and migrates)
 before it returns, so a wrong DSN fails at start-up, not at the first request.
@@ -19,9 +20,9 @@ from __future__ import annotations
 
 from krypton.errors import ConfigError
 from krypton.model.registry import Registry
-from krypton.registry._common import Dialect, locate_sql
+from krypton.registry._common import Dialect, locate_count_sql, locate_sql
 
-__all__ = ["Dialect", "locate_sql", "open_registry"]
+__all__ = ["Dialect", "locate_count_sql", "locate_sql", "open_registry"]
 
 
 async def open_registry(url: str, *, feed_retention: int | None = None) -> Registry:

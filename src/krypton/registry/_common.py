@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from krypton.errors import InvalidField
+from krypton.model.record import DESTROYED_STATES
 from krypton.model.registry import (
     Change,
     KeyChange,
@@ -106,11 +107,13 @@ def side_rows(r: ObjectRecord) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-def locate_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
-    """The one Locate statement: objects of the tenant, narrowed by an indexed
-    lookup per filter. Exposed so that tests can EXPLAIN exactly this."""
-    if q.offset < 0 or (q.limit is not None and q.limit < 0):
-        raise InvalidField("Locate: offset and limit must not be negative")
+_DESTROYED = ", ".join(str(int(s)) for s in sorted(DESTROYED_STATES))
+_ORDER = {False: " ORDER BY o.created, o.seq", True: " ORDER BY o.created DESC, o.seq DESC"}
+
+
+def _locate_where(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
+    """The FROM and WHERE of a Locate: objects of the tenant, narrowed by an
+    indexed lookup per filter."""
     p = "?" if dialect == "sqlite" else "%s"
     # With a name, group or custom filter, the side table's (tenant, ...) index
     # must drive the query; SQLite, without statistics, would rather walk all
@@ -125,6 +128,8 @@ def locate_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
         if number is not None:
             where.append(f"o.{column} = {p}")
             params.append(int(number))
+    if q.destroyed is not None:
+        where.append(f"o.state {'IN' if q.destroyed else 'NOT IN'} ({_DESTROYED})")
     for table, text in (("object_names", q.name), ("object_groups", q.group)):
         if text is not None:
             where.append(f"o.uid IN (SELECT uid FROM {table} WHERE tenant = {p} AND name = {p})")  # noqa: S608
@@ -135,11 +140,18 @@ def locate_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
             f" AND value = {p})"
         )
         params += [q.tenant, name, value]
-    sql = (
-        "SELECT o.uid FROM objects o WHERE "  # noqa: S608 (fixed fragments; values are bound)
-        + " AND ".join(where)
-        + " ORDER BY o.created, o.seq"
-    )
+    return " FROM objects o WHERE " + " AND ".join(where), params
+
+
+def locate_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
+    """The one Locate statement: the page of matching uids in the query's order,
+    which an index (tenant, [type | state,] created, seq) serves, so that
+    LIMIT stops the walk. Exposed so that tests can EXPLAIN exactly this."""
+    if q.offset < 0 or (q.limit is not None and q.limit < 0):
+        raise InvalidField("Locate: offset and limit must not be negative")
+    p = "?" if dialect == "sqlite" else "%s"
+    where, params = _locate_where(q, dialect)
+    sql = "SELECT o.uid" + where + _ORDER[q.newest_first]
     if q.limit is not None:
         sql += f" LIMIT {p}"
         params.append(q.limit)
@@ -149,6 +161,13 @@ def locate_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
         sql += f" OFFSET {p}"
         params.append(q.offset)
     return sql, params
+
+
+def locate_count_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
+    """How many objects match (Located Items): a count over the same index, no
+    row read out."""
+    where, params = _locate_where(q, dialect)
+    return "SELECT COUNT(*)" + where, params
 
 
 def key_changed(key: SealedKey, state: int, sealed: bytes | None) -> bool:

@@ -72,6 +72,7 @@ from krypton.registry._common import (
     feed_row,
     feed_sql,
     key_changed,
+    locate_count_sql,
     locate_sql,
     object_row,
     record_from_row,
@@ -400,6 +401,13 @@ class PostgresRegistry:
         async with self._connection("locate") as conn:
             cur = await conn.execute(text, params)
             return [row[0] for row in await cur.fetchall()]
+
+    async def locate_count(self, query: LocateQuery) -> int:
+        text, params = locate_count_sql(query, "postgresql")
+        async with self._connection("locate") as conn:
+            cur = await conn.execute(text, params)
+            row = await cur.fetchone()
+            return 0 if row is None else int(row[0])
 
     async def l3_usage(self, tenant: str) -> dict[int, int]:
         async with self._connection("L3 usage") as conn:

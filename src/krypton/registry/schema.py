@@ -22,6 +22,14 @@ to ``unsealed_objects``, the only place a row without a MAC is accepted, until
 the Core seals them at start. The step is self-contained (one new column, one
 new table filled from ``objects``), so it can be renumbered next to other
 steps.
+
+v4 (Locate at scale, issue 16): Locate's page is read in the order it is
+answered (newest first) with LIMIT, and Located Items is a COUNT, so the
+indexes on ``objects`` end in that order: (tenant, [object_type | state,]
+created, seq), each followed by the columns a Locate still filters on
+(``state`` for the Storage Status Mask, ``object_type``), so that a count
+reads the index alone. They replace v1's (tenant, state) and (tenant,
+object_type). Self-contained too.
 """
 
 from __future__ import annotations
@@ -40,6 +48,16 @@ _INDEXES = (
     "CREATE INDEX object_groups_tenant_name ON object_groups(tenant, name)",
     "CREATE INDEX object_custom_tenant_name_value ON object_custom(tenant, name, value)",
     "CREATE INDEX audit_tenant_time ON audit(tenant, time)",
+)
+
+# v4: indexes that serve Locate's order (see the module comment).
+_ORDERED = (
+    "DROP INDEX objects_tenant_state",
+    "DROP INDEX objects_tenant_type",
+    "CREATE INDEX objects_tenant_order ON objects(tenant, created, seq, object_type, state)",
+    "CREATE INDEX objects_tenant_type_order"
+    " ON objects(tenant, object_type, created, seq, state)",
+    "CREATE INDEX objects_tenant_state_order ON objects(tenant, state, created, seq)",
 )
 
 _FEED_TAIL = (
@@ -98,6 +116,8 @@ SQLITE: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE unsealed_objects (uid TEXT PRIMARY KEY)",
         "INSERT INTO unsealed_objects (uid) SELECT uid FROM objects",
     ),
+    # v4: Locate's order
+    _ORDERED,
 )
 
 POSTGRES: tuple[tuple[str, ...], ...] = (
@@ -136,6 +156,8 @@ POSTGRES: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE unsealed_objects (uid TEXT PRIMARY KEY)",
         "INSERT INTO unsealed_objects (uid) SELECT uid FROM objects",
     ),
+    # v4: Locate's order
+    _ORDERED,
 )
 
 LATEST = len(SQLITE)

@@ -57,6 +57,7 @@ from krypton.registry._common import (
     feed_row,
     feed_sql,
     key_changed,
+    locate_count_sql,
     locate_sql,
     object_row,
     record_from_row,
@@ -381,6 +382,10 @@ class SqliteRegistry:
     async def locate(self, query: LocateQuery) -> list[str]:
         sql, params = locate_sql(query, "sqlite")
         return await self._read(lambda conn: [r[0] for r in conn.execute(sql, params)])
+
+    async def locate_count(self, query: LocateQuery) -> int:
+        sql, params = locate_count_sql(query, "sqlite")
+        return await self._read(lambda conn: int(conn.execute(sql, params).fetchone()[0]))
 
     async def l3_usage(self, tenant: str) -> dict[int, int]:
         return await self._read(

@@ -63,6 +63,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " reason TEXT NOT NULL,"
         " at INTEGER NOT NULL)",
     ),
+    # v6: one tenant's outbox in order (the flush before a delegated Locate) without
+    # walking the other tenants' waiting rows; entries are (tenant, rowid).
+    (
+        "CREATE INDEX keys_outbox_tenant ON keys(tenant) WHERE synced = 0",
+    ),
 )
 
 LATEST = len(MIGRATIONS)

@@ -66,12 +66,15 @@ _COLUMNS = (
     " wrapped, attributes, created, synced, mac FROM keys"
 )
 _SELECT = _COLUMNS + " WHERE uid = ?"
-_OUTBOX = (
+_OUTBOX_ROWS = (
     "SELECT uid, tenant, object_type, algorithm, length, state, l3_version,"
     " wrapped, attributes, created, synced, mac, rowid FROM keys WHERE synced = 0"
-    " ORDER BY rowid LIMIT ?"
 )
 _OUTBOX_STATS = "SELECT count(*), min(created) FROM keys WHERE synced = 0"
+# Past a position (a rowid), oldest first: keys_outbox for all tenants,
+# keys_outbox_tenant (tenant, rowid) for one, so neither walks other rows.
+_OUTBOX = _OUTBOX_ROWS + " AND rowid > ? ORDER BY rowid LIMIT ?"
+_OUTBOX_OF = _OUTBOX_ROWS + " AND tenant = ? AND rowid > ? ORDER BY rowid LIMIT ?"
 _QUARANTINED = "SELECT row, uid, reason, at FROM quarantine ORDER BY row"
 _QUARANTINE_ROW = "UPDATE keys SET synced = 2 WHERE rowid = ?"
 _QUARANTINE_NOTE = "INSERT OR REPLACE INTO quarantine (row, uid, reason, at) VALUES (?, ?, ?, ?)"
@@ -116,6 +119,19 @@ def _record(row: Sequence[Any]) -> KeyRecord:
         return _decoded(row)
     except BadRow as bad:
         raise StorageError(f"vault record {row[0]!r} is unreadable: {bad}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxPage:
+    """Records waiting for the Core, oldest first, read past a position.
+
+    ``position`` is where the next read goes on from (past every row read,
+    sendable or not); ``more`` is False once a read found fewer rows than it
+    asked for: nothing was waiting past this page when it was read."""
+
+    records: list[KeyRecord]
+    position: int
+    more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,14 +582,25 @@ class Vault:
             return self._held.overlay(record)
         return record
 
-    def outbox(self, limit: int) -> list[KeyRecord]:
-        """Up to ``limit`` records the Core has not acknowledged, oldest first.
+    def outbox(self, limit: int, *, tenant: str | None = None) -> list[KeyRecord]:
+        """Up to ``limit`` records (of ``tenant``, or of all tenants) the Core has
+        not acknowledged, oldest first: the first :meth:`outbox_page`."""
+        return self.outbox_page(limit, tenant=tenant).records
+
+    def outbox_page(
+        self, limit: int, *, tenant: str | None = None, after: int = 0
+    ) -> OutboxPage:
+        """Up to ``limit`` outbox rows (of ``tenant``, or of all tenants) past
+        position ``after`` (0: from the oldest), oldest first, as records.
         Records that fail authentication (or cannot be checked yet) are left out;
         a row that does not decode is logged with its uid, counted and
         quarantined (out of the outbox, listed by :func:`quarantined`). Call it
         on the event loop."""
+        sql, params = (
+            (_OUTBOX, (after, limit)) if tenant is None else (_OUTBOX_OF, (tenant, after, limit))
+        )
         with translated("vault outbox read"):
-            rows = self._readers.get().execute(_OUTBOX, (limit,)).fetchall()
+            rows = self._readers.get().execute(sql, params).fetchall()
         records: list[KeyRecord] = []
         bad: list[Quarantined] = []
         for row in rows:
@@ -586,7 +613,8 @@ class Vault:
                 continue
         if bad:
             self._quarantine_rows(bad)
-        return records
+        position = int(rows[-1][12]) if rows else after
+        return OutboxPage(records, position, len(rows) >= limit > 0)
 
     def _quarantine_rows(self, bad: list[Quarantined]) -> None:
         for q in bad:

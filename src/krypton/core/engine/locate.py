@@ -20,6 +20,12 @@ ignored (there is no fresh/default group policy). The answer lists the most rece
 created object first, then applies Offset Items and Maximum Items; Located
 Items (1.3+) counts every match and is sent when the client pages. A Locate
 that returns exactly one identifier sets the ID Placeholder.
+
+When every filter is indexed (the usual Locate: Object Type, State, a Name...)
+the registry does all of it — the Storage Status Mask, the order, Offset
+Items and Maximum Items in the statement, Located Items as a COUNT — so a page
+costs its size whatever the number of matches (issue 16). Only a filter
+matched on the records makes this handler read every candidate.
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ from krypton.errors import InvalidField
 from krypton.kmip.attributes import Attribute, parse_attributes, parse_v2
 from krypton.kmip.versions import ProtocolVersion
 from krypton.model.context import RequestContext
-from krypton.model.record import DESTROYED_STATES
 from krypton.model.registry import LocateQuery, ObjectRecord
 from krypton.ttlv.enums import StorageStatusMask
 from krypton.ttlv.item import Item, ItemType
@@ -150,18 +155,23 @@ async def _records(svc: CoreServices, tenant: str, uids: Sequence[str]) -> list[
     return out
 
 
-async def _candidates(svc: CoreServices, q: LocateQuery, mask: int) -> list[str]:
-    """Matching identifiers in creation order, destroyed ones as the mask says."""
-    uids = await svc.registry.locate(q)
+def _destroyed(mask: int) -> bool | None:
+    """Which states the Storage Status Mask asks for: None, any; True, only
+    destroyed objects; False, none of them (on-line storage, and a mask of
+    bits that find nothing here, Archival)."""
     online = bool(mask & StorageStatusMask.ON_LINE_STORAGE)
     destroyed = bool(mask & StorageStatusMask.DESTROYED_STORAGE)
-    if online and destroyed:
-        return uids
-    gone: set[str] = set()
-    for state in sorted(DESTROYED_STATES):
-        if q.state is None or q.state == state:
-            gone.update(await svc.registry.locate(replace(q, state=state)))
-    return [u for u in uids if (u in gone) == destroyed]
+    return None if online and destroyed else destroyed
+
+
+async def _matched(
+    svc: CoreServices, query: LocateQuery, want: dict[str, list[Item]]
+) -> list[str]:
+    """Every candidate, newest first, whose record matches ``want`` (the filters
+    the registry does not index)."""
+    uids = await svc.registry.locate(query)
+    records = {r.uid: r for r in await _records(svc, query.tenant, uids)}
+    return [u for u in uids if u in records and _matches(all_attributes(records[u]), want)]
 
 
 async def locate(svc: CoreServices, ctx: RequestContext, payload: Item | None) -> Outcome:
@@ -170,17 +180,22 @@ async def locate(svc: CoreServices, ctx: RequestContext, payload: Item | None) -
     offset = _count(f, Tag.OFFSET_ITEMS, "Offset Items")
     mask = _storage_mask(f)
     query, rest = _split(ctx.tenant, attrs)
-    uids = await _candidates(svc, query, mask)
+    # most recently created first (2.1 §6.1.28)
+    query = replace(query, destroyed=_destroyed(mask), newest_first=True)
+    counted = ctx.version >= _V13 and (maximum is not None or offset is not None)
     want = _grouped(rest)
+    total = 0
     if want:
-        records = {r.uid: r for r in await _records(svc, ctx.tenant, uids)}
-        uids = [u for u in uids if u in records and _matches(all_attributes(records[u]), want)]
-    uids.reverse()  # most recently created first (2.1 §6.1.28)
-    start = offset or 0
-    page = uids[start:] if maximum is None else uids[start : start + maximum]
+        uids = await _matched(svc, query, want)
+        total, start = len(uids), offset or 0
+        page = uids[start:] if maximum is None else uids[start : start + maximum]
+    else:
+        page = await svc.registry.locate(replace(query, offset=offset or 0, limit=maximum))
+        if counted:
+            total = await svc.registry.locate_count(query)
     out: list[Item] = []
-    if ctx.version >= _V13 and (maximum is not None or offset is not None):
-        out.append(Item.integer(Tag.LOCATED_ITEMS, len(uids)))
+    if counted:
+        out.append(Item.integer(Tag.LOCATED_ITEMS, total))
     out.extend(Item.text(Tag.UNIQUE_IDENTIFIER, u) for u in page)
     return Outcome(
         Item(Tag.RESPONSE_PAYLOAD, _S, tuple(out)), uid=page[0] if len(page) == 1 else None
