@@ -28,7 +28,6 @@ is logged with the request id — never with the message or key material.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -44,6 +43,7 @@ from krypton.errors import (
     ResponseTooLarge,
 )
 from krypton.gateway.engine import crypto_ops, info, keys, undo
+from krypton.gateway.engine.pacing import LARGE, Gate, Turns
 from krypton.gateway.engine.services import Handler, NotLocal, Services
 from krypton.gateway.fast import fastcreate, fastget
 from krypton.kmip.messages import (
@@ -52,13 +52,15 @@ from krypton.kmip.messages import (
     ResponseItem,
     error_response,
     parse_request,
+    parse_request_in_steps,
     peek_version,
 )
 from krypton.kmip.reasons import reason_for
-from krypton.kmip.wire import encode_response
+from krypton.kmip.versions import ProtocolVersion
+from krypton.kmip.wire import begin_response, encode_item, end_response
 from krypton.model.context import RequestContext
 from krypton.model.grant import Grant
-from krypton.ttlv.codec import DEFAULT_LIMITS, Limits, decode, encode
+from krypton.ttlv.codec import DEFAULT_LIMITS, Limits, decode, decode_in_steps, encode
 from krypton.ttlv.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
 from krypton.ttlv.item import Item
 from krypton.ttlv.tags import Tag
@@ -103,7 +105,7 @@ def _within(limits: Limits, needs: Limits) -> bool:
 _GET_CACHE = fastget.GetCache()  # the defaults
 
 
-_YIELD_EVERY = 32  # batch items handled between two turns of the event loop
+_DECODE_STEP = 256  # TTLV items decoded between two looks at the clock
 
 
 def _bound(client: int | None, server: int | None) -> int | None:
@@ -136,8 +138,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         max_response_size: int | None = None,
         max_rng_bytes: int = 1 << 20,
+        gate: Gate | None = None,
     ) -> None:
         self.services = services
+        self.gate = gate or Gate()
         self.max_rng_bytes = max_rng_bytes
         self.limits = limits
         self.clock = clock
@@ -168,19 +172,45 @@ class Dispatcher:
             answered = self.answer_now(frame, session)
             if answered is not None:
                 return answered
+        if len(frame) > LARGE:  # in steps, once the gate lets it in (pacing.py)
+            tenant = session.grant.tenant
+            await self.gate.enter(tenant)
+            try:
+                return await self._generic(frame, session, Turns(), large=True)
+            finally:
+                self.gate.leave(tenant)
         now = int(self.clock())
         if self.fast_create:
             created = await self._fast_create.answer(self.services, session.grant, frame, now)
             if created is not None:
                 return created
+        return await self._generic(frame, session, Turns())
+
+    async def _generic(
+        self,
+        frame: bytes | bytearray | memoryview,
+        session: Session,
+        turns: Turns,
+        *,
+        large: bool = False,
+    ) -> bytes:
+        """Decode, run item by item, encode: taking turns with the other connections."""
+        now = int(self.clock())
         request_id = f"{session.connection_id}.{next(self._ids)}"
         try:
-            message = decode(frame, self.limits)
+            if large:
+                steps = decode_in_steps(bytes(frame), self.limits, _DECODE_STEP)
+                message = await turns.run(steps)
+            else:
+                message = decode(frame, self.limits)
         except KryptonError as exc:
             log.info("request %s: undecodable message: %s", request_id, exc.message)
             return encode(error_response(None, now, exc.reason, exc.message))
         try:
-            request = parse_request(message, self.limits)
+            if large:
+                request = await turns.run(parse_request_in_steps(message, self.limits))
+            else:
+                request = parse_request(message, self.limits)
         except KryptonError as exc:
             log.info("request %s: invalid message: %s", request_id, exc.message)
             return encode(error_response(peek_version(message), now, exc.reason, exc.message))
@@ -206,9 +236,8 @@ class Dispatcher:
         results: list[ResponseItem] = []
         failed = False
         rng_left = self.max_rng_bytes
-        for n, item in enumerate(request.items, 1):
-            if not n % _YIELD_EVERY:
-                await asyncio.sleep(0)  # a long batch takes turns with other connections
+        for item in request.items:
+            await turns.take()  # a long batch takes turns with other connections
             try:
                 undo.refuse_private(item)
                 if not session.grant.allows(item.operation):
@@ -264,11 +293,11 @@ class Dispatcher:
         if pending is not None:
             results = await self._end_undo_batch(svc, ctx, pending, results, failed)
 
-        out = encode_response(header.version, now, results)
         limit = _bound(header.max_response_size, self.max_response_size)
-        if limit is not None and len(out) > limit:
-            results = [_too_large(r) for r in results]
-            out = encode_response(header.version, now, results)
+        out = await _encode(header.version, now, results, turns, limit)
+        if out is None:
+            out = await _encode(header.version, now, [_too_large(r) for r in results], turns)
+            assert out is not None
         return out
 
     async def _end_undo_batch(
@@ -333,6 +362,24 @@ class Dispatcher:
         raw = marked(item.raw, journal) if journal else item.raw
         response, placeholder = await svc.upstream.execute(ctx, raw)
         return Outcome(None, placeholder, response=response)
+
+
+async def _encode(
+    version: ProtocolVersion,
+    now: int,
+    results: list[ResponseItem],
+    turns: Turns,
+    limit: int | None = None,
+) -> bytes | None:
+    """The response message, taking turns between items; None as soon as it
+    outgrows ``limit``."""
+    out = begin_response(version, now, len(results))
+    for r in results:
+        encode_item(r, out)
+        if limit is not None and len(out) > limit:
+            return None
+        await turns.take()
+    return end_response(out)
 
 
 def _data_length(payload: Item | None) -> int:
