@@ -376,3 +376,40 @@ def test_a_flood_of_large_messages_does_not_hold_up_another_tenants_get(
           f"p99 {p99 * 1000:.1f} ms max {took[-1] * 1000:.1f} ms; answered {answered}")
     assert answered >= 1, "the flood was not answered at all"
     assert p99 <= FLOODED_GET_P99, (p50, p99, took[-1])
+
+
+def test_out_of_descriptors_on_accept_is_survived_and_logged(start_dev: DevStacks) -> None:
+    """A gateway whose budget is the whole descriptor limit (descriptor_reserve 0)
+    runs out of descriptors on accept under 400 bare connections: it logs that
+    (once, not per failed accept), keeps serving the connection it had, and
+    accepts again once the bare connections are gone."""
+    srv = start_dev(
+        nofile=256,
+        env={
+            "KRYPTON_GATEWAY_LIMITS_DESCRIPTOR_RESERVE": "0",
+            "KRYPTON_GATEWAY_LIMITS_HANDSHAKE_TIMEOUT": "30",
+        },
+    )
+    with srv.connect(timeout=ROUND_TRIP_WITHIN) as kept:
+        assert ask(kept, discover_item())[0].status is ResultStatus.SUCCESS
+        with bare_connections(srv, 400) as held:
+            assert len(held) >= 300
+            deadline = time.monotonic() + 10
+            while "accept failed" not in srv.log() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "accept failed: Too many open files" in srv.log()
+            assert open_descriptors(srv.proc.pid) <= 256
+            for _ in range(5):  # the established connection is still served
+                t = time.monotonic()
+                assert ask(kept, discover_item())[0].status is ResultStatus.SUCCESS
+                assert time.monotonic() - t <= ROUND_TRIP_WITHIN
+            assert srv.proc.poll() is None
+        time.sleep(0.5)  # the gateway sees them go
+        times = [round_trip(srv) for _ in range(5)]
+    print(f"after the descriptors came back: {times}")
+    assert all(t is not None for t in times), times
+    assert srv.log().count("accept failed") <= 2, "not rate-limited (at most once in 10 s)"
+
+
+def discover_item() -> Item:
+    return cm.batch_item(Operation.DISCOVER_VERSIONS, cm.payload())
