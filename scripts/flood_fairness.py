@@ -157,7 +157,11 @@ def free_port() -> int:
 
 
 def start_server(
-    directory: Path, src: Path, env_extra: dict[str, str], nofile: int | None = None
+    directory: Path,
+    src: Path,
+    env_extra: dict[str, str],
+    nofile: int | None = None,
+    args: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[bytes], int]:
     port, core = free_port(), free_port()
     env = dict(os.environ)
@@ -170,7 +174,7 @@ def start_server(
     directory.mkdir(parents=True, exist_ok=True)
     log = (directory / "server.log").open("wb")
     limit = [] if nofile is None else ["prlimit", f"--nofile={nofile}:{nofile}", "--"]
-    cmd = [*limit, sys.executable, "-m", "krypton.cli.main", "dev", "--dir", str(directory)]
+    cmd = [*limit, sys.executable, "-m", "krypton.cli.main", "dev", "--dir", str(directory), *args]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
