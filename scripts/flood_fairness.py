@@ -18,6 +18,10 @@ be measured the same way), then:
    takes them, reading the answers as they come;
 3. meanwhile ``other`` keeps Getting its key for ``--seconds``.
 
+The probe is closed-loop (one Get at a time), so a stall of seconds is one
+sample: the share of the time spent in Gets that took over 100 ms is printed
+too.
+
 Prints p50 / p90 / p99 / max of both phases' Get latency and how many flood
 messages the gateway answered (so fairness is not bought by starving the
 flood), as text and, with ``--json``, as one JSON object.
@@ -261,11 +265,15 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
     def at(q: float) -> float:
         return s[min(len(s) - 1, int(len(s) * q))] * 1000
 
-    return {"n": len(s), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": s[-1] * 1000}
+    stalled = sum(t for t in s if t > 0.1) / sum(s)  # closed loop: one sample per stall
+    return {
+        "n": len(s), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": s[-1] * 1000,
+        "stalled": stalled,
+    }  # fmt: skip
 
 
 def measure(pki: Path, port: int, seconds: float, quiet: float, flooders: int) -> dict[str, Any]:
-    with connect(pki, port, "other-client") as sock:
+    with connect(pki, port, "other-client", timeout=120.0) as sock:
         sock.sendall(create_message())
         uid = _find(recv_message(sock), UID)
         assert uid is not None, "Create failed"
@@ -290,7 +298,8 @@ def measure(pki: Path, port: int, seconds: float, quiet: float, flooders: int) -
 def show(name: str, p: dict[str, float]) -> str:
     return (
         f"{name:<8} n={p['n']:<6} p50 {p['p50']:8.2f} ms  p90 {p['p90']:8.2f} ms  "
-        f"p99 {p['p99']:8.2f} ms  max {p['max']:8.2f} ms"
+        f"p99 {p['p99']:8.2f} ms  max {p['max']:8.2f} ms  "
+        f"time in Gets over 100 ms {p['stalled']:.0%}"
     )
 
 
