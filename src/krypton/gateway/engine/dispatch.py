@@ -19,6 +19,12 @@ validates the message structure, then runs the batch items in order:
   it are undone too, for the batches :mod:`krypton.engine.undo` can undo (it
   refuses the others whole, before running anything).
 
+A message over :data:`~krypton.gateway.engine.pacing.LARGE` bytes first waits
+for the dispatcher's gate (``max_large_messages``, round-robin by tenant), then
+is decoded, parsed, run and encoded in slices of about a millisecond, giving the
+event loop up between them (:mod:`krypton.gateway.engine.pacing`): another
+connection's Get is answered in between, not after the whole message.
+
 Message-level failures (undecodable bytes, a wrong structure, a major
 version we do not speak) are answered by a response with a single batch item
 without Operation, as KMIP §11.1 prescribes. This is the one place with a
@@ -126,7 +132,8 @@ class Dispatcher:
     way, which says so. ``max_rng_bytes``: the random bytes one message's RNG
     Retrieve items may ask for together (``gateway.limits.max_rng_bytes``); the
     items past it fail with Response Too Large without a byte drawn, so a small
-    message cannot make the gateway build a huge answer only to refuse it."""
+    message cannot make the gateway build a huge answer only to refuse it.
+    ``gate``: how many large messages are worked on at once (its own by default)."""
 
     def __init__(
         self,
