@@ -131,6 +131,9 @@ class LimitsConfig:
     max_streams_per_tenant: int = 511
     max_streams_per_identity: int = 256
     write_timeout: float = 30.0
+    refuse_grace: float = 0.25
+    max_large_messages: int = 4
+    max_large_messages_per_tenant: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -618,6 +621,9 @@ _GATEWAY = _Section(
                 "max_streams_per_tenant": _integer(1),
                 "max_streams_per_identity": _integer(1),
                 "write_timeout": _seconds,
+                "refuse_grace": _seconds,
+                "max_large_messages": _integer(1),
+                "max_large_messages_per_tenant": _integer(1),
             },
         ),
         "cache": _Section(CacheConfig, {"records": _integer(0)}),

@@ -515,6 +515,24 @@ def test_multi_part_cbc_decrypt_and_no_unauthenticated_gcm_plaintext(gw: Gw) -> 
     assert failed(g, R.FEATURE_NOT_SUPPORTED)
 
 
+def test_each_gateway_has_a_stream_pool_of_its_own(gw: Gw) -> None:
+    """Services.streams, not a module global: another gateway (or a test's) does
+    not see this one's streams."""
+    k = gw.key(bytes(range(16)))
+    p = params(M.CBC, PaddingMethod.PKCS5)
+    one = gw.call(ENC, uid(k), p, data(bytes(32)), iv(bytes(16)), flag(Tag.INIT_INDICATOR))
+    value = field(one, Tag.CORRELATION_VALUE)
+    assert value is not None
+    cont = Item.bytes_(Tag.CORRELATION_VALUE, value)
+    fresh = Dispatcher(Services(store=gw.vault, keyring=gw.ring))
+    elsewhere = Gw(gw.loop, gw.vault, gw.ring, fresh)
+    assert failed(elsewhere.call(ENC, uid(k), data(bytes(16)), cont), R.ITEM_NOT_FOUND)
+    assert len(elsewhere.dispatcher.services.streams) == 0
+    assert len(gw.dispatcher.services.streams) == 1
+    two = gw.call(ENC, uid(k), data(bytes(16)), cont, flag(Tag.FINAL_INDICATOR))
+    assert two.status is ResultStatus.SUCCESS
+
+
 def test_streams_are_bounded_and_expire() -> None:
     now = [0.0]
     streams = Streams(limit=2, seconds=10, clock=lambda: now[0], per_tenant=2, per_identity=2)

@@ -446,12 +446,6 @@ class Streams:
         stream.expires = self.clock() + self.seconds
         self._add(value, stream)
 
-    def configure(self, limit: int, per_tenant: int, per_identity: int) -> None:
-        """The process's limits (``gateway.limits.max_streams*``), set at start."""
-        self.limit, self.per_tenant, self.per_identity = limit, per_tenant, per_identity
-
     def __len__(self) -> int:
         return len(self._open)
 
-
-STREAMS = Streams()

@@ -21,11 +21,12 @@ from krypton.admin.peers import WorkerSlot
 from krypton.admin.server import AdminServer
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing
-from krypton.engine.ciphers import STREAMS
+from krypton.engine.ciphers import Streams
 from krypton.errors import ConfigError, KryptonError
 from krypton.gateway._admin import GatewaySource
 from krypton.gateway._admission import Shares
 from krypton.gateway.engine.dispatch import Dispatcher
+from krypton.gateway.engine.pacing import Collector, Gate
 from krypton.gateway.engine.services import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
@@ -125,9 +126,6 @@ class Gateway:
         ssl_ctx = self.ssl_context or server_context(cfg.tls, material=material)
         limits = limits_of(cfg)
         lim = cfg.limits
-        STREAMS.configure(
-            lim.max_streams, lim.max_streams_per_tenant, lim.max_streams_per_identity
-        )
         self.vault = Vault.open(
             cfg.vault_path, cache_size=cfg.cache.records, sealer=self.keyring.record_mac
         )
@@ -138,7 +136,15 @@ class Gateway:
         await self.l3_source.start(self.keyring)
         await self.vault.seal_legacy()  # records from before they were authenticated
         services = Services(
-            store=self.vault, keyring=self.keyring, upstream=self.upstream, interop=cfg.interop
+            store=self.vault,
+            keyring=self.keyring,
+            upstream=self.upstream,
+            interop=cfg.interop,
+            streams=Streams(
+                limit=lim.max_streams,
+                per_tenant=lim.max_streams_per_tenant,
+                per_identity=lim.max_streams_per_identity,
+            ),
         )
         self.listener = Listener(
             Dispatcher(
@@ -147,6 +153,11 @@ class Gateway:
                 max_response_size=cfg.limits.max_response_size,
                 max_rng_bytes=cfg.limits.max_rng_bytes,
                 meter=self.meter,
+                gate=Gate(
+                    lim.max_large_messages,
+                    lim.max_large_messages_per_tenant,
+                    collector=Collector(),
+                ),
             ),
             policy,
             ssl_ctx,
@@ -165,6 +176,7 @@ class Gateway:
             idle_timeout=cfg.limits.idle_timeout,
             handshake_timeout=cfg.limits.handshake_timeout,
             write_timeout=cfg.limits.write_timeout,
+            refuse_grace=cfg.limits.refuse_grace,
         )
         await self.listener.start(cfg.listen_host, cfg.listen_port, reuse_port=cfg.workers > 1)
         self.tls.subscribe(self._new_listener_context)
@@ -173,6 +185,7 @@ class Gateway:
         if isinstance(source, WorkloadSource):
             self._tls_tasks.append(asyncio.create_task(
                 source.run(cfg.tls.reload_interval), name="spiffe-source"))
+        Collector.freeze()  # what start-up made is never walked by a collection again
         log.info("gateway %s: KMIP on %s:%d", cfg.name, cfg.listen_host, self.listener.port)
 
     # -- operating a running gateway -----------------------------------------------------

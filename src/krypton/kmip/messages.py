@@ -28,7 +28,9 @@ Responses are built as TTLV trees by :func:`build_response` from frozen
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import cast
 
 from krypton.errors import InvalidMessage, LimitExceeded, UnsupportedVersion
 from krypton.kmip.versions import ProtocolVersion, negotiate
@@ -205,6 +207,19 @@ def _parse_item(item: Item) -> RequestItem:
 
 def parse_request(message: Item, limits: Limits) -> Request:
     """Validate a decoded Request Message; raises InvalidMessage (or a subclass)."""
+    try:
+        next(parse_request_in_steps(message, limits, 0))
+    except StopIteration as done:
+        return cast(Request, done.value)
+    raise AssertionError("a parse without steps paused")  # pragma: no cover
+
+
+def parse_request_in_steps(
+    message: Item, limits: Limits, every: int = 64
+) -> Generator[None, None, Request]:
+    """:func:`parse_request` a step at a time: pauses (yields) after every ``every``
+    batch items (0: never) and returns the request, so the caller of a large one
+    can let others run between steps."""
     if message.tag != Tag.REQUEST_MESSAGE or message.type is not _S:
         raise InvalidMessage("not a Request Message")
     children = message.children
@@ -225,7 +240,12 @@ def parse_request(message: Item, limits: Limits) -> Request:
         raise InvalidMessage(
             f"Batch Count is {header.batch_count} but the message has {len(raw_items)} items"
         )
-    return Request(header, tuple(_parse_item(c) for c in raw_items))
+    items = []
+    for n, c in enumerate(raw_items, 1):
+        items.append(_parse_item(c))
+        if every and not n % every:
+            yield
+    return Request(header, tuple(items))
 
 
 # -- responses -----------------------------------------------------------------

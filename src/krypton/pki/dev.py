@@ -340,6 +340,9 @@ max_pending_bytes_per_identity = 4194304
 max_streams = 1024        # multi-part Encrypt/Decrypt streams open at once
 max_streams_per_tenant = 511
 max_streams_per_identity = 256
+refuse_grace = 0.25       # seconds a refused identity keeps its connection (and a newcomer waits)
+max_large_messages = 4    # messages over 32 KiB worked on at once (in ~1 ms slices, by tenant)
+max_large_messages_per_tenant = 1
 
 [gateway.cache]
 records = 100000

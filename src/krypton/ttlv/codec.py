@@ -19,6 +19,10 @@ decoded from one table (``_FIXED``: expected length, struct, pad check); the
 must be zero. Every failure is a :class:`DecodeError` (an ``InvalidMessage``)
 or a ``LimitExceeded`` / ``MessageTooLarge``: arbitrary input never escapes as
 ``struct.error``, ``IndexError``, ``UnicodeDecodeError`` or ``RecursionError``.
+The same pass can pause: :func:`decode_in_steps` is a generator that yields
+every so many items (its locals are the decoder's whole state), so a server can
+decode a large message a slice at a time between other work; :func:`decode`
+runs it without pauses.
 
 Encoding appends into one ``bytearray``: a structure writes a placeholder
 header, encodes its children, then patches its length with ``pack_into``.
@@ -31,8 +35,9 @@ unresolved test-case :class:`Placeholder`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import cast
 
 from krypton.errors import InvalidField, InvalidMessage, LimitExceeded, MessageTooLarge
 from krypton.ttlv.item import Item, ItemType
@@ -45,6 +50,7 @@ __all__ = [
     "Placeholder",
     "big_integer_size",
     "decode",
+    "decode_in_steps",
     "encode",
     "encode_into",
 ]
@@ -128,7 +134,27 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
             return _decode(flat, limits)
 
 
+def decode_in_steps(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, every: int = 1024
+) -> Generator[None, None, Item]:
+    """:func:`decode` a step at a time: a generator that pauses (yields) after
+    every ``every`` items and returns the decoded item. For a large message, so
+    that its caller can let others run between steps; the bytes must not change
+    meanwhile (hence ``bytes``)."""
+    with memoryview(data) as mv:
+        return (yield from _steps(mv, limits, every))
+
+
 def _decode(mv: memoryview, limits: Limits) -> Item:
+    try:
+        next(_steps(mv, limits, 0))
+    except StopIteration as done:
+        return cast(Item, done.value)
+    raise AssertionError("a decode without steps paused")  # pragma: no cover
+
+
+def _steps(mv: memoryview, limits: Limits, every: int) -> Generator[None, None, Item]:
+    """The decoder: yields after every ``every`` items (0: never)."""
     n = mv.nbytes
     if n > limits.max_message_size:
         raise MessageTooLarge(f"message of {n} bytes exceeds {limits.max_message_size}")
@@ -144,6 +170,7 @@ def _decode(mv: memoryview, limits: Limits) -> Item:
     fixed = _FIXED
     max_depth = limits.max_depth
     max_items = limits.max_items
+    pause = every or max_items + 1  # the count after which to yield (beyond the limit: never)
     stack: list[tuple[list[Item], int, int]] = []
     children: list[Item] = []
     root = children
@@ -170,6 +197,9 @@ def _decode(mv: memoryview, limits: Limits) -> Item:
         count += 1
         if count > max_items:
             raise LimitExceeded(f"message has more than {max_items} items")
+        if count >= pause:
+            pause += every
+            yield
         body = pos + 8
         room = end - body
         if typ == 1:

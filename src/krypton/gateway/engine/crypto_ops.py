@@ -21,7 +21,7 @@ unwrapped buffer before answering:
   :mod:`krypton.engine.ciphers`). Encrypt draws an IV/Counter/Nonce from
   ``os.urandom`` when the client sends none and returns it; Decrypt needs it;
 * **streams** (Init Indicator / Correlation Value / Final Indicator): the
-  cipher context is kept in ``ciphers.STREAMS``, in this process, under a
+  cipher context is kept in the gateway's ``Services.streams``, under a
   random Correlation Value bound to the tenant, key and operation, for at
   most ``ciphers.STREAM_SECONDS``. Multi-part Decrypt of an authenticated
   mode is refused: it would hand out plaintext before the tag is checked;
@@ -40,7 +40,6 @@ import os
 from dataclasses import dataclass
 
 from krypton.engine.ciphers import (
-    STREAMS,
     BadParameters,
     InvalidCorrelation,
     Params,
@@ -306,7 +305,7 @@ async def _crypt(svc: Services, ctx: RequestContext, payload: Item | None, op: _
     shown = iv if drawn else None
     if streaming:
         head = work.update(request.data or b"")
-        value = STREAMS.open(ctx.tenant, rec.uid, op.operation, work, ctx.identity)
+        value = svc.streams.open(ctx.tenant, rec.uid, op.operation, work, ctx.identity)
         return _answer(rec.uid, head, iv=shown, correlation=value)
     return _answer(rec.uid, data, iv=shown, tag=tag)
 
@@ -315,7 +314,7 @@ async def _continue(
     svc: Services, ctx: RequestContext, f: dict[int, Item], request: CryptoRequest, op: _Op
 ) -> Outcome:
     assert request.correlation is not None
-    stream = STREAMS.take(ctx.tenant, request.correlation, op.operation)
+    stream = svc.streams.take(ctx.tenant, request.correlation, op.operation)
     uid = request_uid(f, ctx, required=False) or stream.uid
     if uid != stream.uid:
         raise InvalidCorrelation("this Correlation Value belongs to another key's stream")
@@ -327,7 +326,7 @@ async def _continue(
         await allocate(svc, ctx, rec, stored, len(data), first_part=False)
     head = stream.work.update(data)
     if not request.final:
-        STREAMS.put_back(request.correlation, stream)
+        svc.streams.put_back(request.correlation, stream)
         return _answer(uid, head, correlation=request.correlation)
     tail, tag = stream.work.finish()
     return _answer(uid, head + tail, tag=tag)

@@ -19,6 +19,12 @@ validates the message structure, then runs the batch items in order:
   it are undone too, for the batches :mod:`krypton.engine.undo` can undo (it
   refuses the others whole, before running anything).
 
+A message over :data:`~krypton.gateway.engine.pacing.LARGE` bytes first waits
+for the dispatcher's gate (``max_large_messages``, round-robin by tenant), then
+is decoded, parsed, run and encoded in slices of about a millisecond, giving the
+event loop up between them (:mod:`krypton.gateway.engine.pacing`): another
+connection's Get is answered in between, not after the whole message.
+
 Message-level failures (undecodable bytes, a wrong structure, a major
 version we do not speak) are answered by a response with a single batch item
 without Operation, as KMIP §11.1 prescribes. This is the one place with a
@@ -28,7 +34,6 @@ is logged with the request id — never with the message or key material.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -44,6 +49,7 @@ from krypton.errors import (
     ResponseTooLarge,
 )
 from krypton.gateway.engine import crypto_ops, info, keys, undo
+from krypton.gateway.engine.pacing import LARGE, Gate, Turns
 from krypton.gateway.engine.services import Handler, NotLocal, Services
 from krypton.gateway.fast import fastcreate, fastget
 from krypton.kmip.messages import (
@@ -52,14 +58,16 @@ from krypton.kmip.messages import (
     ResponseItem,
     error_response,
     parse_request,
+    parse_request_in_steps,
     peek_version,
 )
 from krypton.kmip.reasons import reason_for
-from krypton.kmip.wire import encode_response
+from krypton.kmip.versions import ProtocolVersion
+from krypton.kmip.wire import begin_response, encode_item, end_response
 from krypton.metrics.meter import FAILED, NO_OPERATION, SUCCESS, UNDONE, KmipMeter
 from krypton.model.context import RequestContext
 from krypton.model.grant import Grant
-from krypton.ttlv.codec import DEFAULT_LIMITS, Limits, decode, encode
+from krypton.ttlv.codec import DEFAULT_LIMITS, Limits, decode, decode_in_steps, encode
 from krypton.ttlv.enums import BatchErrorContinuationOption, Operation, ResultReason, ResultStatus
 from krypton.ttlv.item import Item
 from krypton.ttlv.tags import Tag
@@ -104,7 +112,7 @@ def _within(limits: Limits, needs: Limits) -> bool:
 _GET_CACHE = fastget.GetCache()  # the defaults
 
 
-_YIELD_EVERY = 32  # batch items handled between two turns of the event loop
+_DECODE_STEP = 256  # TTLV items decoded between two looks at the clock
 
 
 def _bound(client: int | None, server: int | None) -> int | None:
@@ -125,7 +133,8 @@ class Dispatcher:
     way, which says so. ``max_rng_bytes``: the random bytes one message's RNG
     Retrieve items may ask for together (``gateway.limits.max_rng_bytes``); the
     items past it fail with Response Too Large without a byte drawn, so a small
-    message cannot make the gateway build a huge answer only to refuse it."""
+    message cannot make the gateway build a huge answer only to refuse it.
+    ``gate``: how many large messages are worked on at once (its own by default)."""
 
     def __init__(
         self,
@@ -138,9 +147,11 @@ class Dispatcher:
         max_response_size: int | None = None,
         max_rng_bytes: int = 1 << 20,
         meter: KmipMeter | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.services = services
         self.meter = meter
+        self.gate = gate or Gate()
         self.max_rng_bytes = max_rng_bytes
         self.limits = limits
         self.clock = clock
@@ -179,6 +190,13 @@ class Dispatcher:
                 return answered
         meter = self.meter
         began = _clock() if meter is not None else 0.0
+        if len(frame) > LARGE:  # in steps, once the gate lets it in (pacing.py)
+            tenant = session.grant.tenant
+            await self.gate.enter(tenant)
+            try:
+                return await self._generic(frame, session, Turns(), began, large=True)
+            finally:
+                self.gate.leave(tenant)
         now = int(self.clock())
         if self.fast_create:
             created = await self._fast_create.answer(self.services, session.grant, frame, now)
@@ -186,16 +204,38 @@ class Dispatcher:
                 if meter is not None:
                     meter.done(_CREATE, SUCCESS, _clock() - began)
                 return created
+        return await self._generic(frame, session, Turns(), began)
+
+    async def _generic(
+        self,
+        frame: bytes | bytearray | memoryview,
+        session: Session,
+        turns: Turns,
+        began: float,
+        *,
+        large: bool = False,
+    ) -> bytes:
+        """Decode, run item by item, encode: taking turns with the other connections.
+        ``began``: when the message arrived (for the meter, if any)."""
+        meter = self.meter
+        now = int(self.clock())
         request_id = f"{session.connection_id}.{next(self._ids)}"
         try:
-            message = decode(frame, self.limits)
+            if large:
+                steps = decode_in_steps(bytes(frame), self.limits, _DECODE_STEP)
+                message = await turns.run(steps)
+            else:
+                message = decode(frame, self.limits)
         except KryptonError as exc:
             log.info("request %s: undecodable message: %s", request_id, exc.message)
             if meter is not None:
                 meter.done(NO_OPERATION, exc.reason, _clock() - began)
             return encode(error_response(None, now, exc.reason, exc.message))
         try:
-            request = parse_request(message, self.limits)
+            if large:
+                request = await turns.run(parse_request_in_steps(message, self.limits))
+            else:
+                request = parse_request(message, self.limits)
         except KryptonError as exc:
             log.info("request %s: invalid message: %s", request_id, exc.message)
             if meter is not None:
@@ -229,8 +269,7 @@ class Dispatcher:
         for n, item in enumerate(request.items, 1):
             if n > 1 and meter is not None:
                 marks.append(_clock())
-            if not n % _YIELD_EVERY:
-                await asyncio.sleep(0)  # a long batch takes turns with other connections
+            await turns.take()  # a long batch takes turns with other connections
             try:
                 undo.refuse_private(item)
                 if not session.grant.allows(item.operation):
@@ -286,11 +325,12 @@ class Dispatcher:
         if pending is not None:
             results = await self._end_undo_batch(svc, ctx, pending, results, failed)
 
-        out = encode_response(header.version, now, results)
         limit = _bound(header.max_response_size, self.max_response_size)
-        if limit is not None and len(out) > limit:
+        out = await _encode(header.version, now, results, turns, limit)
+        if out is None:
             results = [_too_large(r) for r in results]
-            out = encode_response(header.version, now, results)
+            out = await _encode(header.version, now, results, turns)
+            assert out is not None
         if meter is not None:
             marks.append(_clock())
             _count(meter, request.items, results, marks)
@@ -384,6 +424,22 @@ def _count(meter: KmipMeter, items: Sequence[RequestItem], results: Sequence[Res
                 if found is not None and isinstance(found.value, int):
                     result = found.value
         meter.done(int(items[n].operation), result, marks[n + 1] - marks[n])
+async def _encode(
+    version: ProtocolVersion,
+    now: int,
+    results: list[ResponseItem],
+    turns: Turns,
+    limit: int | None = None,
+) -> bytes | None:
+    """The response message, taking turns between items; None as soon as it
+    outgrows ``limit``."""
+    out = begin_response(version, now, len(results))
+    for r in results:
+        encode_item(r, out)
+        if limit is not None and len(out) > limit:
+            return None
+        await turns.take()
+    return end_response(out)
 
 
 def _data_length(payload: Item | None) -> int:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from krypton.crypto.keyring import KeyRing
+from krypton.engine.ciphers import Streams
 from krypton.engine.objects import Outcome, owned
 from krypton.errors import KryptonError
 from krypton.model import record
@@ -41,6 +42,8 @@ class Services:
     new_uid: Callable[[], str] = record.new_uid  # the one uid maker
     upstream: Upstream | None = None
     interop: bool = False  # the Interop operation (test servers only: KMIP 2.1 §6.1.26)
+    # Open multi-part Encrypt/Decrypt streams: this gateway's own pool (its limits).
+    streams: Streams = field(default_factory=Streams)
 
 
 Handler = Callable[[Services, RequestContext, "Item | None"], Awaitable[Outcome]]
