@@ -68,6 +68,7 @@ from krypton.errors import ConfigError
 
 ENV_PREFIX = "KRYPTON_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
 TLS_VERSIONS = ("1.2", "1.3")
 
 
@@ -171,6 +172,7 @@ class GatewayConfig:
     policy_file: Path = Path("policy.toml")
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (one JSON object a line)
     interop: bool = False  # the KMIP Interop operation (test harnesses only, never production)
     allow_core_dumps: bool = False  # debugging only: core dumps hold key material
     tls: GatewayTLSConfig
@@ -194,6 +196,8 @@ class CoreConfig:
     gateway: tuple[GatewayGrant, ...] = ()
     gateways: tuple[GatewayGrant, ...] = ()
     allow_core_dumps: bool = False  # debugging only: core dumps hold key material
+    log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (one JSON object a line)
     # Undo batches (krypton.engine.undo): how long and how many batches' journals are
     # kept; an Undo whose journal is gone fails (0 batches: every such Undo fails).
     undo_journal_seconds: float = 60.0
@@ -499,6 +503,7 @@ _GATEWAY = _Section(
         "policy_file": _FILE,
         "workers": _integer(1, 1024),
         "log_level": _choice(LOG_LEVELS),
+        "log_format": _choice(LOG_FORMATS),
         "interop": _boolean,
         "allow_core_dumps": _boolean,
     },
@@ -561,6 +566,8 @@ _CORE = _Section(
         "gateway": _gateway_tables,
         "gateways": _gateway_shorthand,
         "allow_core_dumps": _boolean,
+        "log_level": _choice(LOG_LEVELS),
+        "log_format": _choice(LOG_FORMATS),
         "undo_journal_seconds": _seconds,
         "undo_journal_batches": _integer(0),
     },

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -24,6 +25,8 @@ from krypton.errors import ConfigError, KryptonError
 from krypton.gateway.app import Gateway
 from krypton.gateway.workers import run_workers
 from krypton.hardening import harden
+from krypton.logs import SINGLE, SUPERVISOR
+from krypton.logs import setup as setup_logs
 from krypton.pki.dev import DevLayout, init_dev_dir
 from krypton.stack.dev import EmbeddedStack, prepare_tenants
 from krypton.tls.contexts import server_context
@@ -32,14 +35,6 @@ from krypton.vault.sqlite import quarantined
 DEFAULT_DEV_DIR = Path(".krypton-dev")
 
 log = logging.getLogger("krypton")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 async def _wait_for_signal() -> None:
@@ -112,7 +107,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return 0
     core = load_core_config(layout.core_config)
     gateway = load_gateway_config(layout.gateway_config)
-    _setup_logging(gateway.log_level)
+    worker = SINGLE if (args.workers or gateway.workers) <= 1 else SUPERVISOR
+    setup_logs(gateway.log_level, gateway.log_format, worker=worker)
     allow_dumps = gateway.allow_core_dumps or core.allow_core_dumps
     harden(allow_core_dumps=allow_dumps, who="krypton dev")
     workers = args.workers or gateway.workers
@@ -137,16 +133,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
     address = f"{core.listen_host}:{core.listen_port}"
 
     def run_core() -> int:
+        setup_logs(core.log_level, core.log_format, worker="core")
         harden(allow_core_dumps=core.allow_core_dumps, who=f"core {core.name}")
         return _serve(lambda: Core(core), lambda c: None)
 
-    def run_gateway() -> int:
+    def run_gateway(slot: int) -> int:
+        setup_logs(gateway.log_level, gateway.log_format, worker=str(slot))
         harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway worker {os.getpid()}")
         return _serve(
             lambda: Gateway(gateway, ssl_ctx, core_address=address), lambda g: ready(g.port)
         )
 
-    return run_workers([run_core, *([run_gateway] * workers)])
+    return run_workers([run_core, *(partial(run_gateway, n) for n in range(workers))])
 
 
 def cmd_outbox(gateway: GatewayConfig) -> int:
@@ -164,9 +162,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     gateway = load_gateway_config(args.config)
     if args.action == "outbox":
         return cmd_outbox(gateway)
-    _setup_logging(gateway.log_level)
-    harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway {gateway.name}")
     workers = args.workers or gateway.workers
+    setup_logs(gateway.log_level, gateway.log_format,
+               worker=SINGLE if workers <= 1 else SUPERVISOR)
+    harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway {gateway.name}")
 
     def ready(g: Gateway) -> None:
         print(
@@ -179,11 +178,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     gateway = dataclasses.replace(gateway, workers=workers)
     ssl_ctx = server_context(gateway.tls)
 
-    def run_worker() -> int:
+    def run_worker(slot: int) -> int:
+        setup_logs(gateway.log_level, gateway.log_format, worker=str(slot))
         harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway worker {os.getpid()}")
         return _serve(lambda: Gateway(gateway, ssl_ctx), ready)
 
-    return run_workers([run_worker] * workers)
+    return run_workers([partial(run_worker, n) for n in range(workers)])
 
 
 def build_parser() -> argparse.ArgumentParser:
