@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +20,8 @@ from typing import Protocol, TypeVar
 
 from krypton.bench.cli import register as register_bench
 from krypton.cli.core import register as register_core
+from krypton.cli.kmip import register as register_kmip
+from krypton.cli.pki import register as register_pki
 from krypton.config import GatewayConfig, load_core_config, load_gateway_config
 from krypton.conformance.cli import register as register_conformance
 from krypton.core.app import Core
@@ -186,8 +190,17 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return run_workers([partial(run_worker, n) for n in range(workers)])
 
 
+def _version() -> str:
+    try:
+        mine = importlib.metadata.version("krypton-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        mine = "unknown"
+    return f"krypton {mine} (Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="krypton", description="Krypton KMIP key gateway")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run the embedded development stack (Core + Gateway)")
@@ -204,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     gw.set_defaults(func=cmd_gateway)
 
     register_core(sub, _run, _wait_for_signal)
+    register_kmip(sub)
+    register_pki(sub)
     register_bench(sub)
     register_conformance(sub)
     return p

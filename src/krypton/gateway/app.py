@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import ssl
 
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing
 from krypton.engine.ciphers import STREAMS
+from krypton.errors import ConfigError
 from krypton.gateway._admission import Shares
 from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
@@ -31,6 +33,18 @@ def limits_of(config: GatewayConfig) -> Limits:
         max_items=lim.max_items,
         max_batch_items=lim.max_batch_items,
     )
+
+
+def _open_vault(cfg: GatewayConfig, keyring: KeyRing) -> Vault:
+    """The vault; a folder that is not there is a configuration error naming the setting."""
+    folder = cfg.vault_path.parent
+    if not folder.is_dir():
+        raise ConfigError(f"gateway.vault_path: the folder {folder} does not exist "
+                          f"(the vault file {cfg.vault_path.name} is made in it)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"gateway.vault_path: the folder {folder} is not writable by this "
+                          "process (the vault and its -wal and -shm files are made in it)")
+    return Vault.open(cfg.vault_path, cache_size=cfg.cache.records, sealer=keyring.record_mac)
 
 
 class Gateway:
@@ -70,9 +84,7 @@ class Gateway:
         STREAMS.configure(
             lim.max_streams, lim.max_streams_per_tenant, lim.max_streams_per_identity
         )
-        self.vault = Vault.open(
-            cfg.vault_path, cache_size=cfg.cache.records, sealer=self.keyring.record_mac
-        )
+        self.vault = _open_vault(cfg, self.keyring)
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants))
         self.upstream = Upstream(self.client, self.vault, limits)
         await self.upstream.start()
@@ -107,7 +119,14 @@ class Gateway:
             handshake_timeout=cfg.limits.handshake_timeout,
             write_timeout=cfg.limits.write_timeout,
         )
-        await self.listener.start(cfg.listen_host, cfg.listen_port, reuse_port=cfg.workers > 1)
+        try:
+            await self.listener.start(cfg.listen_host, cfg.listen_port,
+                                      reuse_port=cfg.workers > 1)
+        except OSError as exc:
+            raise ConfigError(
+                f"gateway.listen_port: cannot listen on {cfg.listen_host}:{cfg.listen_port} "
+                f"({exc.strerror or exc}; see also gateway.listen_host)"
+            ) from None
         log.info("gateway %s: KMIP on %s:%d", cfg.name, cfg.listen_host, self.listener.port)
 
     @property
