@@ -11,7 +11,7 @@ RUN_STAMP  := $(VENV)/.krypton-run
 TEST_STAMP := $(VENV)/.krypton-test
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit setup clean tables proto fuzz fuzz-setup fuzz-corpus
+.PHONY: run test lint typecheck unit setup clean tables proto config-docs fuzz fuzz-setup fuzz-corpus
 
 setup: $(TEST_STAMP)
 
@@ -42,6 +42,10 @@ test: lint typecheck unit
 
 tables: $(TEST_STAMP)
 	$(BIN)/python scripts/gen_tables.py
+
+# docs/configuration.md from the configuration schema (src/krypton/config.py).
+config-docs: $(TEST_STAMP)
+	$(BIN)/python scripts/gen_config_docs.py
 
 # Coverage-guided fuzzing (atheris) of the TTLV decoder, the fast-path scanners
 # and the dispatcher: FUZZ_SECONDS per target, starting from the committed

@@ -600,6 +600,50 @@ def settings(root: str) -> Iterator[str]:
     return walk(_ROOTS[root], root)
 
 
+@dataclass(frozen=True, slots=True)
+class SettingInfo:
+    """One setting as the schema defines it (for generated documentation)."""
+
+    name: str  # dotted, e.g. gateway.limits.max_connections
+    env: str  # the environment variable that overrides it
+    owner: type[Any]  # the dataclass that holds it
+    field: str
+    type: str  # the annotation as written in the dataclass
+    default: Any  # dataclasses.MISSING when the setting is required
+    rule: str  # what a value must be, in the converter's own words ("" if anything goes)
+
+
+class _Probe:
+    """A value no converter accepts: what each one says about it is its rule."""
+
+
+def describe(root: str) -> Iterator[SettingInfo]:
+    """Every setting under ``root`` (``"gateway"`` or ``"core"``), in schema order."""
+
+    def walk(section: _Section, prefix: str) -> Iterator[SettingInfo]:
+        fields = {f.name: f for f in dataclasses.fields(section.cls)}
+        for key, convert in section.settings.items():
+            f = fields[key]
+            try:
+                convert(_Probe(), _Ctx(Path("/"), False))
+                rule = ""
+            except _Bad as bad:
+                rule = bad.want.removeprefix("must be ")
+            if rule == "a non-empty path":
+                try:
+                    convert("/nonexistent/krypton-probe", _Ctx(Path("/"), False))
+                except _Bad:
+                    rule = "a path to an existing file"
+            default = f.default if f.default_factory is dataclasses.MISSING else (
+                f.default_factory())
+            name = f"{prefix}.{key}"
+            yield SettingInfo(name, env_name(name), section.cls, key, str(f.type), default, rule)
+        for key, sub in section.subsections.items():
+            yield from walk(sub, f"{prefix}.{key}")
+
+    return walk(_ROOTS[root], root)
+
+
 # -- loading ----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class _Loader:
