@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from tests.helpers.cluster import Cluster, wait_for
-from tests.helpers.fixtures import Clusters
+from tests.helpers.fixtures import Clusters, DevStacks
 
 from krypton.client.sync import KmipError
 from krypton.pki import issue_ca, issue_leaf, write_cert_pem, write_key_pem
@@ -136,3 +136,22 @@ def test_logs_are_json_with_peer_identity_and_no_key_bytes(cluster: Cluster,
         for form in (secret, secret.hex().encode(), secret.hex().upper().encode(),
                      base64.b64encode(secret), base64.b64encode(secret).rstrip(b"=")):
             assert form not in everything
+
+
+def test_each_worker_says_who_it_is(start_dev: DevStacks) -> None:
+    """``krypton dev --workers 2``: the supervisor, the Core process and each gateway
+    worker stamp their own pid and worker id on their lines."""
+    json_env = {f"KRYPTON_{side}_{k}": v for side in ("GATEWAY", "CORE")
+                for k, v in {"LOG_FORMAT": "json", "LOG_LEVEL": "info"}.items()}
+    dev = start_dev(env=json_env, args=("--workers", "2"))
+    wait_for("both workers listening",
+             lambda: dev.log().count("KMIP on") >= 2 or None, 20)
+    dev.stop()
+    # krypton dev also prints how to connect (for people) on stdout: only log records here.
+    records = [json.loads(line) for line in dev.log().splitlines() if line.startswith("{")]
+    pids: dict[str, set[int]] = {}
+    for rec in records:
+        pids.setdefault(rec["worker"], set()).add(rec["pid"])
+    assert {"supervisor", "core", "0", "1"} <= pids.keys()
+    assert all(len(p) == 1 for p in pids.values())  # one process per worker id
+    assert len(set().union(*pids.values())) == len(pids)  # and a different one each
