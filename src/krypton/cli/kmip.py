@@ -15,13 +15,11 @@ import os
 import ssl
 from pathlib import Path
 
-from krypton.client.commands import COMMANDS, REVOCATION_REASONS, table
+from krypton.client.commands import COMMANDS, REVOCATION_REASONS, VERSIONS, table, version_of
 from krypton.client.sync import KmipClient, tls_context
 from krypton.errors import ConfigError
-from krypton.kmip.versions import ProtocolVersion
 
 DEFAULT_PKI = Path(".krypton-dev/pki")
-VERSIONS = ("1.0", "1.1", "1.2", "1.3", "1.4", "2.0", "2.1")
 
 
 def _context(args: argparse.Namespace) -> ssl.SSLContext:
@@ -53,8 +51,7 @@ def _arguments(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_kmip(args: argparse.Namespace) -> int:
-    major, minor = (int(x) for x in args.kmip_version.split("."))
-    version = ProtocolVersion(major, minor)
+    version = version_of(args.kmip_version)
     command = COMMANDS[args.operation]
     item = command.request(version, **_arguments(args))
     client = KmipClient(args.host, args.port, _context(args), version=version,

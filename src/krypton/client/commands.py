@@ -61,6 +61,15 @@ def choices(cls: type[IntEnum]) -> list[str]:
     return [m.name.lower().replace("_", "-") for m in cls]
 
 
+VERSIONS = ("1.0", "1.1", "1.2", "1.3", "1.4", "2.0", "2.1")
+
+
+def version_of(text: str) -> ProtocolVersion:
+    """``"1.4"`` → ProtocolVersion(1, 4)."""
+    major, _, minor = text.partition(".")
+    return ProtocolVersion(int(major), int(minor))
+
+
 REVOCATION_REASONS = [m.name.lower().replace("_", "-") for m in RevocationReasonCode]
 
 
