@@ -1,40 +1,51 @@
 # Two commands for a newcomer: `make run` and `make test`. Each sets up
-# .venv on first use (and again whenever pyproject.toml changes).
+# .venv on first use (and again whenever pyproject.toml changes): `make run`
+# installs only what running needs (`pip install -e .`), `make test` adds the
+# test and development tools (`.[test]`).
 VENV    ?= .venv
 PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
              command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
              && { echo $$p; break; }; done)
 BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.krypton-installed
+RUN_STAMP  := $(VENV)/.krypton-run
+TEST_STAMP := $(VENV)/.krypton-test
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit setup clean tables proto fuzz fuzz-setup fuzz-corpus
+.PHONY: run test lint typecheck unit setup clean tables proto config-docs fuzz fuzz-setup fuzz-corpus
 
-setup: $(STAMP)
+setup: $(TEST_STAMP)
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(RUN_STAMP)
 
-run: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(TEST_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/krypton dev
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests scripts fuzz
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(TEST_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
-tables: $(STAMP)
+tables: $(TEST_STAMP)
 	$(BIN)/python scripts/gen_tables.py
+
+# docs/configuration.md from the configuration schema (src/krypton/config.py).
+config-docs: $(TEST_STAMP)
+	$(BIN)/python scripts/gen_config_docs.py
 
 # Coverage-guided fuzzing (atheris) of the TTLV decoder, the fast-path scanners
 # and the dispatcher: FUZZ_SECONDS per target, starting from the committed
@@ -48,7 +59,7 @@ FUZZ_TARGETS ?= ttlv fastpath dispatch
 FUZZ_FLAGS   ?= -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 FUZZ_BUILD   := build/fuzz
 
-fuzz-setup: $(STAMP)
+fuzz-setup: $(TEST_STAMP)
 	@$(BIN)/python -c 'import atheris' 2>/dev/null || \
 		$(BIN)/python -m pip install --quiet -e '.[test,fuzz]'
 
@@ -71,7 +82,7 @@ fuzz-corpus: fuzz-setup
 	done
 
 # The uplink's gRPC/protobuf stubs (and their .pyi) from src/krypton/uplink/v1/uplink.proto.
-proto: $(STAMP)
+proto: $(TEST_STAMP)
 	VENV=$(VENV) scripts/gen_proto.sh
 
 clean:

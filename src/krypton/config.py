@@ -68,6 +68,7 @@ from krypton.errors import ConfigError
 
 ENV_PREFIX = "KRYPTON_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
 TLS_VERSIONS = ("1.2", "1.3")
 
 
@@ -218,6 +219,7 @@ class GatewayConfig:
     # SIGTERM: how long requests in flight may take to finish (seconds).
     drain_timeout: float = 10.0
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (one JSON object a line)
     interop: bool = False  # the KMIP Interop operation (test harnesses only, never production)
     allow_core_dumps: bool = False  # debugging only: core dumps hold key material
     tls: GatewayTLSConfig
@@ -242,6 +244,8 @@ class CoreConfig:
     gateway: tuple[GatewayGrant, ...] = ()
     gateways: tuple[GatewayGrant, ...] = ()
     allow_core_dumps: bool = False  # debugging only: core dumps hold key material
+    log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (one JSON object a line)
     # Undo batches (krypton.engine.undo): how long and how many batches' journals are
     # kept; an Undo whose journal is gone fails (0 batches: every such Undo fails).
     undo_journal_seconds: float = 60.0
@@ -592,6 +596,7 @@ _GATEWAY = _Section(
         "workers": _integer(1, 1024),
         "drain_timeout": _seconds,
         "log_level": _choice(LOG_LEVELS),
+        "log_format": _choice(LOG_FORMATS),
         "interop": _boolean,
         "allow_core_dumps": _boolean,
     },
@@ -658,6 +663,8 @@ _CORE = _Section(
         "gateway": _gateway_tables,
         "gateways": _gateway_shorthand,
         "allow_core_dumps": _boolean,
+        "log_level": _choice(LOG_LEVELS),
+        "log_format": _choice(LOG_FORMATS),
         "undo_journal_seconds": _seconds,
         "undo_journal_batches": _integer(0),
         "drain_timeout": _seconds,
@@ -685,6 +692,50 @@ def settings(root: str) -> Iterator[str]:
 
     def walk(section: _Section, prefix: str) -> Iterator[str]:
         yield from (f"{prefix}.{key}" for key in section.settings)
+        for key, sub in section.subsections.items():
+            yield from walk(sub, f"{prefix}.{key}")
+
+    return walk(_ROOTS[root], root)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingInfo:
+    """One setting as the schema defines it (for generated documentation)."""
+
+    name: str  # dotted, e.g. gateway.limits.max_connections
+    env: str  # the environment variable that overrides it
+    owner: type[Any]  # the dataclass that holds it
+    field: str
+    type: str  # the annotation as written in the dataclass
+    default: Any  # dataclasses.MISSING when the setting is required
+    rule: str  # what a value must be, in the converter's own words ("" if anything goes)
+
+
+class _Probe:
+    """A value no converter accepts: what each one says about it is its rule."""
+
+
+def describe(root: str) -> Iterator[SettingInfo]:
+    """Every setting under ``root`` (``"gateway"`` or ``"core"``), in schema order."""
+
+    def walk(section: _Section, prefix: str) -> Iterator[SettingInfo]:
+        fields = {f.name: f for f in dataclasses.fields(section.cls)}
+        for key, convert in section.settings.items():
+            f = fields[key]
+            try:
+                convert(_Probe(), _Ctx(Path("/"), False))
+                rule = ""
+            except _Bad as bad:
+                rule = bad.want.removeprefix("must be ")
+            if rule == "a non-empty path":
+                try:
+                    convert("/nonexistent/krypton-probe", _Ctx(Path("/"), False))
+                except _Bad:
+                    rule = "a path to an existing file"
+            default = f.default if f.default_factory is dataclasses.MISSING else (
+                f.default_factory())
+            name = f"{prefix}.{key}"
+            yield SettingInfo(name, env_name(name), section.cls, key, str(f.type), default, rule)
         for key, sub in section.subsections.items():
             yield from walk(sub, f"{prefix}.{key}")
 

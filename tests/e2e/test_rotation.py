@@ -243,7 +243,7 @@ def test_the_core_and_the_uplink_client_rotate(start_cluster: Clusters, tmp_path
                  lambda: one(c, activate_item(uid)).status is ResultStatus.SUCCESS or None,
                  20.0, step=0.2)
     assert cluster.core is not None
-    assert "deny list" not in cluster.core.log()
+    assert "certificate is on the deny list" not in cluster.core.log()
 
 
 # -- several workers ----------------------------------------------------------------

@@ -23,6 +23,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "kmip": _BASE | {"ttlv"},
     "config": _BASE,
     "hardening": _BASE,
+    "logs": _BASE,
     "model": _BASE | {"ttlv", "kmip"},
     "crypto": _BASE,
     "engine": _BASE | {"ttlv", "kmip", "model", "crypto"},
@@ -33,12 +34,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "registry": _BASE | {"ttlv", "kmip", "model", "storage"},
     "tls": _BASE | {"config"},
     "pki": _BASE,
-    "uplink": _BASE | {"ttlv", "kmip", "model", "crypto", "config", "tls"},
+    "uplink": _BASE | {"ttlv", "kmip", "model", "crypto", "config", "tls", "logs"},
     "gateway": _BASE
-    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "vault", "uplink"}
+    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "vault", "uplink", "logs"}
     | {"metrics", "admin"},
     "core": _BASE
-    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "registry", "uplink"}
+    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "registry", "uplink", "logs"}
     | {"metrics", "admin"},
     "client": _BASE | {"ttlv", "kmip"},
     "conformance": _BASE | {"ttlv", "kmip", "client"},
@@ -46,7 +47,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "stack": _BASE | {"config", "core", "gateway", "registry", "tls"},
     "cli": _BASE
     | {"config", "core", "gateway", "registry", "vault", "tls", "stack", "bench", "conformance"}
-    | {"crypto", "pki", "client", "hardening", "admin"},
+    | {"crypto", "pki", "client", "hardening", "admin", "logs"},
     "__init__": frozenset(),
 }
 

@@ -22,6 +22,7 @@ from krypton.core import rotation
 from krypton.core.app import Core, check_registry_exists, initialise, open_keystore
 from krypton.core.keystore import MASTER_KEY_ENV, CoreKeyStore
 from krypton.hardening import harden
+from krypton.logs import setup as setup_logs
 from krypton.registry import open_registry
 
 DEFAULT_CONFIG = Path("core.toml")
@@ -54,6 +55,7 @@ Waiter = Callable[[Callable[[], None]], Awaitable[None]]
 
 def cmd_serve(args: argparse.Namespace, run: Runner, wait: Waiter) -> int:
     config = load_core_config(args.config)
+    setup_logs(config.log_level, config.log_format)
     harden(allow_core_dumps=config.allow_core_dumps, who=f"core {config.name}")
     core = Core(config, source=args.config)
 

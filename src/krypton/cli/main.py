@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +21,8 @@ from typing import Protocol, TypeVar
 from krypton.admin.peers import WorkerSlot, rendezvous
 from krypton.bench.cli import register as register_bench
 from krypton.cli.core import register as register_core
+from krypton.cli.kmip import register as register_kmip
+from krypton.cli.pki import register as register_pki
 from krypton.config import GatewayConfig, load_core_config, load_gateway_config
 from krypton.conformance.cli import register as register_conformance
 from krypton.core.app import Core
@@ -26,6 +30,8 @@ from krypton.errors import ConfigError, KryptonError
 from krypton.gateway.app import Gateway
 from krypton.gateway.workers import run_workers
 from krypton.hardening import harden
+from krypton.logs import SINGLE, SUPERVISOR
+from krypton.logs import setup as setup_logs
 from krypton.pki.dev import DevLayout, init_dev_dir
 from krypton.stack.dev import EmbeddedStack, prepare_tenants
 from krypton.tls.contexts import server_context
@@ -34,14 +40,6 @@ from krypton.vault.sqlite import quarantined
 DEFAULT_DEV_DIR = Path(".krypton-dev")
 
 log = logging.getLogger("krypton")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 async def _wait_for_signal(reload: Callable[[], None] | None = None) -> None:
@@ -124,7 +122,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return 0
     core = load_core_config(layout.core_config)
     gateway = load_gateway_config(layout.gateway_config)
-    _setup_logging(gateway.log_level)
+    worker = SINGLE if (args.workers or gateway.workers) <= 1 else SUPERVISOR
+    setup_logs(gateway.log_level, gateway.log_format, worker=worker)
     allow_dumps = gateway.allow_core_dumps or core.allow_core_dumps
     harden(allow_core_dumps=allow_dumps, who="krypton dev")
     workers = args.workers or gateway.workers
@@ -149,10 +148,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     address = f"{core.listen_host}:{core.listen_port}"
 
     def run_core() -> int:
+        setup_logs(core.log_level, core.log_format, worker="core")
         harden(allow_core_dumps=core.allow_core_dumps, who=f"core {core.name}")
         return _serve(lambda: Core(core), lambda c: None)
 
     def run_gateway(slot: WorkerSlot) -> int:
+        setup_logs(gateway.log_level, gateway.log_format, worker=str(slot.index))
         harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway worker {os.getpid()}")
         return _serve(
             lambda: Gateway(gateway, ssl_ctx, core_address=address, worker=slot),
@@ -179,9 +180,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     gateway = load_gateway_config(args.config)
     if args.action == "outbox":
         return cmd_outbox(gateway)
-    _setup_logging(gateway.log_level)
-    harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway {gateway.name}")
     workers = args.workers or gateway.workers
+    setup_logs(gateway.log_level, gateway.log_format,
+               worker=SINGLE if workers <= 1 else SUPERVISOR)
+    harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway {gateway.name}")
 
     def ready(g: Gateway) -> None:
         print(
@@ -197,6 +199,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     ssl_ctx = server_context(gateway.tls) if gateway.tls.source == "file" else None
 
     def run_worker(slot: WorkerSlot) -> int:
+        setup_logs(gateway.log_level, gateway.log_format, worker=str(slot.index))
         harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway worker {os.getpid()}")
         return _serve(lambda: Gateway(gateway, ssl_ctx, worker=slot), ready)
 
@@ -205,8 +208,17 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                             for n in range(workers)])
 
 
+def _version() -> str:
+    try:
+        mine = importlib.metadata.version("krypton-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        mine = "unknown"
+    return f"krypton {mine} (Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="krypton", description="Krypton KMIP key gateway")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run the embedded development stack (Core + Gateway)")
@@ -223,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     gw.set_defaults(func=cmd_gateway)
 
     register_core(sub, _run, _wait_for_signal)
+    register_kmip(sub)
+    register_pki(sub)
     register_bench(sub)
     register_conformance(sub)
     return p

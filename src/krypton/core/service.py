@@ -154,9 +154,13 @@ class CoreService:
         # itself is fetched by each subscriber's task.
         if self._loop is None:
             return
+        told = 0
         for sub in list(self._subscribers):
             if tenant in sub.tenants:
                 self._loop.call_soon_threadsafe(sub.queue.put_nowait, (tenant, version))
+                told += 1
+        log.info("L3 %s v%d is %s: sent to %d subscribed gateway(s)", tenant, version,
+                 state.name, told)
 
     async def _grant_event(self, tenant: str, version: int) -> L3Grant | None:
         grant = await self.keys.grant(tenant, version, self.lease_seconds)

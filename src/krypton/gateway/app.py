@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import ssl
 
 from krypton.admin.checks import Check
@@ -61,6 +62,18 @@ def limits_of(config: GatewayConfig) -> Limits:
         max_items=lim.max_items,
         max_batch_items=lim.max_batch_items,
     )
+
+
+def _open_vault(cfg: GatewayConfig, keyring: KeyRing) -> Vault:
+    """The vault; a folder that is not there is a configuration error naming the setting."""
+    folder = cfg.vault_path.parent
+    if not folder.is_dir():
+        raise ConfigError(f"gateway.vault_path: the folder {folder} does not exist "
+                          f"(the vault file {cfg.vault_path.name} is made in it)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"gateway.vault_path: the folder {folder} is not writable by this "
+                          "process (the vault and its -wal and -shm files are made in it)")
+    return Vault.open(cfg.vault_path, cache_size=cfg.cache.records, sealer=keyring.record_mac)
 
 
 class Gateway:
@@ -126,9 +139,7 @@ class Gateway:
         ssl_ctx = self.ssl_context or server_context(cfg.tls, material=material)
         limits = limits_of(cfg)
         lim = cfg.limits
-        self.vault = Vault.open(
-            cfg.vault_path, cache_size=cfg.cache.records, sealer=self.keyring.record_mac
-        )
+        self.vault = _open_vault(cfg, self.keyring)
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants), material)
         self.upstream = Upstream(self.client, self.vault, limits)
         await self.upstream.start()
@@ -178,7 +189,14 @@ class Gateway:
             write_timeout=cfg.limits.write_timeout,
             refuse_grace=cfg.limits.refuse_grace,
         )
-        await self.listener.start(cfg.listen_host, cfg.listen_port, reuse_port=cfg.workers > 1)
+        try:
+            await self.listener.start(cfg.listen_host, cfg.listen_port,
+                                      reuse_port=cfg.workers > 1)
+        except OSError as exc:
+            raise ConfigError(
+                f"gateway.listen_port: cannot listen on {cfg.listen_host}:{cfg.listen_port} "
+                f"({exc.strerror or exc}; see also gateway.listen_host)"
+            ) from None
         self.tls.subscribe(self._new_listener_context)
         self.tls.subscribe(self._new_uplink_material)
         self._tls_tasks.append(asyncio.create_task(self.tls.run(), name="tls-reload"))

@@ -88,6 +88,7 @@ from krypton.gateway._conn_state import (
 from krypton.gateway.engine.dispatch import Dispatcher, Session
 from krypton.gateway.policy import Policy
 from krypton.kmip.messages import error_response
+from krypton.logs import RateLimitedLog
 from krypton.tls.contexts import peer_identity
 from krypton.ttlv.codec import Limits, encode
 
@@ -103,6 +104,23 @@ _TLS_WRITE_BUFFER = 256 * 1024  # bytes unsent before the worker waits
 _HANDSHAKE_FAILED = (OSError, ssl.SSLError, EOFError, asyncio.TimeoutError)
 # TLS handshakes by result (``Listener.handshakes``: krypton_tls_handshakes_total).
 _SUCCESS, _FAILED, _TIMEOUT = "success", "failed", "timeout"
+
+
+def peer_of(where: object) -> str:
+    """``host:port`` of a peer address (``getpeername()`` / ``peername``), else ``?``."""
+    if isinstance(where, tuple) and len(where) >= 2:
+        host = str(where[0])
+        return f"[{host}]:{where[1]}" if ":" in host else f"{host}:{where[1]}"
+    return "?"
+
+
+def _handshake_error(exc: BaseException) -> str:
+    """Why a handshake failed, in words (an SSL error's reason, never a key)."""
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "no handshake in time"
+    return f"{type(exc).__name__} during the handshake"
 
 
 class Connection(ConnState, asyncio.BufferedProtocol):
@@ -143,6 +161,10 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         """Give the accepted socket to the loop and run the TLS handshake on it."""
         listener = self.listener
         try:
+            peer = peer_of(sock.getpeername())
+        except OSError:
+            peer = "?"
+        try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: self,
                 sock,
@@ -150,8 +172,11 @@ class Connection(ConnState, asyncio.BufferedProtocol):
                 ssl_handshake_timeout=listener.handshake_timeout,
             )
         except _HANDSHAKE_FAILED as exc:
-            log.debug("connection %d: TLS handshake failed: %r", self.id, exc)
             listener.handshakes[_TIMEOUT if isinstance(exc, TimeoutError) else _FAILED] += 1
+            listener.refusals.warning(
+                "tls_handshake_refused", "connection %d from %s: TLS handshake refused: %s",
+                self.id, peer, _handshake_error(exc), peer=peer, identity="",
+            )
             listener.unregister(self)
         except asyncio.CancelledError:
             listener.unregister(self)  # dropped for a newer connection (or closing)
@@ -177,6 +202,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         if not der or not isinstance(sslobj, ssl.SSLObject):
             self.abort()
             return
+        identity = ""
         try:
             identity = peer_identity(sslobj, der)
         except KryptonError as exc:
@@ -186,12 +212,17 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             if grant is None:
                 self.refused = f"identity {identity!r} is not allowed on this gateway"
             else:
-                session = Session(identity, grant, self.id)
+                session = Session(identity, grant, self.id, peer_of(
+                    transport.get_extra_info("peername")))
                 self.refused = self.listener.let_in(self, session)
                 if self.refused is None:
                     self.session = session
                     return
-        log.info("connection %d: %s", self.id, self.refused)
+        peer = peer_of(transport.get_extra_info("peername"))
+        self.listener.refusals.warning(
+            "connection_refused", "connection %d from %s (%s): refused: %s", self.id, peer,
+            identity or "no identity", self.refused, peer=peer, identity=identity,
+        )
         self.listener.unwelcome[self.id] = (self.listener.clock(), self)
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -428,6 +459,8 @@ class Listener(Admission):
         self.write_timeout = write_timeout
         self.sweep_interval = sweep_interval
         self.refuse_grace = refuse_grace  # what a refused identity's first request gets
+        # Refused handshakes and identities: logged with peer and identity, rate-limited.
+        self.refusals = RateLimitedLog(log)
         # Monotonic seconds for every deadline; the running loop's time by default.
         self.clock: Callable[[], float] = clock or time.monotonic
         self._own_clock = clock is None

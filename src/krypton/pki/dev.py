@@ -389,3 +389,72 @@ trust_domain = "{TRUST_DOMAIN}"  # gateways' SPIFFE IDs must be in it
 [core.admin]
 listen = "127.0.0.1:9697"
 """
+
+
+# -- certificates for new parties (krypton pki issue) -------------------------------
+@dataclass(frozen=True, slots=True)
+class Role:
+    """What a certificate of one role may do (see the module docstring)."""
+
+    server: bool
+    client: bool
+    names: bool  # DNS / IP SANs (a server is reached by name)
+    next_step: str
+
+
+ROLES: dict[str, Role] = {
+    "workload": Role(False, True, False,
+                     "give its SPIFFE ID (or a prefix of it) a [[rule]] in the gateway's "
+                     "policy file"),
+    "gateway": Role(True, True, True,
+                    "list it at the Core ([[core.gateway]] id = ..., tenants = [...]) before "
+                    "the gateway starts with it ([gateway.tls] cert / key)"),
+    "core": Role(True, False, True,
+                 "set gateway.uplink.core_id to its SPIFFE ID on every gateway, and "
+                 "[core.tls] cert / key on the Core"),
+}
+_SPIFFE_ID = re.compile(r"spiffe://([a-z0-9._-]{1,255})((/[A-Za-z0-9._-]+)+)")
+
+
+def _check_spiffe_id(spiffe_id: str) -> list[str]:
+    """The path segments of a well-formed SPIFFE ID; ConfigError otherwise."""
+    m = _SPIFFE_ID.fullmatch(spiffe_id)
+    segments = m.group(2).split("/")[1:] if m else []
+    if not m or {".", ".."} & set(segments):
+        raise ConfigError(f"--spiffe-id: not a SPIFFE ID (spiffe://trust-domain/path, "
+                          f"without '.' or '..' segments): {spiffe_id!r}")
+    return segments
+
+
+def issue_role(
+    d: Path, spiffe_id: str, role: str, *, name: str | None = None,
+    dns: tuple[str, ...] = LOOPBACK_DNS, ips: tuple[str, ...] = LOOPBACK_IPS,
+    days: int | None = None, force: bool = False,
+) -> IssuedCert:
+    """Issue a certificate for ``role`` (workload, gateway or core) from the dev CA in ``d``.
+
+    Writes ``d/pki/<name>.pem`` and ``<name>-key.pem`` (``name`` defaults to
+    ``<role>-<last segment of the SPIFFE ID>``). A workload's certificate has
+    clientAuth only and no DNS/IP names; a gateway's serverAuth and clientAuth;
+    a Core's serverAuth only; both servers carry ``dns`` and ``ips``. An
+    existing pair is an error unless ``force``."""
+    if role not in ROLES:
+        raise ConfigError(f"--role: must be one of {', '.join(ROLES)}, got {role!r}")
+    what = ROLES[role]
+    segments = _check_spiffe_id(spiffe_id)
+    stem = name or f"{role}-{segments[-1]}"
+    _check_segment("--name", stem)
+    layout = DevLayout(Path(d))
+    cert_path, key_path = layout.pki / f"{stem}.pem", layout.pki / f"{stem}-key.pem"
+    if not force and (cert_path.exists() or key_path.exists()):
+        raise ConfigError(f"{cert_path}: already exists (use --force to re-issue)")
+    ca, ca_key = _load_ca(layout)
+    cert, key = issue_leaf(
+        ca, ca_key, common_name=stem, spiffe_id=spiffe_id,
+        dns=dns if what.names else (), ips=ips if what.names else (),
+        server=what.server, client=what.client,
+        **({"days": days} if days is not None else {}),
+    )
+    write_key_pem(key_path, key)
+    write_cert_pem(cert_path, cert)
+    return IssuedCert(cert_path, key_path, spiffe_id)

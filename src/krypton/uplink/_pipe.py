@@ -167,6 +167,10 @@ class CorePipe:
                     remote_w.transport.abort()
                 else:  # gRPC hung up: flush what it sent (bounded by the TCP user timeout)
                     remote_w.close()
+        except asyncio.CancelledError:
+            # Cancelled by close(): the connection is over. Ending quietly, since
+            # asyncio's stream server reports a cancelled handler as an error.
+            return
         finally:
             local_w.close()
             if task is not None:

@@ -63,6 +63,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from krypton.config import TLSConfig
 from krypton.crypto.keyring import L3Grant
 from krypton.errors import ConfigError, KryptonError, PermissionDenied
+from krypton.logs import RateLimitedLog
 from krypton.model.record import KeyRecord
 from krypton.model.registry import AuditRecord
 from krypton.tls.identity import PeerRules, check_peer
@@ -153,6 +154,14 @@ async def with_heartbeats(
             await close()
 
 
+def _peer(context: Context) -> str:
+    """The caller's address as gRPC names it (``ipv4:127.0.0.1:5432``), else ``?``."""
+    try:
+        return str(context.peer())
+    except Exception:  # a context without a transport
+        return "?"
+
+
 class _Servicer(pb_grpc.UplinkServicer):
     def __init__(
         self,
@@ -169,6 +178,8 @@ class _Servicer(pb_grpc.UplinkServicer):
         self._audit = audit
         self._ders: dict[bytes, bytes] = {}
         self._streams: set[asyncio.Task[Any]] = set()  # the Subscribe calls running
+        # Refused calls: logged with the peer's address and identity, rate-limited.
+        self._refusals = RateLimitedLog(log)
 
     def end_streams(self) -> int:
         """End every Subscribe stream (drain: their gateways go elsewhere or retry)."""
@@ -200,7 +211,10 @@ class _Servicer(pb_grpc.UplinkServicer):
         code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED,
     ) -> NoReturn:
         """Audit a refused call, then abort it with ``code``."""
-        log.warning("uplink: %s refused: %s", call, detail)
+        peer = _peer(context)
+        self._refusals.warning("uplink_denied", "uplink: %s from %s (%s) refused: %s", call,
+                               peer, gateway, detail, peer=peer, identity=gateway, tenant=tenant,
+                               operation=call)
         await self._record(AuditRecord(
             time=time.time(), identity=identity or gateway, tenant=tenant, operation=call,
             uid=uid, result="PermissionDenied", gateway=gateway, detail=detail,

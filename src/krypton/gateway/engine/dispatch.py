@@ -64,6 +64,7 @@ from krypton.kmip.messages import (
 from krypton.kmip.reasons import reason_for
 from krypton.kmip.versions import ProtocolVersion
 from krypton.kmip.wire import begin_response, encode_item, end_response
+from krypton.logs import RateLimitedLog
 from krypton.metrics.meter import FAILED, NO_OPERATION, SUCCESS, UNDONE, KmipMeter
 from krypton.model.context import RequestContext
 from krypton.model.grant import Grant
@@ -96,6 +97,7 @@ class Session:
     identity: str
     grant: Grant
     connection_id: int
+    peer: str = "?"  # the client's address, host:port (for the log)
 
 
 _UNDO = BatchErrorContinuationOption.UNDO
@@ -163,6 +165,8 @@ class Dispatcher:
             max_shapes=get_cache.max_shapes, max_memo=get_cache.max_memo
         )
         self._fast_create = fastcreate.FastCreate(max_response_size=max_response_size)
+        # Operations the policy does not grant: logged with peer and identity, rate-limited.
+        self.denials = RateLimitedLog(log)
 
     def answer_now(self, frame: bytes | bytearray | memoryview, session: Session) -> bytes | None:
         """The response to a plain Get, computed without waiting; None for anything else."""
@@ -273,6 +277,7 @@ class Dispatcher:
             try:
                 undo.refuse_private(item)
                 if not session.grant.allows(item.operation):
+                    self._denied(session, item.operation, request_id)
                     raise PermissionDenied("this client may not run this operation")
                 if item.operation == Operation.RNG_RETRIEVE:
                     rng_left -= _data_length(item.payload)
@@ -335,6 +340,15 @@ class Dispatcher:
             marks.append(_clock())
             _count(meter, request.items, results, marks)
         return out
+
+    def _denied(self, session: Session, operation: int, request_id: str) -> None:
+        name = str(OPERATION_NAMES.get(operation, f"0x{operation:08X}"))
+        self.denials.warning(
+            "operation_denied", "request %s from %s (%s, tenant %s): %s denied by the policy",
+            request_id, session.peer, session.identity, session.grant.tenant, name,
+            peer=session.peer, identity=session.identity, tenant=session.grant.tenant,
+            operation=name,
+        )
 
     async def _end_undo_batch(
         self,
