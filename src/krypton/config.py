@@ -198,6 +198,11 @@ class CoreConfig:
     # kept; an Undo whose journal is gone fails (0 batches: every such Undo fails).
     undo_journal_seconds: float = 60.0
     undo_journal_batches: int = 1024
+    # Background re-wrap (krypton.core.rewrap): objects per batch, seconds between
+    # looks for work, and a pause after each batch (to spare a busy registry).
+    rewrap_batch: int = 256
+    rewrap_interval: float = 5.0
+    rewrap_pause: float = 0.0
     tls: TLSConfig
 
     def authorised_gateways(self) -> dict[str, frozenset[str]]:
@@ -563,6 +568,9 @@ _CORE = _Section(
         "allow_core_dumps": _boolean,
         "undo_journal_seconds": _seconds,
         "undo_journal_batches": _integer(0),
+        "rewrap_batch": _integer(1),
+        "rewrap_interval": _seconds,
+        "rewrap_pause": _seconds,
     },
     {"tls": _TLS},
 )

@@ -17,6 +17,7 @@ from krypton.core.keystore import (
     load_master_key,
 )
 from krypton.core.records import AuthenticatedRegistry, seal_legacy
+from krypton.core.rewrap import Rewrapper
 from krypton.core.service import CoreService
 from krypton.crypto.keyring import KeyRing
 from krypton.model import Registry
@@ -98,6 +99,7 @@ class Core:
         self.l3: EmbeddedL3Source | None = None
         self.service: CoreService | None = None
         self.server: UplinkServer | None = None
+        self.rewrapper: Rewrapper | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -118,11 +120,15 @@ class Core:
         services = CoreServices(
             registry=objects, sealer=KeyRingSealer(self.ring), journal=journal
         )
+        # Objects left under older L3 versions move to the active one (krypton.core.rewrap).
+        self.rewrapper = Rewrapper(objects, self.keys, self.ring, batch=cfg.rewrap_batch,
+                                   interval=cfg.rewrap_interval, pause=cfg.rewrap_pause)
         self.service = CoreService(
             objects, self.keys, services, lease_seconds=cfg.l3_lease_seconds,
-            mac_key=self.ring.record_mac,
+            mac_key=self.ring.record_mac, on_old_version=self.rewrapper.reopen,
         )  # fmt: skip
         await self.service.start()
+        await self.rewrapper.start()
         self.server = UplinkServer(
             self.service, cfg.tls, cfg.authorised_gateways(), cfg.listen_host, cfg.listen_port,
             rules=peer_rules(cfg.tls, Usage.CLIENT), audit=self.registry.append_audit,
@@ -136,6 +142,8 @@ class Core:
         return self.server.port
 
     async def close(self) -> None:
+        if self.rewrapper is not None:
+            await self.rewrapper.close()
         if self.server is not None:
             await self.server.stop()
         if self.service is not None:

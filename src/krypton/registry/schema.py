@@ -22,6 +22,11 @@ to ``unsealed_objects``, the only place a row without a MAC is accepted, until
 the Core seals them at start. The step is self-contained (one new column, one
 new table filled from ``objects``), so it can be renumbered next to other
 steps.
+
+v4 (background re-wrap, issue 12): ``rewrap_jobs``, one row per tenant (the
+operator who asked, the target version, progress), and an index on
+``objects(tenant, l3_version, uid)`` so the re-wrap finds what an old L3
+version still wraps without a scan.
 """
 
 from __future__ import annotations
@@ -98,6 +103,13 @@ SQLITE: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE unsealed_objects (uid TEXT PRIMARY KEY)",
         "INSERT INTO unsealed_objects (uid) SELECT uid FROM objects",
     ),
+    # v4: background re-wrap
+    (
+        "CREATE INDEX objects_tenant_l3 ON objects(tenant, l3_version, uid)",
+        "CREATE TABLE rewrap_jobs (tenant TEXT PRIMARY KEY, target INTEGER NOT NULL,"
+        " operator TEXT NOT NULL, started REAL NOT NULL, total INTEGER NOT NULL,"
+        " done INTEGER NOT NULL, updated REAL NOT NULL, finished REAL)",
+    ),
 )
 
 POSTGRES: tuple[tuple[str, ...], ...] = (
@@ -135,6 +147,14 @@ POSTGRES: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE objects ADD COLUMN mac BYTEA",
         "CREATE TABLE unsealed_objects (uid TEXT PRIMARY KEY)",
         "INSERT INTO unsealed_objects (uid) SELECT uid FROM objects",
+    ),
+    # v4: background re-wrap
+    (
+        "CREATE INDEX objects_tenant_l3 ON objects(tenant, l3_version, uid)",
+        "CREATE TABLE rewrap_jobs (tenant TEXT PRIMARY KEY, target INTEGER NOT NULL,"
+        " operator TEXT NOT NULL, started DOUBLE PRECISION NOT NULL, total BIGINT NOT NULL,"
+        " done BIGINT NOT NULL, updated DOUBLE PRECISION NOT NULL,"
+        " finished DOUBLE PRECISION)",
     ),
 )
 
