@@ -275,6 +275,16 @@ def _seconds(v: Any, ctx: _Ctx) -> float:
     return float(v)
 
 
+def _pause(v: Any, ctx: _Ctx) -> float:
+    """Seconds ≥ 0 (0: no pause)."""
+    if v in (0, 0.0, "0"):
+        return 0.0
+    try:
+        return _seconds(v, ctx)
+    except _Bad:
+        raise _Bad("must be a number of seconds ≥ 0") from None
+
+
 def _boolean(v: Any, ctx: _Ctx) -> bool:
     if ctx.from_env and isinstance(v, str):
         word = v.strip().lower()
@@ -570,7 +580,7 @@ _CORE = _Section(
         "undo_journal_batches": _integer(0),
         "rewrap_batch": _integer(1),
         "rewrap_interval": _seconds,
-        "rewrap_pause": _seconds,
+        "rewrap_pause": _pause,
     },
     {"tls": _TLS},
 )

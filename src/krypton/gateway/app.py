@@ -14,6 +14,7 @@ from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
+from krypton.gateway.rewrap import VaultRewrapper
 from krypton.gateway.upstream import Upstream
 from krypton.tls.contexts import server_context
 from krypton.ttlv.codec import Limits
@@ -59,6 +60,7 @@ class Gateway:
         self.client: UplinkClient | None = None
         self.l3_source: UplinkL3Source | None = None
         self.upstream: Upstream | None = None
+        self.rewrapper: VaultRewrapper | None = None
         self.listener: Listener | None = None
 
     async def start(self) -> None:
@@ -74,11 +76,15 @@ class Gateway:
             cfg.vault_path, cache_size=cfg.cache.records, sealer=self.keyring.record_mac
         )
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants))
-        self.upstream = Upstream(self.client, self.vault, limits)
+        self.upstream = Upstream(self.client, self.vault, limits,
+                                 active=self.keyring.active_version)
         await self.upstream.start()
         self.l3_source = UplinkL3Source(self.client, max_lease=cfg.uplink.max_lease)
         await self.l3_source.start(self.keyring)
         await self.vault.seal_legacy()  # records from before they were authenticated
+        # records under an older L3 version move to the active one (after a rotation)
+        self.rewrapper = VaultRewrapper(self.vault, self.keyring, sorted(policy.tenants))
+        await self.rewrapper.start()
         services = Services(
             store=self.vault, keyring=self.keyring, upstream=self.upstream, interop=cfg.interop
         )
@@ -118,6 +124,8 @@ class Gateway:
     async def close(self) -> None:
         if self.listener is not None:
             await self.listener.close()
+        if self.rewrapper is not None:
+            await self.rewrapper.close()
         if self.upstream is not None:
             await self.upstream.close()
         if self.l3_source is not None:

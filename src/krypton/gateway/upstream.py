@@ -32,6 +32,10 @@ the consistency rules of DESIGN §4:
   (already destroyed, wrong state, ...) makes the gateway ask the Core for
   that key's record and take its state: the Core may know something the
   feed has not brought yet.
+* **Re-wrapped at the Core.** A change whose record the Core re-wrapped under
+  another L3 version replaces this gateway's copy when that copy is not under
+  the active version here or its version is no longer held
+  (:mod:`krypton.gateway.rewrap`).
 * **Read-through.** A ``Get`` of a key this gateway does not hold asks the
   Core (``FetchKey``) and keeps the wrapped record in the vault, once its
   record MAC checked out (``Vault.authentic``: a wrong or missing MAC is a
@@ -49,7 +53,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from krypton.engine.objects import belongs
-from krypton.errors import KryptonError, StorageError
+from krypton.errors import KeyUnavailable, KryptonError, StorageError
 from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
 from krypton.ttlv.codec import Limits, decode, encode
@@ -81,8 +85,10 @@ class Upstream:
         batch: int = DRAIN_BATCH,
         interval: float = DRAIN_INTERVAL,
         linger: float = DRAIN_LINGER,
+        active: Callable[[str], int | None] | None = None,
     ) -> None:
         self.client = client
+        self._active = active or (lambda tenant: None)  # the ring's active L3 version
         self.vault = vault
         self.limits = limits
         self.batch = batch
@@ -246,7 +252,7 @@ class Upstream:
         return self._written
 
     async def apply(self, change: StateChange) -> None:
-        rec = self.vault.get(change.uid)
+        rec, _ = self._local(change.uid)
         if rec is None or rec.tenant != change.tenant:
             self._position = max(self._position, change.seq)
             if self._position - self._written >= CURSOR_FLUSH:
@@ -286,7 +292,7 @@ class Upstream:
         """Bring a held record up to the Core's: its state, and its attributes when
         the Core can be asked (a change event does not carry them); the change's
         feed position is written with it."""
-        rec = self.vault.get(change.uid)
+        rec, readable = self._local(change.uid)
         if not belongs(rec, change.tenant):
             return
         state = change.state
@@ -301,6 +307,15 @@ class Upstream:
             # The Core undid a Destroy (a batch with Undo: krypton.engine.undo) that
             # erased the key here: take its material back.
             await self.vault.reinstate(fresh, seq=seq)
+        elif fresh is not None and (not readable or (
+                fresh.wrapped and fresh.l3_version != rec.l3_version
+                and rec.l3_version != self._active(rec.tenant))):
+            # Our copy's L3 version is gone, or is not our active one while the Core
+            # re-wrapped it (krypton.gateway.rewrap): take the Core's record whole.
+            await self.vault.adopt(fresh, seq=seq)
+        elif not readable:
+            raise KeyUnavailable(f"the record of {change.uid} cannot be read here and the"
+                                 " Krypton Core did not answer for it")
         else:
             # a change the vault cannot store now is held in memory and retried,
             # never dropped (krypton.vault.held)
@@ -317,6 +332,15 @@ class Upstream:
         if seq > 0:
             self._position = max(self._position, seq)
             self._written = max(self._written, seq)
+
+    def _local(self, uid: str) -> tuple[KeyRecord | None, bool]:
+        """The held record and whether it can be used here: a row whose L3 version
+        is not held cannot be authenticated, so only its unchecked copy is given,
+        to decide what to ask the Core (never to serve)."""
+        try:
+            return self.vault.get(uid), True
+        except KeyUnavailable:
+            return self.vault.peek(uid), False
 
     def _on_connection(self, state: ConnectionState) -> None:
         if state is ConnectionState.READY:

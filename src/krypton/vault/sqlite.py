@@ -85,6 +85,13 @@ _HELD = (
     " ORDER BY uid LIMIT ?"
 )
 
+_LIVE = "tenant = ? AND length(wrapped) > 0 AND state NOT IN (5, 6)"
+_VERSIONS = f"SELECT DISTINCT l3_version FROM keys WHERE {_LIVE}"  # noqa: S608
+_UNDER = (
+    f"SELECT uid FROM keys WHERE {_LIVE} AND l3_version = ? AND uid > ?"  # noqa: S608
+    " ORDER BY uid LIMIT ?"
+)
+
 # A destroyed key's wrapped material is erased, not just marked (KMIP State
 # Destroyed = 5, Destroyed Compromised = 6); secure_delete zeroes freed space.
 DESTROYED_STATES: Final = frozenset((5, 6))
@@ -188,6 +195,41 @@ def _seal_legacy(conn: sqlite3.Connection, payload: tuple[str, Sealer]) -> int:
     return _rewrite(conn, uid, lambda r: r, sealer)
 
 
+def _moved(old_version: int, old_wrapped: bytes, version: int, wrapped: bytes
+           ) -> Callable[[KeyRecord], KeyRecord | None]:
+    """A re-wrap as a compare-and-set: only a record still as it was read moves."""
+    def move(r: KeyRecord) -> KeyRecord | None:
+        if r.l3_version != old_version or r.wrapped != old_wrapped:
+            return None
+        return replace(r, l3_version=version, wrapped=wrapped)
+
+    return move
+
+
+def _rewrap(conn: sqlite3.Connection, payload: tuple[str, int, bytes, int, bytes, Sealer | None]
+            ) -> int:
+    uid, old_version, old_wrapped, version, wrapped, sealer = payload
+    return _rewrite(conn, uid, _moved(old_version, old_wrapped, version, wrapped), sealer)
+
+
+_ADOPT: Final = (
+    "UPDATE keys SET object_type=?, algorithm=?, length=?, state=?, l3_version=?, wrapped=?,"
+    " attributes=?, mac=?, synced=1 WHERE uid=? AND tenant=?"
+)
+
+
+def _adopt(conn: sqlite3.Connection, payload: tuple[KeyRecord, int, Sealer | None]) -> int:
+    """Every covered column from the Core's record (checked by ``Vault.authentic``,
+    MAC included): nothing of the row it replaces is kept, so the row need not be
+    checked first (its L3 version may be gone)."""
+    r, seq, _ = payload
+    _set_cursor(conn, seq)
+    n = conn.execute(_ADOPT, (r.object_type, r.algorithm, r.length, r.state, r.l3_version,
+                              r.wrapped, r.attributes, r.mac, r.uid, r.tenant)).rowcount
+    conn.execute("DELETE FROM unsealed WHERE uid = ?", (r.uid,))
+    return int(n)
+
+
 def _set_cursor(conn: sqlite3.Connection, seq: int) -> int:
     if seq > 0:
         conn.execute("UPDATE feed_cursor SET seq = ?", (seq,))
@@ -272,6 +314,21 @@ def _reinstate_effect(payload: tuple[KeyRecord, int, object]) -> tuple[str, Effe
     )
 
 
+def _rewrap_effect(payload: tuple[str, int, bytes, int, bytes, object]) -> tuple[str, Effect]:
+    uid, old_version, old_wrapped, version, wrapped, _ = payload
+    move = _moved(old_version, old_wrapped, version, wrapped)
+    return uid, lambda record: move(record) or record
+
+
+def _adopt_effect(payload: tuple[KeyRecord, int, object]) -> tuple[str, Effect]:
+    r = payload[0]
+    return r.uid, _change(
+        object_type=r.object_type, algorithm=r.algorithm, length=r.length, state=r.state,
+        l3_version=r.l3_version, wrapped=r.wrapped, attributes=r.attributes, mac=r.mac,
+        synced=True,
+    )
+
+
 def _apply_effect(
     payload: tuple[str, int | None, bytes | None, int, object],
 ) -> tuple[str, Effect]:
@@ -291,6 +348,8 @@ _EFFECTS: Final[Mapping[Work, Callable[[Any], tuple[str, Effect]]]] = {
     _set_attributes: _attributes_effect,
     _reinstate: _reinstate_effect,
     _apply_change: _apply_effect,
+    _rewrap: _rewrap_effect,
+    _adopt: _adopt_effect,
 }
 
 
@@ -319,6 +378,8 @@ _CACHED: Final[Mapping[Work, Callable[[RecordCache, Any], int]]] = {
     _set_state: _cache_effect(_set_state),
     _set_attributes: _cache_effect(_set_attributes),
     _reinstate: _cache_effect(_reinstate),
+    _rewrap: _cache_effect(_rewrap),
+    _adopt: _cache_effect(_adopt),
     _mark_synced: _cache_synced,
     _seal_legacy: _cache_nothing,  # the covered columns do not change
     _quarantine: _cache_nothing,  # undecodable rows are never cached
@@ -454,6 +515,20 @@ class Vault:
         payload = (uid, None if state is None else int(state),
                    None if attributes is None else bytes(attributes), int(seq), self._sealer)
         return await self._follow(_apply_change, payload, int(seq))
+
+    async def adopt(self, record: KeyRecord, *, seq: int = 0) -> bool:
+        """Take the Core's record of a held key whole (material, L3 version, state,
+        attributes, MAC), e.g. one the Core re-wrapped while this copy's L3 version
+        went away; ``record`` must have passed :meth:`authentic`. A change the Core
+        committed: held and retried if it cannot be stored (see :meth:`apply_change`)."""
+        return await self._follow(_adopt, (record, int(seq), None), int(seq))
+
+    async def rewrap(self, record: KeyRecord, version: int, wrapped: bytes) -> bool:
+        """Store ``record`` (as read) re-wrapped under L3 ``version``, with a fresh MAC,
+        if it has not changed since it was read; False if it has (or is gone)."""
+        payload = (record.uid, record.l3_version, record.wrapped, int(version), bytes(wrapped),
+                   self._sealer)
+        return bool(await self._submit(_rewrap, payload))
 
     async def set_cursor(self, seq: int) -> None:
         """Record that every Core change up to ``seq`` is applied here."""
@@ -602,6 +677,27 @@ class Vault:
             rows = self._readers.get().execute(_HELD, (tenant, after, limit)).fetchall()
         return [r[0] for r in rows]
 
+    def l3_versions(self, tenant: str) -> set[int]:
+        """The L3 versions the tenant's live records here are wrapped under."""
+        with translated("vault read"):
+            rows = self._readers.get().execute(_VERSIONS, (tenant,)).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def under_l3(self, tenant: str, version: int, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` uids (in order, above ``after``) of the tenant's live
+        records wrapped under L3 ``version``: what a re-wrap moves."""
+        with translated("vault read"):
+            rows = self._readers.get().execute(
+                _UNDER, (tenant, int(version), after, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def peek(self, uid: str) -> KeyRecord | None:
+        """The stored row, NOT authenticated (never cached, never served): for
+        deciding what to ask the Core when the row's L3 version is not held."""
+        with translated("vault read"):
+            row = self._readers.get().execute(_SELECT, (uid,)).fetchone()
+        return None if row is None else _record(row)
+
     def holds_keys(self) -> bool:
         with translated("vault read"):
             return self._readers.get().execute("SELECT 1 FROM keys LIMIT 1").fetchone() is not None
@@ -633,7 +729,7 @@ def _without_cursor(work: Work, payload: tuple[Any, ...]) -> tuple[Any, ...]:
     moves once every held change is stored (Vault._retry_held)."""
     if work is _apply_change:
         return (*payload[:3], 0, *payload[4:])
-    if work is _reinstate:
+    if work is _reinstate or work is _adopt:
         return (payload[0], 0, *payload[2:])
     return payload
 
