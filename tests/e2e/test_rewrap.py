@@ -59,7 +59,7 @@ def test_rotate_rewraps_everywhere_and_the_old_version_goes_without_force(
     started = time.monotonic()
     assert "re-wrap of older keys to version 2 asked for" in out
     job = wait_for("re-wrap finished", lambda: (
-        (j := rewrap_of(cluster, 2)) and j["finished"] and j), 30.0, 0.2)
+        (j := rewrap_of(cluster, 2)) and j["finished"] and j) or None, 30.0, 0.2)
     took = time.monotonic() - started
     versions = listed(cluster)
     assert versions[1]["keys"] == 0 and versions[2]["keys"] >= len(keys), versions
@@ -106,13 +106,13 @@ def test_a_rewrap_cut_off_by_a_core_crash_resumes_after_the_restart(
     assert rewrap_of(cluster, 2) is None
     cluster.core_cli("l3", "rewrap", "--tenant", "demo", "--operator", "ops:bob")
     job = wait_for("a few batches done", lambda: (
-        (j := rewrap_of(cluster, 2)) and j["moved"] >= 10 and j), 30.0, 0.05)
+        (j := rewrap_of(cluster, 2)) and j["moved"] >= 10 and j) or None, 30.0, 0.05)
     cluster.kill_core()
     cut = listed(cluster)
     assert cut[2]["rewrap"]["finished"] is None and cut[1]["keys"] > 0, cut
     cluster.start_core(env=slow)
     job = wait_for("re-wrap finished after the restart", lambda: (
-        (j := rewrap_of(cluster, 2)) and j["finished"] and j), 60.0, 0.2)
+        (j := rewrap_of(cluster, 2)) and j["finished"] and j) or None, 60.0, 0.2)
     assert job["operator"] == "ops:bob"
     # the batch the crash cut may have moved keys it did not count
     assert job["total"] - 5 <= job["moved"] <= job["total"], job

@@ -18,7 +18,7 @@ from krypton.crypto.secret import SecretBytes
 from krypton.errors import KeyUnavailable
 from krypton.gateway.rewrap import VaultRewrapper
 from krypton.model.record import KeyRecord, authenticated_bytes
-from krypton.vault.sqlite import Vault
+from krypton.vault.sqlite import Vault, quarantined
 
 Body = Callable[[Vault, KeyRing, Path], Awaitable[None]]
 
@@ -112,5 +112,22 @@ def test_a_record_under_a_dropped_version_takes_the_cores_copy(tmp_path: Path) -
             assert reopened.cursor() == 7
         finally:
             reopened.close()
+
+    with_vault(tmp_path, body)
+
+
+def test_records_the_core_refused_leave_the_outbox_listed(tmp_path: Path) -> None:
+    async def body(vault: Vault, ring: KeyRing, where: Path) -> None:
+        for uid in ("a", "b", "c"):
+            await vault.put(replace(_record(ring, uid, os.urandom(32)), synced=False))
+        why = {"a": "refused by the Krypton Core: v1", "c": "refused by the Krypton Core: v1"}
+        assert await vault.quarantine(why) == 2
+        assert [r.uid for r in vault.outbox(10)] == ["b"]
+        assert await vault.quarantine(why) == 0  # once
+        waiting, rows = quarantined(where / "vault.db")
+        assert waiting == 1
+        assert sorted((q.uid, q.reason) for q in rows) == sorted(why.items())
+        # out of the outbox for a delegation too (no sync before delegate)
+        assert [vault.get(u).synced for u in ("a", "b", "c")] == [True, False, True]  # type: ignore[union-attr]
 
     with_vault(tmp_path, body)

@@ -77,7 +77,7 @@ class Gateway:
         )
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants))
         self.upstream = Upstream(self.client, self.vault, limits,
-                                 active=self.keyring.active_version)
+                                 ring=self.keyring)
         await self.upstream.start()
         self.l3_source = UplinkL3Source(self.client, max_lease=cfg.uplink.max_lease)
         await self.l3_source.start(self.keyring)

@@ -15,6 +15,11 @@ the consistency rules of DESIGN §4:
   operation made; they are written to the vault *before* the answer is
   relayed. Changes made through other gateways arrive on the Subscribe
   stream and are applied as they come.
+* **Refused records.** A record the Core does not acknowledge (its fence
+  refuses records under a revoked L3 version) and an outbox record under a
+  version this gateway no longer holds (``Vault.outbox(gone=...)``) are
+  quarantined — logged with their uids, listed by ``krypton gateway outbox`` —
+  instead of being offered again forever.
 * **Partition.** Nothing is queued: the client fails a delegated call within
   its bound (``UpstreamUnavailable``), and the item fails with it. Keys made
   while the Core was away stay in the outbox; a drainer task sends them in
@@ -52,6 +57,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from krypton.crypto.keyring import KeyRing
 from krypton.engine.objects import belongs
 from krypton.errors import KeyUnavailable, KryptonError, StorageError
 from krypton.model.context import RequestContext
@@ -85,10 +91,10 @@ class Upstream:
         batch: int = DRAIN_BATCH,
         interval: float = DRAIN_INTERVAL,
         linger: float = DRAIN_LINGER,
-        active: Callable[[str], int | None] | None = None,
+        ring: KeyRing | None = None,
     ) -> None:
         self.client = client
-        self._active = active or (lambda tenant: None)  # the ring's active L3 version
+        self._ring = ring  # the L3 versions held here
         self.vault = vault
         self.limits = limits
         self.batch = batch
@@ -149,7 +155,7 @@ class Upstream:
                 log.exception("outbox: drain failed; retried on the next wake")
 
     async def drain_once(self, tenant: str | None = None) -> int:
-        records = self.vault.outbox(self.batch)
+        records = self.vault.outbox(self.batch, gone=self._gone)
         if tenant is not None:
             records = [r for r in records if belongs(r, tenant)]
         if not records:
@@ -158,8 +164,15 @@ class Upstream:
 
     async def _sync(self, records: list[KeyRecord]) -> int:
         acked = await self.client.sync_keys(records)
+        taken = set(acked)
         try:
             await self.vault.mark_synced(acked)
+            # The Core stores (and acknowledges) every record but those its fence
+            # refuses: wrapped under an L3 version it revoked. Offering them again
+            # cannot change that; they leave the outbox, reported.
+            await self.vault.quarantine({
+                r.uid: f"refused by the Krypton Core: wrapped under L3 version {r.l3_version},"
+                       " which it no longer accepts" for r in records if r.uid not in taken})
         except StorageError as exc:
             # The keys are at the Core; only the outbox mark is not stored (a full
             # disk, say). Go on: they are offered again later, and SyncKeys is
@@ -332,6 +345,17 @@ class Upstream:
         if seq > 0:
             self._position = max(self._position, seq)
             self._written = max(self._written, seq)
+
+    def _active(self, tenant: str) -> int | None:
+        return None if self._ring is None else self._ring.active_version(tenant)
+
+    def _gone(self, tenant: str, version: int) -> bool:
+        """An L3 version not held while the tenant has an active one: after a
+        complete snapshot the ring holds exactly the usable versions, so the Core
+        revoked or destroyed it."""
+        ring = self._ring
+        return (ring is not None and ring.active_version(tenant) is not None
+                and version not in ring.versions(tenant))
 
     def _local(self, uid: str) -> tuple[KeyRecord | None, bool]:
         """The held record and whether it can be used here: a row whose L3 version

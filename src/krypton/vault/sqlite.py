@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from krypton.errors import KryptonError, StorageError
+from krypton.errors import KeyUnavailable, KryptonError, StorageError
 from krypton.model.record import KeyRecord
 from krypton.storage import Op, Readers, Writer, open_file, translated
 from krypton.vault.auth import Sealer, check, seal
@@ -260,6 +260,23 @@ def _quarantine(conn: sqlite3.Connection, bad: tuple[Quarantined, ...]) -> int:
     return len(bad)
 
 
+def _quarantine_uids(conn: sqlite3.Connection,
+                     payload: tuple[tuple[tuple[str, str], ...], int]) -> int:
+    refused, at = payload
+    n = 0
+    for uid, reason in refused:
+        row = conn.execute("SELECT rowid FROM keys WHERE uid = ? AND synced = 0",
+                           (uid,)).fetchone()
+        if row is not None:
+            n += _quarantine(conn, (Quarantined(int(row[0]), uid, reason, at),))
+    return n
+
+
+def _gone(version: int) -> str:
+    return (f"wrapped under L3 version {version}, which the Krypton Core no longer serves"
+            " (revoked or destroyed)")
+
+
 def _mark_synced(conn: sqlite3.Connection, uids: tuple[str, ...]) -> int:
     return conn.executemany(
         "UPDATE keys SET synced=1 WHERE uid=? AND synced=0", [(u,) for u in uids]
@@ -367,6 +384,12 @@ def _cache_synced(cache: RecordCache, uids: tuple[str, ...]) -> int:
     return 0
 
 
+def _cache_refused(cache: RecordCache, payload: tuple[tuple[tuple[str, str], ...], int]) -> int:
+    """Out of the outbox: never offered again, not even before a delegation."""
+    cache.update(tuple(uid for uid, _ in payload[0]), _change(synced=True))
+    return 0
+
+
 def _cache_nothing(cache: RecordCache, payload: object) -> int:
     return 0
 
@@ -383,6 +406,7 @@ _CACHED: Final[Mapping[Work, Callable[[RecordCache, Any], int]]] = {
     _mark_synced: _cache_synced,
     _seal_legacy: _cache_nothing,  # the covered columns do not change
     _quarantine: _cache_nothing,  # undecodable rows are never cached
+    _quarantine_uids: _cache_refused,
 }
 
 
@@ -622,32 +646,45 @@ class Vault:
             return self._held.overlay(record)
         return record
 
-    def outbox(self, limit: int) -> list[KeyRecord]:
+    def outbox(self, limit: int, *, gone: Callable[[str, int], bool] | None = None
+               ) -> list[KeyRecord]:
         """Up to ``limit`` records the Core has not acknowledged, oldest first.
         Records that fail authentication (or cannot be checked yet) are left out;
-        a row that does not decode is logged with its uid, counted and
-        quarantined (out of the outbox, listed by :func:`quarantined`). Call it
-        on the event loop."""
+        a row that does not decode, or whose L3 version is not held and
+        ``gone(tenant, version)`` says will not come back (revoked at the Core),
+        is logged with its uid, counted and quarantined (out of the outbox,
+        listed by :func:`quarantined`). Call it on the event loop."""
         with translated("vault outbox read"):
             rows = self._readers.get().execute(_OUTBOX, (limit,)).fetchall()
         records: list[KeyRecord] = []
         bad: list[Quarantined] = []
+        dead: list[Quarantined] = []
         for row in rows:
+            if row[12] in self._quarantining:
+                continue
             try:
-                records.append(self._checked(_decoded(row)))
+                rec = _decoded(row)
             except BadRow as exc:
-                if row[12] not in self._quarantining:
-                    bad.append(Quarantined(row[12], str(row[0]), str(exc), int(time.time())))
+                bad.append(Quarantined(row[12], str(row[0]), str(exc), int(time.time())))
+                continue
+            try:
+                records.append(self._checked(rec))
+            except KeyUnavailable:
+                if gone is not None and gone(rec.tenant, rec.l3_version):
+                    dead.append(Quarantined(row[12], rec.uid, _gone(rec.l3_version),
+                                            int(time.time())))
             except KryptonError:
                 continue
         if bad:
             self._quarantine_rows(bad)
+        if dead:
+            self._quarantine_rows(dead, "cannot reach the Krypton Core")
         return records
 
-    def _quarantine_rows(self, bad: list[Quarantined]) -> None:
+    def _quarantine_rows(self, bad: list[Quarantined], why: str = "does not decode") -> None:
         for q in bad:
-            log.error("vault: outbox row of key %r does not decode (%s): quarantined, the"
-                      " other keys keep syncing", q.uid, q.reason)  # fmt: skip
+            log.error("vault: outbox row of key %r %s (%s): quarantined, the"
+                      " other keys keep syncing", q.uid, why, q.reason)  # fmt: skip
         self._quarantined += len(bad)
         rows = {q.row for q in bad}
         self._quarantining |= rows
@@ -660,6 +697,18 @@ class Vault:
                 self._quarantining -= rows  # not stored: found and tried again
 
         done.add_done_callback(finished)
+
+    async def quarantine(self, refused: Mapping[str, str]) -> int:
+        """Take keys out of the outbox that the Core refused (uid -> why), listed
+        with the undecodable rows; logged with their uids. How many were taken."""
+        if not refused:
+            return 0
+        for uid, why in sorted(refused.items()):
+            log.error("vault: the Krypton Core refused key %r (%s): quarantined, the other"
+                      " keys keep syncing", uid, why)  # fmt: skip
+        n = int(await self._submit(_quarantine_uids, (tuple(refused.items()), int(time.time()))))
+        self._quarantined += n
+        return n
 
     def _checked(self, record: KeyRecord) -> KeyRecord:
         return check(record, self._sealer, _is_unsealed(self._readers.get()))
