@@ -41,7 +41,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.helpers.blackhole import Blackhole
 from tests.helpers.cluster import (
     Cluster,
     activate_item,
@@ -51,6 +50,7 @@ from tests.helpers.cluster import (
     wait_for,
 )
 from tests.helpers.pg import postgres_server
+from tests.helpers.proxy import BlackHoleProxy
 from tests.helpers.servers import free_port
 
 from krypton.client.sync import KmipClient
@@ -70,10 +70,10 @@ def succeeds(client: KmipClient, uid: str) -> bool | None:
 
 
 @contextlib.contextmanager
-def partitionable(root: Path) -> Iterator[tuple[Cluster, Blackhole]]:
+def partitionable(root: Path) -> Iterator[tuple[Cluster, BlackHoleProxy]]:
     """A Core, gateway A direct and gateway B through a black hole."""
     cluster = make_cluster(root, gateways=(A, B))
-    hole = Blackhole(cluster.core_port).start()
+    hole = BlackHoleProxy(cluster.core_port).start()
     cluster.gateway_settings[B] = {"KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": hole.address}
     try:
         cluster.start_core()
@@ -84,7 +84,7 @@ def partitionable(root: Path) -> Iterator[tuple[Cluster, Blackhole]]:
         hole.close()
 
 
-def heal(hole: Blackhole) -> float:
+def heal(hole: BlackHoleProxy) -> float:
     hole.reset()
     hole.heal()
     return time.monotonic()
@@ -95,7 +95,7 @@ def missed_destroy(root: Path) -> dict[str, float]:
             cluster.client(B) as b:
         uid, key = a.create_get(256)
         wait_for("the key at B", partial(b.get, uid), 10.0)
-        hole.drop()
+        hole.partition()
         wait_for("Destroy at A", lambda: one(a, destroy_item(uid)).status
                  is ResultStatus.SUCCESS or None, 20.0, 0.05)
         cluster.kill_core()
@@ -111,7 +111,7 @@ def l3_destroyed(root: Path) -> dict[str, float]:
             cluster.client(B) as b:
         uid, key = a.create_get(256)
         wait_for("the key at B", partial(b.get, uid), 10.0)
-        hole.drop()
+        hole.partition()
         cluster.core_cli("rotate-l3", "--tenant", "demo", "--no-rewrap")
         cluster.core_cli("revoke-l3", "--tenant", "demo", "--version", "1", "--destroy",
                          "--force")
@@ -123,7 +123,7 @@ def l3_destroyed(root: Path) -> dict[str, float]:
 
 def black_hole(root: Path) -> dict[str, float]:
     cluster = make_cluster(root)
-    with Blackhole(cluster.core_port) as hole:
+    with BlackHoleProxy(cluster.core_port) as hole:
         cluster.uplink_address = hole.address
         try:
             cluster.start_core()
@@ -133,7 +133,7 @@ def black_hole(root: Path) -> dict[str, float]:
                 wait_for("control path", partial(succeeds, c, uid), 10.0, 0.05)
                 downs = cluster.running[A].log().count("uplink: DOWN")
                 time.sleep(2.0)
-                hole.drop()
+                hole.partition()
                 t0 = time.monotonic()
                 wait_for("noticed", lambda: cluster.running[A].log().count("uplink: DOWN")
                          > downs or None, BOUND, 0.01)

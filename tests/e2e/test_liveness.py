@@ -2,7 +2,7 @@
 ``krypton gateway`` as separate processes, real gRPC over the gateway's own
 mutual TLS (its pipe), with a black-hole proxy between them or two Cores.
 
-* A silent partition (packets dropped, no FIN/RST: :class:`Blackhole`) is
+* A silent partition (packets dropped, no FIN/RST: :class:`BlackHoleProxy`) is
   noticed within 5 s (gRPC keepalive, ``gateway.uplink.keepalive``) and a new
   connection is made; a batch of delegated items sent into the partition
   never waits N times the call timeout, and once the link is known down each
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers.blackhole import Blackhole
 from tests.helpers.cluster import (
     V21,
     Cluster,
@@ -35,6 +34,7 @@ from tests.helpers.cluster import (
 )
 from tests.helpers.load import Background
 from tests.helpers.pg import PgServer
+from tests.helpers.proxy import BlackHoleProxy
 from tests.helpers.servers import free_port
 
 from krypton.client.sync import KmipClient, tls_context
@@ -83,7 +83,7 @@ def downs(cluster: Cluster) -> int:
 
 def test_a_black_holed_uplink_is_noticed_within_5_s(tmp_path: Path) -> None:
     cluster = make_cluster(tmp_path)
-    with Blackhole(cluster.core_port) as hole:
+    with BlackHoleProxy(cluster.core_port) as hole:
         cluster.uplink_address = hole.address
         try:
             cluster.start_core()
@@ -96,14 +96,14 @@ def test_a_black_holed_uplink_is_noticed_within_5_s(tmp_path: Path) -> None:
                     len(cluster.registry_holds("demo", uids)) == len(uids) or None), SOON, 0.1)
                 # A quiet link black-holed: noticed without any call, and a new
                 # connection is tried while the partition lasts.
-                seen, conns = downs(cluster), hole.connections
+                seen, conns = downs(cluster), hole.accepted
                 time.sleep(3.0)  # quiet: only keepalive pings and heartbeats flow now
-                hole.drop()
+                hole.partition()
                 t0 = time.monotonic()
                 quiet = wait_for("the quiet partition noticed", lambda: (
                     time.monotonic() if downs(cluster) > seen else None), 30.0, 0.01) - t0
                 assert quiet <= DETECT_BOUND, f"noticed after {quiet:.2f} s"
-                wait_for("a new connection", lambda: hole.connections > conns or None, SOON)
+                wait_for("a new connection", lambda: hole.accepted > conns or None, SOON)
                 hole.heal()
                 t1 = time.monotonic()
                 wait_for("the control path back", lambda: (
@@ -113,7 +113,7 @@ def test_a_black_holed_uplink_is_noticed_within_5_s(tmp_path: Path) -> None:
 
                 # A batch sent into a fresh partition never waits N times the timeout.
                 seen = downs(cluster)
-                hole.drop()
+                hole.partition()
                 t0 = time.monotonic()
                 into: list[tuple[list[ResponseItem], float]] = []
                 sender = threading.Thread(target=lambda: into.append(

@@ -49,10 +49,10 @@ def test_rotate_rewraps_everywhere_and_the_old_version_goes_without_force(
     cluster = start_cluster(gateways=(A, B), core_env={"KRYPTON_CORE_REWRAP_INTERVAL": "0.5"})
     keys = made(cluster, A, 30)
     fetched = dict(list(keys.items())[:10])
-    with cluster.client(B) as c:  # B holds copies of keys made at A
-        assert all(c.get(uid) == key for uid, key in fetched.items())
     wait_for("every key at the Core", lambda: (
         len(cluster.registry_holds("demo", list(keys))) == len(keys) or None), 20.0, 0.2)
+    with cluster.client(B) as c:  # B holds copies of keys made at A
+        assert all(c.get(uid) == key for uid, key in fetched.items())
     cluster.running.pop(B).stop()  # B is away for the rotation and the revocation
 
     out = cluster.core_cli("rotate-l3", "--tenant", "demo", "--operator", ALICE)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.helpers.blackhole import Blackhole
+from tests.helpers.proxy import BlackHoleProxy
 from tests.unit.test_uplink import DictCore, elapsed, eventually, gateway_tls, run, server
 
 from krypton.errors import UpstreamUnavailable
@@ -37,13 +37,13 @@ def test_a_black_hole_is_noticed_by_keepalive_and_calls_then_fail_at_once(
     async def main() -> None:
         srv = server(dev, DictCore())
         port = await srv.start()
-        hole = Blackhole(port).start()
+        hole = BlackHoleProxy(port).start()
         try:
             async with uplink(dev, hole.address) as up:
                 assert await up.wait_ready(5), up.last_error
                 assert (await up.execute(REQUEST)).batch_item == b"ba"
-                connections = hole.connections
-                hole.drop()
+                connections = hole.accepted
+                hole.partition()
                 start = time.monotonic()
                 await eventually(lambda: up.state is not ConnectionState.READY, 3.0)
                 noticed = time.monotonic() - start
@@ -54,7 +54,7 @@ def test_a_black_hole_is_noticed_by_keepalive_and_calls_then_fail_at_once(
                     assert isinstance(error, UpstreamUnavailable), error
                     assert error.message.startswith("the Krypton Core is unreachable: ")
                     assert took < 0.1, took
-                await eventually(lambda: hole.connections > connections, 3.0)  # a new one
+                await eventually(lambda: hole.accepted > connections, 3.0)  # a new one
                 hole.heal()
                 assert await up.wait_ready(5), up.last_error
                 assert (await up.execute(REQUEST)).batch_item == b"ba"
@@ -115,8 +115,8 @@ def test_a_dead_first_address_is_skipped(dev: DevLayout) -> None:
         core = DictCore()
         srv = server(dev, core)
         port = await srv.start()
-        dead = Blackhole(port).start()  # accepts, then never forwards: a hung Core
-        dead.drop()
+        dead = BlackHoleProxy(port).start()  # accepts, then never forwards: a hung Core
+        dead.partition()
         try:
             async with uplink(dev, f"{dead.address}, 127.0.0.1:{port}") as up:
                 assert await up.wait_ready(5), up.last_error

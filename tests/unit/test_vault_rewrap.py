@@ -28,9 +28,9 @@ def _install(ring: KeyRing, version: int, state: L3State) -> None:
                  ring.lease_deadline(3600))
 
 
-def _record(ring: KeyRing, uid: str, key: bytes) -> KeyRecord:
+def _record(ring: KeyRing, uid: str, key: bytes, *, synced: bool = False) -> KeyRecord:
     version, blob = ring.wrap("demo", uid, SecretBytes(key))
-    return KeyRecord(uid, "demo", 2, 3, 256, 2, version, blob, synced=True)
+    return KeyRecord(uid, "demo", 2, 3, 256, 2, version, blob, synced=synced)
 
 
 def with_vault(tmp_path: Path, body: Body) -> None:
@@ -53,11 +53,12 @@ def _key(vault: Vault, ring: KeyRing, uid: str) -> tuple[int, bytes]:
         return rec.l3_version, bytes(plain.view())
 
 
-def test_the_vault_moves_to_the_active_version_with_fresh_macs(tmp_path: Path) -> None:
+def test_the_outbox_moves_to_the_active_version_with_fresh_macs(tmp_path: Path) -> None:
     async def body(vault: Vault, ring: KeyRing, where: Path) -> None:
         keys = {f"k-{i}": os.urandom(32) for i in range(7)}
         for uid, key in keys.items():
             await vault.put(_record(ring, uid, key))
+        await vault.put(_record(ring, "at-core", os.urandom(32), synced=True))
         worker = VaultRewrapper(vault, ring, ["demo"], batch=3)
         assert await worker.run_once() == 0  # nothing older than the active version
         _install(ring, 2, L3State.ACTIVE)
@@ -70,6 +71,8 @@ def test_the_vault_moves_to_the_active_version_with_fresh_macs(tmp_path: Path) -
             assert {uid: _key(fresh, ring, uid) for uid in keys} == {
                 uid: (2, key) for uid, key in keys.items()}
             assert fresh.l3_versions("demo") == {2}
+            at_core = fresh.get("at-core")  # follows the Core's record, not moved here
+            assert at_core is not None and at_core.l3_version == 1
         finally:
             fresh.close()
 
@@ -97,7 +100,7 @@ def test_a_record_under_a_dropped_version_takes_the_cores_copy(tmp_path: Path) -
         await vault.put(_record(ring, "k", key))
         _install(ring, 2, L3State.ACTIVE)
         version, blob = ring.wrap("demo", "k", SecretBytes(key))
-        core = replace(_record(ring, "k", key), l3_version=version, wrapped=blob)
+        core = replace(_record(ring, "k", key, synced=True), l3_version=version, wrapped=blob)
         core = replace(core, mac=ring.record_mac("demo", 2, authenticated_bytes(core)))
         ring.drop("demo", 1)  # revoked while this gateway was away
         vault.close()
@@ -119,7 +122,7 @@ def test_a_record_under_a_dropped_version_takes_the_cores_copy(tmp_path: Path) -
 def test_records_the_core_refused_leave_the_outbox_listed(tmp_path: Path) -> None:
     async def body(vault: Vault, ring: KeyRing, where: Path) -> None:
         for uid in ("a", "b", "c"):
-            await vault.put(replace(_record(ring, uid, os.urandom(32)), synced=False))
+            await vault.put(_record(ring, uid, os.urandom(32)))
         why = {"a": "refused by the Krypton Core: v1", "c": "refused by the Krypton Core: v1"}
         assert await vault.quarantine(why) == 2
         assert [r.uid for r in vault.outbox(10)] == ["b"]

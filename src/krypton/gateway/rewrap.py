@@ -4,31 +4,30 @@ How this works
 --------------
 The Core re-wraps the registry's objects after a rotation
 (:mod:`krypton.core.rewrap`); each move is a change in its feed. A gateway
-keeps copies of the keys it made or fetched, and, after a rotation, two kinds
-of them may still be wrapped under the older version: keys the Core has not
-seen yet (the outbox: made under the old version before this gateway heard
-of the rotation) and copies of keys the Core holds. Both sides converge on
-the active version without either ever holding a record it cannot unwrap:
+keeps copies of keys, and after a rotation two kinds of them may still be
+wrapped under the older version. Neither side ever ends up with a record it
+cannot unwrap:
 
-* **The gateway re-wraps its own copies** (:class:`VaultRewrapper`): whenever
-  a tenant's active version differs from the one its last pass finished
-  with (a rotation, a restart), it walks the vault's live records under every
-  other version the ring holds, ``batch`` at a time, unwraps each with the
-  old version and wraps it under the active one, and stores it with
-  ``Vault.rewrap`` — a compare-and-set on the record as read (a concurrent
-  Destroy or change from the Core wins), the row checked before and MAC'd
-  afresh under the new version on the writer thread. Keys still in the
-  outbox thus reach the Core under the active version, so revoking the old
-  one after the Core's re-wrap loses none of them. The walk is derived from
-  the vault, so a restart simply walks again.
-* **The Core's record wins when ours cannot be used**
-  (:meth:`krypton.gateway.upstream.Upstream` on a feed change): the gateway
-  takes the Core's re-wrapped record whole (``Vault.adopt``, after
-  ``Vault.authentic`` checked its MAC) when its own copy is under a version it
-  no longer holds (it was away while the old version was revoked) or under a
-  version that is not its active one. When both sides moved on their own,
-  each holds a different blob of the same key under the same version: both
-  unwrap, nothing is exchanged.
+* **Keys the Core does not have yet** (the outbox: made under the old version
+  before this gateway heard of the rotation) are re-wrapped here
+  (:class:`VaultRewrapper`): whenever a tenant's active version differs from
+  the one its last pass finished with (a rotation, a restart), it walks the
+  vault's live outbox records under every other version the ring holds,
+  ``batch`` at a time, unwraps each with the old version and wraps it under
+  the active one, and stores it with ``Vault.rewrap`` — a compare-and-set on
+  the record as read (a concurrent change wins), the row checked before and
+  MAC'd afresh under the new version on the writer thread. They thus reach
+  the Core under the active version, so revoking the old one after the
+  Core's re-wrap loses none of them. (One synced meanwhile under the old
+  version re-opens the Core's job: ``on_old_version``.)
+* **Copies of keys the Core holds** follow the registry, the one authority
+  for them: when the Core's re-wrap of a key reaches this gateway on the feed,
+  :class:`krypton.gateway.upstream.Upstream` takes the Core's record whole
+  (``Vault.adopt``, after ``Vault.authentic`` checked its MAC) if the copy
+  here is under a version that is not the active one here, or under one no
+  longer held (the gateway was away while the old version was revoked). So
+  an operator who rotates with ``--no-rewrap`` keeps the old keys where they
+  are, at the Core and at every gateway alike.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ _HELD = (
     " ORDER BY uid LIMIT ?"
 )
 
-_LIVE = "tenant = ? AND length(wrapped) > 0 AND state NOT IN (5, 6)"
+_LIVE = "tenant = ? AND synced = 0 AND length(wrapped) > 0 AND state NOT IN (5, 6)"
 _VERSIONS = f"SELECT DISTINCT l3_version FROM keys WHERE {_LIVE}"  # noqa: S608
 _UNDER = (
     f"SELECT uid FROM keys WHERE {_LIVE} AND l3_version = ? AND uid > ?"  # noqa: S608
@@ -727,14 +727,14 @@ class Vault:
         return [r[0] for r in rows]
 
     def l3_versions(self, tenant: str) -> set[int]:
-        """The L3 versions the tenant's live records here are wrapped under."""
+        """The L3 versions the tenant's live outbox records are wrapped under."""
         with translated("vault read"):
             rows = self._readers.get().execute(_VERSIONS, (tenant,)).fetchall()
         return {int(r[0]) for r in rows}
 
     def under_l3(self, tenant: str, version: int, after: str, limit: int) -> list[str]:
         """Up to ``limit`` uids (in order, above ``after``) of the tenant's live
-        records wrapped under L3 ``version``: what a re-wrap moves."""
+        outbox records wrapped under L3 ``version``: what a gateway re-wraps."""
         with translated("vault read"):
             rows = self._readers.get().execute(
                 _UNDER, (tenant, int(version), after, limit)).fetchall()
