@@ -151,3 +151,21 @@ def _wrap_old(ring: KeyRing, version: int, uid: str, key: bytes) -> bytes:
     finally:
         ring.set_state("demo", version, L3State.DEACTIVATED)
         ring.set_state("demo", newest, L3State.ACTIVE)
+
+
+def test_a_rotation_without_rewrap_stops_the_job_and_keeps_it_closed(keystore_url: str) -> None:
+    async def body(store: CoreKeyStore, registry: Registry, ring: KeyRing) -> None:
+        keys = await made(registry, ring, 3)
+        await rotate(store, registry, "demo", ALICE)  # asks for a re-wrap to v2 ...
+        await rotate(store, registry, "demo", "ops:bob", rewrap=False)  # ... stopped
+        [job] = await registry.rewrap_jobs("demo")
+        assert (job.target, job.finished is not None) == (2, True)
+        worker = Rewrapper(registry, store, ring)
+        worker.reopen("demo")  # a sync under an older version: the job is for v2, not v3
+        assert await worker.run_pending() == []
+        assert set((await readable(registry, ring, keys)).values()) == {1}
+        stops = [r for r in await registry.audit("demo")
+                 if r.operation == "RewrapL3" and r.detail.startswith("stopped")]
+        assert [r.identity for r in stops] == ["ops:bob"]
+
+    with_core(keystore_url, body)

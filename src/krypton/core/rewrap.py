@@ -87,6 +87,17 @@ async def request(keys: CoreKeyStore, registry: Registry, tenant: str, operator:
     return job
 
 
+async def stop(registry: Registry, tenant: str, operator: str, why: str) -> None:
+    """End the tenant's unfinished job, if any (a rotation without a re-wrap:
+    the operator keeps the older keys where they are), audited."""
+    for job in await registry.rewrap_jobs(tenant):
+        if job.finished is None:
+            now = time.time()
+            await registry.put_rewrap_job(replace(job, finished=now, updated=now))
+            await _audit(registry, replace(job, operator=operator), None,
+                         f"stopped after {job.done} key(s): {why}")
+
+
 async def _audit(registry: Registry, job: RewrapJob, uid: str | None, detail: str,
                  result: str = "Success") -> None:
     try:
@@ -167,7 +178,10 @@ class Rewrapper:
         for stored in await self._registry.rewrap_jobs():
             if stored.tenant not in self._ring.tenants():
                 continue
-            if stored.finished is None or stored.tenant in reopen:
+            # a finished job re-opens only for the version it moved keys to
+            again = (stored.tenant in reopen
+                     and stored.target == self._ring.active_version(stored.tenant))
+            if stored.finished is None or again:
                 out.append(await self.run(replace(stored, finished=None)))
         return out
 

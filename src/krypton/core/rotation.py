@@ -140,6 +140,9 @@ async def rotate(keys: CoreKeyStore, registry: Registry, tenant: str, operator: 
                      f"version {version} active" + (f" ({why})" if why else ""))
     if rewrap:
         await rewrapping.request(keys, registry, tenant, operator)
+    else:
+        await rewrapping.stop(registry, tenant, operator, f"version {version} made active"
+                              " without a re-wrap")
     return version
 
 
