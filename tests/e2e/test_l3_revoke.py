@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers.cluster import Cluster, make_cluster, wait_for
+from tests.helpers.cluster import Cluster, wait_for
 from tests.helpers.fixtures import Clusters
 from tests.helpers.load import Background
 from tests.helpers.proxy import BlackHoleProxy
@@ -107,16 +106,15 @@ def test_revoking_the_active_version_under_load(start_cluster: Clusters) -> None
 
 
 def test_creates_acknowledged_under_a_version_revoked_while_cut_off_are_quarantined(
-        tmp_path: Path) -> None:
+        start_cluster: Clusters) -> None:
     """Gateway B is cut off (a black hole) for the whole revocation grace and keeps
     acknowledging Creates under the version being revoked until it hears of it.
     When it comes back those records can reach no one: each is quarantined once
     (logged with its uid, listed by ``krypton gateway outbox``), never offered in
     a loop, and B's other keys sync as usual."""
-    cluster = make_cluster(tmp_path, gateways=(A, B))
-    proxy = BlackHoleProxy(cluster.core_port).start()
-    cluster.gateway_settings[B] = {"KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": proxy.address}
-    try:
+    cluster = start_cluster.laid_out(gateways=(A, B))
+    with BlackHoleProxy(cluster.core_port) as proxy:
+        cluster.gateway_settings[B] = {"KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": proxy.address}
         cluster.start_core()
         cluster.start_gateways()
         wait_for("B's first key at the Core", lambda: cluster.gateway_cli(B, "outbox")
@@ -138,23 +136,16 @@ def test_creates_acknowledged_under_a_version_revoked_while_cut_off_are_quaranti
             assert cluster.l3_version(B, after) == 2
             wait_for("B's new key at the Core", lambda: (
                 cluster.registry_holds("demo", [after]) or None), 20.0, 0.1)
-        rows = [json.loads(line) for line in report.splitlines()[1:] if line.strip()]
-        assert sorted(r["uid"] for r in rows) == sorted(stranded)
-        assert all("L3 version 1" in r["reason"] for r in rows), rows
-        assert ": 0 key(s) waiting for the Core" in report, report
-        assert cluster.registry_holds("demo", stranded) == set()
         log = cluster.running[B].log()
-        for uid in stranded:  # once each: not re-offered in a loop
-            assert log.count(f"key {uid!r}") == 1, uid
-        print(f"\n[revoke/cut off] {len(stranded)} Creates B acknowledged under the revoked"
-              f" version quarantined {took:.2f} s after healing")
-    except BaseException:
-        print(cluster.dump_logs())
-        raise
-    finally:
-        cluster.stop()
-        proxy.close()
-
+    rows = [json.loads(line) for line in report.splitlines()[1:] if line.strip()]
+    assert sorted(r["uid"] for r in rows) == sorted(stranded)
+    assert all("L3 version 1" in r["reason"] for r in rows), rows
+    assert ": 0 key(s) waiting for the Core" in report, report
+    assert cluster.registry_holds("demo", stranded) == set()
+    for uid in stranded:  # once each: not re-offered in a loop
+        assert log.count(f"key {uid!r}") == 1, uid
+    print(f"\n[revoke/cut off] {len(stranded)} Creates B acknowledged under the revoked"
+          f" version quarantined {took:.2f} s after healing")
 
 def _made(client: KmipClient) -> str | None:
     try:
