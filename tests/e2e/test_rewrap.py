@@ -95,10 +95,10 @@ def test_rotate_rewraps_everywhere_and_the_old_version_goes_without_force(
 
 def test_a_rewrap_cut_off_by_a_core_crash_resumes_after_the_restart(
         start_cluster: Clusters) -> None:
-    slow = {"KRYPTON_CORE_REWRAP_BATCH": "5", "KRYPTON_CORE_REWRAP_PAUSE": "0.4",
+    slow = {"KRYPTON_CORE_REWRAP_BATCH": "5", "KRYPTON_CORE_REWRAP_PAUSE": "0.5",
             "KRYPTON_CORE_REWRAP_INTERVAL": "0.5"}
     cluster = start_cluster(core_env=slow)
-    keys = made(cluster, A, 60)
+    keys = made(cluster, A, 80)
     wait_for("every key at the Core", lambda: (
         len(cluster.registry_holds("demo", list(keys))) == len(keys) or None), 20.0, 0.2)
     cluster.core_cli("l3", "rewrap", "--tenant", "demo")  # nothing under an older version
