@@ -252,6 +252,11 @@ class CoreConfig:
     undo_journal_batches: int = 1024
     # SIGTERM: how long calls in flight may take to finish (seconds).
     drain_timeout: float = 10.0
+    # Background re-wrap (krypton.core.rewrap): objects per batch, seconds between
+    # looks for work, and a pause after each batch (to spare a busy registry).
+    rewrap_batch: int = 256
+    rewrap_interval: float = 5.0
+    rewrap_pause: float = 0.0
     tls: TLSConfig
     admin: AdminConfig = field(default_factory=CoreAdminConfig)
 
@@ -323,6 +328,16 @@ def _seconds(v: Any, ctx: _Ctx) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
         raise _Bad(want)
     return float(v)
+
+
+def _pause(v: Any, ctx: _Ctx) -> float:
+    """Seconds ≥ 0 (0: no pause)."""
+    if v in (0, 0.0, "0"):
+        return 0.0
+    try:
+        return _seconds(v, ctx)
+    except _Bad:
+        raise _Bad("must be a number of seconds ≥ 0") from None
 
 
 def _boolean(v: Any, ctx: _Ctx) -> bool:
@@ -668,6 +683,9 @@ _CORE = _Section(
         "undo_journal_seconds": _seconds,
         "undo_journal_batches": _integer(0),
         "drain_timeout": _seconds,
+        "rewrap_batch": _integer(1),
+        "rewrap_interval": _seconds,
+        "rewrap_pause": _pause,
     },
     {"tls": _TLS, "admin": _Section(CoreAdminConfig, _ADMIN_SETTINGS)},
 )

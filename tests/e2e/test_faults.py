@@ -21,7 +21,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -149,15 +148,6 @@ def corrupt(vault: Path, uid: str) -> None:
         conn.close()
 
 
-def gateway_cli(c: Cluster, name: str, *args: str) -> str:
-    cmd = [sys.executable, "-m", "krypton.cli.main", "gateway", *args,
-           "--config", str(c.layout.gateway_config)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=c.gateway_env(name),
-                          timeout=30, check=False)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def test_an_undecodable_outbox_row_is_quarantined_and_the_rest_syncs(tmp_path: Path) -> None:
     c = make_cluster(tmp_path)
     vault = c.gateways[GATEWAY_NAME].vault
@@ -182,7 +172,7 @@ def test_an_undecodable_outbox_row_is_quarantined_and_the_rest_syncs(tmp_path: P
             found = located(ok(demo, locate_item(V21, "good")))
             assert sorted(found) == sorted(good)
             assert ok(demo, locate_item(V21)).status is ResultStatus.SUCCESS
-        report = gateway_cli(c, GATEWAY_NAME, "outbox")
+        report = c.gateway_cli(GATEWAY_NAME, "outbox")
         assert "0 key(s) waiting for the Core, 1 quarantined row(s)" in report, report
         row = json.loads(report.splitlines()[1])
         assert row["uid"] == bad and "column wrapped" in row["reason"]

@@ -20,12 +20,13 @@ import pytest
 from tests.helpers.cluster import Cluster, wait_for
 from tests.helpers.fixtures import Clusters
 from tests.helpers.load import Background
+from tests.helpers.proxy import BlackHoleProxy
 
 from krypton.client.sync import KmipClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-A = "gw-dev"
+A, B = "gw-dev", "gw-b"
 OPERATOR = "ops:alice"
 
 
@@ -102,3 +103,53 @@ def test_revoking_the_active_version_under_load(start_cluster: Clusters) -> None
     lost = sum(1 for t, _, _ in load.made if t <= committed)
     print(f"\n[revoke] {len(after)} keys acknowledged after the revocation, all under "
           f"v2 and readable; {lost} made before it (under v1 or v2); l3 list: {listed}")
+
+
+def test_creates_acknowledged_under_a_version_revoked_while_cut_off_are_quarantined(
+        start_cluster: Clusters) -> None:
+    """Gateway B is cut off (a black hole) for the whole revocation grace and keeps
+    acknowledging Creates under the version being revoked until it hears of it.
+    When it comes back those records can reach no one: each is quarantined once
+    (logged with its uid, listed by ``krypton gateway outbox``), never offered in
+    a loop, and B's other keys sync as usual."""
+    cluster = start_cluster.laid_out(gateways=(A, B))
+    with BlackHoleProxy(cluster.core_port) as proxy:
+        cluster.gateway_settings[B] = {"KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": proxy.address}
+        cluster.start_core()
+        cluster.start_gateways()
+        wait_for("B's first key at the Core", lambda: cluster.gateway_cli(B, "outbox")
+                 .count(": 0 key(s) waiting") or None, 20.0, 0.1)
+        with cluster.client(B) as b:
+            proxy.partition()
+            stranded = [b.create(256) for _ in range(5)]  # under v1, in B's outbox
+            assert {cluster.l3_version(B, uid) for uid in stranded} == {1}
+            cluster.core_cli("revoke-l3", "--tenant", "demo", "--version", "1", "--force",
+                             "--grace", "0.5", "--operator", OPERATOR)
+            proxy.reset()
+            proxy.heal()
+            healed = time.monotonic()
+            report = wait_for("B quarantining them", lambda: (
+                (r := cluster.gateway_cli(B, "outbox")) and
+                f"{len(stranded)} quarantined row(s)" in r and r) or None, 30.0, 0.1)
+            took = time.monotonic() - healed
+            after = wait_for("B creating under v2", lambda: _made(b), 20.0, 0.1)
+            assert cluster.l3_version(B, after) == 2
+            wait_for("B's new key at the Core", lambda: (
+                cluster.registry_holds("demo", [after]) or None), 20.0, 0.1)
+        log = cluster.running[B].log()
+    rows = [json.loads(line) for line in report.splitlines()[1:] if line.strip()]
+    assert sorted(r["uid"] for r in rows) == sorted(stranded)
+    assert all("L3 version 1" in r["reason"] for r in rows), rows
+    assert ": 0 key(s) waiting for the Core" in report, report
+    assert cluster.registry_holds("demo", stranded) == set()
+    for uid in stranded:  # once each: not re-offered in a loop
+        assert log.count(f"key {uid!r}") == 1, uid
+    print(f"\n[revoke/cut off] {len(stranded)} Creates B acknowledged under the revoked"
+          f" version quarantined {took:.2f} s after healing")
+
+def _made(client: KmipClient) -> str | None:
+    try:
+        return client.create(256)
+    except Exception:
+        return None
+

@@ -2,7 +2,7 @@
 ``krypton gateway`` as separate processes, real gRPC over the gateway's own
 mutual TLS (its pipe), with a black-hole proxy between them or two Cores.
 
-* A silent partition (packets dropped, no FIN/RST: :class:`Blackhole`) is
+* A silent partition (packets dropped, no FIN/RST: :class:`BlackHoleProxy`) is
   noticed within 5 s (gRPC keepalive, ``gateway.uplink.keepalive``) and a new
   connection is made; a batch of delegated items sent into the partition
   never waits N times the call timeout, and once the link is known down each
@@ -19,22 +19,21 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from tests.helpers.blackhole import Blackhole
 from tests.helpers.cluster import (
     V21,
     Cluster,
     activate_item,
     check_item,
     destroy_item,
-    make_cluster,
     one,
     wait_for,
 )
+from tests.helpers.fixtures import Clusters
 from tests.helpers.load import Background
 from tests.helpers.pg import PgServer
+from tests.helpers.proxy import BlackHoleProxy
 from tests.helpers.servers import free_port
 
 from krypton.client.sync import KmipClient, tls_context
@@ -81,77 +80,71 @@ def downs(cluster: Cluster) -> int:
     return cluster.running[A].log().count("uplink: DOWN")
 
 
-def test_a_black_holed_uplink_is_noticed_within_5_s(tmp_path: Path) -> None:
-    cluster = make_cluster(tmp_path)
-    with Blackhole(cluster.core_port) as hole:
+def test_a_black_holed_uplink_is_noticed_within_5_s(start_cluster: Clusters) -> None:
+    cluster = start_cluster.laid_out()
+    with BlackHoleProxy(cluster.core_port) as hole:
         cluster.uplink_address = hole.address
-        try:
-            cluster.start_core()
-            cluster.start_gateways()
-            with long_client(cluster) as c:
-                uids = [c.create() for _ in range(2 * N + 2)]
-                got = one(c, activate_item(uids[0]))  # the control path works, keys synced
-                assert got.status is ResultStatus.SUCCESS, got.message
-                wait_for("the outbox drained", lambda: (
-                    len(cluster.registry_holds("demo", uids)) == len(uids) or None), SOON, 0.1)
-                # A quiet link black-holed: noticed without any call, and a new
-                # connection is tried while the partition lasts.
-                seen, conns = downs(cluster), hole.connections
-                time.sleep(3.0)  # quiet: only keepalive pings and heartbeats flow now
-                hole.drop()
-                t0 = time.monotonic()
-                quiet = wait_for("the quiet partition noticed", lambda: (
-                    time.monotonic() if downs(cluster) > seen else None), 30.0, 0.01) - t0
-                assert quiet <= DETECT_BOUND, f"noticed after {quiet:.2f} s"
-                wait_for("a new connection", lambda: hole.connections > conns or None, SOON)
-                hole.heal()
-                t1 = time.monotonic()
-                wait_for("the control path back", lambda: (
-                    one(c, activate_item(uids[-1])).status is ResultStatus.SUCCESS or None),
-                    SOON, 0.05)
-                quiet_healed = time.monotonic() - t1
+        cluster.start_core()
+        cluster.start_gateways()
+        with long_client(cluster) as c:
+            uids = [c.create() for _ in range(2 * N + 2)]
+            got = one(c, activate_item(uids[0]))  # the control path works, keys synced
+            assert got.status is ResultStatus.SUCCESS, got.message
+            wait_for("the outbox drained", lambda: (
+                len(cluster.registry_holds("demo", uids)) == len(uids) or None), SOON, 0.1)
+            # A quiet link black-holed: noticed without any call, and a new
+            # connection is tried while the partition lasts.
+            seen, conns = downs(cluster), hole.accepted
+            time.sleep(3.0)  # quiet: only keepalive pings and heartbeats flow now
+            hole.partition()
+            t0 = time.monotonic()
+            quiet = wait_for("the quiet partition noticed", lambda: (
+                time.monotonic() if downs(cluster) > seen else None), 30.0, 0.01) - t0
+            assert quiet <= DETECT_BOUND, f"noticed after {quiet:.2f} s"
+            wait_for("a new connection", lambda: hole.accepted > conns or None, SOON)
+            hole.heal()
+            t1 = time.monotonic()
+            wait_for("the control path back", lambda: (
+                one(c, activate_item(uids[-1])).status is ResultStatus.SUCCESS or None),
+                SOON, 0.05)
+            quiet_healed = time.monotonic() - t1
 
-                # A batch sent into a fresh partition never waits N times the timeout.
-                seen = downs(cluster)
-                hole.drop()
-                t0 = time.monotonic()
-                into: list[tuple[list[ResponseItem], float]] = []
-                sender = threading.Thread(target=lambda: into.append(
-                    batch(c, activations(uids[1:N + 1]))))
-                sender.start()
-                detected = wait_for("the partition noticed", lambda: (
-                    time.monotonic() if downs(cluster) > seen else None), 30.0, 0.01) - t0
-                sender.join(90)
-                assert into, "the batch sent into the partition got no answer"
-                items, first_batch = into[0]
-                assert all(i.status is not ResultStatus.SUCCESS for i in items)
-                assert detected <= DETECT_BOUND, f"noticed after {detected:.2f} s"
-                assert first_batch <= DETECT_BOUND + CALL_TIMEOUT + 1.0, (
-                    f"a batch of {N} delegated items took {first_batch:.2f} s")
+            # A batch sent into a fresh partition never waits N times the timeout.
+            seen = downs(cluster)
+            hole.partition()
+            t0 = time.monotonic()
+            into: list[tuple[list[ResponseItem], float]] = []
+            sender = threading.Thread(target=lambda: into.append(
+                batch(c, activations(uids[1:N + 1]))))
+            sender.start()
+            detected = wait_for("the partition noticed", lambda: (
+                time.monotonic() if downs(cluster) > seen else None), 30.0, 0.01) - t0
+            sender.join(90)
+            assert into, "the batch sent into the partition got no answer"
+            items, first_batch = into[0]
+            assert all(i.status is not ResultStatus.SUCCESS for i in items)
+            assert detected <= DETECT_BOUND, f"noticed after {detected:.2f} s"
+            assert first_batch <= DETECT_BOUND + CALL_TIMEOUT + 1.0, (
+                f"a batch of {N} delegated items took {first_batch:.2f} s")
 
-                # Known down: a whole batch fails at once, saying why.
-                items, known_down_batch = batch(c, activations(uids[N + 1:-1]))
-                assert known_down_batch < FAST, f"{known_down_batch:.2f} s"
-                for item in items:
-                    assert item.status is ResultStatus.OPERATION_FAILED
-                    assert "Krypton Core is unreachable" in (item.message or "")
-                hole.heal()
-                t1 = time.monotonic()
-                wait_for("the control path back", lambda: (
-                    one(c, check_item(uids[1])).status is ResultStatus.SUCCESS or None),
-                    SOON, 0.05)
-                healed = time.monotonic() - t1
-            print(f"\n[liveness] quiet black hole noticed after {quiet:.2f} s, control path "
-                  f"back {quiet_healed:.2f} s after healing; with calls noticed after "
-                  f"{detected:.2f} s; batch of {N} "
-                  f"delegated items into it {first_batch:.2f} s; once known down "
-                  f"{known_down_batch * 1000:.0f} ms; control path back {healed:.2f} s "
-                  "after healing")
-        except BaseException:
-            print(cluster.dump_logs())
-            raise
-        finally:
-            cluster.stop()
+            # Known down: a whole batch fails at once, saying why.
+            items, known_down_batch = batch(c, activations(uids[N + 1:-1]))
+            assert known_down_batch < FAST, f"{known_down_batch:.2f} s"
+            for item in items:
+                assert item.status is ResultStatus.OPERATION_FAILED
+                assert "Krypton Core is unreachable" in (item.message or "")
+            hole.heal()
+            t1 = time.monotonic()
+            wait_for("the control path back", lambda: (
+                one(c, check_item(uids[1])).status is ResultStatus.SUCCESS or None),
+                SOON, 0.05)
+            healed = time.monotonic() - t1
+        print(f"\n[liveness] quiet black hole noticed after {quiet:.2f} s, control path "
+              f"back {quiet_healed:.2f} s after healing; with calls noticed after "
+              f"{detected:.2f} s; batch of {N} "
+              f"delegated items into it {first_batch:.2f} s; once known down "
+              f"{known_down_batch * 1000:.0f} ms; control path back {healed:.2f} s "
+              "after healing")
 
 
 class _Rounds:
@@ -182,37 +175,32 @@ class _Rounds:
         self.rounds += 1
 
 
-def test_fails_over_to_a_second_core_on_postgresql(tmp_path: Path, pg: PgServer) -> None:
-    cluster = make_cluster(tmp_path, registry=pg.create_database("failover"))
+def test_fails_over_to_a_second_core_on_postgresql(start_cluster: Clusters, pg: PgServer
+                                                ) -> None:
+    cluster = start_cluster.laid_out(registry=pg.create_database("failover"))
     second = free_port()
     cluster.uplink_address = f"{cluster.core_address}, 127.0.0.1:{second}"
-    try:
-        cluster.start_core()
-        cluster.start_core(name="core-b", port=second)
-        cluster.start_gateways()
-        gateway = cluster.running[A]
-        load = _Rounds()
-        with Background(long_client(cluster), load):
-            wait_for("load running", lambda: len(load.destroyed) >= 20 or None, SOON)
-            assert f"READY, in sync with the Krypton Core at {cluster.core_address}" in (
-                gateway.log())
-            cluster.kill_core()
-            killed = time.monotonic()
-            wait_for("a Destroy through the second Core", lambda: (
-                any(t > killed for t in load.destroyed) or None), SOON, 0.01)
-            failover = min(t for t in load.destroyed if t > killed) - killed
-            wait_for("more load on the second Core", lambda: (
-                sum(t > killed for t in load.destroyed) >= 20 or None), SOON)
-        assert f"READY, in sync with the Krypton Core at 127.0.0.1:{second}" in gateway.log()
-        assert not load.hot_errors, f"the hot path failed: {load.hot_errors[:3]}"
-        assert failover <= FAILOVER_BOUND, f"failed over after {failover:.2f} s"
-        failed = [m for t, m in load.refused if t > killed]
-        assert all("Krypton Core is unreachable" in m for m in failed), failed[:3]
-        print(f"\n[failover] Core killed → first Destroy through the second Core "
-              f"{failover:.2f} s; {load.rounds} Create/Get/Destroy rounds, no hot-path "
-              f"error, {len(failed)} Destroy(s) refused as unreachable during failover")
-    except BaseException:
-        print(cluster.dump_logs())
-        raise
-    finally:
-        cluster.stop()
+    cluster.start_core()
+    cluster.start_core(name="core-b", port=second)
+    cluster.start_gateways()
+    gateway = cluster.running[A]
+    load = _Rounds()
+    with Background(long_client(cluster), load):
+        wait_for("load running", lambda: len(load.destroyed) >= 20 or None, SOON)
+        assert f"READY, in sync with the Krypton Core at {cluster.core_address}" in (
+            gateway.log())
+        cluster.kill_core()
+        killed = time.monotonic()
+        wait_for("a Destroy through the second Core", lambda: (
+            any(t > killed for t in load.destroyed) or None), SOON, 0.01)
+        failover = min(t for t in load.destroyed if t > killed) - killed
+        wait_for("more load on the second Core", lambda: (
+            sum(t > killed for t in load.destroyed) >= 20 or None), SOON)
+    assert f"READY, in sync with the Krypton Core at 127.0.0.1:{second}" in gateway.log()
+    assert not load.hot_errors, f"the hot path failed: {load.hot_errors[:3]}"
+    assert failover <= FAILOVER_BOUND, f"failed over after {failover:.2f} s"
+    failed = [m for t, m in load.refused if t > killed]
+    assert all("Krypton Core is unreachable" in m for m in failed), failed[:3]
+    print(f"\n[failover] Core killed → first Destroy through the second Core "
+          f"{failover:.2f} s; {load.rounds} Create/Get/Destroy rounds, no hot-path "
+          f"error, {len(failed)} Destroy(s) refused as unreachable during failover")

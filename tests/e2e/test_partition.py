@@ -14,17 +14,16 @@ import threading
 import time
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 
 import pytest
 from tests.helpers.cluster import (
     Cluster,
     activate_item,
     destroy_item,
-    make_cluster,
     one,
     wait_for,
 )
+from tests.helpers.fixtures import Clusters
 from tests.helpers.proxy import BlackHoleProxy
 
 from krypton.client.sync import KmipClient
@@ -60,22 +59,17 @@ def _figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def partitionable(tmp_path: Path, **core_env: str) -> Iterator[tuple[Cluster, BlackHoleProxy]]:
-    """A Core, gateway A (direct) and gateway B whose uplink runs through a proxy."""
-    cluster = make_cluster(tmp_path, gateways=(A, B))
-    proxy = BlackHoleProxy(cluster.core_port).start()
-    cluster.gateway_settings[B] = {"KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": proxy.address}
-    cluster.core_settings.update(core_env)
-    try:
+def partitionable(start_cluster: Clusters, **core_env: str
+                  ) -> Iterator[tuple[Cluster, BlackHoleProxy]]:
+    """A Core, gateway A (direct) and gateway B whose uplink runs through a proxy
+    (the processes stop, their logs printed, when the test ends)."""
+    cluster = start_cluster.laid_out(gateways=(A, B))
+    with BlackHoleProxy(cluster.core_port) as proxy:
+        cluster.gateway_settings[B] = {"KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": proxy.address}
+        cluster.core_settings.update(core_env)
         cluster.start_core()
         cluster.start_gateways()
         yield cluster, proxy
-    except BaseException:
-        print(cluster.dump_logs())
-        raise
-    finally:
-        cluster.stop()
-        proxy.close()
 
 
 def refused(client: KmipClient, uid: str) -> ResponseItem | None:
@@ -106,10 +100,10 @@ def heal_and_wait_refusal(proxy: BlackHoleProxy, b: KmipClient, uid: str) -> flo
 
 
 def test_a_destroy_missed_across_a_core_restart_is_applied_after_healing(
-    tmp_path: Path,
+    start_cluster: Clusters,
 ) -> None:
     test = "missed-destroy/core-restart"
-    with partitionable(tmp_path) as (cluster, proxy), cluster.client(A) as a, \
+    with partitionable(start_cluster) as (cluster, proxy), cluster.client(A) as a, \
             cluster.client(B) as b:
         uid, key = a.create_get(256)
         assert wait_for("the key at B", partial(b.get, uid), SOON) == key
@@ -124,12 +118,12 @@ def test_a_destroy_missed_across_a_core_restart_is_applied_after_healing(
     figure(test, f"B refused the key destroyed while it was cut off {took:.2f} s after healing")
 
 
-def test_a_destroy_missed_behind_more_changes_than_memory_held(tmp_path: Path) -> None:
+def test_a_destroy_missed_behind_more_changes_than_memory_held(start_cluster: Clusters) -> None:
     """10,001 changes after the destroy (more than the 10,000 the Core used to keep
     in memory), with the registry's feed kept to 500: B must reconcile."""
     test = "missed-destroy/10001-changes"
     changes = 10_001
-    with partitionable(tmp_path, KRYPTON_CORE_FEED_RETENTION="500") as (cluster, proxy), \
+    with partitionable(start_cluster, KRYPTON_CORE_FEED_RETENTION="500") as (cluster, proxy), \
             cluster.client(A) as a, cluster.client(B) as b:
         uid, key = a.create_get(256)
         assert wait_for("the key at B", partial(b.get, uid), SOON) == key
@@ -176,15 +170,16 @@ def _activate_all(cluster: Cluster, uids: list[str], *, threads: int = 4, batch:
 
 
 def test_an_l3_version_revoked_during_a_partition_is_dropped_after_healing(
-    tmp_path: Path,
+    start_cluster: Clusters,
 ) -> None:
     test = "l3-revoked/partition"
-    with partitionable(tmp_path) as (cluster, proxy), cluster.client(A) as a, \
+    with partitionable(start_cluster) as (cluster, proxy), cluster.client(A) as a, \
             cluster.client(B) as b:
         uid, key = a.create_get(256)
         assert wait_for("the key at B", partial(b.get, uid), SOON) == key
         proxy.partition()
-        assert "L3 version 2 is now active" in cluster.core_cli("rotate-l3", "--tenant", "demo")
+        assert "L3 version 2 is now active" in cluster.core_cli(
+            "rotate-l3", "--tenant", "demo", "--no-rewrap")  # the key stays on v1
         out = cluster.core_cli("revoke-l3", "--tenant", "demo", "--version", "1", "--force")
         assert "L3 version 1 is COMPROMISED" in out
         wait_for("A dropping L3 v1", partial(refused, a, uid), SOON)
@@ -200,12 +195,12 @@ def test_an_l3_version_revoked_during_a_partition_is_dropped_after_healing(
                  " after healing")
 
 
-def test_leases_renew_while_control_traffic_flows(tmp_path: Path) -> None:
+def test_leases_renew_while_control_traffic_flows(start_cluster: Clusters) -> None:
     """A 12 s lease, an Activate every 3 s for 40 s, Create+Get at both gateways all
     along: not one hot-path failure."""
     test = "lease/control-traffic"
     lease, run_for, every = 12, 40.0, 3.0
-    with partitionable(tmp_path, KRYPTON_CORE_L3_LEASE_SECONDS=str(lease)) as (cluster, _), \
+    with partitionable(start_cluster, KRYPTON_CORE_L3_LEASE_SECONDS=str(lease)) as (cluster, _), \
             cluster.client(A) as a, cluster.client(B) as b, cluster.client(A) as ctl:
         pending = [a.create(256) for _ in range(int(run_for / every) + 2)]
         failures: list[str] = []

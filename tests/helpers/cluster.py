@@ -295,6 +295,16 @@ class Cluster:
             )
         return done.stdout
 
+    def gateway_cli(self, name: str, *args: str, timeout: float = CLI_TIMEOUT) -> str:
+        """Run ``krypton gateway <args> --config gateway.toml`` with gateway ``name``'s
+        settings, as its own process; its stdout."""
+        cmd = [sys.executable, "-m", "krypton.cli.main", "gateway", *args,
+               "--config", str(self.layout.gateway_config)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=self.gateway_env(name),
+                              timeout=timeout, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     # -- what the Core and the gateways hold ---------------------------------------
     @property
     def registry_url(self) -> str:

@@ -94,12 +94,29 @@ class Clusters:
         not ``gateways_running``, its gateways, each ready (and, if ``serving``,
         having made a key). ``registry``: a registry URL (default: SQLite in the
         cluster's folder); ``tenants``: a gateway's tenants where not both dev ones."""
-        where = root if root is not None else self.root / f"cluster-{len(self.started)}"
-        cluster = make_cluster(where, gateways=gateways, registry=registry, tenants=tenants)
-        self.started.append(cluster)
+        cluster = self.laid_out(root, gateways=gateways, registry=registry, tenants=tenants)
         cluster.start_core(START_TIMEOUT, env=core_env)
         if gateways_running:
             cluster.start_gateways(serving=serving)
+        return cluster
+
+    def laid_out(
+        self,
+        root: Path | None = None,
+        *,
+        gateways: Sequence[str] = (GATEWAY_NAME,),
+        registry: str | None = None,
+        tenants: Mapping[str, tuple[str, ...]] | None = None,
+        init: bool = True,
+    ) -> Cluster:
+        """A cluster laid out but not started, for a test that sets it up first (a
+        proxy in front of the Core, settings) and then starts its processes
+        (``start_core``, ``start_gateways``); stopped, with its logs printed,
+        when the fixture's scope ends."""
+        where = root if root is not None else self.root / f"cluster-{len(self.started)}"
+        cluster = make_cluster(where, gateways=gateways, registry=registry, tenants=tenants,
+                               init=init)
+        self.started.append(cluster)
         return cluster
 
     def stop_all(self) -> None:

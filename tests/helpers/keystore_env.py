@@ -19,7 +19,7 @@ from krypton.core.keystore import CoreKeyStore, load_master_key
 from krypton.crypto.keyring import L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.model import AuditRecord, Change, LocateQuery, ObjectRecord, Registry, SealedKey
-from krypton.model.registry import KeyFingerprint
+from krypton.model.registry import KeyFingerprint, RewrapJob
 from krypton.registry import open_registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +120,15 @@ class Gate:
 
     async def l3_usage(self, tenant: str) -> dict[int, int]:
         return await self.inner.l3_usage(tenant)
+
+    async def l3_objects(self, tenant: str, version: int, after: str, limit: int) -> list[str]:
+        return await self.inner.l3_objects(tenant, version, after, limit)
+
+    async def rewrap_jobs(self, tenant: str | None = None) -> list[RewrapJob]:
+        return await self.inner.rewrap_jobs(tenant)
+
+    async def put_rewrap_job(self, job: RewrapJob) -> None:
+        await self.inner.put_rewrap_job(job)
 
     async def put_objects(self, records: Sequence[ObjectRecord]) -> None:
         await self.inner.put_objects(records)

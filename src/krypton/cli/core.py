@@ -2,7 +2,9 @@
 
 ``rotate-l3``, ``revoke-l3`` and ``l3 list`` act through
 :mod:`krypton.core.rotation` (guarded, fenced, audited with the operator's
-identity: ``--operator``, by default ``os-user:<login name>``).
+identity: ``--operator``, by default ``os-user:<login name>``); ``rotate-l3``
+and ``l3 rewrap`` ask for the background re-wrap (:mod:`krypton.core.rewrap`),
+which a running Core carries out.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from krypton.config import CoreConfig, load_core_config
-from krypton.core import rotation
+from krypton.core import rewrap, rotation
 from krypton.core.app import Core, check_registry_exists, initialise, open_keystore
 from krypton.core.keystore import MASTER_KEY_ENV, CoreKeyStore
+from krypton.errors import KryptonError
 from krypton.hardening import harden
 from krypton.logs import setup as setup_logs
 from krypton.registry import open_registry
@@ -85,8 +89,12 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     config = load_core_config(args.config)
 
     async def action(keys: CoreKeyStore, registry: Any) -> None:
-        version = await rotation.rotate(keys, registry, args.tenant, _operator(args))
+        version = await rotation.rotate(keys, registry, args.tenant, _operator(args),
+                                        rewrap=args.rewrap)
         print(f"tenant {args.tenant}: L3 version {version} is now active")
+        if args.rewrap:
+            print(f"tenant {args.tenant}: re-wrap of older keys to version {version} asked for"
+                  " (a running Krypton Core does it; `l3 list` shows progress)")
 
     _run_async(lambda: _with_keys(config, action, args.config))
     return 0
@@ -107,23 +115,64 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(job: Any) -> dict[str, Any] | None:  # a RewrapJob
+    if job is None:
+        return None
+    return {"operator": job.operator, "started": job.started, "total": job.total,
+            "moved": job.done, "updated": job.updated, "finished": job.finished}
+
+
 def cmd_l3_list(args: argparse.Namespace) -> int:
     config = load_core_config(args.config)
 
     async def action(keys: CoreKeyStore, registry: Any) -> None:
         versions = await rotation.list_l3(keys, registry, args.tenant)
-        if args.json:
+        jobs = await registry.rewrap_jobs(args.tenant)
+        job = jobs[0] if jobs else None
+        if args.json:  # the job shows on the row of the version it re-wraps to
             for v in versions:
                 row = {"tenant": args.tenant, "version": v.version, "state": v.state.name,
                        "keys": v.keys}
+                if job is not None and job.target == v.version:
+                    row["rewrap"] = _progress(job)
                 sys.stdout.write(json.dumps(row) + "\n")
             return
         print(f"{'version':>7}  {'state':<11}  keys")
         for v in versions:
             print(f"{v.version:>7}  {v.state.name:<11}  {v.keys}")
+        if job is not None:
+            status = "finished" if job.finished is not None else "running"
+            print(f"re-wrap to version {job.target} ({status}), asked by {job.operator}: "
+                  f"{job.done} of {job.total} key(s) moved")
 
     _run_async(lambda: _with_keys(config, action, args.config))
     return 0
+
+
+def cmd_l3_rewrap(args: argparse.Namespace) -> int:
+    """Ask for the tenant's background re-wrap; with ``--wait``, follow it to the end."""
+    config = load_core_config(args.config)
+
+    async def action(keys: CoreKeyStore, registry: Any) -> None:
+        job = await rewrap.request(keys, registry, args.tenant, _operator(args))
+        print(f"tenant {args.tenant}: re-wrap of {job.total} key(s) to version {job.target}"
+              " asked for", flush=True)
+        deadline = time.monotonic() + args.wait
+        while job.finished is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            job = (await registry.rewrap_jobs(args.tenant))[0]
+        state = "finished" if job.finished is not None else "running"
+        print(f"tenant {args.tenant}: re-wrap {state}: {job.done} of {job.total} key(s) moved")
+        if args.wait and job.finished is None:
+            raise RewrapPending(f"the re-wrap of {args.tenant} did not finish within "
+                                f"{args.wait:g} s (is a Krypton Core running?)")
+
+    _run_async(lambda: _with_keys(config, action, args.config))
+    return 0
+
+
+class RewrapPending(KryptonError):
+    """``l3 rewrap --wait`` gave up waiting."""
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -190,6 +239,8 @@ def register(
     rotate.add_argument("--tenant", required=True)
     rotate.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="core.toml")
     rotate.add_argument("--operator", default=None, help="who acts (for the audit trail)")
+    rotate.add_argument("--no-rewrap", dest="rewrap", action="store_false",
+                        help="do not ask for the background re-wrap of older keys")
     rotate.set_defaults(func=cmd_rotate)
 
     revoke = actions.add_parser(
@@ -213,6 +264,15 @@ def register(
     listing.add_argument("--json", action="store_true", help="JSON lines")
     listing.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="core.toml")
     listing.set_defaults(func=cmd_l3_list)
+    again = l3_actions.add_parser(
+        "rewrap", help="re-wrap every key under an older version to the active one (in the"
+        " background, by the running Core; audited as --operator)")
+    again.add_argument("--tenant", required=True)
+    again.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="follow the re-wrap up to this long (fails if not finished)")
+    again.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="core.toml")
+    again.add_argument("--operator", default=None, help="who acts (for the audit trail)")
+    again.set_defaults(func=cmd_l3_rewrap)
 
     audit = actions.add_parser("audit", help="print the audit trail (JSON lines)")
     audit.add_argument("--tenant", default=None)

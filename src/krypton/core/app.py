@@ -29,6 +29,7 @@ from krypton.core.keystore import (
     load_master_key,
 )
 from krypton.core.records import AuthenticatedRegistry, seal_legacy
+from krypton.core.rewrap import Rewrapper
 from krypton.core.service import CoreService
 from krypton.crypto.keyring import KeyRing
 from krypton.metrics.meter import CONTROL_BUCKETS, KmipMeter
@@ -132,6 +133,7 @@ class Core:
         self.tls = Reloader(FileSource(config.tls, "core.tls"),
                             interval=config.tls.reload_interval)
         self._tls_task: asyncio.Task[None] | None = None
+        self.rewrapper: Rewrapper | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -157,11 +159,16 @@ class Core:
         services = CoreServices(
             registry=objects, sealer=KeyRingSealer(self.ring), journal=journal
         )
+        # Objects left under older L3 versions move to the active one (krypton.core.rewrap).
+        self.rewrapper = Rewrapper(objects, self.keys, self.ring, batch=cfg.rewrap_batch,
+                                   interval=cfg.rewrap_interval, pause=cfg.rewrap_pause)
         self.service = CoreService(
             objects, self.keys, services, lease_seconds=cfg.l3_lease_seconds,
             mac_key=self.ring.record_mac, meter=self.meter,
+            on_old_version=self.rewrapper.reopen,
         )  # fmt: skip
         await self.service.start()
+        await self.rewrapper.start()
         material = self.tls.load_first()
         self.server = UplinkServer(
             self.service, cfg.tls, cfg.authorised_gateways(), cfg.listen_host, cfg.listen_port,
@@ -210,6 +217,8 @@ class Core:
             self._tls_task = None
         if self.admin is not None:
             await asyncio.to_thread(self.admin.close)
+        if self.rewrapper is not None:
+            await self.rewrapper.close()
         if self.server is not None:
             await self.server.stop()
         if self.service is not None:

@@ -59,6 +59,7 @@ from krypton.model.registry import (
     LocateQuery,
     ObjectRecord,
     Registry,
+    RewrapJob,
     SealedKey,
 )
 
@@ -163,6 +164,15 @@ class AuthenticatedRegistry:
     # -- the change feed and reads that carry no record: the inner registry's --
     async def l3_usage(self, tenant: str) -> dict[int, int]:
         return await self.inner.l3_usage(tenant)
+
+    async def l3_objects(self, tenant: str, version: int, after: str, limit: int) -> list[str]:
+        return await self.inner.l3_objects(tenant, version, after, limit)
+
+    async def rewrap_jobs(self, tenant: str | None = None) -> list[RewrapJob]:
+        return await self.inner.rewrap_jobs(tenant)
+
+    async def put_rewrap_job(self, job: RewrapJob) -> None:
+        await self.inner.put_rewrap_job(job)
 
     async def feed_since(self, tenants: Sequence[str], after: int, limit: int) -> list[Change]:
         return await self.inner.feed_since(tenants, after, limit)

@@ -24,8 +24,11 @@ l3 list``):
   record naming the operator (``operator``, e.g. ``os-user:alice``), the
   versions and the number of keys concerned.
 
-Moving keys off an old version (background re-wrap) is not done here: the
-operator rotates, and revokes with ``force`` once the old keys may be lost.
+* **Re-wrap.** A rotation asks for the background re-wrap of every object
+  under an older version (:mod:`krypton.core.rewrap`, audited as the rotating
+  operator); once it is done the old version holds no key and can be revoked
+  without ``force``. A record a gateway syncs later under a DEACTIVATED
+  version re-opens the tenant's finished job (``on_old_version``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from krypton.core import rewrap as rewrapping
 from krypton.core.keystore import CoreKeyStore
 from krypton.crypto.keyring import L3State
 from krypton.errors import ItemNotFound, KryptonError, StorageError, WrongKeyLifecycleState
@@ -80,9 +84,11 @@ class SyncFence:
     not acknowledged — and reported: logged and audited the first time this Core
     sees its uid (the gateway offers it again on every outbox drain)."""
 
-    def __init__(self, keys: CoreKeyStore, registry: Registry, *, remember: int = 10_000) -> None:
+    def __init__(self, keys: CoreKeyStore, registry: Registry, *, remember: int = 10_000,
+                 on_old_version: Callable[[str], None] | None = None) -> None:
         self._keys = keys
         self._registry = registry
+        self._on_old = on_old_version  # a tenant got records under a DEACTIVATED version
         self._remember = remember
         self._reported: OrderedDict[str, None] = OrderedDict()
 
@@ -92,9 +98,13 @@ class SyncFence:
             states[tenant] = await self._keys.l3_states(tenant)
         admitted: list[ObjectRecord] = []
         refused: dict[tuple[str, int], list[str]] = {}
+        old: set[str] = set()
         for rec in records:
-            if rec.l3_version is None or states[rec.tenant].get(rec.l3_version) in _USABLE:
+            state = None if rec.l3_version is None else states[rec.tenant].get(rec.l3_version)
+            if rec.l3_version is None or state in _USABLE:
                 admitted.append(rec)
+                if state == L3State.DEACTIVATED:
+                    old.add(rec.tenant)
             elif rec.uid not in self._reported:
                 refused.setdefault((rec.tenant, rec.l3_version), []).append(rec.uid)
         for (tenant, version), uids in sorted(refused.items()):
@@ -109,12 +119,17 @@ class SyncFence:
                 self._reported[uid] = None
         while len(self._reported) > self._remember:
             self._reported.popitem(last=False)
+        for tenant in sorted(old):
+            if self._on_old is not None:
+                self._on_old(tenant)
         return admitted
 
 
 async def rotate(keys: CoreKeyStore, registry: Registry, tenant: str, operator: str,
-                 *, why: str = "") -> int:
-    """A new ACTIVE version (the old one becomes DEACTIVATED), audited."""
+                 *, why: str = "", rewrap: bool = True) -> int:
+    """A new ACTIVE version (the old one becomes DEACTIVATED), audited; unless
+    ``rewrap`` is False, the background re-wrap of the objects under older
+    versions is asked for on ``operator``'s behalf (:mod:`krypton.core.rewrap`)."""
     desk = _Desk(registry, operator, tenant)
     try:
         version = await keys.rotate_l3(tenant)
@@ -123,6 +138,11 @@ async def rotate(keys: CoreKeyStore, registry: Registry, tenant: str, operator: 
         raise
     await desk.audit("RotateL3", "Success",
                      f"version {version} active" + (f" ({why})" if why else ""))
+    if rewrap:
+        await rewrapping.request(keys, registry, tenant, operator)
+    else:
+        await rewrapping.stop(registry, tenant, operator, f"version {version} made active"
+                              " without a re-wrap")
     return version
 
 

@@ -109,6 +109,7 @@ class CoreService:
         replay_batch: int = REPLAY_BATCH,
         mac_key: MacKey | None = None,
         meter: KmipMeter | None = None,
+        on_old_version: Callable[[str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.keys = keys
@@ -117,7 +118,8 @@ class CoreService:
         self.limits = limits or Limits()
         self._subscribers: set[_Subscriber] = set()
         self._replay_batch = replay_batch
-        self._fence = SyncFence(keys, registry)  # no record under a revoked L3 version
+        # no record under a revoked L3 version; one under an older one is re-wrapped
+        self._fence = SyncFence(keys, registry, on_old_version=on_old_version)
         self._mac_key = mac_key
         self._unsubscribe: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -31,6 +31,7 @@ from krypton.gateway.engine.pacing import Collector, Gate
 from krypton.gateway.engine.services import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
+from krypton.gateway.rewrap import VaultRewrapper
 from krypton.gateway.upstream import Upstream
 from krypton.metrics.meter import KmipMeter
 from krypton.tls.contexts import listener_rules, server_context
@@ -111,6 +112,7 @@ class Gateway:
         self.client: UplinkClient | None = None
         self.l3_source: UplinkL3Source | None = None
         self.upstream: Upstream | None = None
+        self.rewrapper: VaultRewrapper | None = None
         self.listener: Listener | None = None
         # The TLS material, watched; ``tls.failures`` counts material refused, and
         # ``tls.on_failure`` (set before start) is told each time.
@@ -141,11 +143,14 @@ class Gateway:
         lim = cfg.limits
         self.vault = _open_vault(cfg, self.keyring)
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants), material)
-        self.upstream = Upstream(self.client, self.vault, limits)
+        self.upstream = Upstream(self.client, self.vault, limits, ring=self.keyring)
         await self.upstream.start()
         self.l3_source = UplinkL3Source(self.client, max_lease=cfg.uplink.max_lease)
         await self.l3_source.start(self.keyring)
         await self.vault.seal_legacy()  # records from before they were authenticated
+        # records under an older L3 version move to the active one (after a rotation)
+        self.rewrapper = VaultRewrapper(self.vault, self.keyring, sorted(policy.tenants))
+        await self.rewrapper.start()
         services = Services(
             store=self.vault,
             keyring=self.keyring,
@@ -295,6 +300,8 @@ class Gateway:
             await asyncio.to_thread(self.admin.close)
         if self.listener is not None:
             await self.listener.close()
+        if self.rewrapper is not None:
+            await self.rewrapper.close()
         if self.upstream is not None:
             await self.upstream.close()
         if self.l3_source is not None:

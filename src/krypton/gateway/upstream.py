@@ -15,6 +15,11 @@ the consistency rules of DESIGN §4:
   operation made; they are written to the vault *before* the answer is
   relayed. Changes made through other gateways arrive on the Subscribe
   stream and are applied as they come.
+* **Refused records.** A record the Core does not acknowledge (its fence
+  refuses records under a revoked L3 version) and an outbox record under a
+  version this gateway no longer holds (``Vault.outbox(gone=...)``) are
+  quarantined — logged with their uids, listed by ``krypton gateway outbox`` —
+  instead of being offered again forever.
 * **Partition.** Nothing is queued: the client fails a delegated call within
   its bound (``UpstreamUnavailable``), and the item fails with it. Keys made
   while the Core was away stay in the outbox; a drainer task sends them in
@@ -41,6 +46,10 @@ the consistency rules of DESIGN §4:
   (already destroyed, wrong state, ...) makes the gateway ask the Core for
   that key's record and take its state: the Core may know something the
   feed has not brought yet.
+* **Re-wrapped at the Core.** A change whose record the Core re-wrapped under
+  another L3 version replaces this gateway's copy when that copy is not under
+  the active version here or its version is no longer held
+  (:mod:`krypton.gateway.rewrap`).
 * **Read-through.** A ``Get`` of a key this gateway does not hold asks the
   Core (``FetchKey``) and keeps the wrapped record in the vault, once its
   record MAC checked out (``Vault.authentic``: a wrong or missing MAC is a
@@ -57,8 +66,9 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from krypton.crypto.keyring import KeyRing
 from krypton.engine.objects import belongs
-from krypton.errors import KryptonError, StorageError
+from krypton.errors import KeyUnavailable, KryptonError, StorageError
 from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
 from krypton.ttlv.codec import Limits, decode, encode
@@ -92,8 +102,10 @@ class Upstream:
         interval: float = DRAIN_INTERVAL,
         linger: float = DRAIN_LINGER,
         window: int = DRAIN_WINDOW,
+        ring: KeyRing | None = None,
     ) -> None:
         self.client = client
+        self._ring = ring  # the L3 versions held here
         self.vault = vault
         self.limits = limits
         self.batch = batch
@@ -165,7 +177,8 @@ class Upstream:
         try:
             while True:
                 while more and failure is None and len(flight) < self.window:
-                    page = self.vault.outbox_page(self.batch, tenant=tenant, after=after)
+                    page = self.vault.outbox_page(self.batch, tenant=tenant, after=after,
+                                                  gone=self._gone)
                     after, more = page.position, page.more
                     if page.records:
                         flight.add(asyncio.ensure_future(self._sync(page.records)))
@@ -186,8 +199,15 @@ class Upstream:
 
     async def _sync(self, records: list[KeyRecord]) -> int:
         acked = await self.client.sync_keys(records)
+        taken = set(acked)
         try:
             await self.vault.mark_synced(acked)
+            # The Core stores (and acknowledges) every record but those its fence
+            # refuses: wrapped under an L3 version it revoked. Offering them again
+            # cannot change that; they leave the outbox, reported.
+            await self.vault.quarantine({
+                r.uid: f"refused by the Krypton Core: wrapped under L3 version {r.l3_version},"
+                       " which it no longer accepts" for r in records if r.uid not in taken})
         except StorageError as exc:
             # The keys are at the Core; only the outbox mark is not stored (a full
             # disk, say). Go on: they are offered again later, and SyncKeys is
@@ -279,7 +299,7 @@ class Upstream:
         return self._written
 
     async def apply(self, change: StateChange) -> None:
-        rec = self.vault.get(change.uid)
+        rec, _ = self._local(change.uid)
         if rec is None or rec.tenant != change.tenant:
             self._position = max(self._position, change.seq)
             if self._position - self._written >= CURSOR_FLUSH:
@@ -319,7 +339,7 @@ class Upstream:
         """Bring a held record up to the Core's: its state, and its attributes when
         the Core can be asked (a change event does not carry them); the change's
         feed position is written with it."""
-        rec = self.vault.get(change.uid)
+        rec, readable = self._local(change.uid)
         if not belongs(rec, change.tenant):
             return
         state = change.state
@@ -334,6 +354,15 @@ class Upstream:
             # The Core undid a Destroy (a batch with Undo: krypton.engine.undo) that
             # erased the key here: take its material back.
             await self.vault.reinstate(fresh, seq=seq)
+        elif fresh is not None and (not readable or (
+                fresh.wrapped and fresh.l3_version != rec.l3_version
+                and rec.l3_version != self._active(rec.tenant))):
+            # Our copy's L3 version is gone, or is not our active one while the Core
+            # re-wrapped it (krypton.gateway.rewrap): take the Core's record whole.
+            await self.vault.adopt(fresh, seq=seq)
+        elif not readable:
+            raise KeyUnavailable(f"the record of {change.uid} cannot be read here and the"
+                                 " Krypton Core did not answer for it")
         else:
             # a change the vault cannot store now is held in memory and retried,
             # never dropped (krypton.vault.held)
@@ -350,6 +379,26 @@ class Upstream:
         if seq > 0:
             self._position = max(self._position, seq)
             self._written = max(self._written, seq)
+
+    def _active(self, tenant: str) -> int | None:
+        return None if self._ring is None else self._ring.active_version(tenant)
+
+    def _gone(self, tenant: str, version: int) -> bool:
+        """An L3 version not held while the tenant has an active one: after a
+        complete snapshot the ring holds exactly the usable versions, so the Core
+        revoked or destroyed it."""
+        ring = self._ring
+        return (ring is not None and ring.active_version(tenant) is not None
+                and version not in ring.versions(tenant))
+
+    def _local(self, uid: str) -> tuple[KeyRecord | None, bool]:
+        """The held record and whether it can be used here: a row whose L3 version
+        is not held cannot be authenticated, so only its unchecked copy is given,
+        to decide what to ask the Core (never to serve)."""
+        try:
+            return self.vault.get(uid), True
+        except KeyUnavailable:
+            return self.vault.peek(uid), False
 
     def _on_connection(self, state: ConnectionState) -> None:
         if state is ConnectionState.READY:

@@ -173,6 +173,23 @@ class SealedKey:
 
 
 @dataclass(frozen=True, slots=True)
+class RewrapJob:
+    """A tenant's background re-wrap (:mod:`krypton.core.rewrap`): move every object
+    still wrapped under an older L3 version to the active one. One per tenant;
+    a new request replaces it. ``done`` counts objects moved so far; ``finished``
+    is set once no object is left under a usable older version."""
+
+    tenant: str
+    target: int  # the active version when it was asked for
+    operator: str  # whose identity every re-wrap is audited under
+    started: float
+    total: int  # objects under older versions when it was asked for
+    done: int = 0
+    updated: float = 0.0
+    finished: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StateChange:
     """A managed object was updated (its state, attributes or material)."""
 
@@ -248,6 +265,19 @@ class Registry(Protocol):
     async def l3_usage(self, tenant: str) -> dict[int, int]:
         """How many of the tenant's objects still hold material wrapped under each
         L3 version (versions holding none are absent)."""
+        ...
+
+    async def l3_objects(self, tenant: str, version: int, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` uids (in order, above ``after``) of the tenant's objects
+        holding material wrapped under L3 ``version``: what a re-wrap moves."""
+        ...
+
+    async def rewrap_jobs(self, tenant: str | None = None) -> list[RewrapJob]:
+        """The re-wrap job of ``tenant`` (or of every tenant), as last stored."""
+        ...
+
+    async def put_rewrap_job(self, job: RewrapJob) -> None:
+        """Store (insert or replace) the tenant's re-wrap job."""
         ...
 
     async def append_audit(self, record: AuditRecord) -> None: ...

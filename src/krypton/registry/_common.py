@@ -30,6 +30,7 @@ from krypton.model.registry import (
     LocateQuery,
     ObjectRecord,
     RegistryConflict,
+    RewrapJob,
     SealedKey,
     StateChange,
 )
@@ -267,3 +268,27 @@ L3_USAGE_SQL = (
     "SELECT l3_version, COUNT(*) FROM objects WHERE tenant = ? AND sealed IS NOT NULL"
     " AND l3_version IS NOT NULL GROUP BY l3_version"
 )
+
+# The uids a re-wrap moves off one L3 version ("?" placeholders, uses objects_tenant_l3).
+L3_OBJECTS_SQL = (
+    "SELECT uid FROM objects WHERE tenant = ? AND l3_version = ? AND sealed IS NOT NULL"
+    " AND uid > ? ORDER BY uid LIMIT ?"
+)
+REWRAP_COLUMNS = "tenant, target, operator, started, total, done, updated, finished"
+REWRAP_UPSERT = (
+    f"INSERT INTO rewrap_jobs ({REWRAP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+    " ON CONFLICT(tenant) DO UPDATE SET target = excluded.target,"
+    " operator = excluded.operator, started = excluded.started, total = excluded.total,"
+    " done = excluded.done, updated = excluded.updated, finished = excluded.finished"
+)
+
+
+def rewrap_row(job: RewrapJob) -> tuple[Any, ...]:
+    return (job.tenant, job.target, job.operator, job.started, job.total, job.done,
+            job.updated, job.finished)
+
+
+def rewrap_job(row: Sequence[Any]) -> RewrapJob:
+    t, target, operator, started, total, done, updated, finished = row
+    return RewrapJob(str(t), int(target), str(operator), float(started), int(total), int(done),
+                     float(updated), None if finished is None else float(finished))

@@ -55,6 +55,7 @@ from krypton.model.registry import (
     LocateQuery,
     ObjectRecord,
     RegistryConflict,
+    RewrapJob,
     SealedKey,
     StateChange,
 )
@@ -62,9 +63,12 @@ from krypton.registry._common import (
     AUDIT_COLUMNS,
     DEFAULT_FEED_RETENTION,
     KEY_COLUMNS,
+    L3_OBJECTS_SQL,
     L3_USAGE_SQL,
     OBJECT_COLUMNS,
     OBJECT_WIDTH,
+    REWRAP_COLUMNS,
+    REWRAP_UPSERT,
     Callback,
     Fanout,
     change_from_feed,
@@ -76,6 +80,8 @@ from krypton.registry._common import (
     locate_sql,
     object_row,
     record_from_row,
+    rewrap_job,
+    rewrap_row,
     side_rows,
 )
 from krypton.registry.schema import LATEST, POSTGRES, VERSION_TABLE, too_new
@@ -413,6 +419,25 @@ class PostgresRegistry:
         async with self._connection("L3 usage") as conn:
             cur = await conn.execute(L3_USAGE_SQL.replace("?", "%s"), (tenant,))
             return {int(v): int(n) for v, n in await cur.fetchall()}
+
+    async def l3_objects(self, tenant: str, version: int, after: str, limit: int) -> list[str]:
+        async with self._connection("L3 objects") as conn:
+            cur = await conn.execute(L3_OBJECTS_SQL.replace("?", "%s"),
+                                     (tenant, int(version), after, max(0, limit)))
+            return [row[0] for row in await cur.fetchall()]
+
+    async def rewrap_jobs(self, tenant: str | None = None) -> list[RewrapJob]:
+        sql = f"SELECT {REWRAP_COLUMNS} FROM rewrap_jobs"  # noqa: S608
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            sql, params = sql + " WHERE tenant = %s", (tenant,)
+        async with self._connection("re-wrap jobs") as conn:
+            cur = await conn.execute(sql + " ORDER BY tenant", params)
+            return [rewrap_job(r) for r in await cur.fetchall()]
+
+    async def put_rewrap_job(self, job: RewrapJob) -> None:
+        async with self._connection("re-wrap job write") as conn:
+            await conn.execute(REWRAP_UPSERT.replace("?", "%s"), rewrap_row(job))
 
     async def append_audit(self, record: AuditRecord) -> None:
         async with self._connection("audit write") as conn:

@@ -30,6 +30,11 @@ created, seq), each followed by the columns a Locate still filters on
 (``state`` for the Storage Status Mask, ``object_type``), so that a count
 reads the index alone. They replace v1's (tenant, state) and (tenant,
 object_type). Self-contained too.
+
+v5 (background re-wrap, issue 12): ``rewrap_jobs``, one row per tenant (the
+operator who asked, the target version, progress), and an index on
+``objects(tenant, l3_version, uid)`` so the re-wrap finds what an old L3
+version still wraps without a scan.
 """
 
 from __future__ import annotations
@@ -118,6 +123,13 @@ SQLITE: tuple[tuple[str, ...], ...] = (
     ),
     # v4: Locate's order
     _ORDERED,
+    # v5: background re-wrap
+    (
+        "CREATE INDEX objects_tenant_l3 ON objects(tenant, l3_version, uid)",
+        "CREATE TABLE rewrap_jobs (tenant TEXT PRIMARY KEY, target INTEGER NOT NULL,"
+        " operator TEXT NOT NULL, started REAL NOT NULL, total INTEGER NOT NULL,"
+        " done INTEGER NOT NULL, updated REAL NOT NULL, finished REAL)",
+    ),
 )
 
 POSTGRES: tuple[tuple[str, ...], ...] = (
@@ -158,6 +170,14 @@ POSTGRES: tuple[tuple[str, ...], ...] = (
     ),
     # v4: Locate's order
     _ORDERED,
+    # v5: background re-wrap
+    (
+        "CREATE INDEX objects_tenant_l3 ON objects(tenant, l3_version, uid)",
+        "CREATE TABLE rewrap_jobs (tenant TEXT PRIMARY KEY, target INTEGER NOT NULL,"
+        " operator TEXT NOT NULL, started DOUBLE PRECISION NOT NULL, total BIGINT NOT NULL,"
+        " done BIGINT NOT NULL, updated DOUBLE PRECISION NOT NULL,"
+        " finished DOUBLE PRECISION)",
+    ),
 )
 
 LATEST = len(SQLITE)

@@ -40,6 +40,7 @@ from krypton.model.registry import (
     LocateQuery,
     ObjectRecord,
     RegistryConflict,
+    RewrapJob,
     SealedKey,
     StateChange,
 )
@@ -47,9 +48,12 @@ from krypton.registry._common import (
     AUDIT_COLUMNS,
     DEFAULT_FEED_RETENTION,
     KEY_COLUMNS,
+    L3_OBJECTS_SQL,
     L3_USAGE_SQL,
     OBJECT_COLUMNS,
     OBJECT_WIDTH,
+    REWRAP_COLUMNS,
+    REWRAP_UPSERT,
     Callback,
     Fanout,
     change_from_feed,
@@ -61,6 +65,8 @@ from krypton.registry._common import (
     locate_sql,
     object_row,
     record_from_row,
+    rewrap_job,
+    rewrap_row,
     side_rows,
 )
 from krypton.registry.schema import migrate_sqlite
@@ -184,6 +190,11 @@ def _append_audit(conn: sqlite3.Connection, r: AuditRecord) -> tuple[None, tuple
             r.gateway, r.correlation_id, r.detail,
         ),
     )  # fmt: skip
+    return None, ()
+
+
+def _put_rewrap(conn: sqlite3.Connection, job: RewrapJob) -> tuple[None, tuple[()]]:
+    conn.execute(REWRAP_UPSERT, rewrap_row(job))
     return None, ()
 
 
@@ -390,6 +401,22 @@ class SqliteRegistry:
     async def l3_usage(self, tenant: str) -> dict[int, int]:
         return await self._read(
             lambda conn: {int(v): int(n) for v, n in conn.execute(L3_USAGE_SQL, (tenant,))})
+
+    async def l3_objects(self, tenant: str, version: int, after: str, limit: int) -> list[str]:
+        params = (tenant, int(version), after, max(0, limit))
+        return await self._read(
+            lambda conn: [r[0] for r in conn.execute(L3_OBJECTS_SQL, params)])
+
+    async def rewrap_jobs(self, tenant: str | None = None) -> list[RewrapJob]:
+        sql = f"SELECT {REWRAP_COLUMNS} FROM rewrap_jobs"  # noqa: S608
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            sql, params = sql + " WHERE tenant = ?", (tenant,)
+        return await self._read(
+            lambda conn: [rewrap_job(r) for r in conn.execute(sql + " ORDER BY tenant", params)])
+
+    async def put_rewrap_job(self, job: RewrapJob) -> None:
+        await self._write(_put_rewrap, job)
 
     async def append_audit(self, record: AuditRecord) -> None:
         await self._write(_append_audit, record)

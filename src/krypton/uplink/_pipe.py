@@ -22,8 +22,9 @@ nothing changes on the Core's side.
 
 Several Cores: the pipe is given every Core address; a new connection tries
 the one that last worked first, then the others in order (each name's every
-resolved address, ``connect_timeout`` seconds per attempt), so when a Core
-dies gRPC's next connection lands on another.
+resolved address — A and AAAA records alike, re-resolved on each connection,
+the record that last worked first — ``connect_timeout`` seconds per attempt),
+so when a Core dies gRPC's next connection lands on another.
 
 A dead peer is never hidden: the TCP socket to the Core has keepalive and a
 user timeout (unacknowledged data for ``keepalive + keepalive_timeout``
@@ -102,6 +103,7 @@ class CorePipe:
         self._core_id = core_id
         self._liveness = liveness or Liveness()
         self._good = 0  # index of the address that last worked
+        self._good_record = ""  # which of its name's resolved addresses worked
         self._dir: Path | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -180,10 +182,14 @@ class CorePipe:
         n = len(self._addresses)
         for i in [(self._good + k) % n for k in range(n)]:
             host, port = self._addresses[i]
-            for addr in await self._resolve(host, port):
+            records = await self._resolve(host, port)
+            if i == self._good and self._good_record in records:  # the one that worked first
+                records.remove(self._good_record)
+                records.insert(0, self._good_record)
+            for addr in records:
                 got = await self._open(host, addr, port)
                 if got is not None:
-                    self._good = i
+                    self._good, self._good_record = i, addr
                     return got
         return None
 

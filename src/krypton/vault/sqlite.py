@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from krypton.errors import KryptonError, StorageError
+from krypton.errors import KeyUnavailable, KryptonError, StorageError
 from krypton.metrics.meter import Histogram
 from krypton.model.record import KeyRecord
 from krypton.storage import Op, Readers, Writer, open_file, translated
@@ -87,6 +87,13 @@ _REWRITE: Final = (
 
 _HELD = (
     "SELECT uid FROM keys WHERE tenant = ? AND uid > ? AND synced = 1 AND state NOT IN (5, 6)"
+    " ORDER BY uid LIMIT ?"
+)
+
+_LIVE = "tenant = ? AND synced = 0 AND length(wrapped) > 0 AND state NOT IN (5, 6)"
+_VERSIONS = f"SELECT DISTINCT l3_version FROM keys WHERE {_LIVE}"  # noqa: S608
+_UNDER = (
+    f"SELECT uid FROM keys WHERE {_LIVE} AND l3_version = ? AND uid > ?"  # noqa: S608
     " ORDER BY uid LIMIT ?"
 )
 
@@ -206,6 +213,41 @@ def _seal_legacy(conn: sqlite3.Connection, payload: tuple[str, Sealer]) -> int:
     return _rewrite(conn, uid, lambda r: r, sealer)
 
 
+def _moved(old_version: int, old_wrapped: bytes, version: int, wrapped: bytes
+           ) -> Callable[[KeyRecord], KeyRecord | None]:
+    """A re-wrap as a compare-and-set: only a record still as it was read moves."""
+    def move(r: KeyRecord) -> KeyRecord | None:
+        if r.l3_version != old_version or r.wrapped != old_wrapped:
+            return None
+        return replace(r, l3_version=version, wrapped=wrapped)
+
+    return move
+
+
+def _rewrap(conn: sqlite3.Connection, payload: tuple[str, int, bytes, int, bytes, Sealer | None]
+            ) -> int:
+    uid, old_version, old_wrapped, version, wrapped, sealer = payload
+    return _rewrite(conn, uid, _moved(old_version, old_wrapped, version, wrapped), sealer)
+
+
+_ADOPT: Final = (
+    "UPDATE keys SET object_type=?, algorithm=?, length=?, state=?, l3_version=?, wrapped=?,"
+    " attributes=?, mac=?, synced=1 WHERE uid=? AND tenant=?"
+)
+
+
+def _adopt(conn: sqlite3.Connection, payload: tuple[KeyRecord, int, Sealer | None]) -> int:
+    """Every covered column from the Core's record (checked by ``Vault.authentic``,
+    MAC included): nothing of the row it replaces is kept, so the row need not be
+    checked first (its L3 version may be gone)."""
+    r, seq, _ = payload
+    _set_cursor(conn, seq)
+    n = conn.execute(_ADOPT, (r.object_type, r.algorithm, r.length, r.state, r.l3_version,
+                              r.wrapped, r.attributes, r.mac, r.uid, r.tenant)).rowcount
+    conn.execute("DELETE FROM unsealed WHERE uid = ?", (r.uid,))
+    return int(n)
+
+
 def _set_cursor(conn: sqlite3.Connection, seq: int) -> int:
     if seq > 0:
         conn.execute("UPDATE feed_cursor SET seq = ?", (seq,))
@@ -234,6 +276,23 @@ def _quarantine(conn: sqlite3.Connection, bad: tuple[Quarantined, ...]) -> int:
     conn.executemany(_QUARANTINE_ROW, [(q.row,) for q in bad])
     conn.executemany(_QUARANTINE_NOTE, [(q.row, q.uid, q.reason, q.at) for q in bad])
     return len(bad)
+
+
+def _quarantine_uids(conn: sqlite3.Connection,
+                     payload: tuple[tuple[tuple[str, str], ...], int]) -> int:
+    refused, at = payload
+    n = 0
+    for uid, reason in refused:
+        row = conn.execute("SELECT rowid FROM keys WHERE uid = ? AND synced = 0",
+                           (uid,)).fetchone()
+        if row is not None:
+            n += _quarantine(conn, (Quarantined(int(row[0]), uid, reason, at),))
+    return n
+
+
+def _gone(version: int) -> str:
+    return (f"wrapped under L3 version {version}, which the Krypton Core no longer serves"
+            " (revoked or destroyed)")
 
 
 def _mark_synced(conn: sqlite3.Connection, uids: tuple[str, ...]) -> int:
@@ -290,6 +349,21 @@ def _reinstate_effect(payload: tuple[KeyRecord, int, object]) -> tuple[str, Effe
     )
 
 
+def _rewrap_effect(payload: tuple[str, int, bytes, int, bytes, object]) -> tuple[str, Effect]:
+    uid, old_version, old_wrapped, version, wrapped, _ = payload
+    move = _moved(old_version, old_wrapped, version, wrapped)
+    return uid, lambda record: move(record) or record
+
+
+def _adopt_effect(payload: tuple[KeyRecord, int, object]) -> tuple[str, Effect]:
+    r = payload[0]
+    return r.uid, _change(
+        object_type=r.object_type, algorithm=r.algorithm, length=r.length, state=r.state,
+        l3_version=r.l3_version, wrapped=r.wrapped, attributes=r.attributes, mac=r.mac,
+        synced=True,
+    )
+
+
 def _apply_effect(
     payload: tuple[str, int | None, bytes | None, int, object],
 ) -> tuple[str, Effect]:
@@ -309,6 +383,8 @@ _EFFECTS: Final[Mapping[Work, Callable[[Any], tuple[str, Effect]]]] = {
     _set_attributes: _attributes_effect,
     _reinstate: _reinstate_effect,
     _apply_change: _apply_effect,
+    _rewrap: _rewrap_effect,
+    _adopt: _adopt_effect,
 }
 
 
@@ -326,6 +402,12 @@ def _cache_synced(cache: RecordCache, uids: tuple[str, ...]) -> int:
     return 0
 
 
+def _cache_refused(cache: RecordCache, payload: tuple[tuple[tuple[str, str], ...], int]) -> int:
+    """Out of the outbox: never offered again, not even before a delegation."""
+    cache.update(tuple(uid for uid, _ in payload[0]), _change(synced=True))
+    return 0
+
+
 def _cache_nothing(cache: RecordCache, payload: object) -> int:
     return 0
 
@@ -337,9 +419,12 @@ _CACHED: Final[Mapping[Work, Callable[[RecordCache, Any], int]]] = {
     _set_state: _cache_effect(_set_state),
     _set_attributes: _cache_effect(_set_attributes),
     _reinstate: _cache_effect(_reinstate),
+    _rewrap: _cache_effect(_rewrap),
+    _adopt: _cache_effect(_adopt),
     _mark_synced: _cache_synced,
     _seal_legacy: _cache_nothing,  # the covered columns do not change
     _quarantine: _cache_nothing,  # undecodable rows are never cached
+    _quarantine_uids: _cache_refused,
 }
 
 
@@ -490,6 +575,20 @@ class Vault:
                    None if attributes is None else bytes(attributes), int(seq), self._sealer)
         return await self._follow(_apply_change, payload, int(seq))
 
+    async def adopt(self, record: KeyRecord, *, seq: int = 0) -> bool:
+        """Take the Core's record of a held key whole (material, L3 version, state,
+        attributes, MAC), e.g. one the Core re-wrapped while this copy's L3 version
+        went away; ``record`` must have passed :meth:`authentic`. A change the Core
+        committed: held and retried if it cannot be stored (see :meth:`apply_change`)."""
+        return await self._follow(_adopt, (record, int(seq), None), int(seq))
+
+    async def rewrap(self, record: KeyRecord, version: int, wrapped: bytes) -> bool:
+        """Store ``record`` (as read) re-wrapped under L3 ``version``, with a fresh MAC,
+        if it has not changed since it was read; False if it has (or is gone)."""
+        payload = (record.uid, record.l3_version, record.wrapped, int(version), bytes(wrapped),
+                   self._sealer)
+        return bool(await self._submit(_rewrap, payload))
+
     async def set_cursor(self, seq: int) -> None:
         """Record that every Core change up to ``seq`` is applied here."""
         if self._held:
@@ -582,20 +681,25 @@ class Vault:
             return self._held.overlay(record)
         return record
 
-    def outbox(self, limit: int, *, tenant: str | None = None) -> list[KeyRecord]:
+    def outbox(
+        self, limit: int, *, tenant: str | None = None,
+        gone: Callable[[str, int], bool] | None = None,
+    ) -> list[KeyRecord]:
         """Up to ``limit`` records (of ``tenant``, or of all tenants) the Core has
         not acknowledged, oldest first: the first :meth:`outbox_page`."""
-        return self.outbox_page(limit, tenant=tenant).records
+        return self.outbox_page(limit, tenant=tenant, gone=gone).records
 
     def outbox_page(
-        self, limit: int, *, tenant: str | None = None, after: int = 0
+        self, limit: int, *, tenant: str | None = None, after: int = 0,
+        gone: Callable[[str, int], bool] | None = None,
     ) -> OutboxPage:
         """Up to ``limit`` outbox rows (of ``tenant``, or of all tenants) past
         position ``after`` (0: from the oldest), oldest first, as records.
         Records that fail authentication (or cannot be checked yet) are left out;
-        a row that does not decode is logged with its uid, counted and
-        quarantined (out of the outbox, listed by :func:`quarantined`). Call it
-        on the event loop."""
+        a row that does not decode, or whose L3 version is not held and
+        ``gone(tenant, version)`` says will not come back (revoked at the Core),
+        is logged with its uid, counted and quarantined (out of the outbox,
+        listed by :func:`quarantined`). Call it on the event loop."""
         sql, params = (
             (_OUTBOX, (after, limit)) if tenant is None else (_OUTBOX_OF, (tenant, after, limit))
         )
@@ -603,23 +707,37 @@ class Vault:
             rows = self._readers.get().execute(sql, params).fetchall()
         records: list[KeyRecord] = []
         bad: list[Quarantined] = []
+        dead: list[Quarantined] = []
         for row in rows:
+            if row[12] in self._quarantining:
+                continue
             try:
-                records.append(self._checked(_decoded(row)))
+                rec = _decoded(row)
             except BadRow as exc:
-                if row[12] not in self._quarantining:
-                    bad.append(Quarantined(row[12], str(row[0]), str(exc), int(time.time())))
+                bad.append(Quarantined(row[12], str(row[0]), str(exc), int(time.time())))
+                continue
+            try:
+                records.append(self._checked(rec))
+            except KeyUnavailable:
+                if gone is not None and gone(rec.tenant, rec.l3_version):
+                    dead.append(Quarantined(row[12], rec.uid, _gone(rec.l3_version),
+                                            int(time.time())))
             except KryptonError:
                 continue
         if bad:
             self._quarantine_rows(bad)
+        if dead:
+            self._quarantine_rows(dead, "cannot reach the Krypton Core")
         position = int(rows[-1][12]) if rows else after
         return OutboxPage(records, position, len(rows) >= limit > 0)
+        if dead:
+            self._quarantine_rows(dead, "cannot reach the Krypton Core")
+        return records
 
-    def _quarantine_rows(self, bad: list[Quarantined]) -> None:
+    def _quarantine_rows(self, bad: list[Quarantined], why: str = "does not decode") -> None:
         for q in bad:
-            log.error("vault: outbox row of key %r does not decode (%s): quarantined, the"
-                      " other keys keep syncing", q.uid, q.reason)  # fmt: skip
+            log.error("vault: outbox row of key %r %s (%s): quarantined, the"
+                      " other keys keep syncing", q.uid, why, q.reason)  # fmt: skip
         self._quarantined += len(bad)
         rows = {q.row for q in bad}
         self._quarantining |= rows
@@ -632,6 +750,18 @@ class Vault:
                 self._quarantining -= rows  # not stored: found and tried again
 
         done.add_done_callback(finished)
+
+    async def quarantine(self, refused: Mapping[str, str]) -> int:
+        """Take keys out of the outbox that the Core refused (uid -> why), listed
+        with the undecodable rows; logged with their uids. How many were taken."""
+        if not refused:
+            return 0
+        for uid, why in sorted(refused.items()):
+            log.error("vault: the Krypton Core refused key %r (%s): quarantined, the other"
+                      " keys keep syncing", uid, why)  # fmt: skip
+        n = int(await self._submit(_quarantine_uids, (tuple(refused.items()), int(time.time()))))
+        self._quarantined += n
+        return n
 
     def _checked(self, record: KeyRecord) -> KeyRecord:
         return check(record, self._sealer, _is_unsealed(self._readers.get()))
@@ -648,6 +778,27 @@ class Vault:
         with translated("vault read"):
             rows = self._readers.get().execute(_HELD, (tenant, after, limit)).fetchall()
         return [r[0] for r in rows]
+
+    def l3_versions(self, tenant: str) -> set[int]:
+        """The L3 versions the tenant's live outbox records are wrapped under."""
+        with translated("vault read"):
+            rows = self._readers.get().execute(_VERSIONS, (tenant,)).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def under_l3(self, tenant: str, version: int, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` uids (in order, above ``after``) of the tenant's live
+        outbox records wrapped under L3 ``version``: what a gateway re-wraps."""
+        with translated("vault read"):
+            rows = self._readers.get().execute(
+                _UNDER, (tenant, int(version), after, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def peek(self, uid: str) -> KeyRecord | None:
+        """The stored row, NOT authenticated (never cached, never served): for
+        deciding what to ask the Core when the row's L3 version is not held."""
+        with translated("vault read"):
+            row = self._readers.get().execute(_SELECT, (uid,)).fetchone()
+        return None if row is None else _record(row)
 
     def holds_keys(self) -> bool:
         with translated("vault read"):
@@ -680,7 +831,7 @@ def _without_cursor(work: Work, payload: tuple[Any, ...]) -> tuple[Any, ...]:
     moves once every held change is stored (Vault._retry_held)."""
     if work is _apply_change:
         return (*payload[:3], 0, *payload[4:])
-    if work is _reinstate:
+    if work is _reinstate or work is _adopt:
         return (payload[0], 0, *payload[2:])
     return payload
 
