@@ -169,3 +169,26 @@ def test_a_rotation_without_rewrap_stops_the_job_and_keeps_it_closed(keystore_ur
         assert [r.identity for r in stops] == ["ops:bob"]
 
     with_core(keystore_url, body)
+
+
+def test_a_job_waits_until_this_cores_ring_knows_its_target(keystore_url: str) -> None:
+    """A rotation committed by another process (the CLI) reaches a running Core's
+    key ring a little later; a pass run before that would move nothing and close
+    the job with every key still under the old version."""
+
+    async def body(store: CoreKeyStore, registry: Registry, ring: KeyRing) -> None:
+        keys = await made(registry, ring, 4)
+        behind = KeyRing()
+        late = EmbeddedL3Source(store, ["demo"], 3600.0)
+        await late.start(behind)
+        await late.close()  # holds version 1 and hears of nothing after
+        await rotate(store, registry, "demo", ALICE)
+        assert behind.active_version("demo") == 1 and ring.active_version("demo") == 2
+        assert await Rewrapper(registry, store, behind).run_pending() == []
+        [job] = await registry.rewrap_jobs("demo")
+        assert job.finished is None and job.done == 0
+        [done] = await Rewrapper(registry, store, ring).run_pending()
+        assert done.done == 4 and done.finished is not None
+        assert set((await readable(registry, ring, keys)).values()) == {2}
+
+    with_core(keystore_url, body)

@@ -178,6 +178,11 @@ class Rewrapper:
         for stored in await self._registry.rewrap_jobs():
             if stored.tenant not in self._ring.tenants():
                 continue
+            if self._ring.active_version(stored.tenant) != stored.target:
+                # The rotation was committed by another process (the CLI) and this
+                # Core's key ring has not learnt of it yet: a pass now would move
+                # nothing and finish the job early. The next look runs it.
+                continue
             # a finished job re-opens only for the version it moved keys to
             again = (stored.tenant in reopen
                      and stored.target == self._ring.active_version(stored.tenant))
