@@ -31,6 +31,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "registry": _BASE | {"ttlv", "kmip", "model", "storage"},
     "tls": _BASE | {"config"},
     "pki": _BASE,
+    "openbao": _BASE,
     "uplink": _BASE | {"ttlv", "kmip", "model", "crypto", "config", "tls"},
     "gateway": _BASE
     | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "vault", "uplink"},
