@@ -22,6 +22,10 @@ test failed.
   its own Transit keys and mounts (``openbao.transit_key()``), one that stops
   or restarts a server starts its own with ``start_openbao()``.
 
+- ``hsm`` (per test): a SoftHSM2 token directory of the test's own
+  (:mod:`tests.helpers.softhsm`), ``SOFTHSM2_CONF`` set for the test's process;
+  ``hsm.init_token(label)`` makes a token, ``hsm.env`` is what a process needs.
+
 - ``start_cluster`` (per test) and ``start_module_cluster`` (per test module):
   a ``krypton core`` process and its ``krypton gateway`` processes
   (:class:`tests.helpers.cluster.Cluster`), the one way a test starts a Core
@@ -46,6 +50,7 @@ from tests.helpers.embedded import Stack, StackFactory
 from tests.helpers.openbao import BaoServer, openbao_server, start_bao
 from tests.helpers.pg import PgServer, postgres_server
 from tests.helpers.servers import DevServer, start_dev_server
+from tests.helpers.softhsm import SoftHsm, softhsm
 
 
 class DevStacks:
@@ -212,3 +217,13 @@ class BaoServers:
 def start_openbao(tmp_path: Path) -> Iterator[BaoServers]:
     """Start OpenBao dev servers that are stopped when the test ends."""
     yield from _until_scope_ends(BaoServers(tmp_path / "openbao"))
+
+
+@pytest.fixture
+def hsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftHsm:
+    """A SoftHSM2 token directory of the test's own, seen by this process (its
+    ``SOFTHSM2_CONF`` and PIN variable set for the test); no token yet."""
+    tokens = softhsm(tmp_path / "softhsm")
+    for name, value in tokens.env.items():
+        monkeypatch.setenv(name, value)
+    return tokens

@@ -32,18 +32,21 @@ ALLOWED: dict[str, frozenset[str]] = {
     "tls": _BASE | {"config"},
     "pki": _BASE,
     "openbao": _BASE,
+    "roots": _BASE | {"crypto", "config", "openbao"},
     "uplink": _BASE | {"ttlv", "kmip", "model", "crypto", "config", "tls"},
     "gateway": _BASE
-    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "vault", "uplink"},
+    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "vault", "uplink"}
+    | {"roots"},
     "core": _BASE
-    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "registry", "uplink"},
+    | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "registry", "uplink"}
+    | {"roots"},
     "client": _BASE | {"ttlv", "kmip"},
     "conformance": _BASE | {"ttlv", "kmip", "client"},
     "bench": _BASE | {"ttlv", "kmip", "client", "config", "tls"},
     "stack": _BASE | {"config", "core", "gateway", "registry", "tls"},
     "cli": _BASE
     | {"config", "core", "gateway", "registry", "vault", "tls", "stack", "bench", "conformance"}
-    | {"crypto", "pki", "client", "hardening"},
+    | {"crypto", "pki", "client", "hardening", "roots"},
     "__init__": frozenset(),
 }
 
