@@ -147,11 +147,11 @@ class RootRefused(CryptographicFailure):
 
 
 class OpenBaoError(GeneralFailure):
-    """An OpenBao request failed; ``status`` is its HTTP status (None: no answer)."""
+    """An OpenBao request failed; ``http_status`` is its HTTP status (None: no answer)."""
 
-    def __init__(self, message: str = "", status: int | None = None) -> None:
+    def __init__(self, message: str = "", http_status: int | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.http_status = http_status
 
 
 class ConfigError(Exception):

@@ -19,7 +19,7 @@ from pathlib import Path
 MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 PIN = "1234"
 SO_PIN = "123456"
-PIN_ENV = "KRYPTON_TEST_PKCS11_PIN"
+PIN_ENV = "TEST_PKCS11_PIN"
 
 
 class SoftHsmUnavailable(RuntimeError):

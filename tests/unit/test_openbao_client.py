@@ -35,7 +35,7 @@ def test_transit_round_trip_on_kept_alive_connections(openbao: BaoServer) -> Non
         with pytest.raises(OpenBaoError) as wrong:
             client.post(f"transit/decrypt/{key}",
                         {"ciphertext": blobs[0]["ciphertext"], "context": _b64(b"other")})
-        assert wrong.value.status == 400
+        assert wrong.value.http_status == 400
     finally:
         client.close()
 
@@ -73,7 +73,7 @@ def test_approle_login_and_policy(openbao: BaoServer) -> None:
         client.post(f"transit/encrypt/{key}", {"plaintext": _b64(b"x"), "context": _b64(b"c")})
         with pytest.raises(OpenBaoError) as refused:
             client.get(f"transit/keys/{key}")
-        assert refused.value.status == 403
+        assert refused.value.http_status == 403
     finally:
         client.close()
     bad = OpenBaoClient(openbao.address, role_id=role_id, secret_id="wrong")
@@ -94,7 +94,7 @@ def test_a_restarted_server_is_reached_on_a_fresh_connection(
         server.stop()
         with pytest.raises(OpenBaoError) as down:
             client.get("sys/mounts")
-        assert down.value.status is None
+        assert down.value.http_status is None
         assert "root-x" not in down.value.message
         start_openbao(port=port, root_token="root-x")
         assert "transit/" not in client.get("sys/mounts")["data"]

@@ -1,11 +1,12 @@
-"""Wiring: a configured Krypton Core (registry, key store, engine, uplink server)."""
+"""Wiring: a configured Krypton Core (root of trust, registry, key store, engine,
+uplink server)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from krypton.config import CoreConfig
+from krypton.config import CoreConfig, RootConfig
 from krypton.core.embedded import EmbeddedL3Source
 from krypton.core.engine.journal import UndoJournal
 from krypton.core.engine.objects import CoreServices, KeyRingSealer
@@ -19,8 +20,10 @@ from krypton.core.keystore import (
 from krypton.core.records import AuthenticatedRegistry, seal_legacy
 from krypton.core.service import CoreService
 from krypton.crypto.keyring import KeyRing
+from krypton.crypto.secret import SecretBytes
 from krypton.model import Registry
 from krypton.registry import open_registry
+from krypton.roots import RootHealth, RootSealer, open_root
 from krypton.tls.contexts import peer_rules
 from krypton.tls.identity import Usage
 from krypton.uplink.service import UplinkServer
@@ -43,30 +46,48 @@ def check_registry_exists(config: CoreConfig, source: str | Path | None = None) 
         )
 
 
+async def open_core_root(
+    config: CoreConfig, root: RootConfig | None = None, *, create: bool = False,
+    source: str | Path | None = None, key_file: Path | None = None,
+    setting: str = "core.root",
+) -> RootSealer:
+    """The Core's root of trust (``root``, by default ``core.root``), reached and
+    checked. A ``file`` root's key is ``root.key_file``, else ``key_file``, else
+    ``core.master_key_file`` (or ``$KRYPTON_CORE_MASTER_KEY``). Without ``create``
+    (every command but ``init``) the key file or the token's key must exist."""
+    root = config.root if root is None else root
+    path = root.key_file or key_file or config.master_key_file
+    named = "core.master_key_file" if root.key_file is None else f"{setting}.key_file"
+
+    def file_key() -> SecretBytes:
+        try:
+            return load_master_key(path, create=create)
+        except MasterKeyFileMissing:
+            raise MasterKeyFileMissing(
+                f"{named} points to {path}, which does not exist"
+                f" (and {MASTER_KEY_ENV} is not set). A Core never makes a new master key by"
+                f" itself: fix the setting, or run `{init_hint(source)}` for a new hierarchy"
+            ) from None
+
+    return await open_root(root, setting=setting, create=create, file_key=file_key)
+
+
 async def open_keystore(
     config: CoreConfig, registry: Registry, *, create: bool = False,
     source: str | Path | None = None,
 ) -> CoreKeyStore:
     """The key store of a configured Core. Without ``create`` (every command but
-    ``init``) the master key file and the key hierarchy must exist; the error
-    says which setting points where."""
+    ``init``) the root's key and the key hierarchy must exist; the error says
+    which setting points where. A root that cannot be reached stops here, before
+    anything is written to the registry."""
+    root = await open_core_root(config, create=create, source=source)
     try:
-        master = load_master_key(config.master_key_file, create=create)
-    except MasterKeyFileMissing:
-        raise MasterKeyFileMissing(
-            f"core.master_key_file points to {config.master_key_file}, which does not exist"
-            f" (and {MASTER_KEY_ENV} is not set). A Core never makes a new master key by"
-            f" itself: fix the setting, or run `{init_hint(source)}` for a new hierarchy"
-        ) from None
-    try:
-        return await CoreKeyStore.open(registry, master, create=create)
+        return await CoreKeyStore.open(registry, root, create=create)
     except NotInitialised:
         raise NotInitialised(
             f"core.registry points to {config.registry}, which holds no key hierarchy: a typo?"
             f" To make one there, run `{init_hint(source)}`"
         ) from None
-    finally:
-        master.wipe()
 
 
 async def initialise(config: CoreConfig) -> list[str]:
@@ -104,6 +125,7 @@ class Core:
         check_registry_exists(cfg, self.source)
         self.registry = await open_registry(cfg.registry, feed_retention=cfg.feed_retention)
         self.keys = await open_keystore(cfg, self.registry, source=self.source)
+        log.info("core %s: root of trust: %s", cfg.name, self.keys.root.describe())
         for tenant in cfg.tenants:
             await self.keys.ensure_tenant(tenant)
         await self.keys.start_watching()
@@ -134,6 +156,13 @@ class Core:
     def port(self) -> int:
         assert self.server is not None
         return self.server.port
+
+    async def root_health(self, timeout: float = 5.0) -> RootHealth:
+        """Whether the root of trust answers now (for /readyz and metrics). The
+        tenants' L2 keys opened at start-up stay in memory and keep serving while
+        it does not; a tenant first needed while it does not fails."""
+        assert self.keys is not None, "the Core is not started"
+        return await self.keys.root_health(timeout)
 
     async def close(self) -> None:
         if self.server is not None:

@@ -18,7 +18,7 @@ and again when the token it gave is refused (403) or its lease is about to
 end. Neither the token nor anything sent or received is ever logged or put
 in an exception message.
 
-Every failure is an :class:`~krypton.errors.OpenBaoError`: ``status`` is the
+Every failure is an :class:`~krypton.errors.OpenBaoError`: ``http_status`` is the
 HTTP status, or None when OpenBao did not answer (refused connection, TLS,
 timeout). Callers map it into their own errors (``krypton.roots`` into
 ``RootUnavailable`` / ``RootRefused``).

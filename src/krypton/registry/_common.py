@@ -151,6 +151,13 @@ def locate_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
     return sql, params
 
 
+def reseal_conflict(key: SealedKey) -> RegistryConflict:
+    return RegistryConflict(
+        f"{key.level} version {key.version} of tenant {key.tenant!r} changed while it was"
+        " being sealed anew; nothing was changed"
+    )
+
+
 def key_changed(key: SealedKey, state: int, sealed: bytes | None) -> bool:
     """Whether storing ``key`` over a stored (state, sealed) changes it; raises
     :class:`RegistryConflict` where it may not (both backends use it)."""

@@ -111,9 +111,9 @@ class OpenBaoSealer:
         try:
             answer = self._client.get(f"{self._mount}/keys/{self._key}")
         except OpenBaoError as exc:
-            if exc.status == 403:
+            if exc.http_status == 403:
                 return  # the policy may allow only encrypt/decrypt: they will tell
-            if exc.status == 404:
+            if exc.http_status == 404:
                 raise RootRefused(
                     f"OpenBao at {self._client.address} has no Transit key "
                     f"{self._mount}/keys/{self._key} (create it: derived=true)") from None
@@ -126,11 +126,11 @@ class OpenBaoSealer:
 
 
 def _mapped(exc: OpenBaoError, where: str, *, opening: bool) -> Exception:
-    if exc.status is None or (exc.status >= 500 and exc.status != 503):
+    if exc.http_status is None or (exc.http_status >= 500 and exc.http_status != 503):
         return RootUnavailable(f"{where}: {exc.message}")
-    if exc.status == 503:
+    if exc.http_status == 503:
         return RootUnavailable(f"{where}: OpenBao is sealed or on standby ({exc.message})")
-    if opening and exc.status == 400:
+    if opening and exc.http_status == 400:
         return UnwrapFailed(f"{where} refused to open a sealed key (tampered, sealed for "
                             f"another record, or by another key): {exc.message}")
     return RootRefused(f"{where}: {exc.message}")
