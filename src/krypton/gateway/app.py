@@ -14,6 +14,7 @@ from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
+from krypton.gateway.seal import L3Seal, open_seal
 from krypton.gateway.upstream import Upstream
 from krypton.tls.contexts import server_context
 from krypton.ttlv.codec import Limits
@@ -60,6 +61,7 @@ class Gateway:
         self.l3_source: UplinkL3Source | None = None
         self.upstream: Upstream | None = None
         self.listener: Listener | None = None
+        self.seal: L3Seal | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -73,9 +75,16 @@ class Gateway:
         self.vault = Vault.open(
             cfg.vault_path, cache_size=cfg.cache.records, sealer=self.keyring.record_mac
         )
+        # The seal first: what it restores serves while the Core is unreachable.
+        self.seal = await open_seal(cfg.seal, cfg.name, self.vault,
+                                    max_lease=cfg.uplink.max_lease)
+        if self.seal is not None:
+            await self.seal.restore(self.keyring)
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants))
         self.upstream = Upstream(self.client, self.vault, limits)
         await self.upstream.start()
+        if self.seal is not None:
+            self.seal.attach(self.client)
         self.l3_source = UplinkL3Source(self.client, max_lease=cfg.uplink.max_lease)
         await self.l3_source.start(self.keyring)
         await self.vault.seal_legacy()  # records from before they were authenticated
@@ -122,6 +131,8 @@ class Gateway:
             await self.upstream.close()
         if self.l3_source is not None:
             await self.l3_source.close()
+        if self.seal is not None:
+            await self.seal.close()
         if self.client is not None:
             await self.client.close()
         if self.vault is not None:

@@ -55,6 +55,7 @@ from krypton.vault.auth import Sealer, check, seal
 from krypton.vault.cache import RecordCache
 from krypton.vault.held import BadRow, Effect, Held, decode
 from krypton.vault.schema import migrate
+from krypton.vault.sealed_l3 import drop_rows, put_row
 
 _INSERT = (
     "INSERT INTO keys (uid, tenant, object_type, algorithm, length, state, l3_version,"
@@ -322,6 +323,8 @@ _CACHED: Final[Mapping[Work, Callable[[RecordCache, Any], int]]] = {
     _mark_synced: _cache_synced,
     _seal_legacy: _cache_nothing,  # the covered columns do not change
     _quarantine: _cache_nothing,  # undecodable rows are never cached
+    put_row: _cache_nothing,  # sealed L3 copies (krypton.vault.sealed_l3): no records
+    drop_rows: _cache_nothing,
 }
 
 
@@ -601,6 +604,12 @@ class Vault:
         with translated("vault read"):
             rows = self._readers.get().execute(_HELD, (tenant, after, limit)).fetchall()
         return [r[0] for r in rows]
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        """The rows of one read-only statement (the vault's other tables:
+        :mod:`krypton.vault.sealed_l3`)."""
+        with translated("vault read"):
+            return self._readers.get().execute(sql, tuple(params)).fetchall()
 
     def holds_keys(self) -> bool:
         with translated("vault read"):
