@@ -67,6 +67,8 @@ def cmd_serve(args: argparse.Namespace, run: Runner, wait: Callable[[], Awaitabl
 
     async def main() -> None:
         await core.start()
+        assert core.keys is not None
+        print(f"core {config.name}: root of trust: {core.keys.root.describe()}", flush=True)
         print(f"core {config.name}: uplink on {config.listen_host}:{core.port}", flush=True)
         try:
             await wait()

@@ -69,7 +69,13 @@ async def open_core_root(
                 f" itself: fix the setting, or run `{init_hint(source)}` for a new hierarchy"
             ) from None
 
-    return await open_root(root, setting=setting, create=create, file_key=file_key)
+    sealer = await open_root(root, setting=setting, create=create, file_key=file_key)
+    try:
+        await sealer.check()  # a root that refuses to seal says so now, not mid-way
+    except BaseException:
+        await sealer.close()
+        raise
+    return sealer
 
 
 async def open_keystore(
@@ -93,10 +99,16 @@ async def open_keystore(
 async def initialise(config: CoreConfig) -> list[str]:
     """``krypton core init``: the master key file (unless the key comes from
     ``$KRYPTON_CORE_MASTER_KEY``), the key hierarchy's root in the registry, and
-    every configured tenant's L2 and first L3. Idempotent; returns the tenants."""
-    registry = await open_registry(config.registry)
+    every configured tenant's L2 and first L3. Idempotent; returns the tenants.
+    The root is reached first: a root that cannot serve leaves no registry behind."""
+    root = await open_core_root(config, create=True)
     try:
-        store = await open_keystore(config, registry, create=True)
+        registry = await open_registry(config.registry)
+    except BaseException:
+        await root.close()
+        raise
+    try:
+        store = await CoreKeyStore.open(registry, root, create=True)
         try:
             for tenant in config.tenants:
                 await store.ensure_tenant(tenant)

@@ -215,7 +215,14 @@ async def open_seal(
                  "while the Krypton Core is unreachable serves nothing until it is back "
                  "([gateway.seal] keeps them sealed in the vault)")
         return None
-    root = await open_root(config, setting="gateway.seal")
+    # A PKCS#11 seal key is made in the token on first use (there is no gateway
+    # init); an OpenBao Transit key must exist (the operator makes it, derived).
+    root = await open_root(config, setting="gateway.seal", create=True)
+    try:
+        await root.check()
+    except BaseException:
+        await root.close()
+        raise
     seal = L3Seal(root, vault, gateway, max_lease=max_lease)
     log.info("gateway seal: L3 keys are kept in the vault sealed by the %s", root.describe())
     return seal
