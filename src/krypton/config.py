@@ -209,6 +209,40 @@ class CoreAdminConfig(AdminConfig):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RootConfig:
+    """A root of trust (krypton.roots): the Core's ``[core.root]`` and the
+    gateway's ``[gateway.seal]``. Only the settings of the chosen ``kind`` are used."""
+
+    kind: str = "file"  # file | pkcs11 | openbao (the gateway seal: none | pkcs11 | openbao)
+    # file: the 32-byte key file (the Core's default: core.master_key_file)
+    key_file: Path | None = None
+    # pkcs11: the module, the token and the root key's labels, the PIN's variable
+    module: Path = Path("/usr/lib/softhsm/libsofthsm2.so")
+    token_label: str = "krypton"  # noqa: S105 (a label, not a secret)
+    key_label: str = "krypton-root"
+    pin_env: str = "KRYPTON_PKCS11_PIN"
+    # openbao: the server, the Transit mount and key, the token's (or AppRole's) variables
+    address: str = "http://127.0.0.1:8200"
+    mount: str = "transit"
+    transit_key: str = "krypton-root"
+    token_env: str = "BAO_TOKEN"  # noqa: S105 (the variable's name)
+    role_id_env: str = "BAO_ROLE_ID"
+    secret_id_env: str = "BAO_SECRET_ID"  # noqa: S105 (the variable's name)
+    approle_mount: str = "approle"
+    ca: Path | None = None  # https: the CA that signed OpenBao's certificate
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SealConfig(RootConfig):
+    """``[gateway.seal]``: L3 versions kept in the vault sealed by a gateway-local root."""
+
+    kind: str = "none"
+    key_label: str = "krypton-gateway-seal"
+    transit_key: str = "krypton-gateway-seal"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayConfig:
     name: str = "gw-dev"
     listen_host: str = "127.0.0.1"
@@ -227,6 +261,7 @@ class GatewayConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     admin: AdminConfig = field(default_factory=GatewayAdminConfig)
+    seal: SealConfig = field(default_factory=SealConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,6 +294,7 @@ class CoreConfig:
     rewrap_pause: float = 0.0
     tls: TLSConfig
     admin: AdminConfig = field(default_factory=CoreAdminConfig)
+    root: RootConfig = field(default_factory=RootConfig)
 
     def authorised_gateways(self) -> dict[str, frozenset[str]]:
         """Each gateway's SPIFFE ID → the tenants it is served (as listed for it)."""
@@ -506,6 +542,25 @@ def _optional_file(v: Any, ctx: _Ctx) -> Path | None:
     return path
 
 
+_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _env_var(v: Any, ctx: _Ctx) -> str:
+    """The name of an environment variable holding a secret (never the secret)."""
+    if not isinstance(v, str) or not _ENV_VAR.fullmatch(v.strip()):
+        raise _Bad("must be the name of an environment variable")
+    name = v.strip()
+    if name.startswith(("KRYPTON_CORE_", "KRYPTON_GATEWAY_")):
+        raise _Bad("must not start with KRYPTON_CORE_ or KRYPTON_GATEWAY_ (those name settings)")
+    return name
+
+
+def _url(v: Any, ctx: _Ctx) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"https?://[^/\s]+/?", v.strip()):
+        raise _Bad("must be an http:// or https:// address (scheme, host and port)")
+    return v.strip().rstrip("/")
+
+
 def _grant(gid: Any, tenants: Any, want: str) -> GatewayGrant:
     spiffe = _spiffe_id(gid)
     if spiffe is None or not isinstance(tenants, list | tuple) or not tenants:
@@ -577,6 +632,25 @@ def _tls_file(v: Any, ctx: _Ctx) -> Path | None:
     return None if v is None else _FILE(v, ctx)
 
 
+_ROOT_SETTINGS: dict[str, Convert] = {
+    "kind": _choice(("file", "pkcs11", "openbao")),
+    "key_file": _optional_file,
+    "module": _path(must_exist=False),
+    "token_label": _text,
+    "key_label": _text,
+    "pin_env": _env_var,
+    "address": _url,
+    "mount": _text,
+    "transit_key": _text,
+    "token_env": _env_var,
+    "role_id_env": _env_var,
+    "secret_id_env": _env_var,
+    "approle_mount": _text,
+    "ca": _optional_file,
+    "timeout": _seconds,
+}
+_ROOT = _Section(RootConfig, _ROOT_SETTINGS)
+_SEAL = _Section(SealConfig, {**_ROOT_SETTINGS, "kind": _choice(("none", "pkcs11", "openbao"))})
 _TLS = _Section(
     TLSConfig,
     {
@@ -662,6 +736,7 @@ _GATEWAY = _Section(
             },
         ),
         "admin": _Section(GatewayAdminConfig, _ADMIN_SETTINGS),
+        "seal": _SEAL,
     },
 )
 _CORE = _Section(
@@ -687,7 +762,7 @@ _CORE = _Section(
         "rewrap_interval": _seconds,
         "rewrap_pause": _pause,
     },
-    {"tls": _TLS, "admin": _Section(CoreAdminConfig, _ADMIN_SETTINGS)},
+    {"tls": _TLS, "admin": _Section(CoreAdminConfig, _ADMIN_SETTINGS), "root": _ROOT},
 )
 _ROOTS: dict[str, _Section] = {"gateway": _GATEWAY, "core": _CORE}
 
@@ -830,6 +905,41 @@ def _load(root: str, path: str | os.PathLike[str], env: Mapping[str, str]) -> An
         if var.startswith(prefix) and var not in known:
             raise ConfigError(f"{var}: names no {root} setting (see krypton.config docs)")
     return _Loader(file, env).build(_ROOTS[root], root, _table(doc, root, root, file))
+
+
+def load_root_config(
+    spec: str, base: Path, env: Mapping[str, str] = os.environ
+) -> tuple[RootConfig, Path | None]:
+    """A root named on the command line (``krypton core rewrap-root --to``): a TOML
+    file holding a ``[core.root]`` table (a whole core.toml will do), or inline
+    ``kind=pkcs11,token_label=t,...`` settings. Also the file's
+    ``core.master_key_file``, if it names one (a ``file`` root's default key)."""
+    text = spec.strip()
+    if "=" in text and not Path(text).exists():
+        table: dict[str, Any] = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--to {spec!r}: expected key=value[,key=value...]")
+            if key.strip() not in _ROOT.settings:
+                raise ConfigError(f"--to: core.root.{key.strip()}: unknown setting")
+            table[key.strip()] = value.strip()
+        loader = _Loader(base / "(--to)", table_env(table))
+        config: RootConfig = loader.build(_ROOT, "core.root", {})
+        return config, None
+    file = Path(text).expanduser().absolute()
+    doc = _read_toml(file)
+    core = _table(doc, "core", "core", file)
+    master = core.get("master_key_file")
+    key_file = None if master is None else _path(must_exist=False)(master, _Ctx(file.parent, False))
+    root: RootConfig = _Loader(file, {}).build(_ROOT, "core.root",
+                                               _table(core, "root", "core.root", file))
+    return root, key_file
+
+
+def table_env(table: Mapping[str, str]) -> dict[str, str]:
+    """Inline ``core.root`` settings as the variables that would set them."""
+    return {env_name(f"core.root.{key}"): value for key, value in table.items()}
 
 
 def load_gateway_config(

@@ -137,6 +137,23 @@ class UpstreamUnavailable(GeneralFailure):
     """The Krypton Core is unreachable."""
 
 
+class RootUnavailable(GeneralFailure):
+    """The root of trust (a PKCS#11 token, OpenBao) cannot be reached."""
+
+
+class RootRefused(CryptographicFailure):
+    """The root of trust refused: its key is missing or may not be used, or a
+    blob it was given is not its own."""
+
+
+class OpenBaoError(GeneralFailure):
+    """An OpenBao request failed; ``http_status`` is its HTTP status (None: no answer)."""
+
+    def __init__(self, message: str = "", http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
 class ConfigError(Exception):
     """A bad configuration value; the message names the setting. Not a KMIP error."""
 

@@ -17,6 +17,14 @@ test failed.
   (``krypton.stack.dev.EmbeddedStack`` on a background loop, the real uplink
   between them), each with its own registry and vault,
   ``start_embedded(*, interop=False)`` -> :class:`tests.helpers.embedded.Stack`.
+- ``openbao`` (session) and ``start_openbao`` (per test): a real OpenBao dev
+  server (:mod:`tests.helpers.openbao`); a test of the session's server makes
+  its own Transit keys and mounts (``openbao.transit_key()``), one that stops
+  or restarts a server starts its own with ``start_openbao()``.
+
+- ``hsm`` (per test): a SoftHSM2 token directory of the test's own
+  (:mod:`tests.helpers.softhsm`), ``SOFTHSM2_CONF`` set for the test's process;
+  ``hsm.init_token(label)`` makes a token, ``hsm.env`` is what a process needs.
 
 - ``start_cluster`` (per test) and ``start_module_cluster`` (per test module):
   a ``krypton core`` process and its ``krypton gateway`` processes
@@ -39,8 +47,10 @@ import pytest
 from krypton.pki.dev import GATEWAY_NAME
 from tests.helpers.cluster import START_TIMEOUT, Cluster, make_cluster
 from tests.helpers.embedded import Stack, StackFactory
+from tests.helpers.openbao import BaoServer, openbao_server, start_bao
 from tests.helpers.pg import PgServer, postgres_server
 from tests.helpers.servers import DevServer, start_dev_server
+from tests.helpers.softhsm import SoftHsm, softhsm
 
 
 class DevStacks:
@@ -194,3 +204,43 @@ def start_cluster(tmp_path: Path) -> Iterator[Clusters]:
 def start_module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clusters]:
     """Start Core + gateway processes that are stopped when the test module ends."""
     yield from _until_scope_ends(Clusters(tmp_path_factory.mktemp("cluster")))
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
+    """The session's OpenBao dev server (tests make their own keys and mounts on it)."""
+    with openbao_server(tmp_path_factory.mktemp("openbao")) as server:
+        yield server
+
+
+class BaoServers:
+    """Starts OpenBao dev servers under ``root``; :meth:`stop_all` stops them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[BaoServer] = []
+
+    def __call__(self, *, port: int | None = None, root_token: str | None = None) -> BaoServer:
+        server = start_bao(self.root, port=port, root_token=root_token)
+        self.started.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for server in reversed(self.started):
+            server.stop()
+
+
+@pytest.fixture
+def start_openbao(tmp_path: Path) -> Iterator[BaoServers]:
+    """Start OpenBao dev servers that are stopped when the test ends."""
+    yield from _until_scope_ends(BaoServers(tmp_path / "openbao"))
+
+
+@pytest.fixture
+def hsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftHsm:
+    """A SoftHSM2 token directory of the test's own, seen by this process (its
+    ``SOFTHSM2_CONF`` and PIN variable set for the test); no token yet."""
+    tokens = softhsm(tmp_path / "softhsm")
+    for name, value in tokens.env.items():
+        monkeypatch.setenv(name, value)
+    return tokens

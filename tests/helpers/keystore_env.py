@@ -109,6 +109,9 @@ class Gate:
     async def put_key(self, key: SealedKey) -> None:
         await self.put_keys([key])
 
+    async def reseal_keys(self, moves: Sequence[tuple[SealedKey, bytes]]) -> None:
+        await self.inner.reseal_keys(moves)
+
     async def keys(self, tenant: str, level: str) -> list[SealedKey]:
         return await self.inner.keys(tenant, level)
 

@@ -34,20 +34,22 @@ ALLOWED: dict[str, frozenset[str]] = {
     "registry": _BASE | {"ttlv", "kmip", "model", "storage"},
     "tls": _BASE | {"config"},
     "pki": _BASE,
+    "openbao": _BASE,
+    "roots": _BASE | {"crypto", "config", "openbao"},
     "uplink": _BASE | {"ttlv", "kmip", "model", "crypto", "config", "tls", "logs"},
     "gateway": _BASE
     | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "vault", "uplink", "logs"}
-    | {"metrics", "admin"},
+    | {"metrics", "admin", "roots"},
     "core": _BASE
     | {"ttlv", "kmip", "model", "crypto", "config", "tls", "engine", "registry", "uplink", "logs"}
-    | {"metrics", "admin"},
+    | {"metrics", "admin", "roots"},
     "client": _BASE | {"ttlv", "kmip"},
     "conformance": _BASE | {"ttlv", "kmip", "client"},
     "bench": _BASE | {"ttlv", "kmip", "client", "config", "tls"},
     "stack": _BASE | {"config", "core", "gateway", "registry", "tls"},
     "cli": _BASE
     | {"config", "core", "gateway", "registry", "vault", "tls", "stack", "bench", "conformance"}
-    | {"crypto", "pki", "client", "hardening", "admin", "logs"},
+    | {"crypto", "pki", "client", "hardening", "admin", "logs", "roots"},
     "__init__": frozenset(),
 }
 

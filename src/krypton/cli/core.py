@@ -1,5 +1,10 @@
 """``krypton core``: run a Core, and its key-management commands.
 
+``init`` makes the key hierarchy under the configured root of trust
+(``[core.root]``; a PKCS#11 root key is generated in the token if absent);
+``rewrap-root --to <root>`` moves an existing hierarchy to another root (see
+:meth:`krypton.core.keystore.CoreKeyStore.rewrap_root`).
+
 ``rotate-l3``, ``revoke-l3`` and ``l3 list`` act through
 :mod:`krypton.core.rotation` (guarded, fenced, audited with the operator's
 identity: ``--operator``, by default ``os-user:<login name>``); ``rotate-l3``
@@ -20,9 +25,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from krypton.config import CoreConfig, load_core_config
+from krypton.config import CoreConfig, load_core_config, load_root_config
 from krypton.core import rewrap, rotation
-from krypton.core.app import Core, check_registry_exists, initialise, open_keystore
+from krypton.core.app import (
+    Core,
+    check_registry_exists,
+    initialise,
+    open_core_root,
+    open_keystore,
+)
 from krypton.core.keystore import MASTER_KEY_ENV, CoreKeyStore
 from krypton.errors import KryptonError
 from krypton.hardening import harden
@@ -65,6 +76,8 @@ def cmd_serve(args: argparse.Namespace, run: Runner, wait: Waiter) -> int:
 
     async def main() -> None:
         await core.start()
+        assert core.keys is not None
+        print(f"core {config.name}: root of trust: {core.keys.root.describe()}", flush=True)
         print(f"core {config.name}: uplink on {config.listen_host}:{core.port}", flush=True)
         try:
             await wait(core.reload)  # SIGHUP reloads; SIGTERM/SIGINT end the wait
@@ -185,10 +198,36 @@ def cmd_init(args: argparse.Namespace) -> int:
         tenants.extend(await initialise(config))
 
     _run_async(main)
-    key = (f"${MASTER_KEY_ENV}" if os.environ.get(MASTER_KEY_ENV, "").strip()
-           else str(config.master_key_file))
-    print(f"key hierarchy in {config.registry} (master key: {key});"
+    if config.root.kind == "file":
+        key = (f"${MASTER_KEY_ENV}" if os.environ.get(MASTER_KEY_ENV, "").strip()
+               else str(config.root.key_file or config.master_key_file))
+        root = f"master key: {key}"
+    else:
+        root = f"root of trust: {config.root.kind}"
+    print(f"key hierarchy in {config.registry} ({root});"
           f" tenants: {', '.join(tenants) or '(none)'}")
+    return 0
+
+
+def cmd_rewrap_root(args: argparse.Namespace) -> int:
+    """Move the hierarchy from the configured root to ``--to`` (a TOML file with a
+    ``[core.root]`` table, or inline ``kind=...,key=value`` settings)."""
+    config = load_core_config(args.config)
+    target, key_file = load_root_config(args.to, Path.cwd())
+    done: list[str] = []
+
+    async def action(keys: CoreKeyStore, registry: Any) -> None:
+        new = await open_core_root(config, target, create=True, source=args.config,
+                                   key_file=key_file, setting="--to")
+        try:
+            moved = await keys.rewrap_root(new)
+            done.append(f"{moved} row(s) moved from {keys.root.describe()} to {new.describe()}")
+        finally:
+            await new.close()
+
+    _run_async(lambda: _with_keys(config, action, args.config))
+    print(f"key hierarchy in {config.registry}: {done[0]}; L3 and L4 unchanged."
+          " Point core.root at the new root before the Core starts again.")
     return 0
 
 
@@ -234,6 +273,14 @@ def register(
     )
     init.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="core.toml")
     init.set_defaults(func=cmd_init)
+
+    rewrap = actions.add_parser(
+        "rewrap-root", help="move the key hierarchy to another root of trust (L3, L4 untouched)")
+    rewrap.add_argument("--to", required=True,
+                        help="the new root: a TOML file with a [core.root] table, or "
+                        "kind=pkcs11,token_label=...,key_label=...,pin_env=... inline")
+    rewrap.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="core.toml")
+    rewrap.set_defaults(func=cmd_rewrap_root)
 
     rotate = actions.add_parser("rotate-l3", help="make a new active L3 version for a tenant")
     rotate.add_argument("--tenant", required=True)

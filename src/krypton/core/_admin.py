@@ -32,8 +32,10 @@ from krypton.metrics.meter import (
 
 if TYPE_CHECKING:
     from krypton.core.app import Core
+    from krypton.roots.base import RootHealth
 
 READY_TIMEOUT = 2.0
+ROOT_PROBE_EVERY = 5.0  # seconds a probe of the root of trust is reused
 
 
 class MeteredRegistry:
@@ -83,13 +85,43 @@ class CoreSource:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._expiry = Expiry(lambda: self.core.tls.loaded)
+        self._root_last: RootHealth | None = None
 
     @property
     def checks(self) -> list[Check]:
         return self.core.checks
 
     def default_checks(self) -> list[Check]:
-        return [Check("registry", self._registry), Check("certificate", self._expiry.check)]
+        return [Check("registry", self._registry), Check("certificate", self._expiry.check),
+                Check("root", self._root)]
+
+    def _root_health(self) -> RootHealth | None:
+        """The root of trust's health, probed at most every ROOT_PROBE_EVERY
+        seconds (a scrape and a readiness look share one probe); None while the
+        Core starts."""
+        core = self.core
+        last = self._root_last
+        if last is not None and time.time() - last.checked_at < ROOT_PROBE_EVERY:
+            return last
+        loop = core.loop
+        if loop is None or core.keys is None:
+            return None
+        future = asyncio.run_coroutine_threadsafe(core.root_health(READY_TIMEOUT), loop)
+        try:
+            self._root_last = future.result(READY_TIMEOUT + 1.0)
+        except Exception:  # the probe itself never raises; this is the loop not answering
+            future.cancel()
+            return last
+        return self._root_last
+
+    def _root(self) -> list[str]:
+        health = self._root_health()
+        if health is None:
+            return ["the Core is starting"]
+        if health.ok:
+            return []
+        return [f"the root of trust ({health.kind} at {health.where}) does not answer:"
+                f" {health.detail}"]
 
     def _registry(self) -> list[str]:
         core = self.core
@@ -129,6 +161,14 @@ class CoreSource:
                            ("result",), (((k,), float(v)) for k, v in sorted(audits.items()))))
         out.append(expiry_family(self._expiry, "core"))
         out.append(reload_failures(core.tls.failures))
+        health = self._root_health()
+        if health is not None:
+            out.append(gauge("krypton_core_root_up",
+                             "Whether the root of trust (L1) answered its last probe",
+                             ("kind",), [((health.kind,), float(health.ok))]))
+            out.append(gauge("krypton_core_root_probe_seconds",
+                             "How long the last probe of the root of trust took",
+                             ("kind",), [((health.kind,), health.seconds)]))
         return out
 
     def status(self) -> dict[str, Any]:

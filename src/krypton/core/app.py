@@ -1,4 +1,5 @@
-"""Wiring: a configured Krypton Core (registry, key store, engine, uplink server).
+"""Wiring: a configured Krypton Core (root of trust, registry, key store, engine,
+uplink server).
 
 A running Core watches its TLS files (:mod:`krypton.tls.reload`) and gives a new
 certificate, key or trust bundle to its gRPC server for the next handshake;
@@ -16,7 +17,7 @@ from typing import cast
 
 from krypton.admin.checks import Check
 from krypton.admin.server import AdminServer
-from krypton.config import CoreConfig
+from krypton.config import CoreConfig, RootConfig
 from krypton.core._admin import CoreSource, MeteredRegistry
 from krypton.core.embedded import EmbeddedL3Source
 from krypton.core.engine.journal import UndoJournal
@@ -32,9 +33,11 @@ from krypton.core.records import AuthenticatedRegistry, seal_legacy
 from krypton.core.rewrap import Rewrapper
 from krypton.core.service import CoreService
 from krypton.crypto.keyring import KeyRing
+from krypton.crypto.secret import SecretBytes
 from krypton.metrics.meter import CONTROL_BUCKETS, KmipMeter
 from krypton.model import Registry
 from krypton.registry import open_registry
+from krypton.roots import RootHealth, RootSealer, open_root
 from krypton.tls.contexts import peer_rules
 from krypton.tls.identity import Usage
 from krypton.tls.material import Material
@@ -59,39 +62,69 @@ def check_registry_exists(config: CoreConfig, source: str | Path | None = None) 
         )
 
 
+async def open_core_root(
+    config: CoreConfig, root: RootConfig | None = None, *, create: bool = False,
+    source: str | Path | None = None, key_file: Path | None = None,
+    setting: str = "core.root",
+) -> RootSealer:
+    """The Core's root of trust (``root``, by default ``core.root``), reached and
+    checked. A ``file`` root's key is ``root.key_file``, else ``key_file``, else
+    ``core.master_key_file`` (or ``$KRYPTON_CORE_MASTER_KEY``). Without ``create``
+    (every command but ``init``) the key file or the token's key must exist."""
+    root = config.root if root is None else root
+    path = root.key_file or key_file or config.master_key_file
+    named = "core.master_key_file" if root.key_file is None else f"{setting}.key_file"
+
+    def file_key() -> SecretBytes:
+        try:
+            return load_master_key(path, create=create)
+        except MasterKeyFileMissing:
+            raise MasterKeyFileMissing(
+                f"{named} points to {path}, which does not exist"
+                f" (and {MASTER_KEY_ENV} is not set). A Core never makes a new master key by"
+                f" itself: fix the setting, or run `{init_hint(source)}` for a new hierarchy"
+            ) from None
+
+    sealer = await open_root(root, setting=setting, create=create, file_key=file_key)
+    try:
+        await sealer.check()  # a root that refuses to seal says so now, not mid-way
+    except BaseException:
+        await sealer.close()
+        raise
+    return sealer
+
+
 async def open_keystore(
     config: CoreConfig, registry: Registry, *, create: bool = False,
     source: str | Path | None = None,
 ) -> CoreKeyStore:
     """The key store of a configured Core. Without ``create`` (every command but
-    ``init``) the master key file and the key hierarchy must exist; the error
-    says which setting points where."""
+    ``init``) the root's key and the key hierarchy must exist; the error says
+    which setting points where. A root that cannot be reached stops here, before
+    anything is written to the registry."""
+    root = await open_core_root(config, create=create, source=source)
     try:
-        master = load_master_key(config.master_key_file, create=create)
-    except MasterKeyFileMissing:
-        raise MasterKeyFileMissing(
-            f"core.master_key_file points to {config.master_key_file}, which does not exist"
-            f" (and {MASTER_KEY_ENV} is not set). A Core never makes a new master key by"
-            f" itself: fix the setting, or run `{init_hint(source)}` for a new hierarchy"
-        ) from None
-    try:
-        return await CoreKeyStore.open(registry, master, create=create)
+        return await CoreKeyStore.open(registry, root, create=create)
     except NotInitialised:
         raise NotInitialised(
             f"core.registry points to {config.registry}, which holds no key hierarchy: a typo?"
             f" To make one there, run `{init_hint(source)}`"
         ) from None
-    finally:
-        master.wipe()
 
 
 async def initialise(config: CoreConfig) -> list[str]:
     """``krypton core init``: the master key file (unless the key comes from
     ``$KRYPTON_CORE_MASTER_KEY``), the key hierarchy's root in the registry, and
-    every configured tenant's L2 and first L3. Idempotent; returns the tenants."""
-    registry = await open_registry(config.registry)
+    every configured tenant's L2 and first L3. Idempotent; returns the tenants.
+    The root is reached first: a root that cannot serve leaves no registry behind."""
+    root = await open_core_root(config, create=True)
     try:
-        store = await open_keystore(config, registry, create=True)
+        registry = await open_registry(config.registry)
+    except BaseException:
+        await root.close()
+        raise
+    try:
+        store = await CoreKeyStore.open(registry, root, create=True)
         try:
             for tenant in config.tenants:
                 await store.ensure_tenant(tenant)
@@ -145,6 +178,7 @@ class Core:
             await open_registry(cfg.registry, feed_retention=cfg.feed_retention))
         self.registry = cast(Registry, self.metered)
         self.keys = await open_keystore(cfg, self.registry, source=self.source)
+        log.info("core %s: root of trust: %s", cfg.name, self.keys.root.describe())
         for tenant in cfg.tenants:
             await self.keys.ensure_tenant(tenant)
         await self.keys.start_watching()
@@ -208,6 +242,12 @@ class Core:
         finish (at most ``timeout`` seconds, default ``core.drain_timeout``)."""
         if self.server is not None:
             await self.server.drain(self.config.drain_timeout if timeout is None else timeout)
+    async def root_health(self, timeout: float = 5.0) -> RootHealth:
+        """Whether the root of trust answers now (for /readyz and metrics). The
+        tenants' L2 keys opened at start-up stay in memory and keep serving while
+        it does not; a tenant first needed while it does not fails."""
+        assert self.keys is not None, "the Core is not started"
+        return await self.keys.root_health(timeout)
 
     async def close(self) -> None:
         if self._tls_task is not None:

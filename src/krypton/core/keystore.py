@@ -2,30 +2,36 @@
 
 How this works
 --------------
-A Core master key (32 bytes, from ``$KRYPTON_CORE_MASTER_KEY`` as hex or from
-a 0600 file that ``krypton core init`` creates) stands in for the customer's L1. Everything
-lives in the registry (:class:`~krypton.model.registry.Registry`, SQLite or
-PostgreSQL) as :class:`~krypton.model.registry.SealedKey` rows, so several Core
+The root of trust (L1, ``[core.root]``, a :class:`~krypton.roots.RootSealer`)
+seals what the table below calls "sealed by the root": a PKCS#11 token or
+OpenBao Transit, or for development a master key (32 bytes, from
+``$KRYPTON_CORE_MASTER_KEY`` as hex or from a 0600 file that ``krypton core
+init`` creates). Everything lives in the registry
+(:class:`~krypton.model.registry.Registry`, SQLite or PostgreSQL) as
+:class:`~krypton.model.registry.SealedKey` rows, so several Core
 instances on one PostgreSQL database share the same keys:
 
 ===========  ==========  ========  ===============================================
 tenant       level       version   sealed
 ===========  ==========  ========  ===============================================
-``""``       ``MK``      1         a constant sealed by the master key (the check)
+``""``       ``MK``      1         a constant sealed by the root (the check)
 ``""``       ``TENANT``  n         tenant directory slot n: the tenant's name,
-                                   sealed by the master key
-t            ``L2``      1         t's L2, sealed by the master key, ``"L2"|t``
+                                   sealed by the root
+t            ``L2``      1         t's L2, sealed by the root, ``"L2"|t``
 t            ``L3``      v         t's L3 version v, sealed by its L2,
                                    ``"L3"|t|v``; None once DESTROYED
 t            ``L3LOG``   n         the n-th committed change to t's L3 versions
                                    (16 random bytes; no key)
 ===========  ==========  ========  ===============================================
 
-Sealing is the gateway's AES-256-GCM helper (:mod:`krypton.crypto.wrap`), so no
-key is ever stored in the clear and a blob copied to another row fails to open.
-``state`` is an :class:`~krypton.crypto.keyring.L3State` value (ACTIVE for the
-rows that have no lifecycle). Opening with another master key fails on the
-check row with :class:`~krypton.errors.MasterKeyMismatch`; a registry without
+L3 under L2 is sealed with the gateway's AES-256-GCM helper
+(:mod:`krypton.crypto.wrap`); the root seals with the binding (``"L2"|t``,
+...) as its context. So no key is ever stored in the clear and a blob copied
+to another row fails to open. ``state`` is an
+:class:`~krypton.crypto.keyring.L3State` value (ACTIVE for the rows that have
+no lifecycle). Opening with another root fails on the check row with
+:class:`~krypton.errors.MasterKeyMismatch`, which names the kind of root that
+sealed the hierarchy when it is not the configured one; a registry without
 a check row is refused (:class:`NotInitialised`) unless the store is opened to
 create the hierarchy (``create=True``, what ``krypton core init`` does), so a
 typo in the registry setting never starts an empty hierarchy by itself.
@@ -40,6 +46,11 @@ with different random bytes, so exactly one commits. ``rotate_l3`` then
 reports the clash (the other Core's change stands; a blind retry would rotate
 twice); ``set_l3_state`` and ``ensure_tenant`` re-read, re-check their rules
 and retry. New tenants claim a directory slot the same way.
+
+:meth:`CoreKeyStore.rewrap_root` moves the root's rows (the check, the
+directory, every L2) to another root in ONE transaction of compare-and-swap
+replacements (:meth:`~krypton.model.registry.Registry.reseal_keys`): L3 and
+L4 are untouched, and a crash leaves the old root or the new one, never a mix.
 
 Listeners (:meth:`CoreKeyStore.add_listener`) hear ``(tenant, version, state)``
 for every L3 version whose state differs from what this store last reported.
@@ -67,8 +78,9 @@ Reports are diffs against this store's own view, so an event heard twice (the
 subscription and the poll, or our own commit coming back) is reported once.
 Listeners run on the event loop, one event at a time, while the store's lock
 is held: they may read the store (``grant``, ``grants``, ``l3_states``) but
-must not change it. L2 keys stay in memory once opened; L3 plaintext exists
-only inside the :class:`~krypton.crypto.keyring.L3Grant` objects handed out.
+must not change it. L2 keys stay in memory once opened (the root is asked once
+per tenant); L3 plaintext exists only inside the
+:class:`~krypton.crypto.keyring.L3Grant` objects handed out.
 """
 
 from __future__ import annotations
@@ -103,6 +115,7 @@ from krypton.model.registry import (
     RegistryConflict,
     SealedKey,
 )
+from krypton.roots import FileSealer, RootHealth, RootSealer, kind_of, probe
 
 log = logging.getLogger("krypton.core.keys")
 
@@ -233,9 +246,9 @@ def _clash(tenant: str) -> RegistryConflict:
 class CoreKeyStore:
     """L2 and L3 keys of every tenant, in a registry (``await CoreKeyStore.open(...)``)."""
 
-    def __init__(self, registry: Registry, master: WrappingKey) -> None:
+    def __init__(self, registry: Registry, root: RootSealer) -> None:
         self._registry = registry
-        self._master = master
+        self._root = root
         self._l2: dict[str, WrappingKey] = {}
         self._names: dict[int, str] = {}  # directory slot -> tenant name
         self._seen: dict[str, dict[int, L3State]] = {}  # what listeners were told
@@ -249,22 +262,24 @@ class CoreKeyStore:
 
     @classmethod
     async def open(
-        cls, registry: Registry, master_key: SecretBytes, *, create: bool = False
+        cls, registry: Registry, root: RootSealer | SecretBytes, *, create: bool = False
     ) -> CoreKeyStore:
-        """Check ``master_key`` against the registry and load the current L3
-        states. A registry without a key hierarchy (no check row) is refused with
+        """Check ``root`` against the registry and load the current L3 states. A
+        registry without a key hierarchy (no check row) is refused with
         :class:`NotInitialised` unless ``create``: then the check is stored (the
-        root of a new hierarchy: ``krypton core init``). The store keeps its own
-        copy of ``master_key``: the caller may (and should) wipe theirs
-        afterwards. The caller keeps owning ``registry`` (close it after the store)."""
-        master = WrappingKey(MASTER_KEY_ID, SecretBytes(master_key.view()))
+        root of a new hierarchy: ``krypton core init``). The store owns ``root``
+        (closed with the store, or here if opening fails); a master key given as
+        bytes becomes a file root of the store's own copy (wipe yours). The caller
+        keeps owning ``registry`` (close it after the store)."""
+        if isinstance(root, SecretBytes):
+            root = FileSealer(SecretBytes(root.view()), "master key")
         try:
-            await _check_master(registry, master, create=create)
-            store = cls(registry, master)
+            await _check_root(registry, root, create=create)
+            store = cls(registry, root)
             for tenant in await store.tenants():
                 store._seen[tenant] = _states(await registry.keys(tenant, L3))
         except BaseException:
-            master.wipe()
+            await root.close()
             raise
         return store
 
@@ -281,7 +296,41 @@ class CoreKeyStore:
         for key in self._l2.values():
             key.wipe()
         self._l2.clear()
-        self._master.wipe()
+        await self._root.close()
+
+    # -- the root ----------------------------------------------------------------------
+    @property
+    def root(self) -> RootSealer:
+        return self._root
+
+    async def root_health(self, timeout: float = 5.0) -> RootHealth:
+        """Whether the root answers now (for /readyz and metrics; never raises for
+        a root failure). The L2 keys already opened keep serving either way."""
+        return await probe(self._root, timeout)
+
+    async def rewrap_root(self, new: RootSealer) -> int:
+        """Seal the check, the tenant directory and every L2 under ``new`` instead,
+        in one transaction (see the module comment); how many rows moved. The
+        caller keeps owning ``new``. L3 and L4 are not touched."""
+        self._check_open()
+        reg = self._registry
+        async with self._lock:
+            rows = [*await reg.keys(CORE_ROWS, MK), *await reg.keys(CORE_ROWS, DIRECTORY)]
+            for row in await reg.keys(CORE_ROWS, DIRECTORY):
+                rows += await reg.keys(await self._tenant_name(row), L2)
+            moved: list[tuple[SealedKey, bytes]] = []
+            for row in rows:
+                if row.sealed is None:
+                    continue
+                bind = _root_binding(row)
+                with await self._root.unseal(bind, row.sealed) as plain:
+                    moved.append((row, await new.seal(bind, plain)))
+            check = next(blob for row, blob in moved if row.level == MK)
+            with await new.unseal(binding(MK, "check"), check) as plain:
+                if plain != SecretBytes(CHECK_PLAINTEXT):
+                    raise UnwrapFailed("the new root did not give the check value back")
+            await reg.reseal_keys(moved)
+        return len(moved)
 
     # -- listeners and the watcher ---------------------------------------------------
     def add_listener(self, listener: Listener) -> Callable[[], None]:
@@ -392,7 +441,7 @@ class CoreKeyStore:
     # -- tenants and L3 versions -------------------------------------------------------
     async def tenants(self) -> list[str]:
         rows = await self._registry.keys(CORE_ROWS, DIRECTORY)
-        return sorted({self._tenant_name(row) for row in rows})
+        return sorted({await self._tenant_name(row) for row in rows})
 
     async def ensure_tenant(self, tenant: str) -> bool:
         """Create the tenant's L2 and L3 v1 if absent; True if this call made them."""
@@ -413,10 +462,10 @@ class CoreKeyStore:
                     l2 = await self._l2_key(tenant)
                 else:
                     slot = _next(await reg.keys(CORE_ROWS, DIRECTORY))
-                    name = self._master.seal(binding(DIRECTORY, str(slot)), tenant.encode())
+                    name = await self._root.seal(binding(DIRECTORY, str(slot)), tenant.encode())
                     material = generate_key(256)
                     try:
-                        sealed = self._master.seal(binding(L2, tenant), material)
+                        sealed = await self._root.seal(binding(L2, tenant), material)
                     except BaseException:
                         material.wipe()
                         raise
@@ -521,12 +570,13 @@ class CoreKeyStore:
         if self._closed:
             raise StorageError("the Core key store is closed")
 
-    def _tenant_name(self, row: SealedKey) -> str:
+    async def _tenant_name(self, row: SealedKey) -> str:
         name = self._names.get(row.version)
         if name is None:
             if row.sealed is None:
                 raise StorageError(f"tenant directory slot {row.version} has no name")
-            with self._master.open(binding(DIRECTORY, str(row.version)), row.sealed) as raw:
+            with await self._root.unseal(binding(DIRECTORY, str(row.version)),
+                                         row.sealed) as raw:
                 name = self._names[row.version] = raw.reveal().decode()
         return name
 
@@ -549,7 +599,7 @@ class CoreKeyStore:
         rows = await self._registry.keys(tenant, L2)
         if not rows or rows[0].sealed is None:
             raise ItemNotFound(f"unknown tenant {tenant!r}")
-        material = self._master.open(binding(L2, tenant), rows[0].sealed)
+        material = await self._root.unseal(binding(L2, tenant), rows[0].sealed)
         return self._cache_l2(tenant, WrappingKey(L2_KEY_ID, material))
 
     def _cache_l2(self, tenant: str, key: WrappingKey) -> WrappingKey:
@@ -559,28 +609,46 @@ class CoreKeyStore:
         return kept
 
 
-async def _check_master(registry: Registry, master: WrappingKey, *, create: bool) -> None:
+def _root_binding(row: SealedKey) -> bytes:
+    """The context a row sealed by the root is bound to."""
+    if row.level == MK:
+        return binding(MK, "check")
+    if row.level == DIRECTORY:
+        return binding(DIRECTORY, str(row.version))
+    return binding(L2, row.tenant)
+
+
+async def _check_root(registry: Registry, root: RootSealer, *, create: bool) -> None:
     for _ in range(RETRIES):
         rows = await registry.keys(CORE_ROWS, MK)
         if not rows and not create:
             raise NotInitialised(f"{registry!r} holds no key hierarchy")
         if not rows:
-            check = master.seal(binding(MK, "check"), CHECK_PLAINTEXT)
+            check = await root.seal(binding(MK, "check"), CHECK_PLAINTEXT)
             try:
                 await registry.put_key(_row(CORE_ROWS, MK, 1, check))
             except RegistryConflict:
                 continue  # another Core stored its check first: test ours against it
             return
         sealed = rows[0].sealed
+        sealed_by = kind_of(sealed)
+        if sealed_by != root.kind:
+            raise MasterKeyMismatch(
+                f"the key hierarchy in {registry!r} is sealed by a {sealed_by} root, but the "
+                f"configured root is {root.describe()} (core.root.kind; `krypton core "
+                "rewrap-root` moves a hierarchy to another root)"
+            )
         try:
             if sealed is None:
                 raise UnwrapFailed("no check value")
-            with master.open(binding(MK, "check"), sealed) as plain:
+            with await root.unseal(binding(MK, "check"), sealed) as plain:
                 if plain != SecretBytes(CHECK_PLAINTEXT):
                     raise UnwrapFailed("wrong check value")
         except UnwrapFailed:
+            what = ("the Core master key" if root.kind == "file"
+                    else f"the configured root, {root.describe()},")
             raise MasterKeyMismatch(
-                f"the Core master key does not open the key store in {registry!r}"
+                f"{what} does not open the key store in {registry!r}"
             ) from None
         return
     raise RegistryConflict("could not store the master key check (too many concurrent Cores)")

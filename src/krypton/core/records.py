@@ -161,6 +161,9 @@ class AuthenticatedRegistry:
     async def put_keys(self, keys: Sequence[SealedKey]) -> None:
         await self.inner.put_keys(keys)
 
+    async def reseal_keys(self, moves: Sequence[tuple[SealedKey, bytes]]) -> None:
+        await self.inner.reseal_keys(moves)
+
     # -- the change feed and reads that carry no record: the inner registry's --
     async def l3_usage(self, tenant: str) -> dict[int, int]:
         return await self.inner.l3_usage(tenant)

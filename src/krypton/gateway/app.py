@@ -32,6 +32,7 @@ from krypton.gateway.engine.services import Services
 from krypton.gateway.listener import Listener
 from krypton.gateway.policy import Policy
 from krypton.gateway.rewrap import VaultRewrapper
+from krypton.gateway.seal import L3Seal, open_seal
 from krypton.gateway.upstream import Upstream
 from krypton.metrics.meter import KmipMeter
 from krypton.tls.contexts import listener_rules, server_context
@@ -128,6 +129,7 @@ class Gateway:
             source = GatewaySource(self, self.meter, None if worker is None else worker.index)
             self.checks += source.default_checks()
             self.admin = AdminServer(config.admin, source, setting="gateway.admin", slot=worker)
+        self.seal: L3Seal | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -142,9 +144,16 @@ class Gateway:
         limits = limits_of(cfg)
         lim = cfg.limits
         self.vault = _open_vault(cfg, self.keyring)
+        # The seal first: what it restores serves while the Core is unreachable.
+        self.seal = await open_seal(cfg.seal, cfg.name, self.vault,
+                                    max_lease=cfg.uplink.max_lease)
+        if self.seal is not None:
+            await self.seal.restore(self.keyring)
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants), material)
         self.upstream = Upstream(self.client, self.vault, limits, ring=self.keyring)
         await self.upstream.start()
+        if self.seal is not None:
+            self.seal.attach(self.client)
         self.l3_source = UplinkL3Source(self.client, max_lease=cfg.uplink.max_lease)
         await self.l3_source.start(self.keyring)
         await self.vault.seal_legacy()  # records from before they were authenticated
@@ -306,6 +315,8 @@ class Gateway:
             await self.upstream.close()
         if self.l3_source is not None:
             await self.l3_source.close()
+        if self.seal is not None:
+            await self.seal.close()
         if self.client is not None:
             await self.client.close()
         if self.vault is not None:

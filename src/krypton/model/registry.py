@@ -297,6 +297,13 @@ class Registry(Protocol):
     async def put_key(self, key: SealedKey) -> None:
         """``put_keys([key])``."""
 
+    async def reseal_keys(self, moves: Sequence[tuple[SealedKey, bytes]]) -> None:
+        """Replace each key's sealed material with the new bytes, in one
+        transaction, only where it is still exactly ``key.sealed`` (a compare and
+        swap; else :class:`RegistryConflict` and nothing changes). The same key
+        sealed anew (a root of trust moved: ``krypton core rewrap-root``): no
+        state changes, nothing enters the change feed."""
+
     async def keys(self, tenant: str, level: str) -> list[SealedKey]:
         """The tenant's versions at this level, oldest first."""
 

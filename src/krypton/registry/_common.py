@@ -169,6 +169,11 @@ def locate_count_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
     row read out."""
     where, params = _locate_where(q, dialect)
     return "SELECT COUNT(*)" + where, params
+def reseal_conflict(key: SealedKey) -> RegistryConflict:
+    return RegistryConflict(
+        f"{key.level} version {key.version} of tenant {key.tenant!r} changed while it was"
+        " being sealed anew; nothing was changed"
+    )
 
 
 def key_changed(key: SealedKey, state: int, sealed: bytes | None) -> bool:

@@ -80,6 +80,7 @@ from krypton.registry._common import (
     locate_sql,
     object_row,
     record_from_row,
+    reseal_conflict,
     rewrap_job,
     rewrap_row,
     side_rows,
@@ -492,6 +493,19 @@ class PostgresRegistry:
 
     async def put_key(self, key: SealedKey) -> None:
         await self.put_keys((key,))
+
+    async def reseal_keys(self, moves: Sequence[tuple[SealedKey, bytes]]) -> None:
+        if not moves:
+            return
+        async with self._transaction("key reseal") as conn:
+            for key, sealed in moves:
+                cur = await conn.execute(
+                    "UPDATE keys SET sealed = %s WHERE tenant = %s AND level = %s"
+                    " AND version = %s AND sealed = %s",
+                    (sealed, key.tenant, key.level, int(key.version), key.sealed),
+                )
+                if cur.rowcount != 1:
+                    raise reseal_conflict(key)
 
     async def keys(self, tenant: str, level: str) -> list[SealedKey]:
         async with self._connection("key read") as conn:

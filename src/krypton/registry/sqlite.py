@@ -65,6 +65,7 @@ from krypton.registry._common import (
     locate_sql,
     object_row,
     record_from_row,
+    reseal_conflict,
     rewrap_job,
     rewrap_row,
     side_rows,
@@ -223,6 +224,20 @@ def _put_keys(
             continue
         changes.append(KeyChange(k.tenant, k.level, int(k.version), int(k.state)))
     return None, _to_feed(conn, changes, retention)
+
+
+def _reseal_keys(
+    conn: sqlite3.Connection, moves: Sequence[tuple[SealedKey, bytes]]
+) -> tuple[None, list[Change]]:
+    for key, sealed in moves:
+        cur = conn.execute(
+            "UPDATE keys SET sealed = ? WHERE tenant = ? AND level = ? AND version = ?"
+            " AND sealed = ?",
+            (sealed, key.tenant, key.level, int(key.version), key.sealed),
+        )
+        if cur.rowcount != 1:
+            raise reseal_conflict(key)
+    return None, []
 
 
 # -- reads (one read transaction each) --------------------------------------------
@@ -433,6 +448,10 @@ class SqliteRegistry:
 
     async def put_key(self, key: SealedKey) -> None:
         await self.put_keys((key,))
+
+    async def reseal_keys(self, moves: Sequence[tuple[SealedKey, bytes]]) -> None:
+        if moves:
+            await self._write(_reseal_keys, tuple(moves))
 
     async def keys(self, tenant: str, level: str) -> list[SealedKey]:
         return await self._read(lambda conn: _keys(tenant, level, conn))

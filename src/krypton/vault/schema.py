@@ -68,6 +68,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "CREATE INDEX keys_outbox_tenant ON keys(tenant) WHERE synced = 0",
     ),
+    # v7: L3 versions sealed by the gateway's seal ([gateway.seal],
+    # krypton.vault.sealed_l3), so a restart during a partition keeps serving
+    # until each lease ends (absolute wall-clock lease end and time stored).
+    (
+        "CREATE TABLE sealed_l3 ("
+        " tenant TEXT NOT NULL,"
+        " version INTEGER NOT NULL,"
+        " state INTEGER NOT NULL,"
+        " lease_end REAL NOT NULL,"
+        " stored_at REAL NOT NULL,"
+        " kind TEXT NOT NULL,"
+        " sealed BLOB NOT NULL,"
+        " PRIMARY KEY (tenant, version))",
+    ),
 )
 
 LATEST = len(MIGRATIONS)

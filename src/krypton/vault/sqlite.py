@@ -56,6 +56,7 @@ from krypton.vault.auth import Sealer, check, seal
 from krypton.vault.cache import RecordCache
 from krypton.vault.held import BadRow, Effect, Held, decode
 from krypton.vault.schema import migrate
+from krypton.vault.sealed_l3 import drop_rows, put_row
 
 _INSERT = (
     "INSERT INTO keys (uid, tenant, object_type, algorithm, length, state, l3_version,"
@@ -425,6 +426,8 @@ _CACHED: Final[Mapping[Work, Callable[[RecordCache, Any], int]]] = {
     _seal_legacy: _cache_nothing,  # the covered columns do not change
     _quarantine: _cache_nothing,  # undecodable rows are never cached
     _quarantine_uids: _cache_refused,
+    put_row: _cache_nothing,  # sealed L3 copies (krypton.vault.sealed_l3): no records
+    drop_rows: _cache_nothing,
 }
 
 
@@ -799,6 +802,11 @@ class Vault:
         with translated("vault read"):
             row = self._readers.get().execute(_SELECT, (uid,)).fetchone()
         return None if row is None else _record(row)
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        """The rows of one read-only statement (the vault's other tables:
+        :mod:`krypton.vault.sealed_l3`)."""
+        with translated("vault read"):
+            return self._readers.get().execute(sql, tuple(params)).fetchall()
 
     def holds_keys(self) -> bool:
         with translated("vault read"):
