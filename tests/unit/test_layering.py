@@ -27,7 +27,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "crypto": _BASE,
     "engine": _BASE | {"ttlv", "kmip", "model", "crypto"},
     "storage": _BASE,
-    "vault": _BASE | {"ttlv", "kmip", "model", "crypto", "storage"},
+    "vault": _BASE | {"ttlv", "kmip", "model", "crypto", "storage", "openbao"},
     "registry": _BASE | {"ttlv", "kmip", "model", "storage"},
     "tls": _BASE | {"config"},
     "pki": _BASE,
@@ -40,7 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "client": _BASE | {"ttlv", "kmip"},
     "conformance": _BASE | {"ttlv", "kmip", "client"},
     "bench": _BASE | {"ttlv", "kmip", "client", "config", "tls"},
-    "stack": _BASE | {"config", "core", "gateway", "registry", "tls"},
+    "stack": _BASE | {"config", "core", "gateway", "registry", "tls", "openbao"},
     "cli": _BASE
     | {"config", "core", "gateway", "registry", "vault", "tls", "stack", "bench", "conformance"}
     | {"crypto", "pki", "client", "hardening"},

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import ssl
+from collections.abc import Callable, Mapping
+from typing import Final
 
 from krypton.config import GatewayConfig
 from krypton.crypto.keyring import KeyRing
 from krypton.engine.ciphers import STREAMS
+from krypton.errors import ConfigError
 from krypton.gateway._admission import Shares
 from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
@@ -18,6 +22,9 @@ from krypton.gateway.upstream import Upstream
 from krypton.tls.contexts import server_context
 from krypton.ttlv.codec import Limits
 from krypton.uplink.client import UplinkClient, UplinkL3Source
+from krypton.vault.auth import Sealer
+from krypton.vault.openbao import BaoVault
+from krypton.vault.port import VaultStore
 from krypton.vault.sqlite import Vault
 
 log = logging.getLogger("krypton.gateway")
@@ -31,6 +38,34 @@ def limits_of(config: GatewayConfig) -> Limits:
         max_items=lim.max_items,
         max_batch_items=lim.max_batch_items,
     )
+
+
+def _sqlite_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
+    return Vault.open(cfg.vault_path, cache_size=cfg.cache.records, sealer=sealer)
+
+
+def _openbao_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
+    v = cfg.vault
+    token = os.environ.get(v.token_env) or None
+    role_id = None if token else os.environ.get(v.role_id_env) or None
+    secret_id = None if token else os.environ.get(v.secret_id_env) or None
+    if token is None and not (role_id and secret_id):
+        raise ConfigError(
+            f"gateway.vault: backend 'openbao' needs a token in ${v.token_env} or an AppRole"
+            f" in ${v.role_id_env} and ${v.secret_id_env}"
+        )
+    return BaoVault.open(
+        v.address, mount=v.mount, prefix=v.prefix, token=token, role_id=role_id,
+        secret_id=secret_id, ca=v.ca, connections=v.connections,
+        cache_size=cfg.cache.records, sealer=sealer,
+    )  # fmt: skip
+
+
+# gateway.vault.backend -> how to open it
+VAULTS: Final[Mapping[str, Callable[[GatewayConfig, Sealer], VaultStore]]] = {
+    "sqlite": _sqlite_vault,
+    "openbao": _openbao_vault,
+}
 
 
 class Gateway:
@@ -55,7 +90,7 @@ class Gateway:
         self.config = config
         self.ssl_context = ssl_context
         self.keyring = KeyRing()
-        self.vault: Vault | None = None
+        self.vault: VaultStore | None = None
         self.client: UplinkClient | None = None
         self.l3_source: UplinkL3Source | None = None
         self.upstream: Upstream | None = None
@@ -70,9 +105,7 @@ class Gateway:
         STREAMS.configure(
             lim.max_streams, lim.max_streams_per_tenant, lim.max_streams_per_identity
         )
-        self.vault = Vault.open(
-            cfg.vault_path, cache_size=cfg.cache.records, sealer=self.keyring.record_mac
-        )
+        self.vault = VAULTS[cfg.vault.backend](cfg, self.keyring.record_mac)
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants))
         self.upstream = Upstream(self.client, self.vault, limits)
         await self.upstream.start()
