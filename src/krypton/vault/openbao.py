@@ -59,7 +59,7 @@ from krypton.vault import sqlite
 from krypton.vault._kv import Kv, decoded, translated
 from krypton.vault.auth import Sealer, check, seal
 from krypton.vault.cache import RecordCache
-from krypton.vault.held import BadRow, Effect, Held
+from krypton.vault.held import BadRow, Change, Effect, Held, retry_held
 from krypton.vault.sqlite import DESTROYED_STATES, RETRY_CAP, RETRY_FIRST, Quarantined
 
 log = logging.getLogger("krypton.vault")
@@ -415,23 +415,15 @@ class BaoVault:
         return False
 
     async def _retry_held(self) -> None:
-        first, cap = self.retry
-        delay = first
-        while self._held:
-            await asyncio.sleep(delay)
-            try:
-                for uid in self._held.uids():
-                    while (change := self._held.first(uid)) is not None:
-                        await self._keyed(uid, *change)
-                        self._held.stored(uid)
-                        log.info("vault: the held change of %s is stored now", uid)
-                if not self._held and self._cursor_due:
-                    await self._store_cursor(self._cursor_due)
-                    self._cursor_due = 0
-                delay = first
-            except StorageError as exc:
-                delay = min(max(delay, 0.001) * 2, cap)
-                log.debug("vault: held changes still not stored: %s", exc.message)
+        async def store(uid: str, change: Change) -> None:
+            await self._keyed(uid, *change)
+
+        async def settle() -> None:
+            if self._cursor_due:
+                await self._store_cursor(self._cursor_due)
+                self._cursor_due = 0
+
+        await retry_held(self._held, store, settle, self.retry)
 
     async def mark_synced(self, uids: Iterable[str]) -> int:
         batch = tuple(dict.fromkeys(u for u in uids if u in self._outbox))
