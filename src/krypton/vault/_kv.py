@@ -12,9 +12,10 @@ in nanoseconds that orders the outbox. Small vault state lives beside it:
 
 A new record is written with ``cas = 0`` (KV v2 check-and-set: only if the
 secret does not exist), so a duplicate uid is refused by OpenBao itself. A
-rewrite reads the secret, and writes with ``cas`` = the version it read; it
-then destroys the version it replaced (``<mount>/destroy``), so a destroyed
-key's wrapped blob does not linger in the secret's history.
+rewrite reads the secret, and writes with ``cas`` = the version it read; if
+the wrapped blob changed (a destroyed key's is erased) it then destroys the
+versions it replaced (``<mount>/destroy``), so the old blob does not linger in
+the secret's history.
 
 Every call is synchronous (``OpenBaoClient``: a pool of keep-alive
 connections); :class:`krypton.vault.openbao.BaoVault` runs them on worker
@@ -128,14 +129,17 @@ class Kv:
                 raise StorageError(DUPLICATE) from None
             raise StorageError(f"vault write (OpenBao): {exc.message}") from None
 
-    def rewrite(self, record: KeyRecord, at: int, version: int) -> None:
-        """Overwrite a key's secret if it is still at ``version``, then destroy that
-        version (its data is gone from OpenBao, not only hidden)."""
+    def rewrite(self, record: KeyRecord, at: int, version: int, *, destroy: bool) -> None:
+        """Overwrite a key's secret if it is still at ``version``; with ``destroy``
+        (the wrapped blob changed: erased or re-wrapped) destroy every earlier
+        version too, so the old blob is gone from OpenBao, not only hidden."""
         path = self.path("keys", record.uid)
         with translated("write"):
             self.client.post(f"{self.mount}/data/{path}",
                              {"options": {"cas": version}, "data": encode(record, at)})
-            self.client.post(f"{self.mount}/destroy/{path}", {"versions": [version]})
+            if destroy:
+                self.client.post(f"{self.mount}/destroy/{path}",
+                                 {"versions": list(range(1, version + 1))})
 
     def uids(self, kind: str = "keys") -> list[str]:
         """Every secret name under ``<prefix>/<kind>/`` (LIST; [] if none)."""

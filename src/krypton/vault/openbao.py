@@ -101,7 +101,7 @@ def _rewrite(kv: Kv, uid: str, change: Callable[[KeyRecord], KeyRecord | None],
     if new is None:
         return None
     new = seal(new, sealer)
-    kv.rewrite(new, at, version)
+    kv.rewrite(new, at, version, destroy=new.wrapped != old.wrapped)
     return new
 
 
