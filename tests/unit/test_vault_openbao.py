@@ -12,15 +12,20 @@ import json
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.helpers.openbao import BaoServer
 
+from krypton.config import load_gateway_config
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.errors import OpenBaoError, StorageError
+from krypton.errors import ConfigError, OpenBaoError, StorageError
+from krypton.gateway.app import VAULTS
 from krypton.model import KeyRecord, new_uid
+from krypton.pki import init_dev_dir
+from krypton.vault import Vault
 from krypton.vault.auth import RecordTampered
 from krypton.vault.openbao import BaoVault
 
@@ -298,3 +303,32 @@ def test_a_vault_that_cannot_start_says_why(
     with pytest.raises(StorageError, match=match) as err:
         BaoVault.open(kwargs.pop("address"), **kwargs)
     assert place.server.root_token not in str(err.value)
+
+
+def test_the_gateway_opens_the_configured_backend(
+    place: Place, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = init_dev_dir(tmp_path / "dev")
+    env = {"KRYPTON_GATEWAY_VAULT_BACKEND": "openbao",
+           "KRYPTON_GATEWAY_VAULT_ADDRESS": place.server.address,
+           "KRYPTON_GATEWAY_VAULT_PREFIX": place.prefix}  # fmt: skip
+    cfg = load_gateway_config(layout.gateway_config, env=env)
+    ring, _ = _ring()
+    for var in ("BAO_TOKEN", "BAO_ROLE_ID", "BAO_SECRET_ID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match=r"needs a token in \$BAO_TOKEN or an AppRole"):
+        VAULTS["openbao"](cfg, ring.record_mac)
+    monkeypatch.setenv("BAO_TOKEN", place.server.root_token)
+    vault = VAULTS["openbao"](cfg, ring.record_mac)
+    try:
+        assert isinstance(vault, BaoVault)
+        rec = record()
+        run(vault.put(rec))
+        assert place.read(rec.uid)["mac"]  # written with its MAC
+    finally:
+        vault.close()
+    sqlite = VAULTS["sqlite"](load_gateway_config(layout.gateway_config, env={}), ring.record_mac)
+    try:
+        assert isinstance(sqlite, Vault)
+    finally:
+        sqlite.close()
