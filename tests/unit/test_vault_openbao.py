@@ -332,3 +332,20 @@ def test_the_gateway_opens_the_configured_backend(
         assert isinstance(sqlite, Vault)
     finally:
         sqlite.close()
+
+
+def test_marking_synced_is_one_write_unless_the_secret_moved_on(place: Place) -> None:
+    vault = place.open()
+    fast, moved = record(), record()
+    run(vault.put_many([fast, moved]))
+    place.write(moved.uid, {**place.read(moved.uid), "attributes": ""})  # version 2, elsewhere
+    assert run(vault.mark_synced([fast.uid, moved.uid])) == 2
+
+    def versions(uid: str) -> int:
+        meta = place.server.request("GET", f"{place.mount}/metadata/{place.path('keys', uid)}")
+        return int(meta["data"]["current_version"])  # type: ignore[index]
+
+    assert (versions(fast.uid), versions(moved.uid)) == (2, 3)
+    assert place.read(fast.uid)["synced"] == place.read(moved.uid)["synced"] == 1
+    assert place.read(moved.uid)["attributes"] == ""  # the rewrite read what was there
+    assert vault.outbox(10) == []

@@ -91,6 +91,19 @@ def decoded(uid: str, data: Any) -> tuple[KeyRecord, int, int]:
     return record, (at if type(at) is int else 0), int(row[-1])
 
 
+class Conflict(StorageError):
+    """A check-and-set write found the secret at another version."""
+
+
+def _conflict(exc: OpenBaoError) -> bool:
+    return exc.status == 400 and _CAS_MISMATCH in exc.message
+
+
+def _version(answer: dict[str, Any]) -> int:
+    version = (answer.get("data") or {}).get("version")
+    return version if type(version) is int else 0
+
+
 def _absent(exc: OpenBaoError, mount: str) -> bool:
     """A 404 for a secret that is not there (True), or for a mount that is not
     (an error naming the mount)."""
@@ -119,27 +132,37 @@ class Kv:
         """A key's stored JSON and its KV version, None if there is none."""
         return self._read(self.path("keys", uid))
 
-    def create(self, record: KeyRecord) -> None:
-        """A new key's secret; StorageError (DUPLICATE) if the uid is taken."""
+    def create(self, record: KeyRecord) -> tuple[int, int]:
+        """A new key's secret: its ``at`` and KV version; StorageError (DUPLICATE)
+        if the uid is taken."""
+        at = time.time_ns()
         try:
-            self.client.post(f"{self.mount}/data/{self.path('keys', record.uid)}",
-                             {"options": {"cas": 0}, "data": encode(record, time.time_ns())})
+            answer = self.client.post(f"{self.mount}/data/{self.path('keys', record.uid)}",
+                                      {"options": {"cas": 0}, "data": encode(record, at)})
         except OpenBaoError as exc:
-            if exc.status == 400 and _CAS_MISMATCH in exc.message:
+            if _conflict(exc):
                 raise StorageError(DUPLICATE) from None
             raise StorageError(f"vault write (OpenBao): {exc.message}") from None
+        return at, _version(answer)
 
-    def rewrite(self, record: KeyRecord, at: int, version: int, *, destroy: bool) -> None:
+    def rewrite(self, record: KeyRecord, at: int, version: int, *, destroy: bool) -> int:
         """Overwrite a key's secret if it is still at ``version``; with ``destroy``
         (the wrapped blob changed: erased or re-wrapped) destroy every earlier
-        version too, so the old blob is gone from OpenBao, not only hidden."""
+        version too, so the old blob is gone from OpenBao, not only hidden. The
+        new version; :class:`Conflict` if the secret is at another version."""
         path = self.path("keys", record.uid)
+        try:
+            answer = self.client.post(f"{self.mount}/data/{path}",
+                                      {"options": {"cas": version}, "data": encode(record, at)})
+        except OpenBaoError as exc:
+            if _conflict(exc):
+                raise Conflict(f"vault record {record.uid!r} changed meanwhile") from None
+            raise StorageError(f"vault write (OpenBao): {exc.message}") from None
         with translated("write"):
-            self.client.post(f"{self.mount}/data/{path}",
-                             {"options": {"cas": version}, "data": encode(record, at)})
             if destroy:
                 self.client.post(f"{self.mount}/destroy/{path}",
                                  {"versions": list(range(1, version + 1))})
+        return _version(answer)
 
     def uids(self, kind: str = "keys") -> list[str]:
         """Every secret name under ``<prefix>/<kind>/`` (LIST; [] if none)."""

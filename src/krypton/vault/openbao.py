@@ -44,6 +44,7 @@ to do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -56,7 +57,7 @@ from krypton.errors import KryptonError, StorageError
 from krypton.model.record import KeyRecord
 from krypton.openbao import OpenBaoClient
 from krypton.vault import sqlite
-from krypton.vault._kv import Kv, decoded, translated
+from krypton.vault._kv import Conflict, Kv, decoded, translated
 from krypton.vault.auth import Sealer, check, seal
 from krypton.vault.cache import RecordCache
 from krypton.vault.held import BadRow, Change, Effect, Held, retry_held
@@ -64,6 +65,7 @@ from krypton.vault.sqlite import DESTROYED_STATES, RETRY_CAP, RETRY_FIRST, Quara
 
 log = logging.getLogger("krypton.vault")
 Op = Callable[[Kv, Any], Any]
+Stored = tuple[KeyRecord, int]  # a record as written, and its KV version
 
 
 @dataclass(slots=True)
@@ -74,6 +76,7 @@ class _Entry:
     state: int
     synced: int  # 0 outbox, 1 acknowledged, 2 quarantined
     at: int  # write time (ns): the outbox order
+    version: int = 0  # the KV version last read or written (0: not known)
 
 
 def _no_legacy(uid: str) -> bool:
@@ -81,14 +84,14 @@ def _no_legacy(uid: str) -> bool:
 
 
 # -- operations (worker threads) ------------------------------------------------------
-def _put(kv: Kv, record: KeyRecord) -> None:
-    kv.create(record)
+def _put(kv: Kv, record: KeyRecord) -> tuple[int, int]:
+    return kv.create(record)
 
 
 def _rewrite(kv: Kv, uid: str, change: Callable[[KeyRecord], KeyRecord | None],
-             sealer: Sealer | None) -> KeyRecord | None:
+             sealer: Sealer | None) -> Stored | None:
     """Check the stored record, apply ``change`` (None: leave it), store it with
-    a fresh MAC; the new record, None if there is no such key."""
+    a fresh MAC; the new record and version, None if there is no such key."""
     found = kv.read(uid)
     if found is None:
         return None
@@ -101,21 +104,20 @@ def _rewrite(kv: Kv, uid: str, change: Callable[[KeyRecord], KeyRecord | None],
     if new is None:
         return None
     new = seal(new, sealer)
-    kv.rewrite(new, at, version, destroy=new.wrapped != old.wrapped)
-    return new
+    return new, kv.rewrite(new, at, version, destroy=new.wrapped != old.wrapped)
 
 
 def _by_effect(effect_of: Callable[[Any], tuple[str, Effect]]) -> Op:
     """An operation that rewrites one key by the effect its payload describes
     (the same effect the cache and the held overlay apply)."""
-    def op(kv: Kv, payload: tuple[Any, ...]) -> KeyRecord | None:
+    def op(kv: Kv, payload: tuple[Any, ...]) -> Stored | None:
         uid, effect = effect_of(payload)
         return _rewrite(kv, uid, effect, payload[-1])
 
     return op
 
 
-def _reinstate(kv: Kv, payload: tuple[KeyRecord, int, Sealer | None]) -> KeyRecord | None:
+def _reinstate(kv: Kv, payload: tuple[KeyRecord, int, Sealer | None]) -> Stored | None:
     r, _, sealer = payload
     uid, effect = sqlite._reinstate_effect(payload)
 
@@ -130,7 +132,16 @@ _set_attributes = _by_effect(sqlite._attributes_effect)
 _apply_change = _by_effect(sqlite._apply_effect)
 
 
-def _mark_synced(kv: Kv, uid: str) -> KeyRecord | None:
+def _mark_synced(kv: Kv, payload: tuple[str, tuple[KeyRecord, int, int] | None]
+                 ) -> Stored | None:  # fmt: skip
+    """Take a key out of the outbox. With ``known`` (the record this process
+    cached, its ``at`` and KV version) one check-and-set write, no read; the
+    outbox mark is not covered by the MAC. If the secret moved on: a rewrite."""
+    uid, known = payload
+    if known is not None and not known[0].synced:
+        new = replace(known[0], synced=True)
+        with contextlib.suppress(Conflict):
+            return new, kv.rewrite(new, known[1], known[2], destroy=False)
     return _rewrite(kv, uid, lambda r: None if r.synced else replace(r, synced=True), None)
 
 
@@ -148,22 +159,22 @@ def _delete(kv: Kv, uid: str) -> None:
 
 
 # -- what a stored operation does to the cache and the index (event loop) ----------
-def _ix_put(v: BaoVault, record: KeyRecord, _: object) -> None:
+def _ix_put(v: BaoVault, record: KeyRecord, stored: tuple[int, int]) -> None:
     v._cache.add((record,))
-    v._index[record.uid] = _Entry(record.tenant, record.state, int(record.synced),
-                                  time.time_ns())  # fmt: skip
+    v._index[record.uid] = _Entry(record.tenant, record.state, int(record.synced), *stored)
     if not record.synced:
         v._outbox[record.uid] = None
     v._written += 1
 
 
-def _ix_rewrite(v: BaoVault, payload: Any, new: KeyRecord | None) -> None:
-    if new is None:
+def _ix_rewrite(v: BaoVault, payload: Any, stored: Stored | None) -> None:
+    if stored is None:
         return
+    new, version = stored
     v._cache.update((new.uid,), lambda _: new)
     entry = v._index.get(new.uid)
     if entry is not None:
-        entry.state = new.state
+        entry.state, entry.version = new.state, version
         if new.synced and entry.synced == 0:
             entry.synced = 1
             v._outbox.pop(new.uid, None)
@@ -293,7 +304,7 @@ class BaoVault:
             record, at, synced = decoded(uid, found[0])
         except BadRow:
             return uid, _Entry("", 0, 0, 0)  # left in the outbox, which quarantines it
-        return uid, _Entry(record.tenant, record.state, synced, at)
+        return uid, _Entry(record.tenant, record.state, synced, at, found[1])
 
     # -- counters --------------------------------------------------------------
     @property
@@ -337,6 +348,13 @@ class BaoVault:
             entry[1] -= 1
             if entry[1] == 0:
                 del self._locks[uid]
+
+    def _known(self, uid: str) -> tuple[KeyRecord, int, int] | None:
+        """The cached record of ``uid`` with its ``at`` and KV version, if known."""
+        entry, record = self._index.get(uid), self._cache.get(uid)
+        if entry is None or record is None or not entry.version:
+            return None
+        return record, entry.at, entry.version
 
     # -- writes (durable when they return) -------------------------------------
     def authentic(self, record: KeyRecord) -> KeyRecord:
@@ -427,7 +445,8 @@ class BaoVault:
 
     async def mark_synced(self, uids: Iterable[str]) -> int:
         batch = tuple(dict.fromkeys(u for u in uids if u in self._outbox))
-        done = await asyncio.gather(*(self._keyed(u, _mark_synced, u) for u in batch))
+        done = await asyncio.gather(*(self._keyed(u, _mark_synced, (u, self._known(u)))
+                                      for u in batch))  # fmt: skip
         return sum(r is not None for r in done)
 
     async def seal_legacy(self) -> int:
