@@ -16,7 +16,7 @@ the node is the Raft leader. The listener and cluster ports are chosen once
 This is a development arrangement: the unseal key beside the data it unseals
 protects nothing against whoever can read the folder. In production OpenBao
 runs as its own service (a sidecar of the gateway) with TLS, auto-unseal and
-AppRole logins; see docs/operations.md.
+AppRole logins (README, "The vault on OpenBao").
 """
 
 from __future__ import annotations

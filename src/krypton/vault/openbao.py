@@ -24,9 +24,10 @@ reads do) and checks its MAC. The queries SQLite answers with SQL — the
 outbox, a tenant's held uids, quarantine, the cursor, "any keys?" — are
 answered from an index (uid -> tenant, state, outbox mark) that
 :meth:`BaoVault.open` rebuilds by LISTing and reading every secret. That is
-this backend's scale limit: start-up reads every record (thousands per
-second over loopback) and the index costs ~200 bytes per key; and the vault
-assumes it is the only writer of its prefix.
+this backend's scale limit: start-up reads every record (~900 a second over
+loopback on the 2-core test machine: docs/performance.md) and the index
+costs ~200 bytes per key; and the vault assumes it is the only writer of its
+prefix.
 
 Changes the Core committed are never dropped (:mod:`krypton.vault.held`):
 one OpenBao cannot take (unreachable, sealed) is held in memory, overlaid on
