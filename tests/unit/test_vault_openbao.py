@@ -349,3 +349,16 @@ def test_marking_synced_is_one_write_unless_the_secret_moved_on(place: Place) ->
     assert place.read(fast.uid)["synced"] == place.read(moved.uid)["synced"] == 1
     assert place.read(moved.uid)["attributes"] == ""  # the rewrite read what was there
     assert vault.outbox(10) == []
+
+
+def test_a_key_another_worker_wrote_is_read_through(place: Place) -> None:
+    """``--workers N``: each worker's vault on the same prefix, opened before the put."""
+    one, two = place.open(), place.open()
+    rec = replace(record(), synced=True)
+    run(one.put(rec))
+    assert two.get(new_uid()) is None
+    assert two.get(rec.uid) == rec
+    assert two.held("demo", "", 10) == [rec.uid]  # listed from now on
+    assert run(two.update_state(rec.uid, 2)) is True
+    got = place.open(cache_size=0).get(rec.uid)
+    assert got is not None and got.state == 2

@@ -20,7 +20,9 @@ and index (a function not in the table is an error, as in SQLite).
 
 Reads: ``get`` is served from the record cache (:mod:`krypton.vault.cache`);
 on a miss it reads the secret through (on the caller's thread, as SQLite
-reads do) and checks its MAC. The queries SQLite answers with SQL — the
+reads do) and checks its MAC. With ``--workers N`` each gateway worker has its
+own vault object on the same prefix: a key another worker created is found by
+that read-through (an unknown uid costs one KV read). The queries SQLite answers with SQL — the
 outbox, a tenant's held uids, quarantine, the cursor, "any keys?" — are
 answered from an index (uid -> tenant, state, outbox mark) that
 :meth:`BaoVault.open` rebuilds by LISTing and reading every secret. That is
@@ -460,8 +462,6 @@ class BaoVault:
             raise StorageError("vault is closed")
         record = self._cache.get(uid)
         if record is None:
-            if uid not in self._index:
-                return None
             generation = self._cache.generation
             record = self._read(uid)
             if record is None:
@@ -472,14 +472,19 @@ class BaoVault:
         return record
 
     def _read(self, uid: str) -> KeyRecord | None:
+        """The stored record, checked. One this index does not list (written by
+        another gateway worker on the same prefix) is listed from now on."""
         found = self._kv.read(uid)
         if found is None:
             return None
         try:
-            record = decoded(uid, found[0])[0]
+            record, at, synced = decoded(uid, found[0])
         except BadRow as bad:
             raise StorageError(f"vault record {uid!r} is unreadable: {bad}") from None
-        return check(record, self._sealer, _no_legacy)
+        record = check(record, self._sealer, _no_legacy)
+        if uid not in self._index:
+            self._index[uid] = _Entry(record.tenant, record.state, synced, at, found[1])
+        return record
 
     def outbox(self, limit: int) -> list[KeyRecord]:
         """Up to ``limit`` records the Core has not acknowledged, oldest first
