@@ -24,6 +24,9 @@ class VaultStore(Protocol):
 
     # -- counters --------------------------------------------------------------
     @property
+    def records_written(self) -> int: ...
+
+    @property
     def cached(self) -> int: ...
 
     @property
