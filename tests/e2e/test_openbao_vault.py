@@ -81,7 +81,7 @@ def _stored(srv: DevServer) -> dict[str, Any]:
                 try:
                     found[f"{uid}@{v}"] = client.get(path)
                 except OpenBaoError as exc:  # a destroyed version: 404, nothing left
-                    found[f"{uid}@{v}"] = exc.status
+                    found[f"{uid}@{v}"] = exc.http_status
         return found
     finally:
         client.close()

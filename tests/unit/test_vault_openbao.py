@@ -86,7 +86,7 @@ class Place:
         try:
             return self.server.request(method, path)
         except OpenBaoError as exc:
-            if exc.status == 404:
+            if exc.http_status == 404:
                 return None
             raise
 

@@ -96,7 +96,7 @@ class Conflict(StorageError):
 
 
 def _conflict(exc: OpenBaoError) -> bool:
-    return exc.status == 400 and _CAS_MISMATCH in exc.message
+    return exc.http_status == 400 and _CAS_MISMATCH in exc.message
 
 
 def _version(answer: dict[str, Any]) -> int:
@@ -107,7 +107,7 @@ def _version(answer: dict[str, Any]) -> int:
 def _absent(exc: OpenBaoError, mount: str) -> bool:
     """A 404 for a secret that is not there (True), or for a mount that is not
     (an error naming the mount)."""
-    if exc.status != 404:
+    if exc.http_status != 404:
         return False
     if "no handler for route" in exc.message:
         raise OpenBaoError(f"no KV v2 secrets engine is mounted at {mount!r}", 404)

@@ -56,15 +56,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from krypton.errors import KryptonError, StorageError
+from krypton.errors import KeyUnavailable, KryptonError, StorageError
+from krypton.metrics.meter import BATCH_BUCKETS, COMMIT_BUCKETS, Histogram
 from krypton.model.record import KeyRecord
 from krypton.openbao import OpenBaoClient
 from krypton.vault import sqlite
-from krypton.vault._kv import Conflict, Kv, decoded, translated
+from krypton.vault._kv import DUPLICATE, Conflict, Kv, decoded, translated
 from krypton.vault.auth import Sealer, check, seal
 from krypton.vault.cache import RecordCache
 from krypton.vault.held import BadRow, Change, Effect, Held, retry_held
-from krypton.vault.sqlite import DESTROYED_STATES, RETRY_CAP, RETRY_FIRST, Quarantined
+from krypton.vault.sqlite import (
+    DESTROYED_STATES,
+    RETRY_CAP,
+    RETRY_FIRST,
+    OutboxPage,
+    Quarantined,
+)
 
 log = logging.getLogger("krypton.vault")
 Op = Callable[[Kv, Any], Any]
@@ -80,6 +87,18 @@ class _Entry:
     synced: int  # 0 outbox, 1 acknowledged, 2 quarantined
     at: int  # write time (ns): the outbox order
     version: int = 0  # the KV version last read or written (0: not known)
+    l3: int = 0  # the L3 version the record is wrapped under
+    blob: bool = True  # it holds wrapped material (a destroyed key's is erased)
+
+    @classmethod
+    def of(cls, record: KeyRecord, synced: int, at: int, version: int) -> _Entry:
+        return cls(record.tenant, record.state, synced, at, version, record.l3_version,
+                   bool(record.wrapped))  # fmt: skip
+
+    @property
+    def live(self) -> bool:
+        """In the outbox with wrapped material: what a re-wrap moves."""
+        return self.synced == 0 and self.blob and self.state not in DESTROYED_STATES
 
 
 def _no_legacy(uid: str) -> bool:
@@ -130,6 +149,29 @@ def _reinstate(kv: Kv, payload: tuple[KeyRecord, int, Sealer | None]) -> Stored 
     return _rewrite(kv, uid, back, sealer)
 
 
+def _adopt(kv: Kv, payload: tuple[KeyRecord, int, Sealer | None]) -> Stored | None:
+    """The Core's record whole (checked by ``authentic``, its MAC kept): the stored
+    one is not checked first (its L3 version may be gone), only its tenant."""
+    r = payload[0]
+    found = kv.read(r.uid)
+    if found is None:
+        return None
+    data, version = found
+    try:
+        old, at, _ = decoded(r.uid, data)
+    except BadRow as bad:
+        raise StorageError(f"vault record {r.uid!r} is unreadable: {bad}") from None
+    if old.tenant != r.tenant:
+        return None
+    new = sqlite._adopt_effect(payload)[1](old)
+    return new, kv.rewrite(new, at, version, destroy=new.wrapped != old.wrapped)
+
+
+def _rewrap(kv: Kv, payload: tuple[str, int, bytes, int, bytes, Sealer | None]) -> Stored | None:
+    uid, old_version, old_wrapped, version, wrapped, sealer = payload
+    return _rewrite(kv, uid, sqlite._moved(old_version, old_wrapped, version, wrapped), sealer)
+
+
 _set_state = _by_effect(sqlite._state_effect)
 _set_attributes = _by_effect(sqlite._attributes_effect)
 _apply_change = _by_effect(sqlite._apply_effect)
@@ -164,9 +206,9 @@ def _delete(kv: Kv, uid: str) -> None:
 # -- what a stored operation does to the cache and the index (event loop) ----------
 def _ix_put(v: BaoVault, record: KeyRecord, stored: tuple[int, int]) -> None:
     v._cache.add((record,))
-    v._index[record.uid] = _Entry(record.tenant, record.state, int(record.synced), *stored)
+    v._index[record.uid] = _Entry.of(record, int(record.synced), *stored)
     if not record.synced:
-        v._outbox[record.uid] = None
+        v._enqueue(record.uid)
     v._written += 1
 
 
@@ -178,7 +220,8 @@ def _ix_rewrite(v: BaoVault, payload: Any, stored: Stored | None) -> None:
     entry = v._index.get(new.uid)
     if entry is not None:
         entry.state, entry.version = new.state, version
-        if new.synced and entry.synced == 0:
+        entry.l3, entry.blob = new.l3_version, bool(new.wrapped)
+        if new.synced and entry.synced != 1:
             entry.synced = 1
             v._outbox.pop(new.uid, None)
 
@@ -207,6 +250,8 @@ _INDEXED: Final[Mapping[Op, Callable[[BaoVault, Any, Any], None]]] = {
     _reinstate: _ix_rewrite,
     _apply_change: _ix_rewrite,
     _mark_synced: _ix_rewrite,
+    _adopt: _ix_rewrite,
+    _rewrap: _ix_rewrite,
     _set_cursor: _ix_nothing,
     _quarantine: _ix_quarantine,
     _delete: _ix_delete,
@@ -217,6 +262,7 @@ _EFFECTS: Final[Mapping[Op, Callable[[Any], tuple[str, Effect]]]] = {
     _set_attributes: sqlite._attributes_effect,
     _reinstate: sqlite._reinstate_effect,
     _apply_change: sqlite._apply_effect,
+    _adopt: sqlite._adopt_effect,
 }
 
 
@@ -245,7 +291,12 @@ class BaoVault:
         self._background: set[asyncio.Future[Any]] = set()
         self._cache = RecordCache(cache_size)
         self._index: dict[str, _Entry] = {}
-        self._outbox: dict[str, None] = {}  # uids not acknowledged by the Core, oldest first
+        # uids not acknowledged by the Core, oldest first -> their outbox position
+        self._outbox: dict[str, int] = {}
+        self._positions = 0  # the last outbox position given (positions only grow)
+        self._commit_seconds = Histogram(COMMIT_BUCKETS)  # each KV operation
+        self._batch_sizes = Histogram(BATCH_BUCKETS)  # always 1: no group commit
+        self._failing: str | None = None  # the last write failure, until one succeeds
         self._written = 0
         self._locks: dict[str, list[Any]] = {}  # uid -> [asyncio.Lock, users]
         self._pool = ThreadPoolExecutor(max(1, connections), thread_name_prefix="vault-bao")
@@ -292,7 +343,7 @@ class BaoVault:
                 entry.synced = 2
             self._index[uid] = entry
             if entry.synced == 0:
-                self._outbox[uid] = None
+                self._enqueue(uid)
         state = kv.read_state("state", "cursor")
         seq = state.get("seq") if isinstance(state, dict) else 0
         self._cursor = seq if type(seq) is int and seq > 0 else 0
@@ -307,7 +358,11 @@ class BaoVault:
             record, at, synced = decoded(uid, found[0])
         except BadRow:
             return uid, _Entry("", 0, 0, 0)  # left in the outbox, which quarantines it
-        return uid, _Entry(record.tenant, record.state, synced, at, found[1])
+        return uid, _Entry.of(record, synced, at, found[1])
+
+    def _enqueue(self, uid: str) -> None:
+        self._positions += 1
+        self._outbox[uid] = self._positions
 
     # -- counters --------------------------------------------------------------
     @property
@@ -326,6 +381,27 @@ class BaoVault:
     def quarantined(self) -> int:
         return self._quarantined
 
+    @property
+    def path(self) -> Path | None:
+        return None  # no file: OpenBao holds the records
+
+    @property
+    def commit_stats(self) -> tuple[Histogram, Histogram]:
+        """Each KV operation's seconds, and its writes (1: there is no group commit)."""
+        return self._commit_seconds, self._batch_sizes
+
+    def unwritable(self) -> str | None:
+        """Why the vault cannot take writes now (closed, or its last write to
+        OpenBao failed and none succeeded since), or None."""
+        return "the vault is closed" if self._closed else self._failing
+
+    def outbox_stats(self) -> tuple[int, int | None]:
+        """How many keys wait for the Core, and when the oldest was written
+        (seconds since the epoch; None when none waits)."""
+        first = next(iter(self._outbox), None)
+        entry = None if first is None else self._index.get(first)
+        return len(self._outbox), (None if entry is None else entry.at // 1_000_000_000)
+
     # -- running operations -------------------------------------------------------
     async def submit(self, op: Op, payload: Any) -> Any:
         """``op(kv, payload)`` on a worker thread; once it returned, its entry in
@@ -336,7 +412,16 @@ class BaoVault:
         if indexed is None:
             raise StorageError(f"vault: no index update for operation {op.__name__}")
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._pool, op, self._kv, payload)
+        began = time.perf_counter()
+        try:
+            result = await loop.run_in_executor(self._pool, op, self._kv, payload)
+        except StorageError as exc:
+            if not isinstance(exc, Conflict) and exc.message != DUPLICATE:
+                self._failing = exc.message
+            raise
+        self._failing = None
+        self._commit_seconds.observe(time.perf_counter() - began)
+        self._batch_sizes.observe(1)
         indexed(self, payload, result)
         return result
 
@@ -400,6 +485,33 @@ class BaoVault:
         payload = (uid, None if state is None else int(state),
                    None if attributes is None else bytes(attributes), int(seq), self._sealer)
         return await self._follow(_apply_change, payload, int(seq))
+
+    async def adopt(self, record: KeyRecord, *, seq: int = 0) -> bool:
+        """Take the Core's record of a held key whole (see
+        :meth:`krypton.vault.sqlite.Vault.adopt`): held and retried if not stored."""
+        return await self._follow(_adopt, (record, int(seq), None), int(seq))
+
+    async def rewrap(self, record: KeyRecord, version: int, wrapped: bytes) -> bool:
+        """Store ``record`` (as read) re-wrapped under L3 ``version`` if it has not
+        changed since it was read; False if it has (or is gone)."""
+        payload = (record.uid, record.l3_version, record.wrapped, int(version), bytes(wrapped),
+                   self._sealer)  # fmt: skip
+        return await self._keyed(record.uid, _rewrap, payload) is not None
+
+    async def quarantine(self, refused: Mapping[str, str]) -> int:
+        """Take keys the Core refused (uid -> why) out of the outbox, listed with
+        the undecodable ones; logged with their uids. How many were taken."""
+        if not refused:
+            return 0
+        for uid, why in sorted(refused.items()):
+            log.error("vault: the Krypton Core refused key %r (%s): quarantined, the other"
+                      " keys keep syncing", uid, why)  # fmt: skip
+        now = int(time.time())
+        todo = [Quarantined(self._index[uid].at, uid, why, now)
+                for uid, why in sorted(refused.items()) if uid in self._outbox]  # fmt: skip
+        await asyncio.gather(*(self._keyed(q.uid, _quarantine, q) for q in todo))
+        self._quarantined += len(todo)
+        return len(todo)
 
     async def set_cursor(self, seq: int) -> None:
         if self._held:
@@ -483,33 +595,69 @@ class BaoVault:
             raise StorageError(f"vault record {uid!r} is unreadable: {bad}") from None
         record = check(record, self._sealer, _no_legacy)
         if uid not in self._index:
-            self._index[uid] = _Entry(record.tenant, record.state, synced, at, found[1])
+            self._index[uid] = _Entry.of(record, synced, at, found[1])
         return record
 
-    def outbox(self, limit: int) -> list[KeyRecord]:
-        """Up to ``limit`` records the Core has not acknowledged, oldest first
-        (see :meth:`krypton.vault.sqlite.Vault.outbox`). Call it on the event loop."""
+    def outbox(
+        self, limit: int, *, tenant: str | None = None,
+        gone: Callable[[str, int], bool] | None = None,
+    ) -> list[KeyRecord]:
+        """The records of the first :meth:`outbox_page` (from the oldest)."""
+        return self.outbox_page(limit, tenant=tenant, gone=gone).records
+
+    def outbox_page(
+        self, limit: int, *, tenant: str | None = None, after: int = 0,
+        gone: Callable[[str, int], bool] | None = None,
+    ) -> OutboxPage:
+        """Up to ``limit`` outbox entries (of ``tenant``, or of all) past position
+        ``after``, oldest first, as records (see
+        :meth:`krypton.vault.sqlite.Vault.outbox_page`): positions are given in
+        write order as keys enter the outbox. Call it on the event loop."""
         records: list[KeyRecord] = []
-        for uid in list(self._outbox):
-            if len(records) >= limit:
+        read, position = 0, after
+        for uid, pos in list(self._outbox.items()):
+            if read >= limit:
                 break
+            entry = self._index.get(uid)
+            if pos <= after or (tenant is not None and entry is not None
+                               and entry.tenant not in (tenant, "")):  # fmt: skip
+                continue
+            read, position = read + 1, pos
             if uid in self._quarantining:
                 continue
-            try:
-                record = self._cache.get(uid) or self._read(uid)
-            except StorageError as exc:
-                if "unreadable" in exc.message:
-                    self._quarantine_one(uid, exc.message)
-                continue
-            except KryptonError:
-                continue
+            record = self._outbox_record(uid, gone)
             if record is not None:
                 records.append(record)
-        return records
+        return OutboxPage(records, position, read >= limit > 0)
 
-    def _quarantine_one(self, uid: str, reason: str) -> None:
-        log.error("vault: outbox record of key %r does not decode (%s): quarantined, the"
-                  " other keys keep syncing", uid, reason)  # fmt: skip
+    def _outbox_record(self, uid: str, gone: Callable[[str, int], bool] | None
+                       ) -> KeyRecord | None:  # fmt: skip
+        """The outbox record, checked; None (quarantined if it cannot be sent
+        ever) if it cannot be sent now."""
+        record = self._cache.get(uid)
+        if record is not None:
+            return record
+        try:
+            record = self.peek(uid)
+        except StorageError as exc:
+            if "unreadable" in exc.message:
+                self._quarantine_one(uid, exc.message)
+            return None
+        if record is None:
+            return None
+        try:
+            return check(record, self._sealer, _no_legacy)
+        except KeyUnavailable:
+            if gone is not None and gone(record.tenant, record.l3_version):
+                self._quarantine_one(uid, sqlite._gone(record.l3_version),
+                                     "cannot reach the Krypton Core")
+            return None
+        except KryptonError:
+            return None
+
+    def _quarantine_one(self, uid: str, reason: str, why: str = "does not decode") -> None:
+        log.error("vault: outbox record of key %r %s (%s): quarantined, the"
+                  " other keys keep syncing", uid, why, reason)  # fmt: skip
         self._quarantined += 1
         self._quarantining.add(uid)
         entry = self._index.get(uid)
@@ -536,6 +684,29 @@ class BaoVault:
             and uid > after
         )  # fmt: skip
         return uids[:limit]
+
+    def l3_versions(self, tenant: str) -> set[int]:
+        """The L3 versions the tenant's live outbox records are wrapped under."""
+        return {e.l3 for e in self._index.values() if e.tenant == tenant and e.live}
+
+    def under_l3(self, tenant: str, version: int, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` uids above ``after`` of the tenant's live outbox records
+        wrapped under L3 ``version`` (a scan of the index, sorted)."""
+        uids = sorted(
+            uid for uid, e in self._index.items()
+            if e.tenant == tenant and e.live and e.l3 == version and uid > after
+        )  # fmt: skip
+        return uids[:limit]
+
+    def peek(self, uid: str) -> KeyRecord | None:
+        """The stored record, NOT authenticated (never cached, never served)."""
+        found = self._kv.read(uid)
+        if found is None:
+            return None
+        try:
+            return decoded(uid, found[0])[0]
+        except BadRow as bad:
+            raise StorageError(f"vault record {uid!r} is unreadable: {bad}") from None
 
     def holds_keys(self) -> bool:
         return bool(self._index)

@@ -11,10 +11,15 @@ new vault operation goes here first, then into every backend.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from krypton.model.record import KeyRecord
+
+if TYPE_CHECKING:
+    from krypton.metrics.meter import Histogram
+    from krypton.vault.sqlite import OutboxPage
 
 
 class VaultStore(Protocol):
@@ -35,6 +40,16 @@ class VaultStore(Protocol):
     @property
     def quarantined(self) -> int: ...
 
+    @property
+    def path(self) -> Path | None: ...
+
+    @property
+    def commit_stats(self) -> tuple[Histogram, Histogram]: ...
+
+    def unwritable(self) -> str | None: ...
+
+    def outbox_stats(self) -> tuple[int, int | None]: ...
+
     # -- writes ------------------------------------------------------------------
     def authentic(self, record: KeyRecord) -> KeyRecord: ...
 
@@ -53,16 +68,36 @@ class VaultStore(Protocol):
         seq: int = 0,
     ) -> bool: ...
 
+    async def adopt(self, record: KeyRecord, *, seq: int = 0) -> bool: ...
+
+    async def rewrap(self, record: KeyRecord, version: int, wrapped: bytes) -> bool: ...
+
     async def set_cursor(self, seq: int) -> None: ...
 
     async def mark_synced(self, uids: Iterable[str]) -> int: ...
+
+    async def quarantine(self, refused: Mapping[str, str]) -> int: ...
 
     async def seal_legacy(self) -> int: ...
 
     # -- reads -------------------------------------------------------------------
     def get(self, uid: str) -> KeyRecord | None: ...
 
-    def outbox(self, limit: int) -> list[KeyRecord]: ...
+    def outbox(
+        self, limit: int, *, tenant: str | None = None,
+        gone: Callable[[str, int], bool] | None = None,
+    ) -> list[KeyRecord]: ...
+
+    def outbox_page(
+        self, limit: int, *, tenant: str | None = None, after: int = 0,
+        gone: Callable[[str, int], bool] | None = None,
+    ) -> OutboxPage: ...
+
+    def peek(self, uid: str) -> KeyRecord | None: ...
+
+    def l3_versions(self, tenant: str) -> set[int]: ...
+
+    def under_l3(self, tenant: str, version: int, after: str, limit: int) -> list[str]: ...
 
     def cursor(self) -> int: ...
 
