@@ -7,6 +7,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +19,8 @@ from krypton.vault import Vault
 from krypton.vault.openbao import BaoVault
 from krypton.vault.port import VaultStore
 from krypton.vault.sqlite import quarantined
+
+T = TypeVar("T")
 
 
 def record(uid: str | None = None, *, tenant: str = "demo", state: int = 1) -> KeyRecord:
@@ -455,3 +458,84 @@ def test_an_undecodable_outbox_row_is_quarantined(tmp_path: Path) -> None:
             cold.close()
 
     run(body())
+
+
+def ask(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def test_outbox_pages_by_tenant_past_a_position(open_store: Opener, store: VaultStore
+                                                ) -> None:  # fmt: skip
+    mine = [record() for _ in range(5)]
+    theirs = [record(tenant="other") for _ in range(3)]
+    for a, b in zip(mine, [*theirs, None, None], strict=True):
+        run(store.put(a))
+        if b is not None:
+            run(store.put(b))
+    first = store.outbox_page(2, tenant="demo")
+    assert [r.uid for r in first.records] == [r.uid for r in mine[:2]] and first.more
+    rest = store.outbox_page(5, tenant="demo", after=first.position)
+    assert [r.uid for r in rest.records] == [r.uid for r in mine[2:]] and not rest.more
+    assert rest.position > first.position
+    assert store.outbox_page(5, tenant="demo", after=rest.position).records == []
+    assert [r.uid for r in store.outbox(10, tenant="other")] == [r.uid for r in theirs]
+    everyone = store.outbox_page(3)
+    assert [r.uid for r in everyone.records] == [mine[0].uid, theirs[0].uid, mine[1].uid]
+    assert ask(store.mark_synced([mine[0].uid, theirs[0].uid])) == 2
+    keys, oldest = store.outbox_stats()
+    assert keys == 6 and oldest is not None and store.unwritable() is None
+    store.close()
+    again = open_store()
+    assert [r.uid for r in again.outbox(10, tenant="demo")] == [r.uid for r in mine[1:]]
+    page = again.outbox_page(2, tenant="other")
+    assert [r.uid for r in page.records] == [r.uid for r in theirs[1:]] and page.more
+
+
+def test_keys_the_core_refused_leave_the_outbox(open_store: Opener, store: VaultStore
+                                                ) -> None:  # fmt: skip
+    a, b, c = record(), record(), record()
+    run(store.put_many([a, b, c]))
+    assert ask(store.mark_synced([c.uid])) == 1
+    assert ask(store.quarantine({a.uid: "revoked L3 version", c.uid: "no"})) == 1
+    assert ask(store.quarantine({})) == 0
+    assert [r.uid for r in store.outbox(10)] == [b.uid] and store.quarantined == 1
+    assert store.outbox_stats()[0] == 1
+    store.close()
+    assert [r.uid for r in open_store().outbox(10)] == [b.uid]
+
+
+def test_rewrap_moves_live_outbox_records_as_a_compare_and_set(store: VaultStore) -> None:
+    one, two, old = record(), replace(record(), l3_version=2), record()
+    gone = record(state=5)
+    run(store.put_many([one, two, old, replace(gone, wrapped=b"")]))
+    assert ask(store.mark_synced([old.uid])) == 1
+    assert store.l3_versions("demo") == {1, 2} and store.l3_versions("other") == set()
+    assert store.under_l3("demo", 1, "", 10) == [one.uid]
+    assert store.under_l3("demo", 2, "", 10) == [two.uid]
+    assert store.under_l3("demo", 2, two.uid, 10) == []
+    blob = os.urandom(65)
+    assert ask(store.rewrap(one, 2, blob)) is True
+    moved = store.get(one.uid)
+    assert moved is not None and (moved.l3_version, moved.wrapped) == (2, blob)
+    assert ask(store.rewrap(one, 3, os.urandom(65))) is False  # it moved on since
+    assert store.l3_versions("demo") == {2}
+    assert store.under_l3("demo", 2, "", 10) == sorted([one.uid, two.uid])
+
+
+def test_adopt_takes_the_cores_record_whole(open_store: Opener, store: VaultStore) -> None:
+    rec = record()
+    run(store.put(rec))
+    assert store.peek(rec.uid) == rec and store.peek("nope") is None
+    core = replace(rec, state=2, l3_version=3, wrapped=os.urandom(65), attributes=b"\x01")
+    assert ask(store.adopt(core, seq=7)) is True
+    assert ask(store.adopt(replace(core, tenant="other"), seq=8)) is False
+    got = store.get(rec.uid)
+    assert got is not None and (got.state, got.l3_version, got.wrapped, got.attributes,
+                                got.synced) == (2, 3, core.wrapped, b"\x01", True)  # fmt: skip
+    assert store.outbox(10) == [] and store.cursor() == 8
+    store.close()
+    again = open_store(cache_size=0)
+    assert again.peek(rec.uid) == replace(core, synced=True) and again.cursor() == 8
