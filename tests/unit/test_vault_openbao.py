@@ -24,7 +24,7 @@ from krypton.config import load_gateway_config
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
 from krypton.errors import ConfigError, OpenBaoError, StorageError
-from krypton.gateway.app import VAULTS
+from krypton.gateway.app import VAULTS, sealable_vault
 from krypton.model import KeyRecord, new_uid
 from krypton.openbao.server import bao_binary
 from krypton.pki import init_dev_dir
@@ -333,6 +333,32 @@ def test_the_gateway_opens_the_configured_backend(
     sqlite = VAULTS["sqlite"](load_gateway_config(layout.gateway_config, env={}), ring.record_mac)
     try:
         assert isinstance(sqlite, Vault)
+    finally:
+        sqlite.close()
+
+
+def test_a_seal_needs_the_sqlite_vault(place: Place, tmp_path: Path) -> None:
+    layout = init_dev_dir(tmp_path / "dev")
+    cfg = load_gateway_config(layout.gateway_config, env={})
+    ring, _ = _ring()
+    bao = BaoVault.open(place.server.address, token=place.server.root_token,
+                        mount=place.mount, prefix=place.prefix)  # fmt: skip
+    sealed = replace(cfg, vault=replace(cfg.vault, backend="openbao"),
+                     seal=replace(cfg.seal, kind="pkcs11"))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^gateway\.seal\.kind: 'pkcs11' .*"
+                                          r"gateway\.vault\.backend 'openbao'"):
+        sealable_vault(sealed, bao)
+    with pytest.raises(StorageError, match="closed"):  # closed on the way out
+        bao.get("x")
+    again = BaoVault.open(place.server.address, token=place.server.root_token,
+                          mount=place.mount, prefix=place.prefix)  # fmt: skip
+    try:
+        assert sealable_vault(replace(sealed, seal=cfg.seal), again) is None  # kind "none"
+    finally:
+        again.close()
+    sqlite = VAULTS["sqlite"](cfg, ring.record_mac)
+    try:
+        assert sealable_vault(replace(cfg, seal=sealed.seal), sqlite) is sqlite
     finally:
         sqlite.close()
 

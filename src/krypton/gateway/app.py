@@ -107,7 +107,7 @@ VAULTS: Final[Mapping[str, Callable[[GatewayConfig, Sealer], VaultStore]]] = {
 }
 
 
-def _sealable(cfg: GatewayConfig, vault: VaultStore) -> Vault | None:
+def sealable_vault(cfg: GatewayConfig, vault: VaultStore) -> Vault | None:
     """The vault the seal keeps its sealed L3 copies in: only the SQLite one has their table."""
     if isinstance(vault, Vault):
         return vault
@@ -186,7 +186,7 @@ class Gateway:
         lim = cfg.limits
         self.vault = VAULTS[cfg.vault.backend](cfg, self.keyring.record_mac)
         # The seal first: what it restores serves while the Core is unreachable.
-        sealable = _sealable(cfg, self.vault)
+        sealable = sealable_vault(cfg, self.vault)
         self.seal = None if sealable is None else await open_seal(
             cfg.seal, cfg.name, sealable, max_lease=cfg.uplink.max_lease)
         if self.seal is not None:
