@@ -151,7 +151,9 @@ class VaultConfig:
     ``gateway.vault_path``; ``openbao`` a KV v2 mount of an OpenBao server
     (``krypton.vault.openbao``), authenticated by the token in the environment
     variable named ``token_env``, else by the AppRole whose role_id and
-    secret_id are in the variables ``role_id_env`` and ``secret_id_env``."""
+    secret_id are in the variables ``role_id_env`` and ``secret_id_env``.
+    A gateway seal (``[gateway.seal]`` kind other than none) needs ``sqlite``:
+    the sealed L3 copies are a table of that file."""
 
     backend: str = "sqlite"
     address: str = "http://127.0.0.1:8200"
