@@ -142,6 +142,30 @@ class CacheConfig:
     records: int = 100_000
 
 
+VAULT_BACKENDS = ("sqlite", "openbao")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VaultConfig:
+    """``[gateway.vault]``: where the wrapped records live. ``sqlite`` is the file
+    ``gateway.vault_path``; ``openbao`` a KV v2 mount of an OpenBao server
+    (``krypton.vault.openbao``), authenticated by the token in the environment
+    variable named ``token_env``, else by the AppRole whose role_id and
+    secret_id are in the variables ``role_id_env`` and ``secret_id_env``.
+    A gateway seal (``[gateway.seal]`` kind other than none) needs ``sqlite``:
+    the sealed L3 copies are a table of that file."""
+
+    backend: str = "sqlite"
+    address: str = "http://127.0.0.1:8200"
+    mount: str = "kv"
+    prefix: str = "krypton/gateway"
+    token_env: str = "BAO_TOKEN"  # noqa: S105 - the name of a variable
+    role_id_env: str = "BAO_ROLE_ID"
+    secret_id_env: str = "BAO_SECRET_ID"  # noqa: S105 - the name of a variable
+    ca: Path | None = None  # https: the CA that signs OpenBao's certificate
+    connections: int = 16  # keep-alive HTTP connections (writes in flight at once)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UplinkConfig:
     # One Core or several ("host:port, host:port"; a name may resolve to several
@@ -262,6 +286,7 @@ class GatewayConfig:
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     admin: AdminConfig = field(default_factory=GatewayAdminConfig)
     seal: SealConfig = field(default_factory=SealConfig)
+    vault: VaultConfig = field(default_factory=VaultConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -721,6 +746,20 @@ _GATEWAY = _Section(
             },
         ),
         "cache": _Section(CacheConfig, {"records": _integer(0)}),
+        "vault": _Section(
+            VaultConfig,
+            {
+                "backend": _choice(VAULT_BACKENDS),
+                "address": _text,
+                "mount": _text,
+                "prefix": _text,
+                "token_env": _text,
+                "role_id_env": _text,
+                "secret_id_env": _text,
+                "ca": _optional_file,
+                "connections": _integer(1, 256),
+            },
+        ),
         "uplink": _Section(
             UplinkConfig,
             {

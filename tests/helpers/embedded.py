@@ -82,8 +82,10 @@ class Stack:
 
     @property
     def vault(self) -> Vault:
-        assert self.embedded.gateway is not None and self.embedded.gateway.vault is not None
-        return self.embedded.gateway.vault
+        assert self.embedded.gateway is not None
+        vault = self.embedded.gateway.vault
+        assert isinstance(vault, Vault)  # the embedded stack's vault is SQLite
+        return vault
 
     @property
     def registry(self) -> Registry:

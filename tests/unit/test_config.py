@@ -16,6 +16,7 @@ from krypton.config import (
     GatewayTLSConfig,
     LimitsConfig,
     UplinkConfig,
+    VaultConfig,
     env_name,
     load_core_config,
     load_gateway_config,
@@ -76,6 +77,7 @@ def test_defaults(dev: DevLayout) -> None:
     assert cfg.cache == CacheConfig(records=100_000)
     assert cfg.uplink == UplinkConfig(core_id="spiffe://krypton.dev/core/core-dev")
     assert (cfg.uplink.host, cfg.uplink.port, cfg.uplink.timeout) == ("127.0.0.1", 5697, 2.0)
+    assert cfg.vault == VaultConfig(backend="sqlite")
 
 
 def test_dev_configs_load_and_match_defaults(dev: DevLayout) -> None:
@@ -217,6 +219,9 @@ def test_env_rule_covers_every_setting() -> None:
         ("gateway.uplink.core_address", '"::1:80"', "host:port"),
         ("gateway.uplink.core_address", '"h:0"', "host:port"),
         ("gateway.cache.records", "-1", "≥ 0"),
+        ("gateway.vault.backend", '"etcd"', "'sqlite', 'openbao'"),
+        ("gateway.vault.connections", "0", "≥ 1"),
+        ("gateway.vault.token_env", '""', "non-empty string"),
     ],
 )
 def test_bad_file_value_names_the_setting(dev: DevLayout, setting: str, toml: str,
@@ -427,3 +432,20 @@ def test_admin_endpoints_default_off_by_empty_and_with_tls(dev: DevLayout) -> No
             gateway(dev, env={"KRYPTON_GATEWAY_ADMIN_LISTEN": bad})
     with pytest.raises(ConfigError, match=r"^gateway\.admin\.cert: file not found"):
         gateway(dev, '[gateway.admin]\ncert = "nope.pem"\nkey = "nope.pem"\n')
+
+
+def test_the_vault_on_openbao(dev: DevLayout) -> None:
+    cfg = gateway(dev, """
+[gateway.vault]
+backend = "openbao"
+address = "https://bao.internal:8200"
+mount = "secret"
+prefix = "gateways/eu1"
+role_id_env = "GW_ROLE_ID"
+secret_id_env = "GW_SECRET_ID"
+ca = "pki/ca.pem"
+""", env={"KRYPTON_GATEWAY_VAULT_CONNECTIONS": "32"})
+    assert cfg.vault == VaultConfig(
+        backend="openbao", address="https://bao.internal:8200", mount="secret",
+        prefix="gateways/eu1", token_env="BAO_TOKEN", role_id_env="GW_ROLE_ID",
+        secret_id_env="GW_SECRET_ID", ca=dev.root.absolute() / "pki/ca.pem", connections=32)

@@ -30,7 +30,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "metrics": _BASE | {"ttlv", "kmip"},
     "admin": _BASE | {"config", "metrics", "tls"},
     "storage": _BASE | {"metrics"},
-    "vault": _BASE | {"ttlv", "kmip", "model", "crypto", "storage", "metrics"},
+    "vault": _BASE | {"ttlv", "kmip", "model", "crypto", "storage", "metrics", "openbao"},
     "registry": _BASE | {"ttlv", "kmip", "model", "storage"},
     "tls": _BASE | {"config"},
     "pki": _BASE,
@@ -46,7 +46,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "client": _BASE | {"ttlv", "kmip"},
     "conformance": _BASE | {"ttlv", "kmip", "client"},
     "bench": _BASE | {"ttlv", "kmip", "client", "config", "tls"},
-    "stack": _BASE | {"config", "core", "gateway", "registry", "tls"},
+    "stack": _BASE | {"config", "core", "gateway", "registry", "tls", "openbao"},
     "cli": _BASE
     | {"config", "core", "gateway", "registry", "vault", "tls", "stack", "bench", "conformance"}
     | {"crypto", "pki", "client", "hardening", "admin", "logs", "roots"},

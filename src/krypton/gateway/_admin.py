@@ -74,8 +74,9 @@ class GatewaySource:
         if vault is None:
             return ["the vault is not open"]
         why = vault.unwritable()
-        if why is None and not os.access(vault.path.parent, os.W_OK):
-            why = f"the vault's folder {vault.path.parent} is not writable"
+        path = vault.path  # None: not a file (OpenBao)
+        if why is None and path is not None and not os.access(path.parent, os.W_OK):
+            why = f"the vault's folder {path.parent} is not writable"
         return [] if why is None else [why]
 
     def _l3(self) -> list[str]:

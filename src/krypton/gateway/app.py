@@ -16,6 +16,8 @@ import dataclasses
 import logging
 import os
 import ssl
+from collections.abc import Callable, Mapping
+from typing import Final
 
 from krypton.admin.checks import Check
 from krypton.admin.peers import WorkerSlot
@@ -41,6 +43,9 @@ from krypton.tls.reload import Commit, FileSource, Reloader, Source
 from krypton.tls.workload import WorkloadSource
 from krypton.ttlv.codec import Limits
 from krypton.uplink.client import UplinkClient, UplinkL3Source
+from krypton.vault.auth import Sealer
+from krypton.vault.openbao import BaoVault
+from krypton.vault.port import VaultStore
 from krypton.vault.sqlite import Vault
 
 log = logging.getLogger("krypton.gateway")
@@ -66,8 +71,8 @@ def limits_of(config: GatewayConfig) -> Limits:
     )
 
 
-def _open_vault(cfg: GatewayConfig, keyring: KeyRing) -> Vault:
-    """The vault; a folder that is not there is a configuration error naming the setting."""
+def _sqlite_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
+    """The SQLite vault; a folder that is not there is a configuration error naming the setting."""
     folder = cfg.vault_path.parent
     if not folder.is_dir():
         raise ConfigError(f"gateway.vault_path: the folder {folder} does not exist "
@@ -75,7 +80,43 @@ def _open_vault(cfg: GatewayConfig, keyring: KeyRing) -> Vault:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"gateway.vault_path: the folder {folder} is not writable by this "
                           "process (the vault and its -wal and -shm files are made in it)")
-    return Vault.open(cfg.vault_path, cache_size=cfg.cache.records, sealer=keyring.record_mac)
+    return Vault.open(cfg.vault_path, cache_size=cfg.cache.records, sealer=sealer)
+
+
+def _openbao_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
+    v = cfg.vault
+    token = os.environ.get(v.token_env) or None
+    role_id = None if token else os.environ.get(v.role_id_env) or None
+    secret_id = None if token else os.environ.get(v.secret_id_env) or None
+    if token is None and not (role_id and secret_id):
+        raise ConfigError(
+            f"gateway.vault: backend 'openbao' needs a token in ${v.token_env} or an AppRole"
+            f" in ${v.role_id_env} and ${v.secret_id_env}"
+        )
+    return BaoVault.open(
+        v.address, mount=v.mount, prefix=v.prefix, token=token, role_id=role_id,
+        secret_id=secret_id, ca=v.ca, connections=v.connections,
+        cache_size=cfg.cache.records, sealer=sealer,
+    )  # fmt: skip
+
+
+# gateway.vault.backend -> how to open it
+VAULTS: Final[Mapping[str, Callable[[GatewayConfig, Sealer], VaultStore]]] = {
+    "sqlite": _sqlite_vault,
+    "openbao": _openbao_vault,
+}
+
+
+def sealable_vault(cfg: GatewayConfig, vault: VaultStore) -> Vault | None:
+    """The vault the seal keeps its sealed L3 copies in: only the SQLite one has their table."""
+    if isinstance(vault, Vault):
+        return vault
+    if cfg.seal.kind != "none":
+        vault.close()
+        raise ConfigError(f"gateway.seal.kind: {cfg.seal.kind!r} keeps sealed L3 keys in a "
+                          f"SQLite vault; gateway.vault.backend {cfg.vault.backend!r} has none "
+                          "(use kind = \"none\" or backend = \"sqlite\")")
+    return None
 
 
 class Gateway:
@@ -109,7 +150,7 @@ class Gateway:
         self.config = config
         self.ssl_context = ssl_context
         self.keyring = KeyRing()
-        self.vault: Vault | None = None
+        self.vault: VaultStore | None = None
         self.client: UplinkClient | None = None
         self.l3_source: UplinkL3Source | None = None
         self.upstream: Upstream | None = None
@@ -143,10 +184,11 @@ class Gateway:
         ssl_ctx = self.ssl_context or server_context(cfg.tls, material=material)
         limits = limits_of(cfg)
         lim = cfg.limits
-        self.vault = _open_vault(cfg, self.keyring)
+        self.vault = VAULTS[cfg.vault.backend](cfg, self.keyring.record_mac)
         # The seal first: what it restores serves while the Core is unreachable.
-        self.seal = await open_seal(cfg.seal, cfg.name, self.vault,
-                                    max_lease=cfg.uplink.max_lease)
+        sealable = sealable_vault(cfg, self.vault)
+        self.seal = None if sealable is None else await open_seal(
+            cfg.seal, cfg.name, sealable, max_lease=cfg.uplink.max_lease)
         if self.seal is not None:
             await self.seal.restore(self.keyring)
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants), material)

@@ -39,7 +39,7 @@ from collections.abc import Iterable
 
 from krypton.crypto.keyring import KeyRing
 from krypton.errors import KryptonError
-from krypton.vault.sqlite import Vault
+from krypton.vault.port import VaultStore
 
 log = logging.getLogger("krypton.gateway.rewrap")
 
@@ -50,7 +50,7 @@ DEFAULT_INTERVAL = 1.0
 class VaultRewrapper:
     """Moves a gateway vault's records to each tenant's active L3 version."""
 
-    def __init__(self, vault: Vault, ring: KeyRing, tenants: Iterable[str], *,
+    def __init__(self, vault: VaultStore, ring: KeyRing, tenants: Iterable[str], *,
                  batch: int = DEFAULT_BATCH, interval: float = DEFAULT_INTERVAL) -> None:
         self._vault = vault
         self._ring = ring

@@ -77,7 +77,8 @@ from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 from krypton.uplink.client import UplinkClient
 from krypton.uplink.types import ConnectionState, ExecuteRequest, Heartbeat, StateChange
-from krypton.vault.sqlite import DESTROYED_STATES, Vault
+from krypton.vault.port import VaultStore
+from krypton.vault.sqlite import DESTROYED_STATES
 
 log = logging.getLogger("krypton.upstream")
 
@@ -95,7 +96,7 @@ class Upstream:
     def __init__(
         self,
         client: UplinkClient,
-        vault: Vault,
+        vault: VaultStore,
         limits: Limits,
         *,
         batch: int = DRAIN_BATCH,

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import ssl
+from pathlib import Path
 
 from krypton.config import CoreConfig, GatewayConfig
 from krypton.core.app import Core, initialise
 from krypton.gateway.app import Gateway
+from krypton.openbao.server import RaftServer
 
 log = logging.getLogger("krypton.dev")
 
@@ -32,6 +36,22 @@ def prepare_tenants(core: CoreConfig) -> None:
     """:func:`ensure_tenants` before processes start (no race between them).
     Runs its own event loop: call it where no loop is running."""
     asyncio.run(ensure_tenants(core))
+
+
+def openbao_vault(folder: Path, secrets: Path, gateway: GatewayConfig
+                  ) -> tuple[GatewayConfig, RaftServer]:  # fmt: skip
+    """``krypton dev --vault openbao``: an OpenBao server with Raft storage in
+    ``folder`` (initialised on first use, its unseal key and root token in
+    ``secrets`` beside the dev PKI, unsealed on every start), and ``gateway``
+    pointed at it. The root token reaches the gateway through its token
+    variable in this process's environment — development only."""
+    server = RaftServer(folder, secrets, mount=gateway.vault.mount)
+    server.start()
+    os.environ[gateway.vault.token_env] = server.root_token
+    vault = dataclasses.replace(gateway.vault, backend="openbao", address=server.address)
+    log.info("dev: the gateway vault is on OpenBao at %s (Raft storage in %s)",
+             server.address, folder)  # fmt: skip
+    return dataclasses.replace(gateway, vault=vault), server
 
 
 class EmbeddedStack:

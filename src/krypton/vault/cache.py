@@ -61,6 +61,12 @@ class RecordCache:
                 if record is not None:
                     self._entries[uid] = change(record)
 
+    def discard(self, uid: str) -> None:
+        """Forget a record that is no longer stored."""
+        with self._lock:
+            self._gen += 1
+            self._entries.pop(uid, None)
+
     def clear(self) -> None:
         with self._lock:
             self._gen += 1

@@ -20,11 +20,15 @@ in the drainer, and the outbox quarantines it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
+from krypton.errors import StorageError
 from krypton.model.record import KeyRecord
 
+log = logging.getLogger("krypton.vault")
 Change = tuple[Callable[..., Any], Any]  # (vault operation, payload)
 Effect = Callable[[KeyRecord], KeyRecord]
 
@@ -72,6 +76,33 @@ class Held:
         for _, effect in self._changes.get(record.uid, ()):
             record = effect(record)
         return record
+
+
+async def retry_held(
+    held: Held,
+    store: Callable[[str, Change], Awaitable[object]],
+    settle: Callable[[], Awaitable[None]],
+    retry: tuple[float, float],
+) -> None:
+    """Store every held change (``store(uid, change)``), each key's oldest first,
+    backing off from ``retry[0]`` to ``retry[1]`` seconds while the vault still
+    fails; ``settle()`` (the feed cursor they owe) once nothing is held."""
+    first, cap = retry
+    delay = first
+    while held:
+        await asyncio.sleep(delay)
+        try:
+            for uid in held.uids():
+                while (change := held.first(uid)) is not None:
+                    await store(uid, change)
+                    held.stored(uid)
+                    log.info("vault: the held change of %s is stored now", uid)
+            if not held:
+                await settle()
+            delay = first
+        except StorageError as exc:
+            delay = min(max(delay, 0.001) * 2, cap)
+            log.debug("vault: held changes still not stored: %s", exc.message)
 
 
 def _text(v: Any) -> str:

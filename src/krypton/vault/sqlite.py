@@ -54,7 +54,7 @@ from krypton.model.record import KeyRecord
 from krypton.storage import Op, Readers, Writer, open_file, translated
 from krypton.vault.auth import Sealer, check, seal
 from krypton.vault.cache import RecordCache
-from krypton.vault.held import BadRow, Effect, Held, decode
+from krypton.vault.held import BadRow, Change, Effect, Held, decode, retry_held
 from krypton.vault.schema import migrate
 from krypton.vault.sealed_l3 import drop_rows, put_row
 
@@ -623,23 +623,15 @@ class Vault:
         return False
 
     async def _retry_held(self) -> None:
-        first, cap = self.retry
-        delay = first
-        while self._held:
-            await asyncio.sleep(delay)
-            try:
-                for uid in self._held.uids():
-                    while (change := self._held.first(uid)) is not None:
-                        await self._submit(*change)
-                        self._held.stored(uid)
-                        log.info("vault: the held change of %s is stored now", uid)
-                if not self._held and self._cursor_due:
-                    await self._submit(_set_cursor, self._cursor_due)
-                    self._cursor_due = 0
-                delay = first
-            except StorageError as exc:
-                delay = min(max(delay, 0.001) * 2, cap)
-                log.debug("vault: held changes still not stored: %s", exc.message)
+        async def store(uid: str, change: Change) -> None:
+            await self._submit(*change)
+
+        async def settle() -> None:
+            if self._cursor_due:
+                await self._submit(_set_cursor, self._cursor_due)
+                self._cursor_due = 0
+
+        await retry_held(self._held, store, settle, self.retry)
 
     async def mark_synced(self, uids: Iterable[str]) -> int:
         """Take records out of the outbox; how many were marked."""
