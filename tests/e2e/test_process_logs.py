@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 EU = "gw-eu"  # served only tenant demo by the Core, though its policy names both
 JSON_LOGS = {"LOG_FORMAT": "json", "LOG_LEVEL": "debug"}
 # What the processes print on stdout for people and scripts (not log records).
-READY_LINES = ("KMIP on", "uplink on")
+READY_LINES = ("KMIP on", "uplink on", "root of trust:")  # start-up lines on stdout
 # gRPC's C core writes its own lines to stderr (glog style: "E1206 12:00:00.1 ...").
 GRPC_CORE = re.compile(r"^[EWID]\d{4} \d")
 
