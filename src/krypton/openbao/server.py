@@ -129,12 +129,14 @@ class RaftServer:
         hcl = self.folder / "bao.hcl"
         hcl.write_text(_HCL.format(raft=self.folder / "raft", **ports))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
+        self._wait_for_previous()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
                 [str(bao_binary()), "server", f"-config={hcl}"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=self.folder, preexec_fn=_die_with_parent,  # noqa: PLW1509
             )  # fmt: skip
+        self._pid_file.write_text(f"{self.proc.pid}\n")
         try:
             self._wait(lambda s: s in (200, 429, 472, 473, 501, 503), "to answer")
             self._unseal()
@@ -143,6 +145,31 @@ class RaftServer:
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.folder / "bao.pid"
+
+    def _wait_for_previous(self, timeout: float = 20.0) -> None:
+        """A server this folder ran before may still be shutting down (its parent was
+        killed and it got SIGTERM): it holds the Raft store's lock, and a new server
+        would fail "failed to open bolt file: timeout". Wait for it, then kill it."""
+        try:
+            pid = int(self._pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if b"bao" not in cmdline.read_bytes():
+                    return  # gone, or the pid reused by another program
+            except OSError:
+                return
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
