@@ -58,6 +58,18 @@ class WorkerSlot:
                 out.append((int(number), path))
         return out
 
+    def mark_listening(self) -> bool:
+        """Record that this worker listens; True for exactly one worker, the first
+        to see every worker listening (it announces the gateway as up, once)."""
+        (self.folder / f"listening-{self.index}").touch()
+        if any(not (self.folder / f"listening-{n}").exists() for n in range(self.count)):
+            return False
+        try:  # two workers may both see the set complete: one wins the file
+            (self.folder / "announced").touch(exist_ok=False)
+        except FileExistsError:
+            return False
+        return True
+
 
 @contextlib.contextmanager
 def rendezvous() -> Iterator[Path]:

@@ -166,10 +166,12 @@ def _dev(args: argparse.Namespace, layout: DevLayout, core: CoreConfig,
     def run_gateway(slot: WorkerSlot) -> int:
         setup_logs(gateway.log_level, gateway.log_format, worker=str(slot.index))
         harden(allow_core_dumps=gateway.allow_core_dumps, who=f"gateway worker {os.getpid()}")
-        return _serve(
-            lambda: Gateway(gateway, ssl_ctx, core_address=address, worker=slot),
-            lambda g: ready(g.port),
-        )
+        def listening(g: Gateway) -> None:
+            if slot.mark_listening():  # "up" when every worker listens, said once
+                ready(g.port)
+
+        return _serve(lambda: Gateway(gateway, ssl_ctx, core_address=address, worker=slot),
+                      listening)  # fmt: skip
 
     with rendezvous() as folder:  # where the workers answer a scrape together
         slots = [WorkerSlot(n, folder, workers) for n in range(workers)]
