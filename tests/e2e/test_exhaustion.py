@@ -145,6 +145,54 @@ def test_half_sent_messages_cannot_exhaust_memory(start_dev: DevStacks) -> None:
     assert all(t is not None for t in times), times
 
 
+def test_pipelined_messages_a_client_never_waits_for_cannot_exhaust_memory(
+    start_dev: DevStacks,
+) -> None:
+    """48 connections each pipeline 16 messages of about 1 MiB and never read an
+    answer: the gateway grows by at most 160 MiB (its pending budget, a large
+    message in hand, and what the allocator keeps) and keeps answering another
+    tenant. Before: each connection's 16 whole frames waited in its queue
+    uncounted, and the gateway grew by about 700 MiB."""
+    srv = start_dev(
+        env={
+            "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_TENANT": "1000",
+            "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_IDENTITY": "1000",
+        }
+    )
+    for _ in range(20):
+        assert round_trip(srv, "other-client") is not None
+    before = rss_kib(srv.proc.pid)
+    pipelined = flood_message() * 16
+    socks = [srv.connect(timeout=30.0) for _ in range(48)]
+
+    def send(sock: ssl.SSLSocket) -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(pipelined)
+
+    senders = [threading.Thread(target=send, args=(s,), daemon=True) for s in socks]
+    try:
+        for t in senders:
+            t.start()
+        peak = before
+        end = time.monotonic() + 6.0
+        while time.monotonic() < end:
+            peak = max(peak, rss_kib(srv.proc.pid))
+            time.sleep(0.05)
+        times = [round_trip(srv, "other-client") for _ in range(3)]
+        assert srv.proc.poll() is None
+    finally:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            sock.close()
+        for t in senders:
+            t.join(5)
+    grown = (peak - before) / 1024
+    print(f"RSS growth under 48 x 16 pipelined 1 MiB messages: {grown:.0f} MiB; {times}")
+    assert grown <= 160
+    assert all(t is not None for t in times), times
+
+
 def test_unknown_identities_do_not_keep_their_slots(start_dev: DevStacks) -> None:
     """1,000 idle connections of an identity the policy does not know, against a
     gateway that takes 200 connections: each is closed right after its

@@ -216,7 +216,76 @@ def test_buffer_grows_as_bytes_arrive_not_on_the_announced_length() -> None:
     assert budget.used == INITIAL_BUFFER
     assert feed(c, big[INITIAL_BUFFER * 2 - 1 :]) == ANSWER
     assert list(c.queue) == [big]
-    assert len(c.buf) == INITIAL_BUFFER and budget.used == 0  # empty again: shrunk, given back
+    assert len(c.buf) == INITIAL_BUFFER  # empty again: shrunk
+    assert budget.used == len(big)  # the buffer's bytes given back, the frame's held
+    assert c.next_frame() == big and budget.used == len(big)  # in hand: still held
+    c.answered()
+    assert budget.used == 0  # answered: given back
+
+
+def test_a_held_frame_leaves_no_room_for_the_next_until_answered() -> None:
+    """Issue 13: whole frames waiting in the queue count against the budget (before:
+    only partial buffers did, and a client pipelining 16 large messages it never
+    waited for held 16 of them beyond every budget)."""
+    one = frame(INITIAL_BUFFER * 2)  # 8,200 bytes: the buffer grows to 16 KiB for it
+    budget = Budget(len(one) + INITIAL_BUFFER * 2 + 100)
+    c = big_conn(budget)
+    assert feed(c, one) == ANSWER and c.reading
+    assert budget.used == len(one) and c.held == len(one)
+    # The next one cannot grow the buffer past 8 KiB while the first is held.
+    assert feed(c, one[: INITIAL_BUFFER * 2]) == ANSWER_AND_PAUSE
+    assert c.starved and not c.reading and c.regrow() is False
+    assert c.next_frame() == one
+    c.answered()  # answered: its bytes are given back
+    assert budget.used == INITIAL_BUFFER and c.held == 0
+    assert c.regrow() is True and c.reading
+    assert feed(c, one[INITIAL_BUFFER * 2 :]) == ANSWER and list(c.queue) == [one]
+
+
+def test_frames_that_fill_the_budget_pause_reading() -> None:
+    """The frames cut in one read take the last of the budget: reading pauses, and
+    resumes once one of them is answered; a closed connection gives back all."""
+    freed: list[int] = []
+    one = frame(INITIAL_BUFFER * 2)
+    budget = Budget(INITIAL_BUFFER * 3 + len(one), lambda: freed.append(budget.used))
+    c = big_conn(budget)
+    # 16 KiB in one go: the first frame is cut, the buffer (16 KiB) keeps the rest.
+    assert feed(c, one + one[: INITIAL_BUFFER * 4 - len(one)]) == ANSWER_AND_PAUSE
+    assert c.starved and not c.reading and budget.full()
+    other = big_conn(budget)
+    assert feed(other, one[:INITIAL_BUFFER]) == PAUSE  # none left for others
+    assert c.next_frame() == one
+    c.answered()
+    assert freed and budget.used == INITIAL_BUFFER * 3 and not budget.full()
+    assert c.regrow() is True and c.reading
+    c.closed(Event.LOST)
+    assert budget.used == 0
+
+
+def test_answers_a_client_does_not_take_are_charged_while_writing_is_paused() -> None:
+    """Issue 13: what the transport holds for a client that does not read is
+    charged (before: a thousand such clients held a megabyte answer each, uncounted)."""
+    budget = Budget(1 << 20)
+    c = big_conn(budget)
+    c.pause_writing()
+    c.hold_unsent(300_000)
+    assert budget.used == 300_000 and c.unsent == 300_000
+    c.hold_unsent(200_000)  # paused again with less: no double charge
+    assert budget.used == 300_000
+    c.resume_writing()
+    assert budget.used == 0 and c.unsent == 0
+    c.pause_writing()
+    c.hold_unsent(1 << 20)
+    assert budget.full()
+    c.closed(Event.LOST)
+    assert budget.used == 0
+
+
+def test_small_frames_are_not_charged() -> None:
+    budget = Budget(INITIAL_BUFFER)
+    c = big_conn(budget)
+    assert feed(c, frame(96) * 3) == ANSWER and budget.used == 0 and c.held == 0
+    assert isinstance(c.next_frame(), bytes) and c.in_hand == 0
 
 
 def test_an_exhausted_budget_pauses_reading_until_it_has_room() -> None:
@@ -232,8 +301,9 @@ def test_an_exhausted_budget_pauses_reading_until_it_has_room() -> None:
     hog.closed(Event.LOST)  # a closed connection gives its buffer back at once
     assert budget.used == 0 and freed == [0] and len(hog.buf) == 0
     assert starved.regrow() is True and starved.reading and not starved.starved
-    assert feed(starved, msg[INITIAL_BUFFER:]) == ANSWER and list(starved.queue) == [msg]
-    assert budget.used == 0
+    # Cut, the frame stays charged: larger than the whole budget, it pauses reading.
+    assert feed(starved, msg[INITIAL_BUFFER:]) == ANSWER_AND_PAUSE
+    assert list(starved.queue) == [msg] and budget.used == len(msg)
 
 
 def test_oversized_length_is_refused_from_the_header() -> None:
@@ -381,6 +451,10 @@ class Transport:
     aborted: bool = False
     read_limit: int | None = None
     write_limit: int | None = None
+    unsent: int = 0
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return self.sslobj if name == "ssl_object" else default

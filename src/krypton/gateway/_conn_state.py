@@ -38,6 +38,19 @@ in its socket, and its read timeout still runs. Once the buffer is empty again
 it shrinks back to :data:`INITIAL_BUFFER`, and a closed connection drops it,
 so the budget is returned at once.
 
+A whole frame larger than :data:`INITIAL_BUFFER` stays charged to the same
+budget from when it is cut until it is answered (``held``: in the queue, then
+in hand), so a client pipelining large messages it does not wait for -- up to
+:data:`MAX_QUEUED` of them per connection -- holds its share and no more.
+Once a cut leaves a budget (the connection's, its tenant's or the listener's)
+full, reading pauses as for a buffer that cannot grow, and resumes when an
+answer gives bytes back. Smaller frames are not charged (the hot path's
+``Get`` and ``Create`` are a few hundred bytes): they are bounded by
+``MAX_QUEUED * INITIAL_BUFFER`` per connection and the connection limit.
+Answers a client does not take are charged too: when the transport pauses
+writing (more than its high-water mark unsent), what it holds is charged
+(``unsent``) until it resumes.
+
 Deadlines are a table too (:data:`DEADLINES`): which clock a state is timed
 on (when its message started, or the last activity) and what happens when it
 runs out. :meth:`ConnState.expired` reads an injected clock's time, so tests
@@ -202,6 +215,15 @@ class Budget:
         if self.parent is not None:
             self.parent.force(n)
 
+    def full(self) -> bool:
+        """No room left here or in a parent."""
+        budget: Budget | None = self
+        while budget is not None:
+            if budget.used >= budget.limit:
+                return True
+            budget = budget.parent
+        return False
+
     def give(self, n: int) -> None:
         self.used -= n
         if self.parent is not None:
@@ -268,7 +290,9 @@ class ConnState:
         "clock",
         "close_grace",
         "end",
+        "held",
         "idle_timeout",
+        "in_hand",
         "last_activity",
         "limits",
         "mark",
@@ -278,6 +302,7 @@ class ConnState:
         "start",
         "starved",
         "state",
+        "unsent",
         "view",
         "writable",
         "write_paused",
@@ -312,7 +337,10 @@ class ConnState:
         self.writable = True  # False while the transport has paused writing
         self.write_timeout = write_timeout
         self.write_paused = 0.0  # when writing paused
-        self.starved = False  # reading paused: the buffer is full and the budget too
+        self.starved = False  # reading paused: the buffer (or a budget) is full
+        self.held = 0  # bytes of charged frames, queued or in hand
+        self.in_hand = 0  # of those, the frame being answered
+        self.unsent = 0  # bytes of answers charged while writing is paused
 
     # -- transitions (the hot path reads the same table, a column at a time) -----
     def fire(self, event: Event) -> State:
@@ -357,6 +385,9 @@ class ConnState:
                     break
                 queue.append(bytes(view[start : start + total]))
                 start += total
+                if total > INITIAL_BUFFER:
+                    self.held += total
+                    self.budget.force(total)
         except KryptonError as exc:
             self.start = self.end = 0
             self.fire(Event.BAD_FRAME)
@@ -392,6 +423,10 @@ class ConnState:
                 return ANSWER_AND_PAUSE if queue else PAUSE
         if not queue:
             return NOTHING
+        if self.held and self.reading and self.budget.full():
+            self.starved = True  # the frames in hand took what this client may hold
+            self.reading = False
+            return ANSWER_AND_PAUSE
         if self.reading and len(queue) >= MAX_QUEUED:
             self.reading = False
             return ANSWER_AND_PAUSE
@@ -436,22 +471,44 @@ class ConnState:
 
     def regrow(self) -> bool:
         """A starved connection retries its growth; True when reading may resume."""
-        if not self.starved or not self._make_room():
+        if not self.starved or (self.held and self.budget.full()):
+            return False
+        if self.end == len(self.buf) and not self._make_room():
             return False
         self.starved = False
         self.reading = len(self.queue) < MAX_QUEUED and self.state is not State.DRAINING
         return self.reading
 
     def release(self) -> None:
-        """Closed: drop the buffer (and give its share of the budget back)."""
+        """Closed: drop the buffer and the frames (and give their budget back)."""
         self.start = self.end = 0
         self.starved = False
         self._replace(bytearray(0), 0)
+        held, self.held, self.in_hand = self.held + self.unsent, 0, 0
+        self.unsent = 0
+        if held:
+            self.budget.give(held)
+
+    def next_frame(self) -> bytes | KryptonError:
+        """Take the next frame in hand (the queue must not be empty)."""
+        frame = self.queue.popleft()
+        if self.in_hand:
+            self._let_go()  # the frame before was never answered (closed meanwhile)
+        if not isinstance(frame, KryptonError) and len(frame) > INITIAL_BUFFER:
+            self.in_hand = len(frame)
+        return frame
+
+    def _let_go(self) -> None:
+        n, self.in_hand = self.in_hand, 0
+        self.held -= n
+        self.budget.give(n)
 
     # -- output and backpressure ---------------------------------------------------
     def answered(self) -> bool:
         """An answer was written. Returns True when reading should resume."""
         self.last_activity = self.clock()
+        if self.in_hand:
+            self._let_go()
         queue = self.queue
         if not queue:
             try:
@@ -473,8 +530,17 @@ class ConnState:
             self.write_paused = self.clock()
         self.writable = False
 
+    def hold_unsent(self, unsent: int) -> None:
+        """Writing is paused with ``unsent`` bytes of answers: charged until it resumes."""
+        if unsent > self.unsent:
+            self.budget.force(unsent - self.unsent)
+            self.unsent = unsent
+
     def resume_writing(self) -> None:
         self.writable = True
+        unsent, self.unsent = self.unsent, 0
+        if unsent:
+            self.budget.give(unsent)
 
     # -- endings -------------------------------------------------------------------
     def close(self) -> None:

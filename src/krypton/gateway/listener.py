@@ -100,7 +100,7 @@ _ACCEPT_BATCH = 64  # accepts per readable event, so one flood cannot hold the l
 _EMFILE_PAUSE = 0.1  # seconds accepting pauses when the process is out of descriptors
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _TLS_READ_BUFFER = 16 * 1024  # bytes the TLS layer buffers before it stops reading
-_TLS_WRITE_BUFFER = 256 * 1024  # bytes unsent before the worker waits
+_TLS_WRITE_BUFFER = 64 * 1024  # bytes unsent before the worker waits (and they are charged)
 _HANDSHAKE_FAILED = (OSError, ssl.SSLError, EOFError, asyncio.TimeoutError)
 # TLS handshakes by result (``Listener.handshakes``: krypton_tls_handshakes_total).
 _SUCCESS, _FAILED, _TIMEOUT = "success", "failed", "timeout"
@@ -249,6 +249,8 @@ class Connection(ConnState, asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        if self.transport is not None:
+            self.hold_unsent(self.transport.get_write_buffer_size())
         self.can_write.clear()
 
     def resume_writing(self) -> None:
@@ -283,7 +285,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
             or not self.writable
         ):
             return False
-        self.queue.popleft()
+        self.next_frame()
         dispatcher = self.listener.dispatcher
         try:
             answered = dispatcher.answer_now(frame, self.session)
@@ -338,7 +340,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
     async def _work(self) -> None:
         dispatcher = self.listener.dispatcher
         while self.queue and self.open:
-            frame = self.queue.popleft()
+            frame = self.next_frame()
             if isinstance(frame, KryptonError):
                 log.info("connection %d: closing: %s", self.id, frame.message)
                 self._send_error(frame)
