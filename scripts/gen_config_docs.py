@@ -54,7 +54,11 @@ NOTES: Mapping[str, str] = {
     "limits.max_batch_items": "batch items in one message",
     "limits.max_connections": "connections, counted from accept (handshaking ones included)",
     "limits.descriptor_reserve": "descriptors kept from connections",
-    "limits.max_pending_bytes": "buffers of partly received messages, all connections together",
+    "limits.max_pending_bytes": (
+        "bytes of messages received and not yet answered (partial buffers, whole frames"
+        " over 4 KiB waiting or in hand, answers a client has not taken), all connections"
+        " together"
+    ),
     "limits.receive_buffer": "each connection's socket receive buffer (0: the kernel's)",
     "limits.read_timeout": "seconds a started message has to complete",
     "limits.idle_timeout": "seconds allowed between messages",
