@@ -34,7 +34,7 @@ from kmip.core import enums
 from kmip.pie.client import ProxyKmipClient
 from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers.cluster import Cluster, activate_item, one, wait_for
-from tests.helpers.fixtures import Clusters
+from tests.helpers.fixtures import Clusters, DevStacks
 from tests.helpers.workload_api import WorkloadAPI
 
 from krypton.client.sync import KmipClient, tls_context
@@ -337,6 +337,32 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(start_cluster: Clust
     cluster.running.pop(GATEWAY_NAME)
     codes = cluster.stop()
     assert codes["core"] == 0
+
+
+def test_sigterm_to_a_core_its_gateways_are_subscribed_to_exits_at_once(
+    start_cluster: Clusters,
+) -> None:
+    """A Core stopped while gateways hold their Subscribe streams ends those streams
+    and exits 0 at once, not after its whole drain timeout (before: the ended
+    streams were cancelled, not finished, and gRPC waited the 60 s for them); the
+    gateway keeps serving Create and Get meanwhile."""
+    cluster = start_cluster(core_env={"KRYPTON_CORE_DRAIN_TIMEOUT": "60"})
+    core = cluster.core
+    assert core is not None
+    core.proc.send_signal(signal.SIGTERM)
+    assert core.proc.wait(15) == 0
+    assert "stream(s) ended" in core.log_path.read_text()
+    with cluster.client(GATEWAY_NAME) as c:
+        uid = c.create()
+        assert c.get(uid)
+
+
+def test_sigterm_stops_the_dev_stack_with_its_gateway_subscribed(start_dev: DevStacks) -> None:
+    """``krypton dev`` (Core and gateway in one process) exits 0 on SIGTERM well
+    within its drain timeout (before: killed after waiting for its own gateway's stream)."""
+    srv = start_dev(env={"KRYPTON_CORE_DRAIN_TIMEOUT": "60"})
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(15) == 0
 
 
 # -- SPIFFE ----------------------------------------------------------------------------

@@ -178,12 +178,14 @@ class _Servicer(pb_grpc.UplinkServicer):
         self._audit = audit
         self._ders: dict[bytes, bytes] = {}
         self._streams: set[asyncio.Task[Any]] = set()  # the Subscribe calls running
+        self._ending = False  # end_streams was called: a cancelled stream ends cleanly
         # Refused calls: logged with the peer's address and identity, rate-limited.
         self._refusals = RateLimitedLog(log)
 
     def end_streams(self) -> int:
         """End every Subscribe stream (drain: their gateways go elsewhere or retry)."""
         streams = [t for t in self._streams if not t.done()]
+        self._ending = True
         for task in streams:
             task.cancel()
         return len(streams)
@@ -320,6 +322,10 @@ class _Servicer(pb_grpc.UplinkServicer):
                     event = await anext(events)
                 except StopAsyncIteration:
                     return
+                except asyncio.CancelledError:
+                    if self._ending:  # drain: end the call with OK, so the server need not wait
+                        return
+                    raise
                 except KryptonError as e:
                     await context.abort(convert.status_of(e), e.message)
                 except Exception:
