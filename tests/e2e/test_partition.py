@@ -119,10 +119,11 @@ def test_a_destroy_missed_across_a_core_restart_is_applied_after_healing(
 
 
 def test_a_destroy_missed_behind_more_changes_than_memory_held(start_cluster: Clusters) -> None:
-    """10,001 changes after the destroy (more than the 10,000 the Core used to keep
-    in memory), with the registry's feed kept to 500: B must reconcile."""
-    test = "missed-destroy/10001-changes"
-    changes = 10_001
+    """1,001 changes after the destroy, twice what the registry's feed keeps (500;
+    the feed replaced the last 10,000 changes the Core once kept in memory): B
+    must reconcile."""
+    test = "missed-destroy/1001-changes"
+    changes = 1_001
     with partitionable(start_cluster, KRYPTON_CORE_FEED_RETENTION="500") as (cluster, proxy), \
             cluster.client(A) as a, cluster.client(B) as b:
         uid, key = a.create_get(256)
@@ -196,10 +197,10 @@ def test_an_l3_version_revoked_during_a_partition_is_dropped_after_healing(
 
 
 def test_leases_renew_while_control_traffic_flows(start_cluster: Clusters) -> None:
-    """A 12 s lease, an Activate every 3 s for 40 s, Create+Get at both gateways all
-    along: not one hot-path failure."""
+    """A 5 s lease, an Activate every 1.5 s for 16 s (three leases), Create+Get at
+    both gateways all along: not one hot-path failure."""
     test = "lease/control-traffic"
-    lease, run_for, every = 12, 40.0, 3.0
+    lease, run_for, every = 5, 16.0, 1.5
     with partitionable(start_cluster, KRYPTON_CORE_L3_LEASE_SECONDS=str(lease)) as (cluster, _), \
             cluster.client(A) as a, cluster.client(B) as b, cluster.client(A) as ctl:
         pending = [a.create(256) for _ in range(int(run_for / every) + 2)]
