@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -156,12 +157,12 @@ def test_a_fake_core_is_refused_by_the_gateway(
 def test_resumed_session_after_the_certificate_expired_is_refused(
     start_cluster: Clusters,
 ) -> None:
-    """Finding 7: a session resumed after the client certificate expired (it lives 20 s)."""
+    """Finding 7: a session resumed after the client certificate expired (it lives 6 s)."""
     cluster = start_cluster()
     pki = cluster.layout.pki
     cert, key = issue_leaf(load_cert_pem(pki / "ca.pem"), load_key_pem(pki / "ca-key.pem"),
                            common_name="short", spiffe_id=WORKLOAD.replace("client", "short"),
-                           seconds=20)
+                           seconds=6)
     write_cert_pem(pki / "short.pem", cert)
     write_key_pem(pki / "short-key.pem", key)
     ctx = tls_context(pki / "ca.pem", pki / "short.pem", pki / "short-key.pem")
@@ -178,3 +179,26 @@ def test_resumed_session_after_the_certificate_expired_is_refused(
         assert item.status is ResultStatus.OPERATION_FAILED
         assert item.reason is ResultReason.PERMISSION_DENIED
         assert "expired" in (item.message or "")
+
+
+def test_an_uplink_client_closed_with_its_loop_leaves_no_call_open_at_the_core(
+    start_cluster: Clusters,
+) -> None:
+    """An uplink client subscribed, then closed just before its event loop ends: the
+    Core sees the connection go (before: the pipe's TLS close to the Core was left
+    half done, the Subscribe call stayed open, and a SIGTERM to the Core waited its
+    whole drain timeout, 60 s here, for it)."""
+    cluster = start_cluster(gateways_running=False,
+                            core_env={"KRYPTON_CORE_DRAIN_TIMEOUT": "60"})
+
+    async def subscribe_then_close() -> None:
+        async with uplink(cluster, GATEWAY_NAME, ("demo", "other")) as up:
+            assert await up.wait_ready(10.0)
+
+    asyncio.run(subscribe_then_close())
+    core = cluster.core
+    assert core is not None
+    wait_for("the Core sees the gateway go",
+             lambda: "gw-dev unsubscribed" in core.log_path.read_text() or None, 10.0)
+    core.proc.send_signal(signal.SIGTERM)
+    assert core.proc.wait(15) == 0

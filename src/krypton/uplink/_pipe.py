@@ -165,7 +165,10 @@ class CorePipe:
                 core_ended = down.done()
                 up.cancel()
                 down.cancel()
-                if core_ended:  # nothing to flush towards a Core that is gone
+                if core_ended or self._server is None:
+                    # A Core that is gone, or the pipe closing (its loop may end
+                    # next, leaving a graceful close half done and the Core's
+                    # calls open): drop the connection now.
                     remote_w.transport.abort()
                 else:  # gRPC hung up: flush what it sent (bounded by the TCP user timeout)
                     remote_w.close()
