@@ -27,7 +27,10 @@ picks findings by number (``--only 1 5``).
 6. core dumps: ``Max core file size`` of ``/proc/PID/limits``;
 7. file modes of the databases and their -wal/-shm files (umask 022);
 8. Undo: two ``--workers`` whose alike batches overlap (what batch A's answer
-   says of its Activate, and the key's state at the Core after it).
+   says of its Activate, and the key's state at the Core after it);
+9. whole messages in hand: peak RSS growth while 48 connections each pipeline
+   16 messages of ~1 MiB and read no answer (5 s), and another tenant's round
+   trips meanwhile.
 """
 
 from __future__ import annotations
@@ -299,6 +302,25 @@ def undo(base: Path, src: Path) -> list[Row]:
     ]
 
 
+def pipelined(base: Path, src: Path) -> list[Row]:
+    env = {
+        "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_TENANT": "1000",
+        "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_IDENTITY": "1000",
+    }
+    with server(base, "9-pipelined", src, env) as srv:
+        for _ in range(20):
+            tx.round_trip(srv, "other-client")
+        before = rss_kib(srv.proc.pid)
+        with tx.pipelined_unread(srv, 48, tx.flood_message(), 16):
+            peak = tx.peak_rss_kib(srv.proc.pid, 5.0, 1 << 40)
+            times = [tx.round_trip(srv, "other-client") for _ in range(3)]
+    return [
+        ("9 in hand: peak RSS growth, 48 connections x 16 pipelined 1 MiB, none read",
+         f"{(peak - before) / 1024:.0f} MiB"),
+        ("9 in hand: another tenant's round trips meanwhile", served(times)),
+    ]
+
+
 FINDINGS: dict[int, list[Callable[[Path, Path], list[Row]]]] = {
     1: [amplification],
     2: [descriptors],
@@ -308,6 +330,7 @@ FINDINGS: dict[int, list[Callable[[Path, Path], list[Row]]]] = {
     6: [core_dumps],
     7: [file_modes],
     8: [undo],
+    9: [pipelined],
 }
 
 
