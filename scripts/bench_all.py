@@ -9,6 +9,9 @@ PKI (``krypton dev init`` into ``--dir`` if needed):
 * gateway  -- ``krypton dev --dir D`` (``KRYPTON_GATEWAY_LISTEN_PORT``)
 * ceiling  -- ``krypton bench ceiling`` (the cheapest KMIP-shaped responder)
 * pykmip   -- ``scripts/pykmip_server.py`` (PyKMIP 0.11's own server)
+* gateway-openbao -- ``krypton dev --dir D --vault openbao`` (only when named in
+  ``--servers``: the gateway vault on a local OpenBao server, side by side
+  with the SQLite one)
 
 and runs ``krypton bench --json --server-pid PID`` for every connection count
 (default 1 and 16) and operation (get, create, createget, connect without
@@ -52,7 +55,8 @@ OPS = {
     "connect": ["--op", "connect", "--no-resume"],
     "connect-resume": ["--op", "connect", "--resume"],
 }
-SERVERS = ("gateway", "ceiling", "pykmip")
+SERVERS = ("gateway", "ceiling", "pykmip", "gateway-openbao")
+DEFAULT_SERVERS = SERVERS[:3]
 
 
 def free_port() -> int:
@@ -70,10 +74,16 @@ class Server:
 
 def _command(name: str, dev: Path, port: int, work: Path) -> tuple[list[str], dict[str, str], str]:
     env = dict(os.environ)
-    if name == "gateway":
+    if name in ("gateway", "gateway-openbao"):
         env["KRYPTON_GATEWAY_LISTEN_PORT"] = str(port)
         env.setdefault("KRYPTON_GATEWAY_LOG_LEVEL", "warning")
+        # Not the default Core and admin ports: another stack may hold them.
+        env.setdefault("KRYPTON_CORE_LISTEN_PORT", str(free_port()))
+        env.setdefault("KRYPTON_GATEWAY_ADMIN_LISTEN", f"127.0.0.1:{free_port()}")
+        env.setdefault("KRYPTON_CORE_ADMIN_LISTEN", f"127.0.0.1:{free_port()}")
         cmd = [PY, "-m", "krypton.cli.main", "dev", "--dir", str(dev)]
+        if name == "gateway-openbao":  # the vault on a local OpenBao (Raft) in DIR/openbao
+            cmd += ["--vault", "openbao"]
         return cmd, env, "Krypton dev stack is up"
     if name == "ceiling":
         cmd = [PY, "-m", "krypton.cli.main", "bench", "ceiling", "--port", str(port)]
@@ -339,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=1, help="generator processes (capped at conns)")
     p.add_argument("--connections", default="1,16", help="comma-separated")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated: " + ", ".join(OPS))
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
+    p.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                   help="comma-separated, of: " + ", ".join(SERVERS))
     p.add_argument("--out", type=Path, default=None, help="markdown report (default stdout)")
     p.add_argument("--json-out", type=Path, default=None, help="all raw results")
     args = p.parse_args(argv)
