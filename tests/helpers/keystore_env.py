@@ -11,15 +11,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from krypton.core.keystore import CoreKeyStore, load_master_key
 from krypton.crypto.keyring import L3State
 from krypton.crypto.secret import SecretBytes
-from krypton.model import AuditRecord, Change, LocateQuery, ObjectRecord, Registry, SealedKey
-from krypton.model.registry import KeyFingerprint, RewrapJob
+from krypton.model import Registry, SealedKey
 from krypton.registry import open_registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,75 +109,8 @@ class Gate:
     async def put_key(self, key: SealedKey) -> None:
         await self.put_keys([key])
 
-    async def reseal_keys(self, moves: Sequence[tuple[SealedKey, bytes]]) -> None:
-        await self.inner.reseal_keys(moves)
-
-    async def keys(self, tenant: str, level: str) -> list[SealedKey]:
-        return await self.inner.keys(tenant, level)
-
-    async def subscribe(self, callback: Callable[[Change], Awaitable[None]]) -> Callable[[], None]:
-        return await self.inner.subscribe(callback)
-
-    async def key_fingerprint(self, levels: Sequence[str]) -> KeyFingerprint | None:
-        return await self.inner.key_fingerprint(levels)
-
-    async def l3_usage(self, tenant: str) -> dict[int, int]:
-        return await self.inner.l3_usage(tenant)
-
-    async def l3_objects(self, tenant: str, version: int, after: str, limit: int) -> list[str]:
-        return await self.inner.l3_objects(tenant, version, after, limit)
-
-    async def rewrap_jobs(self, tenant: str | None = None) -> list[RewrapJob]:
-        return await self.inner.rewrap_jobs(tenant)
-
-    async def put_rewrap_job(self, job: RewrapJob) -> None:
-        await self.inner.put_rewrap_job(job)
-
-    async def put_objects(self, records: Sequence[ObjectRecord]) -> None:
-        await self.inner.put_objects(records)
-
-    async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
-        return await self.inner.get_object(tenant, uid)
-
-    async def update_object(
-        self, record: ObjectRecord, audit: AuditRecord | None = None
-    ) -> ObjectRecord:
-        return await self.inner.update_object(record, audit)
-
-    async def legacy_objects(self) -> list[tuple[str, str]]:
-        return await self.inner.legacy_objects()
-
-    async def is_legacy(self, uid: str) -> bool:
-        return await self.inner.is_legacy(uid)
-
-    async def seal_legacy(self, tenant: str, uid: str, revision: int, mac: bytes) -> bool:
-        return await self.inner.seal_legacy(tenant, uid, revision, mac)
-
-    async def locate(self, query: LocateQuery) -> list[str]:
-        return await self.inner.locate(query)
-
-    async def locate_count(self, query: LocateQuery) -> int:
-        return await self.inner.locate_count(query)
-
-    async def append_audit(self, record: AuditRecord) -> None:
-        await self.inner.append_audit(record)
-
-    async def audit(
-        self, tenant: str | None = None, limit: int = 1000, *, since: float | None = None
-    ) -> list[AuditRecord]:
-        return await self.inner.audit(tenant, limit, since=since)
-
-    async def feed_since(self, tenants: Sequence[str], after: int, limit: int) -> list[Change]:
-        return await self.inner.feed_since(tenants, after, limit)
-
-    async def feed_bounds(self) -> tuple[int, int]:
-        return await self.inner.feed_bounds()
-
-    async def object_states(self, tenant: str, uids: Sequence[str]) -> dict[str, tuple[int, int]]:
-        return await self.inner.object_states(tenant, uids)
-
-    async def close(self) -> None:
-        await self.inner.close()
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)  # every other call goes to the real registry
 
 
 # -- another process -------------------------------------------------------------------
