@@ -17,8 +17,6 @@ import contextlib
 import json
 import os
 import signal
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,10 @@ from typing import Any
 import pytest
 from kmip.core import enums
 from kmip.pie.client import ProxyKmipClient
+from tests.helpers.load import client, created_until_killed
 from tests.helpers.servers import DevServer, start_dev_server
 
-from krypton.client.sync import KmipClient, tls_context
 from krypton.errors import OpenBaoError
-from krypton.kmip.versions import ProtocolVersion
 from krypton.openbao import OpenBaoClient
 
 VAULT = ("--vault", "openbao")
@@ -117,52 +114,19 @@ def test_dev_openbao_serves_pykmip_across_a_restart(dev: Any) -> None:
         assert len(client.get(second).value) == 16
 
 
-def _client(srv: DevServer) -> KmipClient:
-    ctx = tls_context(srv.pki / "ca.pem", srv.pki / "client.pem", srv.pki / "client-key.pem")
-    return KmipClient(srv.host, srv.port, ctx, version=ProtocolVersion(1, 4), timeout=5.0)
-
-
 def test_sigkill_mid_create_load_loses_no_acknowledged_key(dev: Any) -> None:
     srv = dev()
-    acked: dict[str, bytes | None] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
 
-    def writer(n: int) -> None:
-        try:
-            with _client(srv) as c:
-                while not stop.is_set():
-                    if n % 2:
-                        uid, key = c.create_get(256)
-                        with lock:
-                            acked[uid] = key
-                    else:
-                        uid = c.create(128)
-                        with lock:
-                            acked[uid] = None
-        except Exception:
-            return  # the kill cuts connections mid-request: only acknowledged keys count
+    def kill() -> None:
+        bao = _children(srv.proc.pid)
+        srv.kill()  # SIGKILL while the writers are still sending ...
+        for pid in bao:  # ... and OpenBao too, before it could shut down cleanly
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(WRITERS)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 60
-    while len(acked) < 300 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    bao = _children(srv.proc.pid)
-    srv.kill()  # SIGKILL while the writers are still sending ...
-    for pid in bao:  # ... and OpenBao too, before it could shut down cleanly
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    stop.set()
-    for t in threads:
-        t.join(timeout=10)
-    with lock:
-        snapshot = dict(acked)
-    assert len(snapshot) >= 300, "the writers did not get far enough to test anything"
-
+    snapshot = created_until_killed(srv, WRITERS, 300, 60.0, kill)
     restarted = dev(port=srv.port)  # a new process: its record cache is empty
-    with _client(restarted) as c:
+    with client(restarted) as c:
         for uid, key in snapshot.items():
             material = c.get(uid)  # read through OpenBao
             assert material == key if key is not None else len(material) == 16
