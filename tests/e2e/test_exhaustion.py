@@ -211,6 +211,42 @@ def test_pipelined_messages_a_client_never_waits_for_cannot_exhaust_memory(
     assert all(t is not None for t in times), times
 
 
+def medium_message() -> bytes:
+    """About 66 KB: 64 Discover Versions with a 1,000-byte batch id each."""
+    item = cm.batch_item(Operation.DISCOVER_VERSIONS, cm.payload(), b"x" * 1000)
+    return encode(cm.request_message(ProtocolVersion(1, 4), [item] * 64))
+
+
+def test_a_burst_of_medium_messages_on_many_connections_is_answered(
+    start_dev: DevStacks,
+) -> None:
+    """400 connections of one client each send one ~66 KB message at once and read
+    the answer: every one is answered. Before: each connection's buffer took a
+    share of the identity's 4 MiB as its bytes arrived, the share ran out with
+    every message half read, and no connection could finish: all 400 starved
+    until their read timeout aborted them."""
+    srv = start_dev(
+        env={
+            "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_TENANT": "1000",
+            "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_IDENTITY": "1000",
+            "KRYPTON_GATEWAY_LIMITS_READ_TIMEOUT": "60",
+        }
+    )
+    message = medium_message()
+    socks = [srv.connect(timeout=30.0) for _ in range(400)]
+    try:
+        for sock in socks:
+            sock.sendall(message)
+        answered = 0
+        for sock in socks:
+            (answer,) = cm.parse_response(decode(recv_message(sock))).items[:1]
+            answered += answer.status is ResultStatus.SUCCESS
+    finally:
+        for sock in socks:
+            sock.close()
+    assert answered == 400
+
+
 def test_unknown_identities_do_not_keep_their_slots(start_dev: DevStacks) -> None:
     """1,000 idle connections of an identity the policy does not know, against a
     gateway that takes 200 connections: each is closed right after its

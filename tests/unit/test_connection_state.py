@@ -205,60 +205,86 @@ def big_conn(budget: Budget | None = None) -> ConnState:
     return c
 
 
-def test_buffer_grows_as_bytes_arrive_not_on_the_announced_length() -> None:
+def test_memory_grows_as_bytes_arrive_the_budget_is_charged_for_the_whole_message() -> None:
     budget = Budget(1 << 30)
     c = big_conn(budget)
-    big = frame(INITIAL_BUFFER * 6)
+    big = frame(INITIAL_BUFFER * 6)  # 24,584 bytes: a 32 KiB buffer in the end
     feed(c, big[:8])
     assert len(c.buf) == INITIAL_BUFFER and budget.used == 0  # the header allocates nothing
     feed(c, big[8 : INITIAL_BUFFER * 2 - 1])
     assert len(c.buf) == INITIAL_BUFFER * 2  # doubled once it was full, no more
-    assert budget.used == INITIAL_BUFFER
-    assert feed(c, big[INITIAL_BUFFER * 2 - 1 :]) == ANSWER
-    assert list(c.queue) == [big]
-    assert len(c.buf) == INITIAL_BUFFER  # empty again: shrunk
-    assert budget.used == len(big)  # the buffer's bytes given back, the frame's held
+    assert budget.used == INITIAL_BUFFER * 8 - INITIAL_BUFFER  # but 32 KiB charged at once
+    assert c.until == len(big)  # and reading stops at the message's end
+    assert feed(c, big[INITIAL_BUFFER * 2 - 1 :] + frame(96)) == ANSWER
+    assert list(c.queue) == [big, frame(96)]
+    assert len(c.buf) == INITIAL_BUFFER and c.until == 0  # empty again: shrunk
+    assert budget.used == len(big)  # the buffer's charge given back, the frame's held
     assert c.next_frame() == big and budget.used == len(big)  # in hand: still held
     c.answered()
     assert budget.used == 0  # answered: given back
+
+
+def test_connections_that_cannot_be_charged_a_whole_message_hold_nothing() -> None:
+    """Issue 13: with the budget taken as bytes arrived, connections each held part
+    of it with every message half read and none could finish (400 connections of
+    66 KB each starved until their read timeout). Now a connection is charged the
+    whole message or nothing: the one charged finishes, then the next."""
+    freed: list[int] = []
+    one = frame(INITIAL_BUFFER * 2 - 8)  # 8,192 bytes: an 8 KiB buffer, 4 KiB charged
+    budget = Budget(INITIAL_BUFFER, lambda: freed.append(budget.used))
+    conns = [big_conn(budget) for _ in range(3)]
+    results = [feed(c, one[:INITIAL_BUFFER]) for c in conns]
+    assert results == [NOTHING, PAUSE, PAUSE]  # the first is charged, the others wait
+    assert [c.charged for c in conns] == [INITIAL_BUFFER, 0, 0]
+    assert [c.starved for c in conns] == [False, True, True]
+    assert conns[1].regrow() is False  # nothing given back yet
+    # The charged one finishes (its frame, held until answered, fills the budget).
+    assert feed(conns[0], one[INITIAL_BUFFER:]) == ANSWER_AND_PAUSE
+    assert conns[0].next_frame() == one
+    conns[0].answered()
+    assert budget.used == 0 and freed
+    assert conns[1].regrow() is True and conns[2].regrow() is False
+    assert feed(conns[1], one[INITIAL_BUFFER:]) == ANSWER_AND_PAUSE
+    assert list(conns[1].queue) == [one]
 
 
 def test_a_held_frame_leaves_no_room_for_the_next_until_answered() -> None:
     """Issue 13: whole frames waiting in the queue count against the budget (before:
     only partial buffers did, and a client pipelining 16 large messages it never
     waited for held 16 of them beyond every budget)."""
-    one = frame(INITIAL_BUFFER * 2)  # 8,200 bytes: the buffer grows to 16 KiB for it
-    budget = Budget(len(one) + INITIAL_BUFFER * 2 + 100)
+    one = frame(INITIAL_BUFFER * 2)  # 8,200 bytes: a 16 KiB buffer, 12 KiB charged
+    budget = Budget(len(one) + INITIAL_BUFFER * 3 - 100)
     c = big_conn(budget)
     assert feed(c, one) == ANSWER and c.reading
     assert budget.used == len(one) and c.held == len(one)
-    # The next one cannot grow the buffer past 8 KiB while the first is held.
-    assert feed(c, one[: INITIAL_BUFFER * 2]) == ANSWER_AND_PAUSE
+    # The next one cannot be charged its 12 KiB while the first is held.
+    assert feed(c, one[:INITIAL_BUFFER]) == ANSWER_AND_PAUSE
     assert c.starved and not c.reading and c.regrow() is False
     assert c.next_frame() == one
     c.answered()  # answered: its bytes are given back
-    assert budget.used == INITIAL_BUFFER and c.held == 0
+    assert budget.used == 0 and c.held == 0
     assert c.regrow() is True and c.reading
-    assert feed(c, one[INITIAL_BUFFER * 2 :]) == ANSWER and list(c.queue) == [one]
+    assert feed(c, one[INITIAL_BUFFER:]) == ANSWER and list(c.queue) == [one]
 
 
 def test_frames_that_fill_the_budget_pause_reading() -> None:
-    """The frames cut in one read take the last of the budget: reading pauses, and
-    resumes once one of them is answered; a closed connection gives back all."""
+    """The frames cut take the last of the budget: reading pauses, and resumes once
+    one of them is answered; a closed connection gives back all."""
     freed: list[int] = []
-    one = frame(INITIAL_BUFFER * 2)
-    budget = Budget(INITIAL_BUFFER * 3 + len(one), lambda: freed.append(budget.used))
+    one = frame(INITIAL_BUFFER * 4 - 16)  # 16,376 bytes held, 12 KiB charged to read it
+    budget = Budget(INITIAL_BUFFER * 3 + 50, lambda: freed.append(budget.used))
     c = big_conn(budget)
-    # 16 KiB in one go: the first frame is cut, the buffer (16 KiB) keeps the rest.
-    assert feed(c, one + one[: INITIAL_BUFFER * 4 - len(one)]) == ANSWER_AND_PAUSE
+    assert feed(c, one) == ANSWER_AND_PAUSE
     assert c.starved and not c.reading and budget.full()
     other = big_conn(budget)
     assert feed(other, one[:INITIAL_BUFFER]) == PAUSE  # none left for others
     assert c.next_frame() == one
     c.answered()
-    assert freed and budget.used == INITIAL_BUFFER * 3 and not budget.full()
+    assert freed and budget.used == 0 and not budget.full()
     assert c.regrow() is True and c.reading
+    assert other.regrow() is True
     c.closed(Event.LOST)
+    other.closed(Event.LOST)
     assert budget.used == 0
 
 
@@ -292,7 +318,7 @@ def test_an_exhausted_budget_pauses_reading_until_it_has_room() -> None:
     freed: list[int] = []
     budget = Budget(INITIAL_BUFFER, lambda: freed.append(budget.used))
     hog, starved = big_conn(budget), big_conn(budget)
-    assert feed(hog, frame(INITIAL_BUFFER * 3)[: INITIAL_BUFFER * 2 - 1]) == NOTHING
+    assert feed(hog, frame(INITIAL_BUFFER * 2 - 8)[: INITIAL_BUFFER * 2 - 1]) == NOTHING
     assert budget.used == INITIAL_BUFFER  # the hog's buffer doubled: the budget is spent
     msg = frame(INITIAL_BUFFER)
     assert feed(starved, msg[:INITIAL_BUFFER]) == PAUSE  # full, and no room to grow

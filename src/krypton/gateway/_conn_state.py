@@ -30,13 +30,20 @@ cuts complete frames with :func:`krypton.ttlv.framing.message_length` (an
 oversized or malformed header is refused before its body is awaited) and
 names the event. The buffer grows as bytes arrive, never on the length a
 header announces: it doubles when one message fills it (up to
-``max_message_size``), and only while the shared :class:`Budget` for partially
-received messages (every byte above :data:`INITIAL_BUFFER`, over all
-connections) allows. When it does not, reading pauses (:data:`PAUSE`) until
-the budget has room again (:meth:`ConnState.regrow`); the sender's bytes wait
-in its socket, and its read timeout still runs. Once the buffer is empty again
-it shrinks back to :data:`INITIAL_BUFFER`, and a closed connection drops it,
-so the budget is returned at once.
+``max_message_size``). The shared :class:`Budget` for partially received
+messages (every byte above :data:`INITIAL_BUFFER`, over all connections) is
+charged all at once, though, at the first growth, for the whole buffer the
+message will need (``charged``), and reading stops at the message's end
+(``until``) so the next one starts in an empty buffer. A connection holding
+budget can therefore always finish its message: were budget taken as bytes
+arrive, many connections could each hold part of it with every message half
+read, and none could finish (400 connections of one client sending 66 KB
+each did exactly that). When the budget cannot cover a message, reading
+pauses (:data:`PAUSE`) with nothing charged until the budget has room again
+(:meth:`ConnState.regrow`); the sender's bytes wait in its socket, and its
+read timeout still runs. Once the buffer is empty again it shrinks back to
+:data:`INITIAL_BUFFER`, and a closed connection drops it, so the budget is
+returned at once.
 
 A whole frame larger than :data:`INITIAL_BUFFER` stays charged to the same
 budget from when it is cut until it is answered (``held``: in the queue, then
@@ -287,6 +294,7 @@ class ConnState:
     __slots__ = (
         "budget",
         "buf",
+        "charged",
         "clock",
         "close_grace",
         "end",
@@ -303,6 +311,7 @@ class ConnState:
         "starved",
         "state",
         "unsent",
+        "until",
         "view",
         "writable",
         "write_paused",
@@ -339,6 +348,8 @@ class ConnState:
         self.write_paused = 0.0  # when writing paused
         self.starved = False  # reading paused: the buffer (or a budget) is full
         self.held = 0  # bytes of charged frames, queued or in hand
+        self.charged = 0  # budget held for the buffer: the current message's whole size
+        self.until = 0  # where in the buffer the message the charge covers ends (0: none)
         self.in_hand = 0  # of those, the frame being answered
         self.unsent = 0  # bytes of answers charged while writing is paused
 
@@ -357,6 +368,8 @@ class ConnState:
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         if self.end == len(self.buf) and not self._make_room():
             self._grow(force=True)  # read while starved (the loop had a read in flight)
+        if self.until > self.end:  # not past the end of the message the charge covers
+            return self.view[self.end : self.until]
         return self.view[self.end :]
 
     def received(self, nbytes: int) -> int:
@@ -389,14 +402,14 @@ class ConnState:
                     self.held += total
                     self.budget.force(total)
         except KryptonError as exc:
-            self.start = self.end = 0
+            self.start = self.end = self.until = 0
             self.fire(Event.BAD_FRAME)
             queue.append(exc)
             self.reading = False
             return ANSWER_AND_PAUSE
         cut = len(queue) > queued
         if start == self.end:
-            self.start = self.end = 0
+            self.start = self.end = self.until = 0
             if len(self.buf) > INITIAL_BUFFER:
                 self._shrink()
             if cut:
@@ -438,36 +451,59 @@ class ConnState:
         if self.start:
             pending = self.end - self.start
             self.buf[:pending] = bytes(self.view[self.start : self.end])
+            if self.until:
+                self.until -= self.start
             self.start, self.end = 0, pending
             return True
         return self._grow()
 
     def _grow(self, *, force: bool = False) -> bool:
         size = len(self.buf)
-        new_size = min(max(size * 2, INITIAL_BUFFER), self.limits.max_message_size + HEADER_SIZE)
+        cap = self.limits.max_message_size + HEADER_SIZE
+        new_size = min(max(size * 2, INITIAL_BUFFER), cap)
         if new_size <= size:
             return True  # a whole message of the largest size fits: framing cuts it
-        cost = _over_initial(new_size) - _over_initial(size)
-        if not self.budget.take(cost):
-            if not force:
-                return False
-            self.budget.force(cost)
+        need = _over_initial(max(new_size, self._whole(cap)))
+        if need > self.charged:
+            if not self.budget.take(need - self.charged):
+                if not force:
+                    return False
+                self.budget.force(need - self.charged)
+            self.charged = need
         self._replace(bytearray(new_size), size)
         return True
+
+    def _whole(self, cap: int) -> int:
+        """The buffer size the message at ``start`` needs (doubling from now), and
+        ``until`` set to its end; 0 when its header is not in yet."""
+        if self.end - self.start < HEADER_SIZE:
+            return 0
+        try:
+            total = message_length(self.view[self.start : self.start + HEADER_SIZE],
+                                   self.limits, _REQUEST)  # fmt: skip
+        except KryptonError:
+            return 0  # refused when framed, not here
+        self.until = self.start + total
+        size = len(self.buf)
+        while size < total and size < cap:
+            size = min(size * 2, cap)
+        return size
 
     def _shrink(self) -> None:
         """Empty again: back to the initial buffer, the budget given back."""
         self._replace(bytearray(INITIAL_BUFFER), 0)
+        self._uncharge()
+
+    def _uncharge(self) -> None:
+        charged, self.charged, self.until = self.charged, 0, 0
+        if charged:
+            self.budget.give(charged)
 
     def _replace(self, new: bytearray, keep: int) -> None:
-        old = len(self.buf)
         new[:keep] = self.view[:keep]
         self.view.release()
         self.buf = new
         self.view = memoryview(new)
-        extra = _over_initial(old) - _over_initial(len(new))
-        if extra > 0:
-            self.budget.give(extra)
 
     def regrow(self) -> bool:
         """A starved connection retries its growth; True when reading may resume."""
@@ -484,6 +520,7 @@ class ConnState:
         self.start = self.end = 0
         self.starved = False
         self._replace(bytearray(0), 0)
+        self._uncharge()
         held, self.held, self.in_hand = self.held + self.unsent, 0, 0
         self.unsent = 0
         if held:
