@@ -30,7 +30,9 @@ picks findings by number (``--only 1 5``).
    says of its Activate, and the key's state at the Core after it);
 9. whole messages in hand: peak RSS growth while 48 connections each pipeline
    16 messages of ~1 MiB and read no answer (5 s), and another tenant's round
-   trips meanwhile.
+   trips meanwhile;
+10. a burst: 400 connections of one client each send one ~66 KB message at
+   once, then read: how many are answered (each read waits at most 15 s).
 """
 
 from __future__ import annotations
@@ -321,6 +323,20 @@ def pipelined(base: Path, src: Path) -> list[Row]:
     ]
 
 
+def burst(base: Path, src: Path) -> list[Row]:
+    env = {
+        "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_TENANT": "1000",
+        "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS_PER_IDENTITY": "1000",
+        "KRYPTON_GATEWAY_LIMITS_READ_TIMEOUT": "60",
+    }
+    with server(base, "10-burst", src, env) as srv:
+        started = time.monotonic()
+        answered = tx.burst_answered(srv, 400, tx.medium_message(), 15.0)
+        took = time.monotonic() - started
+    return [("10 burst: 400 connections x one 66 KB message, answered",
+             f"{answered}/400 in {took:.1f} s")]
+
+
 FINDINGS: dict[int, list[Callable[[Path, Path], list[Row]]]] = {
     1: [amplification],
     2: [descriptors],
@@ -331,6 +347,7 @@ FINDINGS: dict[int, list[Callable[[Path, Path], list[Row]]]] = {
     7: [file_modes],
     8: [undo],
     9: [pipelined],
+    10: [burst],
 }
 
 
