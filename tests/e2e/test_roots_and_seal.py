@@ -317,6 +317,11 @@ def test_a_sealed_gateway_restarted_during_a_partition_serves_until_the_lease_en
     for m in [*materials, *keys.values()]:
         assert not any(form in held for form in (m, m.hex().encode(), base64.b64encode(m)))
 
+    # the outbox report reads either backend, while the gateway runs
+    wait_for("every key at the Core", lambda: (
+        ": 0 key(s) waiting for the Core, 0 quarantined row(s)"
+        in cluster.gateway_cli("gw-dev", "outbox")) or None, 10)
+
     cluster.kill_core()
     killed_at = time.time()
     cluster.running.pop("gw-dev").kill()  # SIGKILL, Core down
@@ -327,6 +332,7 @@ def test_a_sealed_gateway_restarted_during_a_partition_serves_until_the_lease_en
         assert {uid: client.get(uid).value for uid in uids} == keys  # every key it had
         fresh = client.create(enums.CryptographicAlgorithm.AES, 256)
         assert len(client.get(fresh).value) == 32
+    assert ": 1 key(s) waiting for the Core" in cluster.gateway_cli("gw-dev", "outbox")
     # ... until the lease (renewed at most lease/2 before the Core went) ends
     time.sleep(max(0.0, killed_at + lease + 1 - time.time()))
     with pykmip(cluster) as client:
