@@ -9,11 +9,18 @@ PKI (``krypton dev init`` into ``--dir`` if needed):
 * gateway  -- ``krypton dev --dir D`` (``KRYPTON_GATEWAY_LISTEN_PORT``)
 * ceiling  -- ``krypton bench ceiling`` (the cheapest KMIP-shaped responder)
 * pykmip   -- ``scripts/pykmip_server.py`` (PyKMIP 0.11's own server)
+* gateway-openbao -- ``krypton dev --dir D --vault openbao`` (only when named in
+  ``--servers``: the gateway vault on a local OpenBao server, side by side
+  with the SQLite one)
 
 and runs ``krypton bench --json --server-pid PID`` for every connection count
 (default 1 and 16) and operation (get, create, createget, connect without
-and with TLS resumption). Writes a markdown report (``--out``, default
-stdout) and every raw JSON result (``--json-out``).
+and with TLS resumption). It also measures the disk's limit for a durable
+Create at one connection: ``fdatasync`` of a 4 KiB write in ``--dir`` (where
+the gateway's vault is), back to back for 2 s, plus one round trip (the
+ceiling's Get p50). Writes a markdown report (``--out``, default stdout) --
+first the issue's targets, met or not, then every cell -- and every raw JSON
+result (``--json-out``).
 
 The figures are only as quiet as the machine: the report records the load
 average and how busy the host was during each run (``host busy`` minus
@@ -48,7 +55,8 @@ OPS = {
     "connect": ["--op", "connect", "--no-resume"],
     "connect-resume": ["--op", "connect", "--resume"],
 }
-SERVERS = ("gateway", "ceiling", "pykmip")
+SERVERS = ("gateway", "ceiling", "pykmip", "gateway-openbao")
+DEFAULT_SERVERS = SERVERS[:3]
 
 
 def free_port() -> int:
@@ -66,10 +74,16 @@ class Server:
 
 def _command(name: str, dev: Path, port: int, work: Path) -> tuple[list[str], dict[str, str], str]:
     env = dict(os.environ)
-    if name == "gateway":
+    if name in ("gateway", "gateway-openbao"):
         env["KRYPTON_GATEWAY_LISTEN_PORT"] = str(port)
         env.setdefault("KRYPTON_GATEWAY_LOG_LEVEL", "warning")
+        # Not the default Core and admin ports: another stack may hold them.
+        env.setdefault("KRYPTON_CORE_LISTEN_PORT", str(free_port()))
+        env.setdefault("KRYPTON_GATEWAY_ADMIN_LISTEN", f"127.0.0.1:{free_port()}")
+        env.setdefault("KRYPTON_CORE_ADMIN_LISTEN", f"127.0.0.1:{free_port()}")
         cmd = [PY, "-m", "krypton.cli.main", "dev", "--dir", str(dev)]
+        if name == "gateway-openbao":  # the vault on a local OpenBao (Raft) in DIR/openbao
+            cmd += ["--vault", "openbao"]
         return cmd, env, "Krypton dev stack is up"
     if name == "ceiling":
         cmd = [PY, "-m", "krypton.cli.main", "bench", "ceiling", "--port", str(port)]
@@ -161,7 +175,82 @@ def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
     return f"{a['throughput_ops_s'] / b['throughput_ops_s'] * 100:.0f}%"
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace, env: dict[str, str]) -> str:
+def disk_limit(folder: Path, seconds: float = 2.0) -> dict[str, float]:
+    """``fdatasync`` of a 4 KiB write in ``folder``, back to back: syncs per second."""
+    path = folder / ".krypton-disk-probe"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    block = os.urandom(4096)
+    try:
+        n, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            os.pwrite(fd, block, 0)
+            os.fdatasync(fd)
+            n += 1
+        took = time.perf_counter() - began
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return {"syncs_per_s": n / took, "sync_ms": took / n * 1000}
+
+
+# The issue's first table: (figure, value from the results, target, met?)
+Index = dict[tuple[str, str, int | None], Any]
+
+
+def _ops(index: Index, server: str, op: str, conns: int) -> float:
+    r = index.get((server, op, conns))
+    return float(r["throughput_ops_s"]) if r and "throughput_ops_s" in r else 0.0
+
+
+def _p50(index: Index, server: str, op: str, conns: int) -> float:
+    r = index.get((server, op, conns))
+    return float((r or {}).get("latency_ms", {}).get("p50", 0.0))
+
+
+def targets(results: list[dict[str, Any]], disk: dict[str, float] | None
+            ) -> list[tuple[str, str, str, bool | None]]:
+    """The issue's first table from ``results``: figure, measured, target, met
+    (None when a cell it needs is missing)."""
+    index: Index = {(r["server"], r["case"], r.get("connections")): r for r in results}
+
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if a and b else None
+
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def row(name: str, value: float | None, target: float, fmt: str, extra: str = "") -> None:
+        shown = "-" if value is None else fmt.format(value) + extra
+        rows.append((name, shown, f"≥ {fmt.format(target)}",
+                     None if value is None else value >= target))
+
+    g1, c1 = _ops(index, "gateway", "get", 1), _ops(index, "ceiling", "get", 1)
+    p_g, p_c = _p50(index, "gateway", "get", 1), _p50(index, "ceiling", "get", 1)
+    row("get, 1 connection, vs ceiling", ratio(g1, c1), 0.85, "{:.2f}x",
+        f" (p50 {p_g * 1000:.0f} vs {p_c * 1000:.0f} µs)" if p_g and p_c else "")
+    p50_ratio = ratio(p_g, p_c)
+    rows.append(("get, 1 connection, p50 vs the ceiling's",
+                 "-" if p50_ratio is None else f"{p50_ratio:.2f}x", "≤ 1.15x",
+                 None if p50_ratio is None else p50_ratio <= 1.15))
+    g16 = _ops(index, "gateway", "get", 16)
+    row("get, 16 connections, vs ceiling", ratio(g16, _ops(index, "ceiling", "get", 16)),
+        0.5, "{:.2f}x")
+    limit = None
+    if disk and p_c:
+        limit = 1000.0 / (disk["sync_ms"] + p_c)
+    cr1 = _ops(index, "gateway", "create", 1)
+    row("create, 1 connection, vs the disk's limit", ratio(cr1, limit or 0.0), 0.6, "{:.2f}x",
+        f" ({cr1:,.0f} of {limit:,.0f}/s)" if limit else "")
+    row("create, 16 connections, vs get at 16",
+        ratio(_ops(index, "gateway", "create", 16), g16), 0.35, "{:.2f}x")
+    row("createget, 16 connections, vs get at 16",
+        ratio(_ops(index, "gateway", "createget", 16), g16), 0.3, "{:.2f}x")
+    row("get, 16 connections, vs PyKMIP", ratio(g16, _ops(index, "pykmip", "get", 16)),
+        30.0, "{:.0f}x")
+    return rows
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace, env: dict[str, str],
+           disk: dict[str, float] | None = None) -> str:
     index = {(r["server"], r["case"], r.get("connections")): r for r in results}
     servers = [s for s in SERVERS if s in args.servers]
     out = [
@@ -169,6 +258,20 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, env: dict[st
         "",
         f"{env['when']} on {env['cpu']} ({env['cores']} cores), Python {env['python']}, "
         f"{env['openssl']}; load average before: {env['load']}.",
+    ]
+    if disk:
+        out.append(f"Disk: {disk['syncs_per_s']:,.0f} fdatasync/s of a 4 KiB write "
+                   f"({disk['sync_ms']:.2f} ms each) in the gateway's folder.")
+    out += [
+        "",
+        "| figure (issue \"Speed\") | measured | target | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, value, target, met in targets(results, disk):
+        out.append(f"| {name} | {value} | {target} | "
+                   f"{'-' if met is None else 'yes' if met else 'no'} |")
+    out += [
+        "",
         f"Each cell: `krypton bench --duration {args.duration} --warmup {args.warmup} "
         f"--procs {args.procs}` with KMIP 1.4 over mutual TLS on loopback, generator and "
         "server sharing the machine. The machine is shared with other work, so the "
@@ -246,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=1, help="generator processes (capped at conns)")
     p.add_argument("--connections", default="1,16", help="comma-separated")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated: " + ", ".join(OPS))
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
+    p.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                   help="comma-separated, of: " + ", ".join(SERVERS))
     p.add_argument("--out", type=Path, default=None, help="markdown report (default stdout)")
     p.add_argument("--json-out", type=Path, default=None, help="all raw results")
     args = p.parse_args(argv)
@@ -264,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     env = _environment()
+    disk = disk_limit(args.dir)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="krypton-bench-") as tmp:
         for name in args.servers:
@@ -272,13 +377,14 @@ def main(argv: list[str] | None = None) -> int:
                 for conns in args.connections:
                     for op in args.ops:
                         results.append(bench(server, args.dir, op, conns, args))
-    text = report(results, args, env)
+    text = report(results, args, env, disk)
     if args.out is not None:
         args.out.write_text(text)
     else:
         print(text)
     if args.json_out is not None:
-        args.json_out.write_text(json.dumps({"environment": env, "results": results}, indent=1))
+        args.json_out.write_text(json.dumps({"environment": env, "disk": disk,
+                                             "results": results}, indent=1))
     return 1 if any("failed" in r or r.get("errors") for r in results) else 0
 
 

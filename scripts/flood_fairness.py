@@ -175,6 +175,9 @@ def start_server(
     env["KRYPTON_CORE_LISTEN_PORT"] = str(core)
     env["KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS"] = f"127.0.0.1:{core}"
     env.setdefault("KRYPTON_GATEWAY_LOG_LEVEL", "warning")
+    # Not the default admin ports (9696, 9697): another stack may hold them.
+    env.setdefault("KRYPTON_GATEWAY_ADMIN_LISTEN", f"127.0.0.1:{free_port()}")
+    env.setdefault("KRYPTON_CORE_ADMIN_LISTEN", f"127.0.0.1:{free_port()}")
     directory.mkdir(parents=True, exist_ok=True)
     log = (directory / "server.log").open("wb")
     limit = [] if nofile is None else ["prlimit", f"--nofile={nofile}:{nofile}", "--"]

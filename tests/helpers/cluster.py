@@ -204,6 +204,9 @@ class Cluster:
     def core_env(self) -> dict[str, str]:
         env = _base_env()
         env["KRYPTON_CORE_LISTEN_PORT"] = str(self.core_port)
+        # Never the default admin port (9697), even for a Core run by hand (core_cli).
+        admin = self.core_admin_ports.setdefault("core", free_port())
+        env["KRYPTON_CORE_ADMIN_LISTEN"] = f"127.0.0.1:{admin}"
         env["KRYPTON_CORE_GATEWAY"] = "[" + ", ".join(
             f'{{id = "{g.spiffe_id}", tenants = [{", ".join(repr(t) for t in g.tenants)}]}}'
             for g in self.gateways.values()
