@@ -152,8 +152,9 @@ class VaultConfig:
     (``krypton.vault.openbao``), authenticated by the token in the environment
     variable named ``token_env``, else by the AppRole whose role_id and
     secret_id are in the variables ``role_id_env`` and ``secret_id_env``.
-    A gateway seal (``[gateway.seal]`` kind other than none) needs ``sqlite``:
-    the sealed L3 copies are a table of that file."""
+    A gateway seal (``[gateway.seal]``) keeps its sealed L3 copies beside the
+    records: a table of the SQLite file, or secrets under ``<prefix>/sealed_l3/``
+    on OpenBao."""
 
     backend: str = "sqlite"
     address: str = "http://127.0.0.1:8200"

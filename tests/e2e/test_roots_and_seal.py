@@ -3,11 +3,15 @@ file, a real SoftHSM2 token, a real OpenBao's Transit) serving the lifecycle
 through a gateway to PyKMIP; start-up refused when the root cannot serve;
 ``rewrap-root`` file → pkcs11 → openbao; and a gateway with a seal killed and
 restarted while the Core is down, serving every key it had until the lease
-ends. Core and gateways are processes (``start_cluster``)."""
+ends — on the SQLite vault, and on the OpenBao vault (its sealed L3 copies
+are KV secrets beside the records). Core and gateways are processes
+(``start_cluster``)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import sqlite3
 import subprocess
@@ -255,29 +259,68 @@ def sealed_versions(cluster: Cluster) -> set[tuple[str, int]]:
         db.close()
 
 
-@pytest.mark.parametrize("kind", ["pkcs11", "openbao"])
+class GatewayVault:
+    """The gw-dev gateway's vault (``backend`` sqlite or openbao), read behind its back."""
+
+    def __init__(self, backend: str, cluster: Cluster, bao: BaoServer) -> None:
+        self.backend, self.cluster, self.bao = backend, cluster, bao
+        self.prefix = bao.unique("gateway")
+        if backend == "openbao":
+            cluster.gateway_extra.update({
+                "KRYPTON_GATEWAY_VAULT_BACKEND": "openbao",
+                "KRYPTON_GATEWAY_VAULT_ADDRESS": bao.address,
+                "KRYPTON_GATEWAY_VAULT_MOUNT": bao.enable_kv("kv"),
+                "KRYPTON_GATEWAY_VAULT_PREFIX": self.prefix,
+                "BAO_TOKEN": bao.root_token,
+            })  # fmt: skip
+
+    def sealed_versions(self) -> set[tuple[str, int]]:
+        if self.backend == "openbao":
+            found = self.bao.kv_secrets("kv", f"{self.prefix}/sealed_l3")
+            names = (k.rpartition("/")[2].partition("@")[0] for k in found)
+            return {(t, int(v)) for t, _, v in (n.rpartition("~") for n in names)}
+        return sealed_versions(self.cluster)
+
+    def dump(self) -> bytes:
+        """All it holds: its files, or every version of every secret under its prefix."""
+        if self.backend == "openbao":
+            return json.dumps(self.bao.kv_secrets("kv", self.prefix)).encode()
+        vault = self.cluster.gateways["gw-dev"].vault
+        return b"".join(p.read_bytes() for p in vault.parent.glob(vault.name + "*"))
+
+
+@pytest.mark.parametrize(("kind", "backend"), [("pkcs11", "sqlite"), ("openbao", "sqlite"),
+                                               ("openbao", "openbao")])  # fmt: skip
 def test_a_sealed_gateway_restarted_during_a_partition_serves_until_the_lease_ends(
-    kind: str, start_cluster: Clusters, hsm: SoftHsm, bao: BaoServer
+    kind: str, backend: str, start_cluster: Clusters, hsm: SoftHsm, bao: BaoServer
 ) -> None:
     if kind == "pkcs11":
         hsm.init_token("gateway")
     lease = 12
     cluster = new_cluster(start_cluster, {"KRYPTON_CORE_L3_LEASE_SECONDS": str(lease)})
     cluster.gateway_extra.update(gateway_seal(kind, hsm, bao))
+    vault = GatewayVault(backend, cluster, bao)
     cluster.start_gateways()
     with pykmip(cluster) as client:
         uids = [client.create(enums.CryptographicAlgorithm.AES, 256) for _ in range(3)]
     cluster.core_cli("rotate-l3", "--tenant", "demo")  # keys under two versions
     with pykmip(cluster) as client:
-        wait_for("the new L3 at the gateway", lambda: (sealed_versions(cluster) >= {
+        wait_for("the new L3 at the gateway", lambda: (vault.sealed_versions() >= {
             ("demo", 1), ("demo", 2), ("other", 1)}) or None, 10)
         uids += [client.create(enums.CryptographicAlgorithm.AES, 128) for _ in range(3)]
         keys = {uid: client.get(uid).value for uid in uids}
-    # the vault holds sealed L3 only: no L3's bytes anywhere in its files
-    vault = cluster.gateways["gw-dev"].vault
-    files = b"".join(p.read_bytes() for p in vault.parent.glob(vault.name + "*"))
+    # the vault holds sealed L3 only: no L3's bytes (nor any key's) anywhere in it
+    held = vault.dump()
     materials = l3_materials(cluster)
-    assert len(materials) == 3 and not any(m in files for m in materials)
+    assert len(materials) == 3
+    assert b"sealed_l3" in held or backend == "sqlite"  # the scan sees the sealed copies
+    for m in [*materials, *keys.values()]:
+        assert not any(form in held for form in (m, m.hex().encode(), base64.b64encode(m)))
+
+    # the outbox report reads either backend, while the gateway runs
+    wait_for("every key at the Core", lambda: (
+        ": 0 key(s) waiting for the Core, 0 quarantined row(s)"
+        in cluster.gateway_cli("gw-dev", "outbox")) or None, 10)
 
     cluster.kill_core()
     killed_at = time.time()
@@ -289,6 +332,7 @@ def test_a_sealed_gateway_restarted_during_a_partition_serves_until_the_lease_en
         assert {uid: client.get(uid).value for uid in uids} == keys  # every key it had
         fresh = client.create(enums.CryptographicAlgorithm.AES, 256)
         assert len(client.get(fresh).value) == 32
+    assert ": 1 key(s) waiting for the Core" in cluster.gateway_cli("gw-dev", "outbox")
     # ... until the lease (renewed at most lease/2 before the Core went) ends
     time.sleep(max(0.0, killed_at + lease + 1 - time.time()))
     with pykmip(cluster) as client:
@@ -301,6 +345,7 @@ def test_a_sealed_gateway_restarted_during_a_partition_serves_until_the_lease_en
     with pykmip(cluster) as client, pytest.raises(Exception, match=r"(?i)lease|not available"):
         client.get(uids[0])
     assert "its lease ended; dropped" in cluster.running["gw-dev"].log()
+    assert vault.sealed_versions() == set()
 
 
 def test_without_a_seal_a_restart_during_a_partition_serves_nothing(

@@ -34,6 +34,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from krypton.errors import OpenBaoError
 from krypton.openbao import OpenBaoClient
@@ -118,6 +119,33 @@ class BaoServer:
     def delete_transit_key(self, name: str, *, mount: str = "transit") -> None:
         self.request("POST", f"{mount}/keys/{name}/config", {"deletion_allowed": True})
         self.request("DELETE", f"{mount}/keys/{name}")
+
+    def kv_secrets(self, mount: str, folder: str) -> dict[str, Any]:
+        """Every secret under ``<mount>/<folder>/`` (sub-folders too), every version
+        still kept, as the KV v2 API returns it: ``<path>@<version>`` -> the JSON
+        answer, or 404 for a destroyed version (its data gone)."""
+        found: dict[str, Any] = {}
+        try:
+            names = self.request("LIST", f"{mount}/metadata/{folder}/")["data"]
+        except OpenBaoError as exc:
+            if exc.http_status == 404:
+                return found
+            raise
+        for name in names["keys"]:  # type: ignore[index]
+            path = f"{folder}/{name.rstrip('/')}"
+            if name.endswith("/"):
+                found.update(self.kv_secrets(mount, path))
+                continue
+            meta = self.request("GET", f"{mount}/metadata/{path}")["data"]
+            for version in meta["versions"]:  # type: ignore[index]
+                try:
+                    found[f"{path}@{version}"] = self.request(
+                        "GET", f"{mount}/data/{path}?version={version}")
+                except OpenBaoError as exc:
+                    if exc.http_status != 404:
+                        raise
+                    found[f"{path}@{version}"] = 404
+        return found
 
     # -- a client that is not root -------------------------------------------------------
     def policy(self, rules: Sequence[tuple[str, Sequence[str]]], name: str | None = None) -> str:

@@ -24,7 +24,7 @@ from krypton.config import load_gateway_config
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
 from krypton.errors import ConfigError, OpenBaoError, StorageError
-from krypton.gateway.app import VAULTS, sealable_vault
+from krypton.gateway.app import VAULTS
 from krypton.model import KeyRecord, new_uid
 from krypton.openbao.server import bao_binary
 from krypton.pki import init_dev_dir
@@ -337,30 +337,45 @@ def test_the_gateway_opens_the_configured_backend(
         sqlite.close()
 
 
-def test_a_seal_needs_the_sqlite_vault(place: Place, tmp_path: Path) -> None:
+def test_the_outbox_report_reads_the_openbao_vault(
+    place: Place, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    vault = place.open()
+    bad, waiting, sent = record(), record(), record()
+    run(vault.put_many([bad, waiting, sent]))
+    run(vault.mark_synced([sent.uid]))
+    place.write(bad.uid, {**place.read(bad.uid), "state": "x"})
+    vault.close()
+    cold = place.open(cache_size=0)
+
+    async def quarantine() -> None:
+        assert [r.uid for r in cold.outbox(10)] == [waiting.uid]
+        while not any(k.startswith("quarantine/") for k in place.secrets()):
+            await asyncio.sleep(0.01)
+
+    run(quarantine())
     layout = init_dev_dir(tmp_path / "dev")
-    cfg = load_gateway_config(layout.gateway_config, env={})
-    ring, _ = _ring()
-    bao = BaoVault.open(place.server.address, token=place.server.root_token,
-                        mount=place.mount, prefix=place.prefix)  # fmt: skip
-    sealed = replace(cfg, vault=replace(cfg.vault, backend="openbao"),
-                     seal=replace(cfg.seal, kind="pkcs11"))  # fmt: skip
-    with pytest.raises(ConfigError, match=r"^gateway\.seal\.kind: 'pkcs11' .*"
-                                          r"gateway\.vault\.backend 'openbao'"):
-        sealable_vault(sealed, bao)
-    with pytest.raises(StorageError, match="closed"):  # closed on the way out
-        bao.get("x")
-    again = BaoVault.open(place.server.address, token=place.server.root_token,
-                          mount=place.mount, prefix=place.prefix)  # fmt: skip
-    try:
-        assert sealable_vault(replace(sealed, seal=cfg.seal), again) is None  # kind "none"
-    finally:
-        again.close()
-    sqlite = VAULTS["sqlite"](cfg, ring.record_mac)
-    try:
-        assert sealable_vault(replace(cfg, seal=sealed.seal), sqlite) is sqlite
-    finally:
-        sqlite.close()
+    for name, value in (("BACKEND", "openbao"), ("ADDRESS", place.server.address),
+                        ("MOUNT", place.mount), ("PREFIX", place.prefix)):
+        monkeypatch.setenv(f"KRYPTON_GATEWAY_VAULT_{name}", value)
+    monkeypatch.setenv("BAO_TOKEN", place.server.root_token)
+    capsys.readouterr()
+    assert main(["gateway", "--config", str(layout.gateway_config), "outbox"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"vault {place.server.address} {place.mount}/{place.prefix}: 1 key(s)"
+                      " waiting for the Core, 1 quarantined row(s)")
+    row = json.loads(out[1])
+    assert (row["uid"], row["row"]) == (bad.uid, cold._index[bad.uid].at)
+    assert "state" in row["reason"] and row["at"] > 0
+    assert len(out) == 2
+    # and the SQLite vault's report, in the same format
+    monkeypatch.setenv("KRYPTON_GATEWAY_VAULT_BACKEND", "sqlite")
+    vault_path = load_gateway_config(layout.gateway_config).vault_path
+    Vault.open(vault_path).close()
+    assert main(["gateway", "--config", str(layout.gateway_config), "outbox"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"vault {vault_path}: 0 key(s) waiting for the Core, 0 quarantined row(s)"]
 
 
 def test_marking_synced_is_one_write_unless_the_secret_moved_on(place: Place) -> None:

@@ -14,9 +14,9 @@ import os
 import platform
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from krypton.admin.peers import WorkerSlot, rendezvous
 from krypton.bench.cli import register as register_bench
@@ -27,7 +27,7 @@ from krypton.config import CoreConfig, GatewayConfig, load_core_config, load_gat
 from krypton.conformance.cli import register as register_conformance
 from krypton.core.app import Core
 from krypton.errors import ConfigError, KryptonError
-from krypton.gateway.app import Gateway
+from krypton.gateway.app import VAULTS, Gateway
 from krypton.gateway.workers import run_workers
 from krypton.hardening import harden
 from krypton.logs import SINGLE, SUPERVISOR
@@ -35,7 +35,8 @@ from krypton.logs import setup as setup_logs
 from krypton.pki.dev import DevLayout, init_dev_dir
 from krypton.stack.dev import EmbeddedStack, openbao_vault, prepare_tenants
 from krypton.tls.contexts import server_context
-from krypton.vault.sqlite import quarantined
+from krypton.vault.openbao import BaoVault
+from krypton.vault.sqlite import Quarantined, quarantined
 
 DEFAULT_DEV_DIR = Path(".krypton-dev")
 
@@ -178,14 +179,42 @@ def _dev(args: argparse.Namespace, layout: DevLayout, core: CoreConfig,
         return run_workers([run_core, *(functools.partial(run_gateway, s) for s in slots)])
 
 
+Outbox = tuple[str, int, list[Quarantined]]  # where, keys waiting, quarantined rows
+
+
+def _sqlite_outbox(gateway: GatewayConfig) -> Outbox:
+    waiting, rows = quarantined(gateway.vault_path)  # read-only: safe while it runs
+    return str(gateway.vault_path), waiting, rows
+
+
+def _openbao_outbox(gateway: GatewayConfig) -> Outbox:
+    v = gateway.vault  # read-only (the index is read, nothing is written): safe while it runs
+    vault = VAULTS["openbao"](gateway, _no_mac)
+    try:
+        if not isinstance(vault, BaoVault):
+            raise KryptonError(f"outbox: {type(vault).__name__} is not the OpenBao vault")
+        return (f"{v.address} {v.mount}/{v.prefix.strip('/')}", vault.outbox_stats()[0],
+                vault.quarantined_rows())  # fmt: skip
+    finally:
+        vault.close()
+
+
+def _no_mac(uid: str, version: int, body: bytes) -> bytes:
+    raise KryptonError("outbox: the report checks no record")  # nothing is written or served
+
+
+# gateway.vault.backend -> what its outbox report reads
+OUTBOX_READERS: Final[Mapping[str, Callable[[GatewayConfig], Outbox]]] = {
+    "sqlite": _sqlite_outbox,
+    "openbao": _openbao_outbox,
+}
+
+
 def cmd_outbox(gateway: GatewayConfig) -> int:
     """``krypton gateway --config F outbox``: what waits to reach the Core, and
     the quarantined rows (JSON lines, one per row)."""
-    if gateway.vault.backend != "sqlite":
-        raise ConfigError("outbox: reads the SQLite vault file; with gateway.vault.backend ="
-                          f" {gateway.vault.backend!r} the gateway logs its quarantined keys")
-    waiting, rows = quarantined(gateway.vault_path)
-    print(f"vault {gateway.vault_path}: {waiting} key(s) waiting for the Core,"
+    where, waiting, rows = OUTBOX_READERS[gateway.vault.backend](gateway)
+    print(f"vault {where}: {waiting} key(s) waiting for the Core,"
           f" {len(rows)} quarantined row(s)")
     for q in rows:
         print(json.dumps({"row": q.row, "uid": q.uid, "reason": q.reason, "at": q.at}))

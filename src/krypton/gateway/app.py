@@ -107,18 +107,6 @@ VAULTS: Final[Mapping[str, Callable[[GatewayConfig, Sealer], VaultStore]]] = {
 }
 
 
-def sealable_vault(cfg: GatewayConfig, vault: VaultStore) -> Vault | None:
-    """The vault the seal keeps its sealed L3 copies in: only the SQLite one has their table."""
-    if isinstance(vault, Vault):
-        return vault
-    if cfg.seal.kind != "none":
-        vault.close()
-        raise ConfigError(f"gateway.seal.kind: {cfg.seal.kind!r} keeps sealed L3 keys in a "
-                          f"SQLite vault; gateway.vault.backend {cfg.vault.backend!r} has none "
-                          "(use kind = \"none\" or backend = \"sqlite\")")
-    return None
-
-
 class Gateway:
     """One gateway process: ``start`` brings it up, ``close`` takes it down cleanly.
 
@@ -186,9 +174,8 @@ class Gateway:
         lim = cfg.limits
         self.vault = VAULTS[cfg.vault.backend](cfg, self.keyring.record_mac)
         # The seal first: what it restores serves while the Core is unreachable.
-        sealable = sealable_vault(cfg, self.vault)
-        self.seal = None if sealable is None else await open_seal(
-            cfg.seal, cfg.name, sealable, max_lease=cfg.uplink.max_lease)
+        self.seal = await open_seal(cfg.seal, cfg.name, self.vault.sealed_l3(),
+                                    max_lease=cfg.uplink.max_lease)
         if self.seal is not None:
             await self.seal.restore(self.keyring)
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants), material)

@@ -10,7 +10,10 @@ is a gateway-local :class:`~krypton.roots.RootSealer`:
 
 * **Storing.** :class:`L3Seal` listens to the uplink beside the key ring's
   source (it gets a copy of each grant's material). Each usable L3 version the
-  Core pushes is sealed and stored in the vault (:mod:`krypton.vault.sealed_l3`)
+  Core pushes is sealed and stored in the vault (its
+  :class:`~krypton.vault.port.SealedL3Store`: the SQLite vault's ``sealed_l3``
+  table, :mod:`krypton.vault.sealed_l3`, or secrets beside the OpenBao vault's
+  records, :mod:`krypton.vault._bao_sealed`)
   with its state, the *absolute wall-clock* end of its lease (now + the lease,
   cut to ``gateway.uplink.max_lease``) and the wall-clock time it was stored.
   The seal's context binds all of them with the gateway's name, tenant and
@@ -48,9 +51,8 @@ from krypton.errors import KryptonError
 from krypton.roots import RootSealer, kind_of, open_root
 from krypton.uplink.client import UplinkClient
 from krypton.uplink.types import L3Versions
-from krypton.vault import sealed_l3
+from krypton.vault.port import SealedL3Store
 from krypton.vault.sealed_l3 import SealedL3
-from krypton.vault.sqlite import Vault
 
 log = logging.getLogger("krypton.gateway.seal")
 
@@ -74,20 +76,20 @@ class _Listed:
 
 
 class L3Seal:
-    """Sealed L3 copies in ``vault`` under ``root`` (see the module comment).
-    Owns ``root`` (closed with it)."""
+    """Sealed L3 copies in ``store`` (a vault's ``sealed_l3()``) under ``root``
+    (see the module comment). Owns ``root`` (closed with it)."""
 
     def __init__(
         self,
         root: RootSealer,
-        vault: Vault,
+        store: SealedL3Store,
         gateway: str,
         *,
         max_lease: float | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.root = root
-        self._vault = vault
+        self._copies = store
         self._gateway = gateway
         self._max_lease = max_lease
         self._wall = wall
@@ -102,14 +104,14 @@ class L3Seal:
         """Unseal every stored version whose lease holds into ``ring``; how many."""
         now = self._wall()
         restored = 0
-        for row in sealed_l3.rows(self._vault):
+        for row in await self._copies.rows():
             what = f"sealed L3 {row.tenant} v{row.version}"
             if now + CLOCK_SLACK < row.stored_at:
                 log.error("%s: the clock (%.0f) is earlier than when it was stored (%.0f): "
                           "refused (its lease cannot be measured)", what, now, row.stored_at)
                 continue
             if row.lease_end <= now:
-                await sealed_l3.drop(self._vault, row.tenant, [row.version])
+                await self._copies.drop(row.tenant, [row.version])
                 log.info("%s: its lease ended; dropped", what)
                 continue
             if row.kind != self.root.kind:
@@ -175,8 +177,8 @@ class L3Seal:
                 if isinstance(event, _Grant):
                     await self._store(event.grant)
                 else:
-                    await sealed_l3.keep_only(self._vault, event.listed.tenant,
-                                              sorted(event.listed.versions))
+                    await self._copies.keep_only(event.listed.tenant,
+                                                sorted(event.listed.versions))
             except KryptonError as exc:
                 log.warning("gateway seal: %s", exc.message)
             except Exception:
@@ -188,7 +190,7 @@ class L3Seal:
         with grant.material as material:
             state = L3State(grant.state)
             if state not in _USABLE:
-                await sealed_l3.drop(self._vault, grant.tenant, [grant.version])
+                await self._copies.drop(grant.tenant, [grant.version])
                 self.dropped += 1
                 log.info("gateway seal: L3 %s v%d is %s: its sealed copy is dropped",
                          grant.tenant, grant.version, state.name)
@@ -200,14 +202,15 @@ class L3Seal:
             row = SealedL3(grant.tenant, grant.version, int(state), now + lease, now,
                            self.root.kind, b"")
             blob = await self.root.seal(seal_context(self._gateway, row), material)
-            await sealed_l3.store(self._vault, SealedL3(
+            await self._copies.store(SealedL3(
                 row.tenant, row.version, row.state, row.lease_end, row.stored_at,
                 kind_of(blob), blob))
             self.stored += 1
 
 
 async def open_seal(
-    config: SealConfig, gateway: str, vault: Vault, *, max_lease: float | None = None
+    config: SealConfig, gateway: str, store: SealedL3Store, *,
+    max_lease: float | None = None,
 ) -> L3Seal | None:
     """The configured seal, reached and checked (None for ``kind = "none"``)."""
     if config.kind == "none":
@@ -223,6 +226,6 @@ async def open_seal(
     except BaseException:
         await root.close()
         raise
-    seal = L3Seal(root, vault, gateway, max_lease=max_lease)
+    seal = L3Seal(root, store, gateway, max_lease=max_lease)
     log.info("gateway seal: L3 keys are kept in the vault sealed by the %s", root.describe())
     return seal

@@ -8,7 +8,9 @@ tenant's L3, never plaintext), the attribute blob, state, L3 version, outbox
 mark and record MAC — as JSON (blobs in base64), plus ``at``, the write time
 in nanoseconds that orders the outbox. Small vault state lives beside it:
 ``<prefix>/state/cursor`` (the change-feed cursor) and
-``<prefix>/quarantine/<uid>`` (outbox records that did not decode).
+``<prefix>/quarantine/<uid>`` (outbox records that did not decode); with a
+gateway seal, its sealed L3 copies at ``<prefix>/sealed_l3/<tenant>~<version>``
+(:mod:`krypton.vault._bao_sealed`).
 
 A new record is written with ``cas = 0`` (KV v2 check-and-set: only if the
 secret does not exist), so a duplicate uid is refused by OpenBao itself. A

@@ -61,6 +61,7 @@ from krypton.metrics.meter import BATCH_BUCKETS, COMMIT_BUCKETS, Histogram
 from krypton.model.record import KeyRecord
 from krypton.openbao import OpenBaoClient
 from krypton.vault import sqlite
+from krypton.vault._bao_sealed import BaoSealed, drop_sealed, put_sealed, sealed_rows
 from krypton.vault._kv import DUPLICATE, Conflict, Kv, decoded, translated
 from krypton.vault.auth import Sealer, check, seal
 from krypton.vault.cache import RecordCache
@@ -255,6 +256,9 @@ _INDEXED: Final[Mapping[Op, Callable[[BaoVault, Any, Any], None]]] = {
     _set_cursor: _ix_nothing,
     _quarantine: _ix_quarantine,
     _delete: _ix_delete,
+    put_sealed: _ix_nothing,  # sealed L3 copies (krypton.vault._bao_sealed): no records
+    drop_sealed: _ix_nothing,
+    sealed_rows: _ix_nothing,
 }
 # The key each change from the Core is about, and what it does to a record.
 _EFFECTS: Final[Mapping[Op, Callable[[Any], tuple[str, Effect]]]] = {
@@ -710,6 +714,21 @@ class BaoVault:
 
     def holds_keys(self) -> bool:
         return bool(self._index)
+
+    def sealed_l3(self) -> BaoSealed:
+        """The gateway seal's sealed L3 copies: secrets under ``<prefix>/sealed_l3/``."""
+        return BaoSealed(self)
+
+    def quarantined_rows(self) -> list[Quarantined]:
+        """The quarantined outbox records as stored, by outbox position
+        (``krypton gateway outbox``)."""
+        found: list[Quarantined] = []
+        for uid in self._kv.uids("quarantine"):
+            d = self._kv.read_state("quarantine", uid)
+            if isinstance(d, dict):
+                found.append(Quarantined(int(d.get("row") or 0), uid, str(d.get("reason")),
+                                         int(d.get("at") or 0)))  # fmt: skip
+        return sorted(found, key=lambda q: (q.row, q.uid))
 
     # -- shutdown --------------------------------------------------------------
     def close(self) -> None:

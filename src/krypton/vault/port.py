@@ -7,11 +7,16 @@ through :class:`krypton.model.ports.KeyStore`, the uplink's
 the bottom of this module (``_BACKENDS``): a backend that lacks a method, or
 has one with another signature, is a type error, not a runtime surprise. A
 new vault operation goes here first, then into every backend.
+
+:class:`SealedL3Store` is the same for the sealed L3 copies of the gateway
+seal (:mod:`krypton.gateway.seal`): each backend keeps them beside its
+records (a table of the SQLite file, secrets under the OpenBao prefix) and
+hands them out through ``VaultStore.sealed_l3``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,7 +24,29 @@ from krypton.model.record import KeyRecord
 
 if TYPE_CHECKING:
     from krypton.metrics.meter import Histogram
+    from krypton.vault.sealed_l3 import SealedL3
     from krypton.vault.sqlite import OutboxPage
+
+
+class SealedL3Store(Protocol):
+    """A vault's sealed L3 copies, one per (tenant, version), durable when a
+    write returns (see :mod:`krypton.vault.sealed_l3` for what a copy holds)."""
+
+    async def store(self, row: SealedL3) -> None:
+        """Store ``row``, replacing the copy of its (tenant, version)."""
+        ...
+
+    async def drop(self, tenant: str, versions: Sequence[int]) -> None:
+        """Delete the copies of these versions of ``tenant`` (absent ones are no error)."""
+        ...
+
+    async def keep_only(self, tenant: str, versions: Sequence[int]) -> None:
+        """Delete every copy of ``tenant`` whose version is not in ``versions``."""
+        ...
+
+    async def rows(self) -> list[SealedL3]:
+        """Every stored copy, ordered by tenant and version."""
+        ...
 
 
 class VaultStore(Protocol):
@@ -105,11 +132,16 @@ class VaultStore(Protocol):
 
     def holds_keys(self) -> bool: ...
 
+    def sealed_l3(self) -> SealedL3Store: ...
+
     def close(self) -> None: ...
 
 
 if TYPE_CHECKING:  # every backend implements the whole interface (checked by mypy)
+    from krypton.vault._bao_sealed import BaoSealed
     from krypton.vault.openbao import BaoVault
+    from krypton.vault.sealed_l3 import SealedRows
     from krypton.vault.sqlite import Vault
 
     _BACKENDS: tuple[type[VaultStore], ...] = (Vault, BaoVault)
+    _SEALED: tuple[type[SealedL3Store], ...] = (SealedRows, BaoSealed)

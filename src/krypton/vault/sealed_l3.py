@@ -7,6 +7,10 @@ OpenBao Transit) made the blob, bound to all of these columns, so a row
 edited on disk (a later lease end, say) no longer opens; the vault never sees
 an L3 in the clear. Writes go through the vault's writer thread like every
 other vault write (:meth:`krypton.vault.sqlite.Vault.submit`).
+
+:class:`SealedRows` is this table as a
+:class:`~krypton.vault.port.SealedL3Store` (``Vault.sealed_l3()``); the
+OpenBao vault keeps the same rows as KV secrets (:mod:`krypton.vault._bao_sealed`).
 """
 
 from __future__ import annotations
@@ -82,3 +86,25 @@ async def keep_only(vault: Vault, tenant: str, versions: Sequence[int]) -> None:
 def rows(vault: Vault) -> list[SealedL3]:
     return [SealedL3(str(t), int(v), int(s), float(e), float(a), str(k), bytes(b))
             for t, v, s, e, a, k, b in vault.query(_SELECT)]
+
+
+class SealedRows:
+    """The ``sealed_l3`` table of one SQLite vault (a
+    :class:`~krypton.vault.port.SealedL3Store`)."""
+
+    __slots__ = ("_vault",)
+
+    def __init__(self, vault: Vault) -> None:
+        self._vault = vault
+
+    async def store(self, row: SealedL3) -> None:
+        await store(self._vault, row)
+
+    async def drop(self, tenant: str, versions: Sequence[int]) -> None:
+        await drop(self._vault, tenant, versions)
+
+    async def keep_only(self, tenant: str, versions: Sequence[int]) -> None:
+        await keep_only(self._vault, tenant, versions)
+
+    async def rows(self) -> list[SealedL3]:
+        return rows(self._vault)

@@ -56,7 +56,7 @@ from krypton.vault.auth import Sealer, check, seal
 from krypton.vault.cache import RecordCache
 from krypton.vault.held import BadRow, Change, Effect, Held, decode, retry_held
 from krypton.vault.schema import migrate
-from krypton.vault.sealed_l3 import drop_rows, put_row
+from krypton.vault.sealed_l3 import SealedRows, drop_rows, put_row
 
 _INSERT = (
     "INSERT INTO keys (uid, tenant, object_type, algorithm, length, state, l3_version,"
@@ -803,6 +803,10 @@ class Vault:
     def holds_keys(self) -> bool:
         with translated("vault read"):
             return self._readers.get().execute("SELECT 1 FROM keys LIMIT 1").fetchone() is not None
+
+    def sealed_l3(self) -> SealedRows:
+        """The gateway seal's sealed L3 copies: the ``sealed_l3`` table."""
+        return SealedRows(self)
 
     # -- shutdown --------------------------------------------------------------
     def close(self) -> None:
