@@ -57,7 +57,7 @@ def make_keys(pki: Path, port: int, keys: int) -> None:
 
 
 def drain(root: Path, keys: int, registry: str | None, timeout: float,
-          spy: tuple[str, Path] | None = None) -> dict[str, float]:
+          spy: tuple[str, Path, bool] | None = None) -> dict[str, float]:
     cluster = make_cluster(root, registry=registry)
     try:
         cluster.start_core()
@@ -72,8 +72,8 @@ def drain(root: Path, keys: int, registry: str | None, timeout: float,
         healed = time.monotonic()
         core = cluster.start_core()
         pids = (core.proc.pid, gateway.proc.pid)
-        spies = [] if spy is None else [_spy(spy, pid, name)
-                                        for pid, name in zip(pids, ("core", "gateway"), strict=True)]
+        names = ("core", "gateway")
+        spies = [_spy(spy, pid, n) for pid, n in zip(pids, names, strict=True)] if spy else []
         cpu0 = [cpu_seconds(pid) for pid in pids]
         first = left_at_first = 0.0
         deadline = healed + timeout
@@ -103,12 +103,12 @@ def drain(root: Path, keys: int, registry: str | None, timeout: float,
         cluster.stop()
 
 
-def _spy(spy: tuple[str, Path], pid: int, name: str) -> subprocess.Popen[bytes]:
-    """py-spy recording ``pid`` (every thread, idle samples left out) to a raw profile."""
-    exe, out = spy
+def _spy(spy: tuple[str, Path, bool], pid: int, name: str) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` (every thread; waits too with ``idle``) to a raw profile."""
+    exe, out, idle = spy
     out.mkdir(parents=True, exist_ok=True)
     cmd = [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-           "--output", str(out / f"{name}.txt")]
+           "--output", str(out / f"{name}.txt"), *(["--idle"] if idle else [])]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -122,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--py-spy", default=None, help="py-spy executable: record both processes")
     ap.add_argument("--profiles", type=Path, default=Path("drain-profiles"),
                     help="where py-spy's raw profiles go (run N: a subdirectory)")
+    ap.add_argument("--idle", action="store_true", help="py-spy samples waiting threads too")
     args = ap.parse_args(argv)
     for n in range(args.runs):
-        spy = None if args.py_spy is None else (args.py_spy, args.profiles / f"run{n + 1}")
+        spy = (None if args.py_spy is None
+               else (args.py_spy, args.profiles / f"run{n + 1}", args.idle))
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             r = drain(Path(tmp), args.keys, args.registry, args.timeout, spy)
         print(f"run {n + 1}: {r['keys']:,} keys drained at {r['rate']:,.0f} keys/s "
