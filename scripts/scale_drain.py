@@ -11,13 +11,17 @@ both, kills the Core, makes ``--keys`` keys at the gateway with
 ``krypton bench --op create`` (16 connections) while it is away, starts the
 Core again and polls the gateway's vault (read-only) until its outbox is
 empty. Prints the drain rate (keys sent from the first one acknowledged to
-the last, over that time) and the CPU each process used meanwhile.
+the last, over that time) and the CPU each process used meanwhile (from the
+first acknowledgement on: the Core's start-up is left out), per second and
+per key. With ``--py-spy PATH`` both processes are recorded by py-spy while
+they drain (raw collapsed stacks in ``--profiles``/runN/{core,gateway}.txt).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -52,7 +56,8 @@ def make_keys(pki: Path, port: int, keys: int) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def drain(root: Path, keys: int, registry: str | None, timeout: float) -> dict[str, float]:
+def drain(root: Path, keys: int, registry: str | None, timeout: float,
+          spy: tuple[str, Path, bool] | None = None) -> dict[str, float]:
     cluster = make_cluster(root, registry=registry)
     try:
         cluster.start_core()
@@ -66,17 +71,24 @@ def drain(root: Path, keys: int, registry: str | None, timeout: float) -> dict[s
               file=sys.stderr)
         healed = time.monotonic()
         core = cluster.start_core()
-        cpu0 = (cpu_seconds(core.proc.pid), cpu_seconds(gateway.proc.pid))
+        pids = (core.proc.pid, gateway.proc.pid)
+        names = ("core", "gateway")
+        spies = [_spy(spy, pid, n) for pid, n in zip(pids, names, strict=True)] if spy else []
+        cpu0 = [cpu_seconds(pid) for pid in pids]
         first = left_at_first = 0.0
         deadline = healed + timeout
         while (left := waiting(spec.vault)) > 0:
             if not first and left < backlog:
                 first, left_at_first = time.monotonic(), left
+                cpu0 = [cpu_seconds(pid) for pid in pids]  # the Core's start-up left out
             if time.monotonic() > deadline:
                 raise SystemExit(f"outbox not empty after {timeout:g} s ({left:,} left)")
             time.sleep(0.005)
         done = time.monotonic()
-        cpu1 = (cpu_seconds(core.proc.pid), cpu_seconds(gateway.proc.pid))
+        cpu1 = [cpu_seconds(pid) for pid in pids]
+        for proc in spies:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
         if not first:  # drained between two polls
             first, left_at_first = healed, backlog
         took = max(done - first, 1e-6)
@@ -84,9 +96,20 @@ def drain(root: Path, keys: int, registry: str | None, timeout: float) -> dict[s
             "keys": backlog, "rate": left_at_first / took, "drain_s": done - first,
             "heal_to_first_s": first - healed,
             "core_cpu": (cpu1[0] - cpu0[0]) / took, "gateway_cpu": (cpu1[1] - cpu0[1]) / took,
+            "core_us": (cpu1[0] - cpu0[0]) / max(left_at_first, 1) * 1e6,
+            "gateway_us": (cpu1[1] - cpu0[1]) / max(left_at_first, 1) * 1e6,
         }  # fmt: skip
     finally:
         cluster.stop()
+
+
+def _spy(spy: tuple[str, Path, bool], pid: int, name: str) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` (every thread; waits too with ``idle``) to a raw profile."""
+    exe, out, idle = spy
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+           "--output", str(out / f"{name}.txt"), *(["--idle"] if idle else [])]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,14 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
+    ap.add_argument("--py-spy", default=None, help="py-spy executable: record both processes")
+    ap.add_argument("--profiles", type=Path, default=Path("drain-profiles"),
+                    help="where py-spy's raw profiles go (run N: a subdirectory)")
+    ap.add_argument("--idle", action="store_true", help="py-spy samples waiting threads too")
     args = ap.parse_args(argv)
     for n in range(args.runs):
+        spy = (None if args.py_spy is None
+               else (args.py_spy, args.profiles / f"run{n + 1}", args.idle))
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            r = drain(Path(tmp), args.keys, args.registry, args.timeout)
+            r = drain(Path(tmp), args.keys, args.registry, args.timeout, spy)
         print(f"run {n + 1}: {r['keys']:,} keys drained at {r['rate']:,.0f} keys/s "
               f"({r['drain_s']:.2f} s from the first acknowledged; first after "
               f"{r['heal_to_first_s']:.2f} s); CPU meanwhile: Core {r['core_cpu']:.2f}, "
-              f"gateway {r['gateway_cpu']:.2f} cores")
+              f"gateway {r['gateway_cpu']:.2f} cores; per key: Core {r['core_us']:.0f} µs, "
+              f"gateway {r['gateway_us']:.0f} µs")
     return 0
 
 

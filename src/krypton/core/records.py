@@ -34,7 +34,12 @@ object around it:
 Records arriving by ``SyncKeys`` are checked by :func:`check_arriving`
 before they are stored: a gateway holds its tenants' L3, so it could MAC a
 record it chose; this catches corruption on the way, and a gateway MACing
-another tenant's record is impossible without that tenant's L3.
+another tenant's record is impossible without that tenant's L3. The MAC is
+computed once per synced record: :meth:`AuthenticatedRegistry.arrive` checks
+it and makes the registry's object from the checked record alone
+(``KeyRecord.to_object``, which keeps every covered field), an
+:class:`Arrived`; :meth:`AuthenticatedRegistry.put_arrived` stores those with
+the MAC they came with, which is the MAC ``put_objects`` would compute again.
 
 Legacy rows: schema v2 lists every object written before it in
 ``unsealed_objects``, the one place a row without a MAC is accepted.
@@ -48,7 +53,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from krypton.errors import CryptographicFailure, KeyUnavailable
 from krypton.model.record import KeyRecord, authenticated_bytes
@@ -67,6 +72,8 @@ log = logging.getLogger("krypton.core")
 
 # (tenant, l3_version, data) -> MAC; KeyRing.record_mac.
 MacKey = Callable[[str, int, bytes], bytes]
+# An object's Locate indexes: (names, groups, custom), krypton.core.engine.objects.index_fields.
+Index = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
 
 
 class RecordTampered(CryptographicFailure):
@@ -99,6 +106,14 @@ def check_arriving(key: KeyRecord, mac_key: MacKey) -> KeyRecord:
     raise _refuse(key.uid, "synced")
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class Arrived:
+    """A synced record as the registry stores it, made by
+    :meth:`AuthenticatedRegistry.arrive` once its MAC was checked."""
+
+    record: ObjectRecord
+
+
 class AuthenticatedRegistry:
     """A :class:`Registry` whose objects carry record MACs; see the module comment."""
 
@@ -121,9 +136,26 @@ class AuthenticatedRegistry:
             return rec
         raise _refuse(rec.uid, "registry")
 
+    def arrive(
+        self,
+        key: KeyRecord,
+        origin: str,
+        index: Index,
+    ) -> Arrived:
+        """A record a gateway synced, checked (:func:`check_arriving`, RecordTampered
+        if its MAC is wrong or missing), as the registry's object: made from the
+        checked record, with its Locate ``index`` (names, groups, custom)."""
+        key = check_arriving(key, self._mac_key)
+        names, groups, custom = index
+        return Arrived(key.to_object(origin=origin, names=names, groups=groups, custom=custom))
+
     # -- objects: sealed on the way in, checked on the way out ---------------------
     async def put_objects(self, records: Sequence[ObjectRecord]) -> None:
         await self.inner.put_objects([self._sealed(r) for r in records])
+
+    async def put_arrived(self, arrived: Sequence[Arrived]) -> None:
+        """Store synced records with the MAC :meth:`arrive` checked (not computed again)."""
+        await self.inner.put_objects([a.record for a in arrived])
 
     async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
         rec = await self.inner.get_object(tenant, uid)

@@ -23,7 +23,11 @@ How this works
   record wrapped under a revoked L3 version is refused and reported
   (:class:`krypton.core.rotation.SyncFence`).
   Each must carry a right record MAC (:func:`krypton.core.records.check_arriving`);
-  one that does not fails the call with Cryptographic Failure.
+  one that does not fails the call with Cryptographic Failure. The MAC is
+  computed once (the check) and stored as it came
+  (:meth:`krypton.core.records.AuthenticatedRegistry.arrive`), and the
+  attribute blob is decoded only when it holds something the Locate indexes
+  need (:func:`krypton.core.ingest.index_of`).
 * **Execute** — one delegated KMIP batch item is decoded, run by the Core's
   control table (``krypton.core.engine.control``) in the caller's context (identity,
   tenant, protocol version, the batch's ID placeholder), audited, and answered
@@ -49,18 +53,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from krypton.core.engine.control import AuditContext, execute_item
-from krypton.core.engine.objects import CoreServices, index_fields
+from krypton.core.engine.objects import CoreServices
+from krypton.core.ingest import index_of
 from krypton.core.keystore import CoreKeyStore
-from krypton.core.records import MacKey, check_arriving
+from krypton.core.records import AuthenticatedRegistry, MacKey, check_arriving
 from krypton.core.rotation import SyncFence
 from krypton.crypto.keyring import L3Grant, L3State
 from krypton.crypto.secret import SecretBytes
 from krypton.errors import CryptographicFailure, StorageError
-from krypton.kmip.attributes import parse_attributes
 from krypton.kmip.versions import ProtocolVersion
 from krypton.metrics.meter import FAILED, SUCCESS, KmipMeter
 from krypton.model.context import RequestContext
@@ -257,19 +262,28 @@ class CoreService:
             log.info("gateway %s unsubscribed", gateway)
 
     async def sync_keys(self, gateway: str, keys: Sequence[KeyRecord]) -> list[str]:
-        if self._mac_key is not None:
-            keys = [check_arriving(k, self._mac_key) for k in keys]
-        records = await self._fence.admit(gateway, [self._record(gateway, k) for k in keys])
-        await self.registry.put_objects(records)
+        registry = self.registry
+        if isinstance(registry, AuthenticatedRegistry):
+            # every MAC checked (once) before anything is stored, then fenced
+            arrived = {}
+            for k in keys:
+                a = registry.arrive(k, gateway, index_of(k.attributes))
+                arrived[id(a.record)] = a
+            records = await self._fence.admit(gateway, [a.record for a in arrived.values()])
+            await registry.put_arrived([arrived[id(r)] for r in records])
+        else:
+            if self._mac_key is not None:
+                keys = [check_arriving(k, self._mac_key) for k in keys]
+            records = await self._fence.admit(gateway, [self._record(gateway, k) for k in keys])
+            await registry.put_objects(records)
         self.synced_keys += len(records)
-        for tenant in sorted({r.tenant for r in records}):
-            n = sum(1 for r in records if r.tenant == tenant)
+        for tenant, n in sorted(Counter(r.tenant for r in records).items()):
             await self._audit(gateway, tenant, "SyncKeys", detail=f"{n} record(s)")
         return [r.uid for r in records]
 
-    def _record(self, gateway: str, key: KeyRecord) -> ObjectRecord:
-        attrs = parse_attributes(decode(key.attributes)) if key.attributes else []
-        names, groups, custom = index_fields(attrs)
+    @staticmethod
+    def _record(gateway: str, key: KeyRecord) -> ObjectRecord:
+        names, groups, custom = index_of(key.attributes)
         return key.to_object(origin=gateway, names=names, groups=groups, custom=custom)
 
     async def execute(self, gateway: str, request: ExecuteRequest) -> ExecuteResult:

@@ -112,6 +112,25 @@ def _insert_sides(conn: sqlite3.Connection, r: ObjectRecord) -> None:
 def _put_objects(
     conn: sqlite3.Connection, records: Sequence[ObjectRecord]
 ) -> tuple[None, tuple[()]]:
+    # All new (a drain's batch, as a rule): one executemany for the objects and one
+    # per side table. Otherwise (a uid already stored, or twice in the batch) that
+    # is undone and each record goes in on its own, to learn which ones were new.
+    # (On an error the writer rolls back to the operation's own savepoint, this
+    # one with it.)
+    conn.execute("SAVEPOINT put_objects")
+    if conn.executemany(_INSERT_OBJECT, map(object_row, records)).rowcount == len(records):
+        conn.execute("RELEASE put_objects")
+        sides: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _SIDE_INSERT}
+        for r in records:
+            if r.names or r.groups or r.custom:
+                for table, rows in side_rows(r).items():
+                    sides[table] += rows
+        for table, rows in sides.items():
+            if rows:
+                conn.executemany(_SIDE_INSERT[table], rows)
+        return None, ()
+    conn.execute("ROLLBACK TO put_objects")
+    conn.execute("RELEASE put_objects")
     for r in records:
         if conn.execute(_INSERT_OBJECT, object_row(r)).rowcount:
             _insert_sides(conn, r)

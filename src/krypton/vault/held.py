@@ -135,8 +135,9 @@ _COLUMNS: Final = (
 )  # fmt: skip
 
 
-def decode(row: Sequence[Any]) -> KeyRecord:
-    """The record of a vault row, or :class:`BadRow` naming the first bad column."""
+def decode(row: Sequence[Any], mac: bytes = b"") -> KeyRecord:
+    """The record of a vault row (with ``mac``), or :class:`BadRow` naming the first
+    bad column."""
     values: list[Any] = []
     for (name, check), value in zip(_COLUMNS, row, strict=True):
         try:
@@ -144,4 +145,5 @@ def decode(row: Sequence[Any]) -> KeyRecord:
         except BadRow as bad:
             raise BadRow(f"column {name}: {bad}") from None
     values[-1] = values[-1] != 0  # 1 synced, 2 quarantined: out of the outbox
+    values.append(mac)  # the columns, then the MAC
     return KeyRecord(*values)

@@ -119,7 +119,7 @@ def _decoded(row: Sequence[Any]) -> KeyRecord:
     mac = row[11]
     if not isinstance(mac, bytes | bytearray | memoryview):
         raise BadRow("column mac: not a blob")
-    return replace(decode(row[:11]), mac=bytes(mac))
+    return decode(row[:11], bytes(mac))  # one record made per row
 
 
 def _record(row: Sequence[Any]) -> KeyRecord:
