@@ -29,6 +29,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 def krypton(*args: str, env: dict[str, str] | None = None,
             timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("KRYPTON_")}
+    # Never the default admin ports (9696, 9697): another stack may hold them.
+    full["KRYPTON_GATEWAY_ADMIN_LISTEN"] = f"127.0.0.1:{free_port()}"
+    full["KRYPTON_CORE_ADMIN_LISTEN"] = f"127.0.0.1:{free_port()}"
     full.update(env or {})
     return subprocess.run([sys.executable, "-m", "krypton.cli.main", *args], env=full,
                           capture_output=True, text=True, timeout=timeout, check=False)
