@@ -25,6 +25,11 @@ is decoded, parsed, run and encoded in slices of about a millisecond, giving the
 event loop up between them (:mod:`krypton.gateway.engine.pacing`): another
 connection's Get is answered in between, not after the whole message.
 
+A plain Get whose record is not in the vault's cache is not read on the event
+loop: :meth:`Dispatcher.answer_now` declines it, :meth:`Dispatcher.handle`
+awaits the vault's ``read_through`` of that uid (a reader thread; the loop
+serves other connections meanwhile) and then answers from the fast path.
+
 Message-level failures (undecodable bytes, a wrong structure, a major
 version we do not speak) are answered by a response with a single batch item
 without Operation, as KMIP §11.1 prescribes. This is the one place with a
@@ -192,6 +197,12 @@ class Dispatcher:
             answered = self.answer_now(frame, session)
             if answered is not None:
                 return answered
+        missed = self._fast_get.missed
+        if missed is not None:  # a plain Get of a record not cached: read it off the loop
+            self._fast_get.missed = None
+            answered = await self._read_through(missed, frame, session)
+            if answered is not None:
+                return answered
         meter = self.meter
         began = _clock() if meter is not None else 0.0
         if len(frame) > LARGE:  # in steps, once the gate lets it in (pacing.py)
@@ -209,6 +220,21 @@ class Dispatcher:
                     meter.done(_CREATE, SUCCESS, _clock() - began)
                 return created
         return await self._generic(frame, session, Turns(), began)
+
+    async def _read_through(
+        self, uid: str, frame: bytes | bytearray | memoryview, session: Session
+    ) -> bytes | None:
+        """The fast answer once ``uid``'s record is read into the cache; None if
+        there is none (the generic path gives the complete answer)."""
+        try:
+            record = await self.services.store.read_through(uid)
+        except KryptonError:
+            return None  # the generic path reports it
+        if record is None:
+            return None
+        answered = self.answer_now(frame, session)
+        self._fast_get.missed = None
+        return answered
 
     async def _generic(
         self,
