@@ -381,6 +381,11 @@ class BaoVault:
         return len(self._cache)
 
     @property
+    def cached_bytes(self) -> int:
+        """The memory the cached records are charged for (:func:`krypton.vault.cache.weight`)."""
+        return self._cache.size_bytes
+
+    @property
     def pending_changes(self) -> int:
         return len(self._held)
 
@@ -639,6 +644,14 @@ class BaoVault:
         self._warmer = threading.Thread(target=self._warm, args=(newest,), name="vault-warm",
                                         daemon=True)  # fmt: skip
         self._warmer.start()
+
+    def warmed(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the warm-up to end: True if it has
+        (or never started)."""
+        if self._warmer is not None:
+            self._warmer.join(timeout)
+            return not self._warmer.is_alive()
+        return True
 
     def _warm(self, keys: list[tuple[str, str, int]]) -> None:
         page = sqlite.WARM_PAGE

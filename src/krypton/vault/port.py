@@ -89,6 +89,11 @@ class VaultStore(Protocol):
 
     def warm(self) -> None: ...
 
+    def warmed(self, timeout: float | None = None) -> bool: ...
+
+    @property
+    def cached_bytes(self) -> int: ...
+
     def outbox(
         self, limit: int, *, tenant: str | None = None,
         gone: Callable[[str, int], bool] | None = None,

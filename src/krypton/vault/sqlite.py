@@ -37,7 +37,8 @@ block the writer). ``get`` consults an LRU cache of wrapped records first;
 see :mod:`krypton.vault.cache` for how it stays coherent with the writer.
 The event loop never reads the file for a key: ``lookup`` is the cache alone
 (no I/O), and ``read_through`` does a miss's read on one of a few reader
-threads (each with its own connection) and fills the cache. ``warm`` loads
+threads (each with its own connection), misses that wait together in one
+query (:mod:`krypton.vault._batched`), and fills the cache. ``warm`` loads
 the most recently written records into the cache's free room on a background
 thread after a start, most recent first, a page at a time.
 """
@@ -59,6 +60,7 @@ from krypton.errors import KeyUnavailable, KryptonError, StorageError
 from krypton.metrics.meter import Histogram
 from krypton.model.record import KeyRecord
 from krypton.storage import Op, Readers, Writer, open_file, translated
+from krypton.vault._batched import BatchedReads
 from krypton.vault.auth import Sealer, check, seal
 from krypton.vault.cache import RecordCache
 from krypton.vault.held import BadRow, Change, Effect, Held, decode, retry_held
@@ -81,7 +83,7 @@ _NEWEST_BEFORE = (
     " ORDER BY rowid DESC LIMIT ?"
 )
 WARM_PAGE: Final = 256  # rows the warm-up reads at a time
-READERS: Final = 4  # reader threads for read-through misses
+READERS: Final = 2  # reader threads (batches in flight) for read-through misses
 _OUTBOX_ROWS = (
     "SELECT uid, tenant, object_type, algorithm, length, state, l3_version,"
     " wrapped, attributes, created, synced, mac, rowid FROM keys WHERE synced = 0"
@@ -474,6 +476,7 @@ class Vault:
         self._written = 0
         self._readers = Readers(path, "vault")
         self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="vault-read")
+        self._batched = BatchedReads(self._load_many, self._read_pool, parallel=readers)
         self._warmer: threading.Thread | None = None
         self._stop_warming = threading.Event()
         self._writer: Writer[Work] = Writer(
@@ -702,12 +705,31 @@ class Vault:
         return record
 
     async def read_through(self, uid: str) -> KeyRecord | None:
-        """Like :meth:`get`, a miss read on a reader thread (the loop does not wait on disk)."""
+        """Like :meth:`get`, a miss read on a reader thread (the loop does not wait
+        on disk), in a batch with the other misses waiting (:mod:`krypton.vault._batched`)."""
         record = self._cache.get(uid)
         if record is None:
-            loop = asyncio.get_running_loop()
-            record = await loop.run_in_executor(self._read_pool, self._load, uid)
+            record = await self._batched.read(uid)
         return self._overlaid(uid, record)
+
+    def _load_many(self, uids: Sequence[str]) -> dict[str, KeyRecord | KryptonError]:
+        """The stored records of ``uids`` (reader thread; one query), cached."""
+        generation = self._cache.generation
+        marks = ",".join("?" * len(uids))
+        with translated("vault read"):
+            rows = self._readers.get().execute(
+                f"{_COLUMNS} WHERE uid IN ({marks})", tuple(uids)
+            ).fetchall()  # fmt: skip
+        found: dict[str, KeyRecord | KryptonError] = {}
+        for row in rows:
+            try:
+                record = self._checked(_record(row))
+            except KryptonError as exc:
+                found[row[0]] = exc
+                continue
+            self._cache.fill(record, generation)
+            found[record.uid] = record
+        return found
 
     def _overlaid(self, uid: str, record: KeyRecord | None) -> KeyRecord | None:
         if record is not None and self._held and uid in self._held:
@@ -734,6 +756,14 @@ class Vault:
             return
         self._warmer = threading.Thread(target=self._warm, name="vault-warm", daemon=True)
         self._warmer.start()
+
+    def warmed(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the warm-up to end: True if it has
+        (or never started)."""
+        if self._warmer is not None:
+            self._warmer.join(timeout)
+            return not self._warmer.is_alive()
+        return True
 
     def _warm(self) -> None:
         before = 1 << 62
