@@ -41,6 +41,14 @@ def weight(record: KeyRecord) -> int:
     )  # fmt: skip
 
 
+def ended(warmer: threading.Thread | None, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` seconds for a warm-up thread: True once it ended (or none ran)."""
+    if warmer is None:
+        return True
+    warmer.join(timeout)
+    return not warmer.is_alive()
+
+
 class RecordCache:
     __slots__ = ("_bytes", "_capacity", "_entries", "_gen", "_lock", "_max_bytes")
 

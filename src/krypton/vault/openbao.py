@@ -67,7 +67,7 @@ from krypton.openbao import OpenBaoClient
 from krypton.vault import sqlite
 from krypton.vault._kv import DUPLICATE, Conflict, Kv, decoded, translated
 from krypton.vault.auth import Sealer, check, seal
-from krypton.vault.cache import RecordCache
+from krypton.vault.cache import RecordCache, ended
 from krypton.vault.held import BadRow, Change, Effect, Held, retry_held
 from krypton.vault.sqlite import (
     DESTROYED_STATES,
@@ -648,10 +648,7 @@ class BaoVault:
     def warmed(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds for the warm-up to end: True if it has
         (or never started)."""
-        if self._warmer is not None:
-            self._warmer.join(timeout)
-            return not self._warmer.is_alive()
-        return True
+        return ended(self._warmer, timeout)
 
     def _warm(self, keys: list[tuple[str, str, int]]) -> None:
         page = sqlite.WARM_PAGE

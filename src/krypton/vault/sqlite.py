@@ -62,7 +62,7 @@ from krypton.model.record import KeyRecord
 from krypton.storage import Op, Readers, Writer, open_file, translated
 from krypton.vault._batched import BatchedReads
 from krypton.vault.auth import Sealer, check, seal
-from krypton.vault.cache import RecordCache
+from krypton.vault.cache import RecordCache, ended
 from krypton.vault.held import BadRow, Change, Effect, Held, decode, retry_held
 from krypton.vault.schema import migrate
 from krypton.vault.sealed_l3 import drop_rows, put_row
@@ -760,10 +760,7 @@ class Vault:
     def warmed(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds for the warm-up to end: True if it has
         (or never started)."""
-        if self._warmer is not None:
-            self._warmer.join(timeout)
-            return not self._warmer.is_alive()
-        return True
+        return ended(self._warmer, timeout)
 
     def _warm(self) -> None:
         before = 1 << 62
