@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -21,9 +22,11 @@ from krypton.gateway.engine.dispatch import Dispatcher, Session
 from krypton.gateway.engine.services import Services
 from krypton.kmip import client_messages as cm
 from krypton.kmip.versions import ProtocolVersion
+from krypton.metrics.meter import SUCCESS, KmipMeter
 from krypton.model import KeyRecord
 from krypton.model.grant import Grant
 from krypton.ttlv.codec import decode, encode
+from krypton.ttlv.enums import Operation
 from krypton.vault._batched import BatchedReads, Found
 from krypton.vault.cache import RECORD_OVERHEAD, RecordCache, weight
 from krypton.vault.sqlite import Vault
@@ -185,12 +188,14 @@ def test_a_miss_waits_off_the_loop_while_cached_gets_are_answered(tmp_path: Path
     vault.close()
     vault = Vault.open(path, sealer=ring.record_mac)  # an empty cache
     try:
-        dispatcher = Dispatcher(Services(store=vault, keyring=ring))
+        meter = KmipMeter()
+        dispatcher = Dispatcher(Services(store=vault, keyring=ring), meter=meter)
         asyncio.run(vault.read_through(hot))  # the hot key is cached, the cold one not
         blocked = _gate(vault)
 
         async def main() -> None:
             assert dispatcher.answer_now(_get(cold), SESSION) is None  # a miss: not now
+            asked = time.perf_counter()
             waiting = asyncio.ensure_future(dispatcher.handle(_get(cold), SESSION))
             for _ in range(3):
                 await asyncio.sleep(0)
@@ -199,10 +204,14 @@ def test_a_miss_waits_off_the_loop_while_cached_gets_are_answered(tmp_path: Path
                 hot_answer = await dispatcher.handle(_get(hot), SESSION)
                 assert _key_of(hot_answer) == want[hot]
             assert not waiting.done()
+            held = time.perf_counter() - asked
             blocked.set()
             assert _key_of(await asyncio.wait_for(waiting, 30)) == want[cold]
             # now cached: the fast path answers it at once
             assert dispatcher.answer_now(_get(cold), SESSION) is not None
+            # every Get counted once, the missed one with the time its read was held
+            assert meter.counted() == {(Operation.GET, SUCCESS): 5}
+            assert meter.timed()[Operation.GET][1] >= held
 
         asyncio.run(main())
     finally:

@@ -177,8 +177,13 @@ class Dispatcher:
         """The response to a plain Get, computed without waiting; None for anything else."""
         if not self.fast:
             return None
+        return self._answer_fast(frame, session, _clock() if self.meter is not None else 0.0)
+
+    def _answer_fast(
+        self, frame: bytes | bytearray | memoryview, session: Session, began: float
+    ) -> bytes | None:
+        """:meth:`answer_now` for a request that arrived at ``began`` (for the meter)."""
         meter = self.meter
-        began = _clock() if meter is not None else 0.0
         out = self._fast_get.answer(self.services, session.grant, frame, int(self.clock()))
         if out is None:
             return None
@@ -226,13 +231,14 @@ class Dispatcher:
     ) -> bytes | None:
         """The fast answer once ``uid``'s record is read into the cache; None if
         there is none (the generic path gives the complete answer)."""
+        began = _clock()
         try:
             record = await self.services.store.read_through(uid)
         except KryptonError:
             return None  # the generic path reports it
         if record is None:
             return None
-        answered = self.answer_now(frame, session)
+        answered = self._answer_fast(frame, session, began)  # the meter counts the read
         self._fast_get.missed = None
         return answered
 
