@@ -139,7 +139,15 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CacheConfig:
-    records: int = 100_000
+    """``[gateway.cache]``: the vault's in-memory cache of wrapped records (never
+    plaintext), least recently used out first when either bound is reached; a
+    record is charged its byte fields plus ~380 B (krypton.vault.cache.weight),
+    ~700-800 B for an AES key, so the default holds ~350,000 keys."""
+
+    records: int = 1_000_000  # wrapped records kept in memory, at most (0: no cache)
+    bytes: int = 268_435_456  # memory the cached records may take, at most (256 MiB)
+    # after a start, load the newest records into the free room in the background
+    warm: bool = True
 
 
 VAULT_BACKENDS = ("sqlite", "openbao")
@@ -746,7 +754,9 @@ _GATEWAY = _Section(
                 "max_large_messages_per_tenant": _integer(1),
             },
         ),
-        "cache": _Section(CacheConfig, {"records": _integer(0)}),
+        "cache": _Section(
+            CacheConfig, {"records": _integer(0), "bytes": _integer(0), "warm": _boolean}
+        ),
         "vault": _Section(
             VaultConfig,
             {

@@ -74,7 +74,7 @@ def test_defaults(dev: DevLayout) -> None:
     assert cfg.limits == LimitsConfig()
     assert cfg.limits.max_message_size == 1_048_576
     assert cfg.limits.read_timeout == 10.0
-    assert cfg.cache == CacheConfig(records=100_000)
+    assert cfg.cache == CacheConfig(records=1_000_000, bytes=256 << 20, warm=True)
     assert cfg.uplink == UplinkConfig(core_id="spiffe://krypton.dev/core/core-dev")
     assert (cfg.uplink.host, cfg.uplink.port, cfg.uplink.timeout) == ("127.0.0.1", 5697, 2.0)
     assert cfg.vault == VaultConfig(backend="sqlite")
@@ -126,6 +126,8 @@ def test_env_overrides_each_kind(dev: DevLayout) -> None:
         "KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS": "10",
         "KRYPTON_GATEWAY_LIMITS_READ_TIMEOUT": "2.5",
         "KRYPTON_GATEWAY_CACHE_RECORDS": "0",
+        "KRYPTON_GATEWAY_CACHE_BYTES": "1048576",
+        "KRYPTON_GATEWAY_CACHE_WARM": "false",
         "KRYPTON_GATEWAY_UPLINK_CORE_ADDRESS": "[::1]:7000",
     }
     cfg = gateway(dev, env=env)
@@ -137,7 +139,7 @@ def test_env_overrides_each_kind(dev: DevLayout) -> None:
     assert cfg.tls.session_tickets is False
     assert cfg.limits.max_connections == 10
     assert cfg.limits.read_timeout == 2.5
-    assert cfg.cache.records == 0
+    assert (cfg.cache.records, cfg.cache.bytes, cfg.cache.warm) == (0, 1 << 20, False)
     assert (cfg.uplink.host, cfg.uplink.port) == ("::1", 7000)
 
 
@@ -219,6 +221,9 @@ def test_env_rule_covers_every_setting() -> None:
         ("gateway.uplink.core_address", '"::1:80"', "host:port"),
         ("gateway.uplink.core_address", '"h:0"', "host:port"),
         ("gateway.cache.records", "-1", "≥ 0"),
+        ("gateway.cache.bytes", "-1", "≥ 0"),
+        ("gateway.cache.bytes", '"big"', "integer"),
+        ("gateway.cache.warm", '"yes"', "true or false"),
         ("gateway.vault.backend", '"etcd"', "'sqlite', 'openbao'"),
         ("gateway.vault.connections", "0", "≥ 1"),
         ("gateway.vault.token_env", '""', "non-empty string"),

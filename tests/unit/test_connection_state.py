@@ -12,6 +12,7 @@ import asyncio
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -553,13 +554,18 @@ class Gateway:
         return c, t
 
     def spin(self, until: object = None, turns: int = 200) -> None:
-        """Run the loop for ``turns`` turns (no sleeping), or until ``until()`` holds."""
+        """Run the loop for ``turns`` turns (no sleeping), or until ``until()`` holds
+        (then also waiting, up to 10 s, for the vault's reader thread: a Get of a
+        record not cached is read there, off the loop)."""
 
         async def go() -> None:
             for _ in range(turns):
                 if callable(until) and until():
                     return
                 await asyncio.sleep(0)
+            deadline = time.monotonic() + 10
+            while callable(until) and not until() and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)  # the loop's turn while a reader thread works
 
         self.loop.run_until_complete(go())
 

@@ -16,6 +16,7 @@ from krypton.crypto.secret import generate_key
 from krypton.errors import StorageError
 from krypton.model import KeyRecord, new_uid
 from krypton.vault import Vault
+from krypton.vault.cache import weight
 from krypton.vault.openbao import BaoVault
 from krypton.vault.port import VaultStore
 from krypton.vault.sqlite import quarantined
@@ -47,8 +48,10 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opene
     (``openbao``). The vault contract below runs on both."""
     opened: list[VaultStore] = []
 
-    def sqlite_vault(name: str = "vault", *, cache_size: int = 65536) -> VaultStore:
-        return Vault.open(tmp_path / f"{name}.db", cache_size=cache_size)
+    def sqlite_vault(name: str = "vault", *, cache_size: int = 65536,
+                     cache_bytes: int | None = None) -> VaultStore:
+        return Vault.open(tmp_path / f"{name}.db", cache_size=cache_size,
+                          cache_bytes=cache_bytes)
 
     if request.param == "sqlite":
         make = sqlite_vault
@@ -56,12 +59,15 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opene
         server = request.getfixturevalue("openbao")
         mount, prefix = server.enable_kv("kv"), server.unique("vault")
 
-        def make(name: str = "vault", *, cache_size: int = 65536) -> VaultStore:
+        def make(name: str = "vault", *, cache_size: int = 65536,
+                 cache_bytes: int | None = None) -> VaultStore:
             return BaoVault.open(server.address, token=server.root_token, mount=mount,
-                                 prefix=f"{prefix}/{name}", cache_size=cache_size)
+                                 prefix=f"{prefix}/{name}", cache_size=cache_size,
+                                 cache_bytes=cache_bytes)
 
-    def opener(name: str = "vault", *, cache_size: int = 65536) -> VaultStore:
-        opened.append(make(name, cache_size=cache_size))
+    def opener(name: str = "vault", *, cache_size: int = 65536,
+               cache_bytes: int | None = None) -> VaultStore:
+        opened.append(make(name, cache_size=cache_size, cache_bytes=cache_bytes))
         return opened[-1]
 
     yield opener
@@ -94,6 +100,59 @@ def test_put_get_and_reopen(open_store: Opener, store: VaultStore) -> None:
     store.close()
     again = open_store(cache_size=0)
     assert again.get(rec.uid) == rec
+
+
+def test_lookup_is_the_cache_alone_and_read_through_fills_it(open_store: Opener,
+                                                             store: VaultStore) -> None:
+    rec, other = record(), record()
+    run(store.put_many([rec, other]))
+    assert store.lookup(rec.uid) == rec  # a record written here is cached
+    store.close()
+    again = open_store()
+    assert again.cached == 0
+    assert again.lookup(rec.uid) is None  # stored, not cached: no read
+    assert again.cached == 0
+
+    async def read() -> None:
+        assert await again.read_through(rec.uid) == rec
+        assert await again.read_through(new_uid()) is None
+        # misses waiting together are read together, each answered
+        got = await asyncio.gather(*(again.read_through(u) for u in (other.uid, rec.uid,
+                                                                     other.uid)))
+        assert got == [other, rec, other]
+
+    run(read())
+    assert again.lookup(rec.uid) == rec and again.lookup(other.uid) == other
+    assert again.cached == 2
+
+
+def test_the_cache_is_bounded_in_bytes(open_store: Opener) -> None:
+    recs = [record() for _ in range(10)]
+    bound = 4 * weight(recs[0])
+    store = open_store(cache_bytes=bound)
+    for rec in recs:  # one after the other (OpenBao's put_many writes them in any order)
+        run(store.put(rec))
+    assert store.cached == 4 and store.cached_bytes <= bound
+    assert [store.lookup(r.uid) for r in recs[-4:]] == recs[-4:]
+    assert store.get(recs[0].uid) == recs[0]  # read through, the least recent out
+    assert store.lookup(recs[6].uid) is None
+    assert store.cached == 4
+
+
+def test_warm_up_loads_the_newest_records_in_the_background(open_store: Opener,
+                                                             store: VaultStore) -> None:
+    recs = [record() for _ in range(6)]
+    for rec in recs:  # one after the other: creation order is storage order
+        run(store.put(rec))
+    store.close()
+    again = open_store(cache_bytes=3 * weight(recs[0]))
+    assert again.get(recs[0].uid) == recs[0]  # a request's record before the warm-up
+    again.warm()
+    assert again.warmed(timeout=30)
+    assert again.cached == 3
+    assert again.lookup(recs[0].uid) == recs[0]  # what requests touched stays
+    assert [again.lookup(r.uid) for r in recs[-2:]] == recs[-2:]  # newest first
+    assert [again.lookup(r.uid) for r in recs[1:4]] == [None] * 3
 
 
 def test_record_repr_hides_the_wrapped_blob() -> None:

@@ -72,11 +72,11 @@ class Gw:
         self.slow = Dispatcher(svc, fast=False, clock=lambda: NOW)
 
     def get(self, uid: str) -> tuple[cm.Response, bool]:
-        """The answer to a Raw Get, and whether the fast path answered it (the
-        generic answer must be the same bytes either way)."""
+        """The answer to a Raw Get, and whether the fast path answers it once the
+        record is read through (the generic answer must be the same bytes either way)."""
         frame = encode(cm.request_message(V14, [cm.get_item(uid)]))
-        taken = self.fast.answer_now(frame, SESSION) is not None
         fast = self.loop.run_until_complete(self.fast.handle(frame, SESSION))
+        taken = self.fast.answer_now(frame, SESSION) is not None
         slow = self.loop.run_until_complete(self.slow.handle(frame, SESSION))
         assert fast == slow
         return cm.parse_response(decode(fast)), taken

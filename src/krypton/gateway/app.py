@@ -80,7 +80,8 @@ def _sqlite_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"gateway.vault_path: the folder {folder} is not writable by this "
                           "process (the vault and its -wal and -shm files are made in it)")
-    return Vault.open(cfg.vault_path, cache_size=cfg.cache.records, sealer=sealer)
+    return Vault.open(cfg.vault_path, cache_size=cfg.cache.records,
+                      cache_bytes=cfg.cache.bytes, sealer=sealer)  # fmt: skip
 
 
 def _openbao_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
@@ -96,7 +97,7 @@ def _openbao_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
     return BaoVault.open(
         v.address, mount=v.mount, prefix=v.prefix, token=token, role_id=role_id,
         secret_id=secret_id, ca=v.ca, connections=v.connections,
-        cache_size=cfg.cache.records, sealer=sealer,
+        cache_size=cfg.cache.records, cache_bytes=cfg.cache.bytes, sealer=sealer,
     )  # fmt: skip
 
 
@@ -240,6 +241,8 @@ class Gateway:
                 f"gateway.listen_port: cannot listen on {cfg.listen_host}:{cfg.listen_port} "
                 f"({exc.strerror or exc}; see also gateway.listen_host)"
             ) from None
+        if cfg.cache.warm:  # the cache fills in the background; requests do not wait
+            self.vault.warm()
         self.tls.subscribe(self._new_listener_context)
         self.tls.subscribe(self._new_uplink_material)
         self._tls_tasks.append(asyncio.create_task(self.tls.run(), name="tls-reload"))

@@ -26,7 +26,17 @@ S = TypeVar("S")
 class KeyStore(Protocol):
     """The storage a gateway handler needs (the SQLite vault implements it)."""
 
-    def get(self, uid: str) -> KeyRecord | None: ...
+    def get(self, uid: str) -> KeyRecord | None:
+        """The record (None: not stored); a miss may read storage on this thread."""
+        ...
+
+    def lookup(self, uid: str) -> KeyRecord | None:
+        """The record if it is in memory, else None (it may still be stored): no I/O."""
+        ...
+
+    async def read_through(self, uid: str) -> KeyRecord | None:
+        """Like :meth:`get`, with a storage read done off the event loop."""
+        ...
 
     async def put(self, record: KeyRecord) -> None: ...
 

@@ -345,7 +345,9 @@ max_large_messages = 4    # messages over 32 KiB worked on at once (in ~1 ms sli
 max_large_messages_per_tenant = 1
 
 [gateway.cache]
-records = 100000
+records = 1000000
+bytes = 268435456  # 256 MiB of wrapped records, at most
+warm = true
 
 [gateway.uplink]
 core_address = "127.0.0.1:5697"

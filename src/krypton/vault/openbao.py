@@ -19,8 +19,11 @@ After an operation, :data:`_INDEXED` says what it does to the in-memory cache
 and index (a function not in the table is an error, as in SQLite).
 
 Reads: ``get`` is served from the record cache (:mod:`krypton.vault.cache`);
-on a miss it reads the secret through (on the caller's thread, as SQLite
-reads do) and checks its MAC. With ``--workers N`` each gateway worker has its
+on a miss it reads the secret through (on the caller's thread) and checks its
+MAC. The event loop uses ``lookup`` (the cache alone, no I/O) and
+``read_through`` (the miss read on a worker thread of the pool); ``warm``
+reads the newest records into the cache's free room on a background thread
+after a start. With ``--workers N`` each gateway worker has its
 own vault object on the same prefix: a key another worker created is found by
 that read-through (an unknown uid costs one KV read). The queries SQLite answers with SQL — the
 outbox, a tenant's held uids, quarantine, the cursor, "any keys?" — are
@@ -49,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +68,7 @@ from krypton.vault import sqlite
 from krypton.vault._bao_sealed import BaoSealed, drop_sealed, put_sealed, sealed_rows
 from krypton.vault._kv import DUPLICATE, Conflict, Kv, decoded, translated
 from krypton.vault.auth import Sealer, check, seal
-from krypton.vault.cache import RecordCache
+from krypton.vault.cache import RecordCache, ended
 from krypton.vault.held import BadRow, Change, Effect, Held, retry_held
 from krypton.vault.sqlite import (
     DESTROYED_STATES,
@@ -281,6 +285,7 @@ class BaoVault:
         connections: int = 16,
         sealer: Sealer | None = None,
         retry: tuple[float, float] = (RETRY_FIRST, RETRY_CAP),
+        cache_bytes: int | None = None,
     ) -> None:
         self._kv = kv
         self._sealer = sealer
@@ -293,7 +298,8 @@ class BaoVault:
         self._quarantined = 0
         self._quarantining: set[str] = set()
         self._background: set[asyncio.Future[Any]] = set()
-        self._cache = RecordCache(cache_size)
+        self._cache = RecordCache(cache_size, cache_bytes)
+        self._warmer: threading.Thread | None = None
         self._index: dict[str, _Entry] = {}
         # uids not acknowledged by the Core, oldest first -> their outbox position
         self._outbox: dict[str, int] = {}
@@ -321,6 +327,7 @@ class BaoVault:
         cache_size: int = 65536,
         sealer: Sealer | None = None,
         retry: tuple[float, float] = (RETRY_FIRST, RETRY_CAP),
+        cache_bytes: int | None = None,
     ) -> BaoVault:
         """Connect to the OpenBao at ``address`` (a token, or an AppRole's
         ``role_id``/``secret_id``) and rebuild the index from the secrets under
@@ -329,7 +336,7 @@ class BaoVault:
             client = OpenBaoClient(address, token=token, role_id=role_id, secret_id=secret_id,
                                    ca=ca, pool=connections)  # fmt: skip
         vault = cls(Kv(client, mount, prefix), cache_size=cache_size, connections=connections,
-                    sealer=sealer, retry=retry)  # fmt: skip
+                    sealer=sealer, retry=retry, cache_bytes=cache_bytes)  # fmt: skip
         try:
             vault._load()
         except BaseException:
@@ -376,6 +383,11 @@ class BaoVault:
     @property
     def cached(self) -> int:
         return len(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        """The memory the cached records are charged for (:func:`krypton.vault.cache.weight`)."""
+        return self._cache.size_bytes
 
     @property
     def pending_changes(self) -> int:
@@ -579,17 +591,32 @@ class BaoVault:
         record = self._cache.get(uid)
         if record is None:
             generation = self._cache.generation
-            record = self._read(uid)
-            if record is None:
-                return None
-            self._cache.fill(record, generation)
-        if self._held and uid in self._held:
+            record = self._listed(self._read(uid), generation)
+        return self._overlaid(uid, record)
+
+    def lookup(self, uid: str) -> KeyRecord | None:
+        """The key's record if the cache holds it, else None; never any I/O."""
+        return self._overlaid(uid, self._cache.get(uid))
+
+    async def read_through(self, uid: str) -> KeyRecord | None:
+        """Like :meth:`get`, the miss read on a worker thread (the loop does not wait)."""
+        if self._closed:
+            raise StorageError("vault is closed")
+        record = self._cache.get(uid)
+        if record is None:
+            generation = self._cache.generation
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._pool, self._read, uid)
+            record = self._listed(found, generation)
+        return self._overlaid(uid, record)
+
+    def _overlaid(self, uid: str, record: KeyRecord | None) -> KeyRecord | None:
+        if record is not None and self._held and uid in self._held:
             return self._held.overlay(record)
         return record
 
-    def _read(self, uid: str) -> KeyRecord | None:
-        """The stored record, checked. One this index does not list (written by
-        another gateway worker on the same prefix) is listed from now on."""
+    def _read(self, uid: str) -> tuple[KeyRecord, _Entry] | None:
+        """The stored record, checked, and its index entry (any thread: changes nothing)."""
         found = self._kv.read(uid)
         if found is None:
             return None
@@ -598,9 +625,57 @@ class BaoVault:
         except BadRow as bad:
             raise StorageError(f"vault record {uid!r} is unreadable: {bad}") from None
         record = check(record, self._sealer, _no_legacy)
-        if uid not in self._index:
-            self._index[uid] = _Entry.of(record, synced, at, found[1])
+        return record, _Entry.of(record, synced, at, found[1])
+
+    def _listed(self, found: tuple[KeyRecord, _Entry] | None, generation: int
+                ) -> KeyRecord | None:  # fmt: skip
+        """A record read through, cached; one this index does not list (written by
+        another gateway worker on the same prefix) is listed from now on."""
+        if found is None:
+            return None
+        record, entry = found
+        self._index.setdefault(record.uid, entry)
+        self._cache.fill(record, generation)
         return record
+
+    def warm(self) -> None:
+        """Start filling the cache's free room with the newest records (by write
+        time), on a background thread (returns at once; once per vault)."""
+        if self._warmer is not None or self._closed:
+            return
+        newest = [(uid, e.tenant, e.l3)
+                  for uid, e in sorted(self._index.items(), key=lambda i: -i[1].at)]
+        self._warmer = threading.Thread(target=self._warm, args=(newest,), name="vault-warm",
+                                        daemon=True)  # fmt: skip
+        self._warmer.start()
+
+    def warmed(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the warm-up to end: True if it has
+        (or never started)."""
+        return ended(self._warmer, timeout)
+
+    def _warm(self, keys: list[tuple[str, str, int]]) -> None:
+        page = sqlite.WARM_PAGE
+        unavailable: set[tuple[str, int]] = set()  # (tenant, L3 version) not held: skipped
+        for at in range(0, len(keys), page):
+            if self._closed:
+                return
+            generation = self._cache.generation
+            records = []
+            for uid, tenant, l3 in keys[at : at + page]:
+                if (tenant, l3) in unavailable:
+                    continue
+                try:
+                    found = self._read(uid)
+                except KeyUnavailable:
+                    unavailable.add((tenant, l3))
+                    continue
+                except KryptonError:
+                    continue  # a request for it gets the error
+                if found is not None:
+                    records.append(found[0])
+            if self._cache.warm(records, generation) is False:
+                return
 
     def outbox(
         self, limit: int, *, tenant: str | None = None,
@@ -740,6 +815,8 @@ class BaoVault:
         if self._held:
             log.warning("vault: closed with changes of %d key(s) not stored", len(self._held))
         self._closed = True
+        if self._warmer is not None:
+            self._warmer.join()
         self._pool.shutdown(wait=True)
         self._cache.clear()
         self._kv.client.close()

@@ -35,6 +35,12 @@ Reads (``get``, ``outbox``, ``held``, ``cursor``) run on the caller's thread, on
 read-only connection, which sees the last committed state (WAL readers do not
 block the writer). ``get`` consults an LRU cache of wrapped records first;
 see :mod:`krypton.vault.cache` for how it stays coherent with the writer.
+The event loop never reads the file for a key: ``lookup`` is the cache alone
+(no I/O), and ``read_through`` does a miss's read on one of a few reader
+threads (each with its own connection), misses that wait together in one
+query (:mod:`krypton.vault._batched`), and fills the cache. ``warm`` loads
+the most recently written records into the cache's free room on a background
+thread after a start, most recent first, a page at a time.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -52,8 +60,9 @@ from krypton.errors import KeyUnavailable, KryptonError, StorageError
 from krypton.metrics.meter import Histogram
 from krypton.model.record import KeyRecord
 from krypton.storage import Op, Readers, Writer, open_file, translated
+from krypton.vault._batched import BatchedReads
 from krypton.vault.auth import Sealer, check, seal
-from krypton.vault.cache import RecordCache
+from krypton.vault.cache import RecordCache, ended
 from krypton.vault.held import BadRow, Change, Effect, Held, decode, retry_held
 from krypton.vault.schema import migrate
 from krypton.vault.sealed_l3 import SealedRows, drop_rows, put_row
@@ -67,6 +76,14 @@ _COLUMNS = (
     " wrapped, attributes, created, synced, mac FROM keys"
 )
 _SELECT = _COLUMNS + " WHERE uid = ?"
+# The warm-up's pages: the newest rows first (rowid order is insertion order).
+_NEWEST_BEFORE = (
+    "SELECT uid, tenant, object_type, algorithm, length, state, l3_version,"
+    " wrapped, attributes, created, synced, mac, rowid FROM keys WHERE rowid < ?"
+    " ORDER BY rowid DESC LIMIT ?"
+)
+WARM_PAGE: Final = 256  # rows the warm-up reads at a time
+READERS: Final = 2  # reader threads (batches in flight) for read-through misses
 _OUTBOX_ROWS = (
     "SELECT uid, tenant, object_type, algorithm, length, state, l3_version,"
     " wrapped, attributes, created, synced, mac, rowid FROM keys WHERE synced = 0"
@@ -443,6 +460,8 @@ class Vault:
         sealer: Sealer | None = None,
         *,
         retry: tuple[float, float] = (RETRY_FIRST, RETRY_CAP),
+        cache_bytes: int | None = None,
+        readers: int = READERS,
     ) -> None:
         self.path = path
         self._sealer = sealer
@@ -453,9 +472,13 @@ class Vault:
         self._quarantined = 0
         self._quarantining: set[int] = set()
         self._background: set[asyncio.Future[Any]] = set()
-        self._cache = RecordCache(cache_size)
+        self._cache = RecordCache(cache_size, cache_bytes)
         self._written = 0
         self._readers = Readers(path, "vault")
+        self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="vault-read")
+        self._batched = BatchedReads(self._load_many, self._read_pool, parallel=readers)
+        self._warmer: threading.Thread | None = None
+        self._stop_warming = threading.Event()
         self._writer: Writer[Work] = Writer(
             conn, name="vault", max_batch=max_batch, savepoint_each=False,
             apply_batch=_apply_batch, committed=self._committed, duplicate=_DUPLICATE,
@@ -471,6 +494,8 @@ class Vault:
         max_batch: int = 4096,
         sealer: Sealer | None = None,
         retry: tuple[float, float] = (RETRY_FIRST, RETRY_CAP),
+        cache_bytes: int | None = None,
+        readers: int = READERS,
     ) -> Vault:
         """Open (creating and migrating as needed) the vault file at ``path``.
 
@@ -480,7 +505,8 @@ class Vault:
         conn = open_file(
             path, name="vault", migrate=migrate, pragmas=("fullfsync = ON", "secure_delete = ON")
         )
-        return cls(path, conn, cache_size, max_batch, sealer, retry=retry)
+        return cls(path, conn, cache_size, max_batch, sealer, retry=retry,
+                   cache_bytes=cache_bytes, readers=readers)  # fmt: skip
 
     # -- counters --------------------------------------------------------------
     @property
@@ -500,6 +526,11 @@ class Vault:
     def cached(self) -> int:
         """How many records the read cache holds now (at most ``cache_size``)."""
         return len(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        """The memory the cached records are charged for (:func:`krypton.vault.cache.weight`)."""
+        return self._cache.size_bytes
 
     @property
     def pending_changes(self) -> int:
@@ -662,7 +693,51 @@ class Vault:
 
     # -- reads (caller's thread) -----------------------------------------------
     def get(self, uid: str) -> KeyRecord | None:
-        """The key's record, with any change still held in memory applied."""
+        """The key's record, with any change still held in memory applied (a
+        miss reads the file on the caller's thread: not for the event loop)."""
+        return self._overlaid(uid, self._load(uid))
+
+    def lookup(self, uid: str) -> KeyRecord | None:
+        """The key's record if the cache holds it, else None; never any I/O."""
+        record = self._cache.get(uid)  # (inline: the hot path)
+        if record is not None and self._held and uid in self._held:
+            return self._held.overlay(record)
+        return record
+
+    async def read_through(self, uid: str) -> KeyRecord | None:
+        """Like :meth:`get`, a miss read on a reader thread (the loop does not wait
+        on disk), in a batch with the other misses waiting (:mod:`krypton.vault._batched`)."""
+        record = self._cache.get(uid)
+        if record is None:
+            record = await self._batched.read(uid)
+        return self._overlaid(uid, record)
+
+    def _load_many(self, uids: Sequence[str]) -> dict[str, KeyRecord | KryptonError]:
+        """The stored records of ``uids`` (reader thread; one query), cached."""
+        generation = self._cache.generation
+        marks = ",".join("?" * len(uids))
+        with translated("vault read"):
+            rows = self._readers.get().execute(
+                f"{_COLUMNS} WHERE uid IN ({marks})", tuple(uids)
+            ).fetchall()  # fmt: skip
+        found: dict[str, KeyRecord | KryptonError] = {}
+        for row in rows:
+            try:
+                record = self._checked(_record(row))
+            except KryptonError as exc:
+                found[row[0]] = exc
+                continue
+            self._cache.fill(record, generation)
+            found[record.uid] = record
+        return found
+
+    def _overlaid(self, uid: str, record: KeyRecord | None) -> KeyRecord | None:
+        if record is not None and self._held and uid in self._held:
+            return self._held.overlay(record)
+        return record
+
+    def _load(self, uid: str) -> KeyRecord | None:
+        """The stored record from the cache, else from the file (and cached)."""
         record = self._cache.get(uid)
         if record is None:
             generation = self._cache.generation
@@ -672,9 +747,57 @@ class Vault:
                 return None
             record = self._checked(_record(row))
             self._cache.fill(record, generation)
-        if self._held and uid in self._held:
-            return self._held.overlay(record)
         return record
+
+    def warm(self) -> None:
+        """Start filling the cache's free room with the newest records, on a
+        background thread (returns at once; once per vault)."""
+        if self._warmer is not None:
+            return
+        self._warmer = threading.Thread(target=self._warm, name="vault-warm", daemon=True)
+        self._warmer.start()
+
+    def warmed(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the warm-up to end: True if it has
+        (or never started)."""
+        return ended(self._warmer, timeout)
+
+    def _warm(self) -> None:
+        before = 1 << 62
+        unavailable: set[tuple[str, int]] = set()  # (tenant, L3 version) not held: skipped
+        tries = 0
+        try:
+            conn = self._readers.get()
+            while not self._stop_warming.is_set():
+                generation = self._cache.generation
+                rows = conn.execute(_NEWEST_BEFORE, (before, WARM_PAGE)).fetchall()
+                if not rows:
+                    break
+                records = [r for r in (self._warm_one(row, unavailable) for row in rows) if r]
+                filled = self._cache.warm(records, generation)
+                tries += 1
+                if filled is None and tries < 3:
+                    continue  # a change raced the page: read it again (then skip it)
+                if filled is False:
+                    break
+                before, tries = rows[-1][12], 0
+                time.sleep(0)  # the event loop's turn at the interpreter
+        except (sqlite3.Error, KryptonError) as exc:
+            log.info("vault: warm-up stopped: %s", exc)
+        log.debug("vault: warm-up done, %d records cached", len(self._cache))
+
+    def _warm_one(self, row: Sequence[Any], unavailable: set[tuple[str, int]]
+                  ) -> KeyRecord | None:  # fmt: skip
+        try:
+            record = _decoded(row)
+            if (record.tenant, record.l3_version) in unavailable:
+                return None
+            return self._checked(record)
+        except KeyUnavailable:
+            unavailable.add((str(row[1]), int(row[6])))
+        except (BadRow, KryptonError):
+            pass  # a request for it gets the error
+        return None
 
     def outbox(
         self, limit: int, *, tenant: str | None = None,
@@ -818,6 +941,10 @@ class Vault:
         if not self._writer.stop():
             return
         self._writer.join()
+        self._stop_warming.set()
+        if self._warmer is not None:
+            self._warmer.join()
+        self._read_pool.shutdown(wait=True, cancel_futures=True)
         self._cache.clear()
         self._readers.close()
 

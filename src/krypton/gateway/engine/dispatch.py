@@ -25,6 +25,11 @@ is decoded, parsed, run and encoded in slices of about a millisecond, giving the
 event loop up between them (:mod:`krypton.gateway.engine.pacing`): another
 connection's Get is answered in between, not after the whole message.
 
+A plain Get whose record is not in the vault's cache is not read on the event
+loop: :meth:`Dispatcher.answer_now` declines it, :meth:`Dispatcher.handle`
+awaits the vault's ``read_through`` of that uid (a reader thread; the loop
+serves other connections meanwhile) and then answers from the fast path.
+
 Message-level failures (undecodable bytes, a wrong structure, a major
 version we do not speak) are answered by a response with a single batch item
 without Operation, as KMIP §11.1 prescribes. This is the one place with a
@@ -172,8 +177,13 @@ class Dispatcher:
         """The response to a plain Get, computed without waiting; None for anything else."""
         if not self.fast:
             return None
+        return self._answer_fast(frame, session, _clock() if self.meter is not None else 0.0)
+
+    def _answer_fast(
+        self, frame: bytes | bytearray | memoryview, session: Session, began: float
+    ) -> bytes | None:
+        """:meth:`answer_now` for a request that arrived at ``began`` (for the meter)."""
         meter = self.meter
-        began = _clock() if meter is not None else 0.0
         out = self._fast_get.answer(self.services, session.grant, frame, int(self.clock()))
         if out is None:
             return None
@@ -190,6 +200,12 @@ class Dispatcher:
         already tried :meth:`answer_now`."""
         if fast:
             answered = self.answer_now(frame, session)
+            if answered is not None:
+                return answered
+        missed = self._fast_get.missed
+        if missed is not None:  # a plain Get of a record not cached: read it off the loop
+            self._fast_get.missed = None
+            answered = await self._read_through(missed, frame, session)
             if answered is not None:
                 return answered
         meter = self.meter
@@ -209,6 +225,22 @@ class Dispatcher:
                     meter.done(_CREATE, SUCCESS, _clock() - began)
                 return created
         return await self._generic(frame, session, Turns(), began)
+
+    async def _read_through(
+        self, uid: str, frame: bytes | bytearray | memoryview, session: Session
+    ) -> bytes | None:
+        """The fast answer once ``uid``'s record is read into the cache; None if
+        there is none (the generic path gives the complete answer)."""
+        began = _clock()
+        try:
+            record = await self.services.store.read_through(uid)
+        except KryptonError:
+            return None  # the generic path reports it
+        if record is None:
+            return None
+        answered = self._answer_fast(frame, session, began)  # the meter counts the read
+        self._fast_get.missed = None
+        return answered
 
     async def _generic(
         self,

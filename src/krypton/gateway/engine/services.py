@@ -49,14 +49,15 @@ class Services:
 Handler = Callable[[Services, RequestContext, "Item | None"], Awaitable[Outcome]]
 
 
-def load(svc: Services, ctx: RequestContext, uid: str) -> KeyRecord:
-    """A record of the caller's tenant; another tenant's key does not exist for them."""
-    return owned(svc.store.get(uid), ctx.tenant, uid)
+async def load(svc: Services, ctx: RequestContext, uid: str) -> KeyRecord:
+    """A record of the caller's tenant; another tenant's key does not exist for them.
+    A cache miss is read off the event loop (``KeyStore.read_through``)."""
+    return owned(await svc.store.read_through(uid), ctx.tenant, uid)
 
 
 async def load_through(svc: Services, ctx: RequestContext, uid: str) -> KeyRecord:
     """Like :func:`load`, asking the Core for a key made at another gateway."""
-    rec = svc.store.get(uid)
+    rec = await svc.store.read_through(uid)
     if rec is None and svc.upstream is not None:
         rec = await svc.upstream.fetch(ctx.tenant, uid)
     return owned(rec, ctx.tenant, uid)

@@ -72,6 +72,12 @@ class PendingStore:
     def get(self, uid: str) -> KeyRecord | None:
         return self.records.get(uid) or self.base.get(uid)
 
+    def lookup(self, uid: str) -> KeyRecord | None:
+        return self.records.get(uid) or self.base.lookup(uid)
+
+    async def read_through(self, uid: str) -> KeyRecord | None:
+        return self.records.get(uid) or await self.base.read_through(uid)
+
     async def put(self, record: KeyRecord) -> None:
         self.records[record.uid] = record
 

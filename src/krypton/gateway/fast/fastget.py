@@ -26,14 +26,18 @@ length whose fixed bytes are the same is read by a few slice comparisons;
 any other takes the full scan.
 
 :meth:`FastGet.answer` then serves the request if -- and only if -- it is the plain
-case: the caller's grant allows Get, the vault holds the record (memory cache
-or a synchronous SQLite read, never a Core round trip) for the caller's
-tenant, the object is a symmetric key with default attributes (not
+case: the caller's grant allows Get, the vault's record cache holds the record
+(``KeyStore.lookup``: memory only, never a disk read or a Core round trip) for
+the caller's tenant, the object is a symmetric key with default attributes (not
 Sensitive, Extractable, kept in Raw), not destroyed, and its L3 version
 unwraps it. The response message is written by one precompiled ``struct``
 layout per (batch id length, identifier length, key length): envelope and
 payload in one buffer, the key copied in from the unwrapped buffer, both
 wiped once the response bytes exist.
+
+A request that is the plain case but whose record is not in the cache is
+declined and its uid left in :attr:`FastGet.missed`: the dispatcher reads the
+record through off the event loop (``KeyStore.read_through``) and asks again.
 
 Every other case -- an error to report, a key the Core must supply, a format
 to convert, a response over the Maximum Response Size -- returns None and the
@@ -239,7 +243,7 @@ class FastGet:
     at most ``max_memo``) and the response layouts. Each table is emptied when
     full, so a client that makes many shapes costs only full scans."""
 
-    __slots__ = ("_layouts", "_max_memo", "_max_shapes", "_plain", "_shapes")
+    __slots__ = ("_layouts", "_max_memo", "_max_shapes", "_plain", "_shapes", "missed")
 
     def __init__(self, *, max_shapes: int = 64, max_memo: int = 4096) -> None:
         if max_shapes < 1 or max_memo < 1:
@@ -249,6 +253,9 @@ class FastGet:
         self._shapes: dict[int, list[_Shape]] = {}
         self._plain: dict[bytes, bool] = {}
         self._layouts = fw.Layouts(_Layout)
+        # The uid of the last plain Get declined only because its record was not
+        # cached (the dispatcher takes it, reads it through and asks again).
+        self.missed: str | None = None
 
     def scan(self, frame: bytes | bytearray | memoryview) -> GetRequest | None:
         """:func:`scan_in_full`'s answer, read through a learned shape where one
@@ -293,10 +300,12 @@ class FastGet:
         if version not in fw.VERSIONS:
             return None
         try:
-            rec = svc.store.get(req.uid)
+            rec = svc.store.lookup(req.uid)
+            if rec is None:
+                self.missed = req.uid
+                return None
             if (
-                rec is None
-                or not belongs(rec, grant.tenant)
+                not belongs(rec, grant.tenant)
                 or rec.object_type != ObjectType.SYMMETRIC_KEY
                 or rec.state in DESTROYED_STATES
                 or not rec.wrapped
