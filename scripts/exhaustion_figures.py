@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
 import ssl
 import stat
 import subprocess
@@ -63,7 +62,7 @@ from flood_fairness import measure as flood_measure  # noqa: E402
 from flood_fairness import start_server, stop_server  # noqa: E402
 from krypton.client.sync import KmipClient, tls_context  # noqa: E402
 from krypton.kmip import client_messages as cm  # noqa: E402
-from krypton.pki.dev import DevLayout, issue_client  # noqa: E402
+from krypton.pki.dev import DevLayout  # noqa: E402
 from krypton.ttlv.enums import CryptographicUsageMask, Operation, ResultStatus, State  # noqa: E402  # noqa: E402
 from krypton.ttlv.item import Item  # noqa: E402
 from krypton.ttlv.tags import Tag  # noqa: E402
@@ -170,21 +169,7 @@ def half_sent(base: Path, src: Path) -> list[Row]:
 
 def unknown_identities(base: Path, src: Path) -> list[Row]:
     with server(base, "4-unknown", src, {"KRYPTON_GATEWAY_LIMITS_MAX_CONNECTIONS": "200"}) as srv:
-        issue_client(srv.layout.root, "nobody", "intruder")
-        ctx = srv.client_context("nobody-intruder")
-        held: list[ssl.SSLSocket] = []
-        times: list[float | None] = []
-        try:
-            for i in range(1000):
-                with contextlib.suppress(OSError):
-                    raw = socket.create_connection((srv.host, srv.port), timeout=5.0)
-                    held.append(ctx.wrap_socket(raw, server_hostname="localhost"))
-                if i % 100 == 99:
-                    times.append(tx.round_trip(srv))
-            times += [tx.round_trip(srv) for _ in range(5)]
-        finally:
-            for sock in held:
-                sock.close()
+        _, times = tx.unknown_among_known(srv, 1000)
     return [("4 identities: known client's round trips among 1,000 unknown", served(times))]
 
 
