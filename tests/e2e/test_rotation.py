@@ -360,9 +360,13 @@ def test_sigterm_to_a_core_its_gateways_are_subscribed_to_exits_at_once(
 def test_sigterm_stops_the_dev_stack_with_its_gateway_subscribed(start_dev: DevStacks) -> None:
     """``krypton dev`` (Core and gateway in one process) exits 0 on SIGTERM well
     within its drain timeout (before: killed after waiting for its own gateway's stream)."""
-    srv = start_dev(env={"KRYPTON_CORE_DRAIN_TIMEOUT": "60"})
+    srv = start_dev(env={"KRYPTON_CORE_DRAIN_TIMEOUT": "60",
+                         "KRYPTON_GATEWAY_LOG_LEVEL": "info"})
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(15) == 0
+    log = srv.log()
+    assert "drained" in log  # the Core drained, ...
+    assert "uplink: DOWN" not in log  # ... after its gateway closed: no warning at Ctrl-C
 
 
 # -- SPIFFE ----------------------------------------------------------------------------

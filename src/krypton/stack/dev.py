@@ -89,9 +89,15 @@ class EmbeddedStack:
             self.gateway.reload()
 
     async def drain(self) -> None:
-        """SIGTERM: the gateway drains first (its outbox reaches the Core), then the Core."""
-        if self.gateway is not None:
-            await self.gateway.drain()
+        """SIGTERM: the gateway drains first (its outbox reaches the Core) and closes,
+        then the Core drains (so the gateway does not see its own Core go, and
+        warn that its uplink is down, at every Ctrl-C)."""
+        gateway, self.gateway = self.gateway, None
+        if gateway is not None:
+            try:
+                await gateway.drain()
+            finally:
+                await gateway.close()
         await self.core.drain()
 
     async def close(self) -> None:
