@@ -765,7 +765,7 @@ class Vault:
     def _warm(self) -> None:
         before = 1 << 62
         unavailable: set[tuple[str, int]] = set()  # (tenant, L3 version) not held: skipped
-        tries = 0
+        tries, began = 0, time.monotonic()
         try:
             conn = self._readers.get()
             while not self._stop_warming.is_set():
@@ -784,7 +784,8 @@ class Vault:
                 time.sleep(0)  # the event loop's turn at the interpreter
         except (sqlite3.Error, KryptonError) as exc:
             log.info("vault: warm-up stopped: %s", exc)
-        log.debug("vault: warm-up done, %d records cached", len(self._cache))
+        log.info("vault: warm-up done, %d records cached in %.1f s", len(self._cache),
+                 time.monotonic() - began)
 
     def _warm_one(self, row: Sequence[Any], unavailable: set[tuple[str, int]]
                   ) -> KeyRecord | None:  # fmt: skip
