@@ -19,9 +19,9 @@ the fields the two records share.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from krypton.model.registry import ObjectRecord
@@ -31,9 +31,27 @@ from krypton.ttlv.enums import State
 DESTROYED_STATES = frozenset((State.DESTROYED, State.DESTROYED_COMPROMISED))
 
 
+def uuid7(unix_ms: int, random: bytes) -> str:
+    """The UUID version 7 (RFC 9562 §5.7) of a Unix time in milliseconds and 10
+    random bytes (of which 74 bits are used), in its canonical text form."""
+    if not 0 <= unix_ms < 1 << 48 or len(random) != 10:
+        raise ValueError("uuid7: a 48-bit millisecond time and 10 random bytes")
+    r = int.from_bytes(random, "big")
+    rand_a, rand_b = (r >> 62) & 0xFFF, r & ((1 << 62) - 1)
+    h = f"{unix_ms << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def new_uid() -> str:
-    """A fresh unique identifier for an L4 key (random UUID, from os.urandom)."""
-    return str(uuid.uuid4())
+    """A fresh unique identifier for a managed object: a UUID version 7, the time
+    in milliseconds then 74 random bits (os.urandom). Time-ordered, so every
+    index on the uid (the vault's primary key; the registry's ``uid UNIQUE``
+    and re-wrap order) grows at its right edge instead of at a random page:
+    an insert costs the same at a million keys as at none, and a batch of
+    Creates dirties a few index pages rather than one per key. The uid tells
+    anyone who sees it when the object was made, to the millisecond, as the
+    object's creation date does to a client allowed to read it."""
+    return uuid7(time.time_ns() // 1_000_000, os.urandom(10))
 
 
 def _none_if_absent(value: int) -> int | None:
