@@ -115,6 +115,10 @@ def _note(info: SettingInfo) -> str:
     return (_comments(info.owner).get(info.field) or NOTES.get(key, "")).rstrip(".")
 
 
+# Defaults worked out at start-up (None in the schema), by environment variable.
+_AT_START = {"KRYPTON_GATEWAY_CACHE_BYTES": '`"auto"`'}
+
+
 def _default(value: Any) -> str:
     if value is dataclasses.MISSING:
         return "**required**"
@@ -160,8 +164,9 @@ def render() -> str:
             for info in infos:
                 note, rule = _note(info), info.rule
                 what = "; ".join(p for p in (note, f"must be {rule}" if rule else "") if p)
+                default = _AT_START.get(info.env) or _default(info.default)
                 lines.append(f"| `{info.field}` | `{_cell(info.type)}` | "
-                             f"{_cell(_default(info.default))} | `{info.env}` | {_cell(what)} |")
+                             f"{_cell(default)} | `{info.env}` | {_cell(what)} |")
             lines.append("")
         secrets = sorted(SECRETS_FROM_ENV.get(root, ()))
         if secrets:

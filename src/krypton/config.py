@@ -142,10 +142,14 @@ class CacheConfig:
     """``[gateway.cache]``: the vault's in-memory cache of wrapped records (never
     plaintext), least recently used out first when either bound is reached; a
     record is charged its byte fields plus ~380 B (krypton.vault.cache.weight),
-    ~700-800 B for an AES key, so the default holds ~350,000 keys."""
+    ~700-800 B for an AES key. ``bytes`` None ("auto" in TOML): a quarter of the
+    memory this process may use (physical, or its cgroup's limit if lower),
+    split between the workers (krypton.gateway._memory)."""
 
     records: int = 1_000_000  # wrapped records kept in memory, at most (0: no cache)
-    bytes: int = 268_435_456  # memory the cached records may take, at most (256 MiB)
+    # memory the cached records may take, at most; "auto": a quarter of the memory
+    # available (RAM or the cgroup's limit), split between the workers
+    bytes: int | None = None
     # after a start, load the newest records into the free room in the background
     warm: bool = True
 
@@ -408,6 +412,20 @@ def _pause(v: Any, ctx: _Ctx) -> float:
         return _seconds(v, ctx)
     except _Bad:
         raise _Bad("must be a number of seconds ≥ 0") from None
+
+
+def _auto(convert: Convert) -> Convert:
+    """``convert``, or the word "auto" for None (a default worked out at start-up)."""
+
+    def auto(v: Any, ctx: _Ctx) -> Any:
+        if v is None or (isinstance(v, str) and v.strip().lower() == "auto"):
+            return None
+        try:
+            return convert(v, ctx)
+        except _Bad as bad:
+            raise _Bad(f'{bad.want} or "auto"', show=bad.show) from None
+
+    return auto
 
 
 def _boolean(v: Any, ctx: _Ctx) -> bool:
@@ -755,7 +773,8 @@ _GATEWAY = _Section(
             },
         ),
         "cache": _Section(
-            CacheConfig, {"records": _integer(0), "bytes": _integer(0), "warm": _boolean}
+            CacheConfig,
+            {"records": _integer(0), "bytes": _auto(_integer(0)), "warm": _boolean},
         ),
         "vault": _Section(
             VaultConfig,

@@ -74,7 +74,7 @@ def test_defaults(dev: DevLayout) -> None:
     assert cfg.limits == LimitsConfig()
     assert cfg.limits.max_message_size == 1_048_576
     assert cfg.limits.read_timeout == 10.0
-    assert cfg.cache == CacheConfig(records=1_000_000, bytes=256 << 20, warm=True)
+    assert cfg.cache == CacheConfig(records=1_000_000, bytes=None, warm=True)  # bytes: auto
     assert cfg.uplink == UplinkConfig(core_id="spiffe://krypton.dev/core/core-dev")
     assert (cfg.uplink.host, cfg.uplink.port, cfg.uplink.timeout) == ("127.0.0.1", 5697, 2.0)
     assert cfg.vault == VaultConfig(backend="sqlite")
@@ -222,7 +222,7 @@ def test_env_rule_covers_every_setting() -> None:
         ("gateway.uplink.core_address", '"h:0"', "host:port"),
         ("gateway.cache.records", "-1", "≥ 0"),
         ("gateway.cache.bytes", "-1", "≥ 0"),
-        ("gateway.cache.bytes", '"big"', "integer"),
+        ("gateway.cache.bytes", '"big"', 'integer ≥ 0 or "auto"'),
         ("gateway.cache.warm", '"yes"', "true or false"),
         ("gateway.vault.backend", '"etcd"', "'sqlite', 'openbao'"),
         ("gateway.vault.connections", "0", "≥ 1"),
@@ -454,3 +454,10 @@ ca = "pki/ca.pem"
         backend="openbao", address="https://bao.internal:8200", mount="secret",
         prefix="gateways/eu1", token_env="BAO_TOKEN", role_id_env="GW_ROLE_ID",
         secret_id_env="GW_SECRET_ID", ca=dev.root.absolute() / "pki/ca.pem", connections=32)
+
+
+def test_the_cache_bound_may_be_auto_in_the_file_or_the_environment(dev: DevLayout) -> None:
+    assert gateway(dev, '[gateway.cache]\nbytes = "auto"\n').cache.bytes is None
+    assert gateway(dev, "[gateway.cache]\nbytes = 4096\n").cache.bytes == 4096
+    env = {"KRYPTON_GATEWAY_CACHE_BYTES": "AUTO"}
+    assert gateway(dev, "[gateway.cache]\nbytes = 4096\n", env=env).cache.bytes is None

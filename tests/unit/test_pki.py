@@ -256,3 +256,15 @@ def test_dev_configs_of_an_older_init_are_upgraded(tmp_path: Path) -> None:
     assert load_core_config(layout.core_config, env={}).authorised_gateways() == {
         gateway_spiffe_id(): frozenset({"demo", "other"})}
     assert init_dev_dir(tmp_path).written == ()
+
+
+def test_a_dev_config_with_the_old_fixed_cache_bound_takes_the_auto_share(tmp_path: Path) -> None:
+    layout = init_dev_dir(tmp_path)
+    old = GATEWAY_TOML.replace(
+        'bytes = "auto"  # a quarter of the memory available (RAM or cgroup limit), split'
+        ' between workers\n', "bytes = 268435456  # 256 MiB of wrapped records, at most\n")
+    assert old != GATEWAY_TOML
+    layout.gateway_config.write_text(old)
+    assert load_gateway_config(layout.gateway_config, env={}).cache.bytes == 268435456
+    assert init_dev_dir(tmp_path).written == (layout.gateway_config,)
+    assert load_gateway_config(layout.gateway_config, env={}).cache.bytes is None

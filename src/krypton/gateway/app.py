@@ -28,6 +28,7 @@ from krypton.engine.ciphers import Streams
 from krypton.errors import ConfigError, KryptonError
 from krypton.gateway._admin import GatewaySource
 from krypton.gateway._admission import Shares
+from krypton.gateway._memory import auto_cache_bytes, available_memory
 from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.pacing import Collector, Gate
 from krypton.gateway.engine.services import Services
@@ -71,6 +72,13 @@ def limits_of(config: GatewayConfig) -> Limits:
     )
 
 
+def cache_bytes(cfg: GatewayConfig) -> int:
+    """The record cache's bound in bytes: the setting, or its "auto" share."""
+    if cfg.cache.bytes is not None:
+        return cfg.cache.bytes
+    return auto_cache_bytes(cfg.workers, available_memory())
+
+
 def _sqlite_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
     """The SQLite vault; a folder that is not there is a configuration error naming the setting."""
     folder = cfg.vault_path.parent
@@ -81,7 +89,7 @@ def _sqlite_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
         raise ConfigError(f"gateway.vault_path: the folder {folder} is not writable by this "
                           "process (the vault and its -wal and -shm files are made in it)")
     return Vault.open(cfg.vault_path, cache_size=cfg.cache.records,
-                      cache_bytes=cfg.cache.bytes, sealer=sealer)  # fmt: skip
+                      cache_bytes=cache_bytes(cfg), sealer=sealer)  # fmt: skip
 
 
 def _openbao_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
@@ -97,7 +105,7 @@ def _openbao_vault(cfg: GatewayConfig, sealer: Sealer) -> VaultStore:
     return BaoVault.open(
         v.address, mount=v.mount, prefix=v.prefix, token=token, role_id=role_id,
         secret_id=secret_id, ca=v.ca, connections=v.connections,
-        cache_size=cfg.cache.records, cache_bytes=cfg.cache.bytes, sealer=sealer,
+        cache_size=cfg.cache.records, cache_bytes=cache_bytes(cfg), sealer=sealer,
     )  # fmt: skip
 
 

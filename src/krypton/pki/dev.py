@@ -228,9 +228,13 @@ def init_dev_dir(d: Path, *, force: bool = False) -> DevLayout:
     return DevLayout(layout.root, tuple(written))
 
 
-# Lines of configs written before the trust boundary (issue 11) → what they mean now:
-# the gateway names the Core it trusts, and the Core lists the dev gateway's tenants.
+# Lines of configs written by an older ``krypton dev`` → what they say now: the
+# record cache's bound is a share of the memory available (issue 16); the gateway
+# names the Core it trusts, and the Core lists the dev gateway's tenants (issue 11).
 _UPGRADES = (
+    ('bytes = 268435456  # 256 MiB of wrapped records, at most\n',
+     'bytes = "auto"  # a quarter of the memory available (RAM or cgroup limit), split between'
+     ' workers\n', 'bytes = "auto"'),
     ('timeout = 2.0\n', f'timeout = 2.0\ncore_id = "{core_spiffe_id()}"\n', "\ncore_id ="),
     (f'\ngateways = ["{gateway_spiffe_id()}"]\n',
      f'\ngateways = ["{gateway_spiffe_id()}=demo+other"]\n', "\n[[core.gateway]]"),
@@ -346,7 +350,7 @@ max_large_messages_per_tenant = 1
 
 [gateway.cache]
 records = 1000000
-bytes = 268435456  # 256 MiB of wrapped records, at most
+bytes = "auto"  # a quarter of the memory available (RAM or cgroup limit), split between workers
 warm = true
 
 [gateway.uplink]
