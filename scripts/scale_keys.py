@@ -24,8 +24,8 @@ in ``--dir``, kept between the phases so the load is made once:
 ``create``
     per round: Create at 16 connections for ``--duration`` seconds against
     this stack (``--keys`` keys held) and against a fresh, empty stack in
-    ``--dir``/empty, alternating; the ratio is the Create rate at N keys
-    against the rate at 0.
+    ``--dir``/empty, alternating, each once its cache warm-up is done; the
+    ratio is the Create rate at N keys against the rate at 0.
 
 Benchmark figures, not a test: the machine's load changes them; the report
 prints the load average with each line.
@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.helpers.cluster: the processes, as the e2e tests run them
 
-from tests.helpers.cluster import Cluster, make_cluster  # noqa: E402
+from tests.helpers.cluster import Cluster, Proc, make_cluster  # noqa: E402
 
 WARMED = re.compile(r"warm-up done, ([\d,]+) records cached in ([\d.]+) s")
 
@@ -61,6 +61,15 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def wait_warm(gateway: Proc, deadline: float) -> re.Match[str] | None:
+    """The gateway's "warm-up done" line, once it is logged (None: not by ``deadline``)."""
+    while time.monotonic() < deadline:
+        if m := WARMED.search(gateway.log()):
+            return m
+        time.sleep(0.1)
+    return None
 
 
 def cluster_in(root: Path) -> Cluster:
@@ -132,12 +141,7 @@ def measure(args: argparse.Namespace) -> None:
             began = time.monotonic()
             (gateway,) = c.start_gateways(serving=False)
             serving = time.monotonic() - began
-            warmed = None
-            while time.monotonic() - began < args.warm_timeout:
-                if m := WARMED.search(gateway.log()):
-                    warmed = m
-                    break
-                time.sleep(0.1)
+            warmed = wait_warm(gateway, began + args.warm_timeout)
             warm = ("not done" if warmed is None
                     else f"{warmed.group(1)} records cached in {warmed.group(2)} s")
             print(f"round {n + 1}: gateway serving after {serving:.2f} s; warm-up {warm};"
@@ -156,9 +160,10 @@ def measure(args: argparse.Namespace) -> None:
 def create(args: argparse.Namespace) -> None:
     stacks = {"N keys": cluster_in(args.dir), "0 keys": cluster_in(args.dir / "empty")}
     try:
-        for stack in stacks.values():
+        for stack in stacks.values():  # each measured once its cache warm-up is done
             stack.start_core()
-            stack.start_gateways()
+            (gateway,) = stack.start_gateways()
+            wait_warm(gateway, time.monotonic() + args.warm_timeout)
         for n in range(args.rounds):
             rates = {}
             for label, stack in stacks.items():
