@@ -510,6 +510,9 @@ class Transport:
     def abort(self) -> None:
         self.aborted = True
 
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
 
 def tls_in_memory(dev: DevLayout) -> ssl.SSLObject:
     """Complete a mutual TLS handshake between two SSLObjects; return the server's."""
@@ -695,7 +698,11 @@ def test_unknown_identity_is_denied_on_its_first_message(gw: Gateway) -> None:
 
 def test_illegal_transition_aborts_the_connection(gw: Gateway) -> None:
     c, t = gw.connect()
-    c._respond(b"an answer nobody asked for")  # DONE while IDLE
+
+    async def respond() -> None:
+        c._respond(b"an answer nobody asked for")  # DONE while IDLE
+
+    gw.loop.run_until_complete(respond())
     assert t.aborted and state(c) is State.CLOSED
 
 

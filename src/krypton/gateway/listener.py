@@ -85,6 +85,7 @@ from krypton.gateway._conn_state import (
     State,
     Verdict,
 )
+from krypton.gateway._cork import Cork
 from krypton.gateway.engine.dispatch import Dispatcher, Session
 from krypton.gateway.policy import Policy
 from krypton.kmip.messages import error_response
@@ -328,7 +329,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
     def _respond(self, response: bytes) -> None:
         if self.state >= _CLOSING or self.transport is None:
             return
-        self.transport.write(response)
+        self.listener.cork.write(self.transport, response)
         try:
             resume = self.answered()
         except IllegalTransition as exc:
@@ -377,7 +378,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
 
     def _send_error(self, exc: KryptonError) -> None:
         if self.transport is not None and self.open:
-            self.transport.write(_encode_error(exc))
+            self.listener.cork.write_now(self.transport, _encode_error(exc))
             self.close()
 
     def _illegal(self, exc: IllegalTransition) -> None:
@@ -396,6 +397,7 @@ class Connection(ConnState, asyncio.BufferedProtocol):
         """Flush what was written, then hang up (aborted after the close grace)."""
         super().close()
         if self.transport is not None:
+            self.listener.cork.flush()  # its answers held for the turn's end go first
             self.transport.close()
 
 
@@ -474,6 +476,7 @@ class Listener(Admission):
         self.waiting: collections.deque[tuple[float, socket.socket]] = collections.deque()
         self._letting_in = False
         self.handshakes = dict.fromkeys((_SUCCESS, _FAILED, _TIMEOUT), 0)
+        self.cork = Cork()  # small answers leave together at the end of a turn
 
     # -- accepting -------------------------------------------------------------------
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
