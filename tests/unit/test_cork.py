@@ -81,3 +81,15 @@ def test_a_last_word_goes_now_after_what_is_held() -> None:
         assert log == [("a", b"answer"), ("a", b"error")]
 
     asyncio.run(turn())
+
+
+def test_an_answer_on_the_only_connection_goes_now() -> None:
+    log: list[tuple[str, bytes]] = []
+    cork = Cork()
+    a = Transport("a", log)
+
+    async def turn() -> None:
+        cork.write(a, b"answer", alone=True)
+        assert log == [("a", b"answer")] and len(cork) == 0
+
+    asyncio.run(turn())

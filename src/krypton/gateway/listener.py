@@ -329,7 +329,8 @@ class Connection(ConnState, asyncio.BufferedProtocol):
     def _respond(self, response: bytes) -> None:
         if self.state >= _CLOSING or self.transport is None:
             return
-        self.listener.cork.write(self.transport, response)
+        listener = self.listener
+        listener.cork.write(self.transport, response, alone=len(listener.connections) < 2)
         try:
             resume = self.answered()
         except IllegalTransition as exc:
