@@ -1,4 +1,4 @@
-"""Fuzz target: the fast-path scanners (Get, Create), against the generic path.
+"""Fuzz target: the fast-path scanners (Get, Create, Create + Get), against the generic path.
 
 The property is fuzz/properties.py's ``check_fastpath``. From the repository root:
 ``python -m fuzz.fuzz_fastpath CORPUS_DIR -max_total_time=60`` (or ``make fuzz``).

@@ -16,9 +16,11 @@ corpus through the same functions, so CI checks the corpus without atheris.
 * :func:`check_fastpath` -- the scanners never raise; what a scanner accepts,
   the decoder and the request parser accept with the same values (the fast
   path reads a strict subset); a learned shape reads exactly what the full
-  scan reads; and a dispatcher with the fast paths answers every non-Create
+  scan reads; a dispatcher with the fast paths answers every non-Create
   input byte for byte as one without them (``tests/unit/test_fastget.py``'s
-  differential property).
+  differential property), and a Create + Get the fast path takes with an
+  answer of the same size and items (its own key: ``tests/unit/test_fastcreateget.py``
+  holds the two paths to the same bytes under fixed entropy).
 * :func:`check_dispatch` -- the dispatcher answers every input, within
   :data:`DISPATCH_TIMEOUT`, with a message that decodes as a Response Message
   whose items each carry a Result Status; nothing reaches its catch-all for
@@ -44,7 +46,7 @@ from krypton.crypto.secret import generate_key
 from krypton.errors import KryptonError, UnsupportedVersion
 from krypton.gateway.engine.dispatch import Dispatcher, Session
 from krypton.gateway.engine.services import Services
-from krypton.gateway.fast import fastcreate, fastget
+from krypton.gateway.fast import fastcreate, fastcreateget, fastget
 from krypton.gateway.fast.fastwire import VERSIONS, envelope
 from krypton.kmip import client_messages as cm
 from krypton.kmip.attributes import Attribute
@@ -76,6 +78,7 @@ _SMALL = Limits(max_message_size=4096, max_depth=4, max_items=40, max_batch_item
 # What the fast paths need of the decoder (krypton.gateway.engine.dispatch keeps the same).
 _FAST_GET_LIMITS = Limits(max_message_size=4096, max_depth=3, max_items=14)
 _FAST_CREATE_LIMITS = Limits(max_message_size=4096, max_depth=5, max_items=23)
+_FAST_CREATEGET_LIMITS = Limits(max_message_size=4096, max_depth=5, max_items=28, max_batch_items=2)
 _V14 = ProtocolVersion(1, 4)
 
 
@@ -230,7 +233,10 @@ def check_fastpath(data: bytes, env: Env) -> None:
     get = fastget.scan_in_full(data)
     assert env.fast_get.scan(data) == get, "a learned shape reads other values than the scan"
     create = fastcreate.scan(data)
-    assert get is None or create is None, "both fast paths accept one message"
+    both = fastcreateget.scan(data)
+    assert sum(x is not None for x in (get, create, both)) <= 1, "two fast paths accept one message"
+    if both is not None:
+        _check_createget(data, both, env)
     if get is not None:
         version = (get.major, get.minor)
         ri = _single(data, _FAST_GET_LIMITS, Operation.GET, version, get.batch_id)
@@ -259,6 +265,38 @@ def check_fastpath(data: bytes, env: Env) -> None:
     assert fast is None or fast == slow, "the fast path answers other bytes than the generic path"
     assert env.run(env.fast, data) == slow, "the dispatchers answer a plain Get differently"
     _check_no_internal_error(env)
+
+
+def _check_createget(data: bytes, both: fastcreateget.CreateGetRequest, env: Env) -> None:
+    """What the Create + Get scan read is what the parser reads; the two dispatchers'
+    answers have the same shape (each makes its own key: uid and key bytes differ)."""
+    try:
+        request = parse_request(decode(data, _FAST_CREATEGET_LIMITS), DEFAULT_LIMITS)
+    except UnsupportedVersion:
+        assert (both.major, both.minor) not in VERSIONS, "a supported version the parser refuses"
+        return
+    header = request.header
+    assert (header.requested or header.version) == ProtocolVersion(both.major, both.minor)
+    assert header.max_response_size == both.max_response_size
+    assert [i.operation for i in request.items] == [Operation.CREATE, Operation.GET]
+    assert [i.batch_id for i in request.items] == [both.create_id, both.get_id]
+    assert request.items[1].payload.find(Tag.UNIQUE_IDENTIFIER) is None, "a Get of a uid"
+    found = [i.value for i in _walk(request.items[0].payload)]
+    assert both.algorithm in found, "the scan read another algorithm"
+    assert both.length in found, "the scan read another length"
+    fast, slow = _shape(env.run(env.fast, data)), _shape(env.run(env.slow, data))
+    assert fast == slow, "the Create + Get fast path answers otherwise than the generic path"
+    _check_no_internal_error(env)
+
+
+def _shape(answer: bytes) -> tuple[object, ...]:
+    """An answer less its key's uid and bytes: size, and per item operation, batch
+    id, status, reason, message, and the Get's key length."""
+    items = cm.parse_response(decode(answer)).items
+    keys = [len(cm.key_material(i.payload)) if i.operation == Operation.GET and i.payload
+            else None for i in items]  # fmt: skip
+    return len(answer), keys, [(i.operation, i.batch_id, i.status, i.reason, i.message)
+                               for i in items]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ gateway answered.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from krypton.ttlv.enums import (
 from krypton.ttlv.item import Item
 from krypton.ttlv.tags import Tag
 
+OpenClient = Callable[..., Any]
 PYKMIP_VERSION = {(1, 2): pk.KMIPVersion.KMIP_1_2, (2, 0): pk.KMIPVersion.KMIP_2_0}
 USAGE = CryptographicUsageMask.ENCRYPT | CryptographicUsageMask.DECRYPT
 
@@ -164,8 +166,10 @@ def roundtrip(sock: ssl.SSLSocket, data: bytes) -> bytes:
     ids=["1.2-template-attribute", "2.0-attributes", "2.0-attributes-placeholder-enum"],
 )
 def test_create_and_get_in_one_batch(
-    srv: DevServer, version: tuple[int, int], placeholder: str
+    srv: DevServer, version: tuple[int, int], placeholder: str, pykmip: OpenClient
 ) -> None:
+    """The omitted-uid forms are the gateway's Create + Get fast path
+    (``krypton.gateway.fast.fastcreateget``), the placeholder enum its generic path."""
     message = request(
         version,
         batch_item(Operation.CREATE, b"\x01", *create_aes(version, 256)),
@@ -227,6 +231,9 @@ def test_create_and_get_in_one_batch(
         )
     assert [a.status for a in again] == [ResultStatus.SUCCESS]
     assert raw_key_material(again[0].payload) == material
+    # And by PyKMIP's own client: the key the batch's Get gave is the key made.
+    client = pykmip(PYKMIP_VERSION[version])
+    assert client.get(uid).value == material
 
 
 @pytest.mark.parametrize("version", [(1, 4), (2, 0)], ids=str)

@@ -13,131 +13,48 @@ be answered identically by the generic path.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.helpers.fastpath import NOW, mutate, single
+from tests.helpers.fastpath import (
+    NOW,
+    V14,
+    V21,
+    Twins,
+    create_request,
+    mutate,
+    twins,
+)
+from tests.helpers.fastpath import aes_attrs as _attrs
+from tests.helpers.fastpath import session as _session
 
 from krypton.crypto.keyring import KeyRing, L3State
 from krypton.crypto.secret import generate_key
-from krypton.gateway.engine.dispatch import Dispatcher, Session
+from krypton.gateway.engine.dispatch import Dispatcher
 from krypton.gateway.engine.services import Services
 from krypton.gateway.fast import fastcreate
 from krypton.kmip import client_messages as cm
-from krypton.kmip.attributes import Attribute, attributes_v2, to_v1
+from krypton.kmip.attributes import Attribute, to_v1
 from krypton.kmip.versions import SUPPORTED, ProtocolVersion
-from krypton.model import KeyRecord
-from krypton.model.grant import Grant
 from krypton.ttlv.codec import Limits, decode, encode
 from krypton.ttlv.enums import CryptographicAlgorithm, ObjectType, Operation, ResultStatus
 from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 from krypton.vault.sqlite import Vault
 
-V14 = ProtocolVersion(1, 4)
-V21 = ProtocolVersion(2, 1)
-
-
-@dataclasses.dataclass
-class Env:
-    fast: Dispatcher
-    slow: Dispatcher
-    fast_vault: Vault
-    slow_vault: Vault
-    loop: asyncio.AbstractEventLoop
-    next_uid: Callable[[], str]
-    serial: Iterator[int]
-    uid: str = ""
-
-    def both(
-        self, frame: bytes, session: Session, monkeypatch: pytest.MonkeyPatch
-    ) -> tuple[bytes, bytes, KeyRecord | None, KeyRecord | None]:
-        """Each dispatcher's answer and the record it stored under this request's uid."""
-        self.uid = f"key-{next(self.serial)}"
-        out = []
-        for dispatcher in (self.fast, self.slow):
-            stream = random.Random(self.uid)
-            monkeypatch.setattr(os, "urandom", stream.randbytes)
-            try:
-                out.append(self.loop.run_until_complete(dispatcher.handle(frame, session)))
-            finally:
-                monkeypatch.undo()
-        return out[0], out[1], self.fast_vault.get(self.uid), self.slow_vault.get(self.uid)
-
-
-def _session(tenant: str = "demo", operations: frozenset[int] | None = None) -> Session:
-    return Session(f"spiffe://t/{tenant}", Grant(tenant, operations), 1)
+Env = Twins
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    loop = asyncio.new_event_loop()
-    root = Path(tmp_path_factory.mktemp("fastcreate"))
-    ring = KeyRing()
-    ring.install("demo", 1, generate_key(256), L3State.ACTIVE, ring.lease_deadline(3600))
-    fast_vault = Vault.open(root / "fast.db", sealer=ring.record_mac)
-    slow_vault = Vault.open(root / "slow.db", sealer=ring.record_mac)
-    holder: list[Env] = []
-
-    def next_uid() -> str:
-        return holder[0].uid
-
-    fast = Dispatcher(Services(store=fast_vault, keyring=ring, new_uid=next_uid), clock=lambda: NOW)
-    slow = Dispatcher(
-        Services(store=slow_vault, keyring=ring, new_uid=next_uid), fast=False, clock=lambda: NOW
-    )
-    holder.append(Env(fast, slow, fast_vault, slow_vault, loop, next_uid, itertools.count()))
-    try:
-        yield holder[0]
-    finally:
-        fast_vault.close()
-        slow_vault.close()
-        loop.close()
-
-
-def _attrs(
-    length: int, usage: bool, algorithm: int = CryptographicAlgorithm.AES
-) -> list[Attribute]:
-    attrs = cm.aes_attributes(length)
-    attrs[0] = Attribute(
-        "Cryptographic Algorithm", Item.enum(Tag.CRYPTOGRAPHIC_ALGORITHM, algorithm)
-    )
-    return attrs if usage else attrs[:2]
-
-
-def create_request(
-    attrs: list[Attribute],
-    *,
-    version: ProtocolVersion = V14,
-    batch_id: bytes | None = None,
-    max_response_size: int | None = None,
-    time_stamp: bool = False,
-    dialect: str | None = None,  # force "v1" (Template-Attribute) or "v2" (Attributes)
-    object_type: int = ObjectType.SYMMETRIC_KEY,
-    batch_count: int = 1,
-) -> bytes:
-    dialect = dialect or ("v2" if version.v2 else "v1")
-    if dialect == "v2":
-        body = attributes_v2(attrs)
-    else:
-        body = Item(Tag.TEMPLATE_ATTRIBUTE, ItemType.STRUCTURE, tuple(to_v1(a) for a in attrs))
-    item = cm.batch_item(
-        Operation.CREATE, cm.payload(Item.enum(Tag.OBJECT_TYPE, object_type), body), batch_id
-    )
-    return single(
-        version,
-        item,
-        max_response_size=max_response_size,
-        time_stamp=time_stamp,
-        batch_count=batch_count,
-    )
+    with twins(Path(tmp_path_factory.mktemp("fastcreate"))) as e:
+        yield e
 
 
 PLAIN = [

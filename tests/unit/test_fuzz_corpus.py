@@ -11,9 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fuzz.properties import Env, check_dispatch, check_fastpath, check_ttlv, close_env, open_env
+
+from krypton.gateway.fast import fastcreateget
+from krypton.kmip import client_messages as cm
+from krypton.kmip.versions import ProtocolVersion
+from krypton.ttlv.codec import encode
 
 CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus"
 TARGETS = ("ttlv", "fastpath", "dispatch")
@@ -61,6 +67,32 @@ def test_the_properties_can_fail(env: Env) -> None:
     with pytest.raises(AssertionError, match="logged an error"):
         check_dispatch(b"", env)
     assert not env.internal_errors
+
+
+def test_the_createget_property_can_fail(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Create + Get fast path that answered with another batch id than the generic
+    path's fails the fastpath check; the real one passes it."""
+    v = ProtocolVersion(1, 4)
+    frame = encode(
+        cm.request_message(
+            v, [cm.create_item(v, cm.aes_attributes(), b"\x01"), cm.get_item(None, b"\x02")]
+        )
+    )
+    assert fastcreateget.scan(frame) is not None
+    check_fastpath(frame, env)
+    real = fastcreateget.FastCreateGet.answer
+
+    async def wrong(self: fastcreateget.FastCreateGet, *args: Any) -> tuple[bytes, float] | None:
+        found = await real(self, *args)
+        assert found is not None
+        out, stored = found
+        bid = b"\x42\x00\x93\x08\x00\x00\x00\x01\x02"  # the Get's Unique Batch Item ID
+        assert out.count(bid) == 1
+        return out.replace(bid, bid[:-1] + b"\x03"), stored
+
+    monkeypatch.setattr(fastcreateget.FastCreateGet, "answer", wrong)
+    with pytest.raises(AssertionError, match="Create \\+ Get fast path answers otherwise"):
+        check_fastpath(frame, env)
 
 
 def _record() -> logging.LogRecord:

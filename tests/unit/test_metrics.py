@@ -160,7 +160,7 @@ def test_the_dispatcher_counts_each_answered_item_by_operation_and_result(
     assert made.items[0].payload is not None
     uid = cm.unique_identifier(made.items[0].payload)  # the Create fast path
     _send(metered, encode(cm.request_message(V14, [cm.get_item(uid)])))  # the Get fast path
-    _send(metered, encode(cm.request_message(V14, [create, cm.get_item(None)])))  # generic batch
+    _send(metered, encode(cm.request_message(V14, [create, cm.get_item(None)])))  # Create+Get
     stop = cm.request_message(V14, [cm.get_item("absent"), cm.get_item(uid)])
     _send(metered, encode(stop))  # Stop: the second item never runs
     go_on = cm.request_message(V14, [cm.get_item("absent"), cm.get_item(uid)],

@@ -56,7 +56,7 @@ from krypton.errors import (
 from krypton.gateway.engine import crypto_ops, info, keys, undo
 from krypton.gateway.engine.pacing import LARGE, Gate, Turns
 from krypton.gateway.engine.services import Handler, NotLocal, Services
-from krypton.gateway.fast import fastcreate, fastget
+from krypton.gateway.fast import fastcreate, fastcreateget, fastget
 from krypton.kmip.messages import (
     OPERATION_NAMES,
     RequestItem,
@@ -112,7 +112,7 @@ _CONTINUE = BatchErrorContinuationOption.CONTINUE
 def _within(limits: Limits, needs: Limits) -> bool:
     return all(
         getattr(limits, f) >= getattr(needs, f)
-        for f in ("max_message_size", "max_depth", "max_items")
+        for f in ("max_message_size", "max_depth", "max_items", "max_batch_items")
     )
 
 
@@ -129,8 +129,9 @@ def _bound(client: int | None, server: int | None) -> int | None:
 
 
 class Dispatcher:
-    """``fast``: answer the plain single-item Get and Create by
-    :mod:`krypton.gateway.fast.fastget` and :mod:`krypton.gateway.fast.fastcreate`
+    """``fast``: answer the plain single-item Get and Create and the plain
+    Create + Get batch by :mod:`krypton.gateway.fast.fastget`,
+    :mod:`krypton.gateway.fast.fastcreate` and :mod:`krypton.gateway.fast.fastcreateget`
     (byte-identical to the generic path), with caches of this dispatcher's own
     (``get_cache``: how much the Get fast path remembers). ``clock``: seconds
     since the epoch. ``max_response_size``: the server's own bound on a response
@@ -165,11 +166,15 @@ class Dispatcher:
         self.max_response_size = max_response_size
         self.fast = fast and _within(limits, fastget.NEEDS)
         self.fast_create = fast and _within(limits, fastcreate.NEEDS)
+        self.fast_createget = fast and _within(limits, fastcreateget.NEEDS)
         self._ids = itertools.count(1)
         self._fast_get = fastget.FastGet(
             max_shapes=get_cache.max_shapes, max_memo=get_cache.max_memo
         )
         self._fast_create = fastcreate.FastCreate(max_response_size=max_response_size)
+        self._fast_createget = fastcreateget.FastCreateGet(
+            max_response_size=max_response_size, clock=_clock
+        )
         # Operations the policy does not grant: logged with peer and identity, rate-limited.
         self.denials = RateLimitedLog(log)
 
@@ -224,6 +229,14 @@ class Dispatcher:
                 if meter is not None:
                     meter.done(_CREATE, SUCCESS, _clock() - began)
                 return created
+        if self.fast_createget:
+            both = await self._fast_createget.answer(self.services, session.grant, frame, now)
+            if both is not None:  # each item counted as the generic path counts it
+                out, stored = both
+                if meter is not None:
+                    meter.done(_CREATE, SUCCESS, stored - began)
+                    meter.done(_GET, SUCCESS, _clock() - stored)
+                return out
         return await self._generic(frame, session, Turns(), began)
 
     async def _read_through(

@@ -59,6 +59,7 @@ from krypton.ttlv.item import Item, ItemType
 from krypton.ttlv.tags import Tag
 
 if TYPE_CHECKING:
+    from krypton.crypto.secret import SecretBytes
     from krypton.gateway.engine.services import Services
     from krypton.model.grant import Grant
 
@@ -86,7 +87,9 @@ _V2: dict[int, int] = {
 # lower limits the decoder refuses it, so the fast path must not run.
 MAX_DEPTH = 5
 MAX_ITEMS = 23
-NEEDS = Limits(max_message_size=fw.MAX_SIZE, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
+NEEDS = Limits(
+    max_message_size=fw.MAX_SIZE, max_depth=MAX_DEPTH, max_items=MAX_ITEMS, max_batch_items=1
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,17 @@ def scan(frame: bytes | bytearray | memoryview) -> CreateRequest | None:
     env = fw.envelope(frame, Operation.CREATE)
     if env is None:
         return None
-    off, stop = env.payload
+    found = scan_payload(frame, *env.payload)
+    if found is None:
+        return None
+    return CreateRequest(env, *found)
+
+
+def scan_payload(
+    frame: bytes | bytearray | memoryview, off: int, stop: int
+) -> tuple[int, int, int | None] | None:
+    """The Algorithm, Length and Usage Mask (or None) of a plain Create's Request
+    Payload (its children from ``off`` to ``stop``), if it is one."""
     if off + 24 > stop:
         return None
     word, length, value, pad = fw.WORD4.unpack_from(frame, off)
@@ -126,7 +139,7 @@ def scan(frame: bytes | bytearray | memoryview) -> CreateRequest | None:
     if alg is None or length is None:
         return None
     # The algorithm is an Enumeration (unsigned); WORD4 read it as a signed int.
-    return CreateRequest(env, alg & 0xFFFF_FFFF, length, usage)
+    return alg & 0xFFFF_FFFF, length, usage
 
 
 def _scan_v1(frame: bytes | bytearray | memoryview, off: int, stop: int) -> list[int | None] | None:
@@ -168,25 +181,34 @@ def _scan_v2(frame: bytes | bytearray | memoryview, off: int, stop: int) -> list
     return values
 
 
+def payload_format(uid_len: int) -> str:
+    """The ``struct`` format (no byte order) of a Create's Response Payload: its
+    header, Object Type and Unique Identifier (of ``uid_len`` bytes)."""
+    return "II" "IIi4x" f"II{uid_len}s{-uid_len % 8}x"
+
+
+def payload_values(uid: bytes) -> tuple[int | bytes, ...]:
+    """The values :func:`payload_format` packs, for a symmetric key ``uid``."""
+    return (
+        fw.RESPONSE_PAYLOAD, 24 + len(uid) + (-len(uid) % 8),
+        fw.OBJECT_TYPE, 4, ObjectType.SYMMETRIC_KEY,
+        fw.UID, len(uid), uid,
+    )  # fmt: skip
+
+
 class _Layout:
     """The whole Create response for one (batch id, identifier) length."""
 
     __slots__ = ("size", "st")
 
     def __init__(self, bid_len: int | None, uid_len: int) -> None:
-        self.st = struct.Struct(
-            fw.head_format(bid_len)
-            + "II" "IIi4x" f"II{uid_len}s{-uid_len % 8}x"  # Payload, Object Type, Identifier
-        )  # fmt: skip
+        self.st = struct.Struct(fw.head_format(bid_len) + payload_format(uid_len))
         self.size = self.st.size
 
     def write(self, version: tuple[int, int], now: int, bid: bytes | None, uid: bytes) -> bytes:
         return self.st.pack(
-            *fw.head(self.size, version, now, Operation.CREATE, bid),
-            fw.RESPONSE_PAYLOAD, 24 + len(uid) + (-len(uid) % 8),
-            fw.OBJECT_TYPE, 4, ObjectType.SYMMETRIC_KEY,
-            fw.UID, len(uid), uid,
-        )  # fmt: skip
+            *fw.head(self.size, version, now, Operation.CREATE, bid), *payload_values(uid)
+        )
 
 
 # The attributes a new key is stored with, as keys.create stores them (the
@@ -220,6 +242,45 @@ def _attributes(usage_mask: int | None, digest: bytes, now: int) -> bytes:
         )
     )
     return fw.HDR.pack(_ATTRIBUTES, len(body)) + body
+
+
+def make(
+    svc: Services,
+    tenant: str,
+    uid: str,
+    *,
+    alg: int,
+    length: int,
+    usage_mask: int | None,
+    now: int,
+) -> tuple[KeyRecord, SecretBytes] | None:
+    """A new key (``alg`` and ``length`` checked by ``key_bytes``) and its record,
+    as ``keys.create`` makes them; the caller wipes the key. None if the tenant's
+    L3 refuses the wrap (the generic path reports it)."""
+    key = generate(alg, length, "Create")
+    wrapped = False
+    try:
+        digest = hashlib.sha256(key.view()).digest()
+        l3_version, blob = svc.keyring.wrap(tenant, uid, key)
+        wrapped = True
+    except KryptonError:
+        return None
+    finally:
+        if not wrapped:
+            key.wipe()
+    record = KeyRecord(
+        uid=uid,
+        tenant=tenant,
+        object_type=ObjectType.SYMMETRIC_KEY,
+        algorithm=alg,
+        length=length,
+        state=State.PRE_ACTIVE,
+        l3_version=l3_version,
+        wrapped=blob,
+        attributes=_attributes(usage_mask, digest, now),
+        created=now,
+    )
+    return record, key
 
 
 class FastCreate:
@@ -259,26 +320,13 @@ class FastCreate:
             return None
         if self._max_response is not None and layout.size > self._max_response:
             return None
-        key = generate(alg, length, "Create")
-        try:
-            digest = hashlib.sha256(key.view()).digest()
-            l3_version, blob = svc.keyring.wrap(grant.tenant, uid, key)
-        except KryptonError:
-            return None
-        finally:
-            key.wipe()
-        record = KeyRecord(
-            uid=uid,
-            tenant=grant.tenant,
-            object_type=ObjectType.SYMMETRIC_KEY,
-            algorithm=alg,
-            length=length,
-            state=State.PRE_ACTIVE,
-            l3_version=l3_version,
-            wrapped=blob,
-            attributes=_attributes(req.usage_mask, digest, now),
-            created=now,
+        made = make(
+            svc, grant.tenant, uid, alg=alg, length=length, usage_mask=req.usage_mask, now=now
         )
+        if made is None:
+            return None
+        record, key = made
+        key.wipe()
         try:
             await svc.store.put(record)
         except KryptonError:

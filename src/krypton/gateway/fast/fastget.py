@@ -74,7 +74,9 @@ _FORMAT = fw.word(Tag.KEY_FORMAT_TYPE, ItemType.ENUMERATION)
 # whose decoder limits are lower refuses it, so must its fast path.
 MAX_DEPTH = 3
 MAX_ITEMS = 14
-NEEDS = Limits(max_message_size=fw.MAX_SIZE, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
+NEEDS = Limits(
+    max_message_size=fw.MAX_SIZE, max_depth=MAX_DEPTH, max_items=MAX_ITEMS, max_batch_items=1
+)
 
 
 @dataclass(frozen=True, slots=True)

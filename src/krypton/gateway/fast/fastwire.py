@@ -77,21 +77,51 @@ def padded(n: int) -> int:
 ITEM_AT = 88
 
 
+HEADER_FORMAT = (
+    ">II"  # Response Message
+    "II" "II" "IIi4x" "IIi4x"  # Response Header, Protocol Version, Major, Minor
+    "IIq" "IIi4x"  # Time Stamp, Batch Count
+)  # fmt: skip
+
+
+def item_head_format(bid_len: int | None) -> str:
+    """The ``struct`` format (no byte order) of a success batch item's start: its
+    header, Operation, [Unique Batch Item ID of ``bid_len`` bytes] and Result Status."""
+    bid = "" if bid_len is None else f"II{bid_len}s{-bid_len % 8}x"
+    return "II" "IIi4x" f"{bid}" "IIi4x"
+
+
 def head_format(bid_len: int | None) -> str:
     """The ``struct`` format of that head, for a batch id of ``bid_len`` (None: none)."""
-    bid = "" if bid_len is None else f"II{bid_len}s{-bid_len % 8}x"
+    return HEADER_FORMAT + item_head_format(bid_len)
+
+
+def header(size: int, version: tuple[int, int], now: int, count: int) -> tuple[int, ...]:
+    """The values of :data:`HEADER_FORMAT`, for a response message of ``size`` bytes
+    with ``count`` batch items (the message's first :data:`ITEM_AT` bytes)."""
     return (
-        ">II"  # Response Message
-        "II" "II" "IIi4x" "IIi4x"  # Response Header, Protocol Version, Major, Minor
-        "IIq" "IIi4x"  # Time Stamp, Batch Count
-        "II" "IIi4x" f"{bid}" "IIi4x"  # Batch Item, Operation, [Batch Item ID], Status
+        RESPONSE_MESSAGE, size - 8,
+        RESPONSE_HEADER, 72, PROTOCOL_VERSION, 32,
+        MAJOR, 4, version[0], MINOR, 4, version[1],
+        TIME_STAMP, 8, now, BATCH_COUNT, 4, count,
+    )  # fmt: skip
+
+
+def item_head(size: int, operation: int, bid: bytes | None) -> tuple[object, ...]:
+    """The values of :func:`item_head_format`, for a batch item of ``size`` bytes."""
+    bid_part = () if bid is None else (BATCH_ID, len(bid), bid)
+    return (
+        BATCH_ITEM, size - 8, OPERATION, 4, operation,
+        *bid_part,
+        RESULT_STATUS, 4, RESULT_SUCCESS,
     )  # fmt: skip
 
 
 def head(
     size: int, version: tuple[int, int], now: int, operation: int, bid: bytes | None
 ) -> tuple[object, ...]:
-    """The values of that head, for a response message of ``size`` bytes."""
+    """The values of that head, for a response message of ``size`` bytes (what
+    :func:`header` and :func:`item_head` give, written out: the Get fast path's)."""
     bid_part = () if bid is None else (BATCH_ID, len(bid), bid)
     return (
         RESPONSE_MESSAGE, size - 8,
@@ -124,6 +154,66 @@ def envelope(frame: bytes | bytearray | memoryview, operation: int) -> Envelope 
     """``frame`` read as a header with Protocol Version and Batch Count 1 (perhaps a
     Time Stamp, a Maximum Response Size) and one batch item of ``operation`` (perhaps
     a Unique Batch Item ID) with a payload; None for anything else (never raises)."""
+    head = _header(frame, 1)
+    if head is None:
+        return None
+    major, minor, max_size, stamp_at, max_at, off = head
+    item = _item(frame, off, operation)
+    if item is None or item.end != len(frame):
+        return None
+    return Envelope(
+        major, minor, max_size, item.batch_id, item.payload, stamp_at, max_at, item.batch_id_at
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One batch item of a plain request: its batch id, where its Request Payload's
+    children start and end, where the item ends."""
+
+    batch_id: bytes | None
+    payload: tuple[int, int]
+    batch_id_at: tuple[int, int] | None
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The parts of a plain request message of several batch items."""
+
+    major: int
+    minor: int
+    max_response_size: int | None
+    items: tuple[BatchItem, ...]
+
+
+def batch(frame: bytes | bytearray | memoryview, operations: tuple[int, ...]) -> Batch | None:
+    """:func:`envelope` for a Batch Count of ``len(operations)``: the batch items
+    of these operations in this order, each perhaps with a Unique Batch Item ID;
+    the header's fields as :func:`envelope` takes them (no Batch Order Option, no
+    Batch Error Continuation Option); None for anything else (never raises)."""
+    head = _header(frame, len(operations))
+    if head is None:
+        return None
+    major, minor, max_size, _, _, off = head
+    items: list[BatchItem] = []
+    for operation in operations:
+        item = _item(frame, off, operation)
+        if item is None:
+            return None
+        items.append(item)
+        off = item.end
+    if off != len(frame):
+        return None
+    return Batch(major, minor, max_size, tuple(items))
+
+
+def _header(
+    frame: bytes | bytearray | memoryview, batch_count: int
+) -> tuple[int, int, int | None, int | None, int | None, int] | None:
+    """The message and header lengths checked, the header read: (major, minor,
+    Maximum Response Size, where the Time Stamp and Maximum Response Size values
+    sit, where the first batch item starts), if the Batch Count is ``batch_count``."""
     n = len(frame)
     if n < _MIN_SIZE or n > MAX_SIZE:
         return None
@@ -157,21 +247,32 @@ def envelope(frame: bytes | bytearray | memoryview, operation: int) -> Envelope 
         else:
             return None
         off += 16
-    if count != 1 or off + 8 > n:
+    if count != batch_count:
         return None
+    return major, minor, max_size, stamp_at, max_at, off
+
+
+def _item(frame: bytes | bytearray | memoryview, off: int, operation: int) -> BatchItem | None:
+    """The batch item at ``off``: Operation ``operation``, perhaps a Unique Batch
+    Item ID, a Request Payload, each once, in any order."""
+    n = len(frame)
+    if off + 8 > n:
+        return None
+    unpack = HDR.unpack_from
     word, length = unpack(frame, off)
-    if word != BATCH_ITEM or off + 8 + length != n:
+    stop = off + 8 + length
+    if word != BATCH_ITEM or stop > n:
         return None
     off += 8
     seen_op = False
     batch_id: bytes | None = None
     bid_at: tuple[int, int] | None = None
     payload: tuple[int, int] | None = None
-    while off < n:
-        if off + 8 > n:
+    while off < stop:
+        if off + 8 > stop:
             return None
         word, length = unpack(frame, off)
-        if word == OPERATION and not seen_op and off + 16 <= n:
+        if word == OPERATION and not seen_op and off + 16 <= stop:
             _, length, value, pad = WORD4.unpack_from(frame, off)
             if length != 4 or pad or value != operation:
                 return None
@@ -179,20 +280,20 @@ def envelope(frame: bytes | bytearray | memoryview, operation: int) -> Envelope 
             off += 16
         elif word == BATCH_ID and batch_id is None:
             end = off + 8 + length
-            stop = off + 8 + padded(length)
-            if stop > n or frame[end:stop] != ZEROS[: stop - end]:
+            pad_end = off + 8 + padded(length)
+            if pad_end > stop or frame[end:pad_end] != ZEROS[: pad_end - end]:
                 return None
             batch_id = bytes(frame[off + 8 : end])
             bid_at = (off + 8, end)
-            off = stop
-        elif word == _PAYLOAD and payload is None and not length & 7 and off + 8 + length <= n:
+            off = pad_end
+        elif word == _PAYLOAD and payload is None and not length & 7 and off + 8 + length <= stop:
             payload = (off + 8, off + 8 + length)
             off += 8 + length
         else:
             return None
     if not seen_op or payload is None:
         return None
-    return Envelope(major, minor, max_size, batch_id, payload, stamp_at, max_at, bid_at)
+    return BatchItem(batch_id, payload, bid_at, stop)
 
 
 L = TypeVar("L")
