@@ -125,7 +125,7 @@ def test_workers_stopping_together_flush_in_turn(
         core = LocateCore()
         srv = server(dev, core)
         port = await srv.start()
-        first, made = await filled(tmp_path / "vault.db", [("demo", 300), ("other", 100)])
+        first, _ = await filled(tmp_path / "vault.db", [("demo", 300), ("other", 100)])
         second = Vault.open(tmp_path / "vault.db")
         folder = tmp_path / "workers"
         folder.mkdir()

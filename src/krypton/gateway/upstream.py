@@ -33,10 +33,13 @@ the consistency rules of DESIGN §4:
   is down lets it go, for a worker whose uplink is up. Sync before delegate
   is each worker's own, owner or not.
 * **The pump.** Draining (and a Locate's flush) reads the outbox page after
-  page past a position (``Vault.outbox_page``) and keeps up to ``window``
-  ``SyncKeys`` batches in flight: a batch's keys are marked synced as soon as
-  its answer comes, while the next batches travel and the Core stores them
-  (issue 16: one batch at a time left both processes mostly waiting). Keys
+  page past a position (``Vault.outbox_page``, MACs unchecked: the Core checks
+  each record's MAC and refuses a batch with a wrong one, whose records are
+  then checked here, the failing ones left in the outbox, the rest resent)
+  and keeps up to ``window`` ``SyncKeys`` batches in flight: a batch's keys
+  are marked synced as soon as its answer comes, while the next batches
+  travel and the Core stores them (issue 16: one batch at a time left both
+  processes mostly waiting). Keys
   the Core refuses stay in the outbox and the pass goes on past them;
   ``SyncKeys`` is idempotent, so a batch sent twice (by the drain and a
   flush, or again after a lost answer) is harmless. The first failed batch
@@ -75,7 +78,7 @@ from typing import Any, TypeVar
 
 from krypton.crypto.keyring import KeyRing
 from krypton.engine.objects import belongs
-from krypton.errors import KeyUnavailable, KryptonError, StorageError
+from krypton.errors import CryptographicFailure, KeyUnavailable, KryptonError, StorageError
 from krypton.gateway.workers import DrainOwner
 from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
@@ -223,7 +226,7 @@ class Upstream:
             while True:
                 while more and failure is None and len(flight) < self.window:
                     page = self.vault.outbox_page(self.batch, tenant=tenant, after=after,
-                                                  gone=self._gone)
+                                                  gone=self._gone, checked=False)
                     after, more = page.position, page.more
                     if page.records:
                         flight.add(asyncio.ensure_future(self._sync(page.records)))
@@ -243,7 +246,15 @@ class Upstream:
         return acked
 
     async def _sync(self, records: list[KeyRecord]) -> int:
-        acked = await self.client.sync_keys(records)
+        try:
+            acked = await self.client.sync_keys(records)
+        except CryptographicFailure:
+            # The Core checks every record's MAC and refused the batch: find the
+            # records that fail here too (logged, left in the outbox, as the
+            # outbox read left them out before it trusted the Core's check) and
+            # send the others.
+            records = [r for r in records if self._authentic(r)]
+            acked = await self.client.sync_keys(records)
         taken = set(acked)
         try:
             await self.vault.mark_synced(acked)
@@ -424,6 +435,13 @@ class Upstream:
         if seq > 0:
             self._position = max(self._position, seq)
             self._written = max(self._written, seq)
+
+    def _authentic(self, record: KeyRecord) -> bool:
+        try:
+            self.vault.authentic(record)
+        except KryptonError:  # RecordTampered or KeyUnavailable, logged with the uid
+            return False
+        return True
 
     def _active(self, tenant: str) -> int | None:
         return None if self._ring is None else self._ring.active_version(tenant)
