@@ -131,12 +131,17 @@ def _row(r: KeyRecord) -> tuple[object, ...]:
     )  # fmt: skip
 
 
+_BLOBS: Final = (bytes, bytearray, memoryview)
+
+
 def _decoded(row: Sequence[Any]) -> KeyRecord:
     """A row's record (:class:`BadRow` if a column does not decode), with its MAC."""
     mac = row[11]
-    if not isinstance(mac, bytes | bytearray | memoryview):
-        raise BadRow("column mac: not a blob")
-    return decode(row[:11], bytes(mac))  # one record made per row
+    if type(mac) is not bytes:  # as SQLite gives a blob; else checked and copied
+        if not isinstance(mac, _BLOBS):
+            raise BadRow("column mac: not a blob")
+        mac = bytes(mac)
+    return decode(row[:11], mac)  # one record made per row
 
 
 def _record(row: Sequence[Any]) -> KeyRecord:
