@@ -42,6 +42,13 @@ def test_one_owner_at_a_time_and_the_next_takes_over(tmp_path: Path) -> None:
         b.close()
 
 
+def test_without_the_workers_folder_a_worker_drains_as_a_lone_gateway(tmp_path: Path) -> None:
+    owner = DrainOwner(tmp_path / "gone")
+    assert owner.claim() is True  # sent twice is harmless, never sent is not
+    owner.nudge()  # nobody to tell: no error
+    owner.close()
+
+
 def test_a_nudge_wakes_the_owner_whoever_it_is(tmp_path: Path) -> None:
     async def main() -> None:
         woken = asyncio.Event()
