@@ -37,9 +37,14 @@ from tests.helpers.cluster import make_cluster  # noqa: E402
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """The process's user and system CPU seconds so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK  # utime, stime
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def waiting(vault: Path) -> int:
@@ -57,7 +62,7 @@ def make_keys(pki: Path, port: int, keys: int) -> None:
 
 
 def drain(root: Path, keys: int, registry: str | None, timeout: float,
-          spy: tuple[str, Path, bool] | None = None) -> dict[str, float]:
+          spy: tuple[str, Path, str] | None = None) -> dict[str, float]:
     cluster = make_cluster(root, registry=registry)
     try:
         cluster.start_core()
@@ -75,17 +80,21 @@ def drain(root: Path, keys: int, registry: str | None, timeout: float,
         names = ("core", "gateway")
         spies = [_spy(spy, pid, n) for pid, n in zip(pids, names, strict=True)] if spy else []
         cpu0 = [cpu_seconds(pid) for pid in pids]
+        sys0 = cpu_times(gateway.proc.pid)[1]
         first = left_at_first = 0.0
         deadline = healed + timeout
         while (left := waiting(spec.vault)) > 0:
             if not first and left < backlog:
                 first, left_at_first = time.monotonic(), left
                 cpu0 = [cpu_seconds(pid) for pid in pids]  # the Core's start-up left out
+                sys0 = cpu_times(gateway.proc.pid)[1]
             if time.monotonic() > deadline:
                 raise SystemExit(f"outbox not empty after {timeout:g} s ({left:,} left)")
             time.sleep(0.005)
         done = time.monotonic()
         cpu1 = [cpu_seconds(pid) for pid in pids]
+        sys1 = cpu_times(gateway.proc.pid)[1]
+        load = os.getloadavg()[0]
         for proc in spies:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
@@ -98,17 +107,19 @@ def drain(root: Path, keys: int, registry: str | None, timeout: float,
             "core_cpu": (cpu1[0] - cpu0[0]) / took, "gateway_cpu": (cpu1[1] - cpu0[1]) / took,
             "core_us": (cpu1[0] - cpu0[0]) / max(left_at_first, 1) * 1e6,
             "gateway_us": (cpu1[1] - cpu0[1]) / max(left_at_first, 1) * 1e6,
+            "gateway_sys_us": (sys1 - sys0) / max(left_at_first, 1) * 1e6, "load": load,
         }  # fmt: skip
     finally:
         cluster.stop()
 
 
-def _spy(spy: tuple[str, Path, bool], pid: int, name: str) -> subprocess.Popen[bytes]:
-    """py-spy recording ``pid`` (every thread; waits too with ``idle``) to a raw profile."""
-    exe, out, idle = spy
+def _spy(spy: tuple[str, Path, str], pid: int, name: str) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` (every thread; ``mode``: "--idle" waits too, "--gil"
+    only the thread holding the GIL) to a raw profile."""
+    exe, out, mode = spy
     out.mkdir(parents=True, exist_ok=True)
     cmd = [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-           "--output", str(out / f"{name}.txt"), *(["--idle"] if idle else [])]
+           "--output", str(out / f"{name}.txt"), *([mode] if mode else [])]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -123,17 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profiles", type=Path, default=Path("drain-profiles"),
                     help="where py-spy's raw profiles go (run N: a subdirectory)")
     ap.add_argument("--idle", action="store_true", help="py-spy samples waiting threads too")
+    ap.add_argument("--gil", action="store_true",
+                    help="py-spy samples only the thread holding the GIL")
     args = ap.parse_args(argv)
     for n in range(args.runs):
         spy = (None if args.py_spy is None
-               else (args.py_spy, args.profiles / f"run{n + 1}", args.idle))
+               else (args.py_spy, args.profiles / f"run{n + 1}",
+                     "--idle" if args.idle else "--gil" if args.gil else ""))
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             r = drain(Path(tmp), args.keys, args.registry, args.timeout, spy)
         print(f"run {n + 1}: {r['keys']:,} keys drained at {r['rate']:,.0f} keys/s "
               f"({r['drain_s']:.2f} s from the first acknowledged; first after "
               f"{r['heal_to_first_s']:.2f} s); CPU meanwhile: Core {r['core_cpu']:.2f}, "
               f"gateway {r['gateway_cpu']:.2f} cores; per key: Core {r['core_us']:.0f} µs, "
-              f"gateway {r['gateway_us']:.0f} µs")
+              f"gateway {r['gateway_us']:.0f} µs (system {r['gateway_sys_us']:.0f}); "
+              f"load average {r['load']:.1f}")
     return 0
 
 

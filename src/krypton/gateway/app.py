@@ -37,6 +37,7 @@ from krypton.gateway.policy import Policy
 from krypton.gateway.rewrap import VaultRewrapper
 from krypton.gateway.seal import L3Seal, open_seal
 from krypton.gateway.upstream import Upstream
+from krypton.gateway.workers import DrainOwner
 from krypton.metrics.meter import KmipMeter
 from krypton.tls.contexts import listener_rules, server_context
 from krypton.tls.material import Material
@@ -146,6 +147,8 @@ class Gateway:
             )
         self.config = config
         self.ssl_context = ssl_context
+        # the workers share one vault: one of them at a time drains its outbox
+        self.drain_owner = None if worker is None else DrainOwner(worker.folder)
         self.keyring = KeyRing()
         self.vault: VaultStore | None = None
         self.client: UplinkClient | None = None
@@ -188,7 +191,8 @@ class Gateway:
         if self.seal is not None:
             await self.seal.restore(self.keyring)
         self.client = UplinkClient.from_config(cfg, sorted(policy.tenants), material)
-        self.upstream = Upstream(self.client, self.vault, limits, ring=self.keyring)
+        self.upstream = Upstream(self.client, self.vault, limits, ring=self.keyring,
+                                 owner=self.drain_owner)
         await self.upstream.start()
         if self.seal is not None:
             self.seal.attach(self.client)
@@ -323,7 +327,7 @@ class Gateway:
             return
         try:
             async with asyncio.timeout(DRAIN_FLUSH_MAX):
-                await upstream.pump()
+                await upstream.flush()
         except (KryptonError, TimeoutError) as e:
             log.warning("drain: outbox not flushed: %s", getattr(e, "message", "") or "timed out")
 

@@ -25,11 +25,21 @@ the consistency rules of DESIGN §4:
   while the Core was away stay in the outbox; a drainer task sends them in
   batches whenever the uplink is READY (woken by every ``Create``, and when
   the link comes back).
+* **One drain per vault.** The workers of ``--workers N`` share one vault,
+  so one outbox: only the worker holding the :class:`DrainOwner` lock drains
+  it (the others would send the same keys again); a worker that does not own
+  it, woken by a ``Create``, nudges the owner instead, and takes the lock
+  when the owner is gone (its next wake or interval). An owner whose uplink
+  is down lets it go, for a worker whose uplink is up. Sync before delegate
+  is each worker's own, owner or not.
 * **The pump.** Draining (and a Locate's flush) reads the outbox page after
-  page past a position (``Vault.outbox_page``) and keeps up to ``window``
-  ``SyncKeys`` batches in flight: a batch's keys are marked synced as soon as
-  its answer comes, while the next batches travel and the Core stores them
-  (issue 16: one batch at a time left both processes mostly waiting). Keys
+  page past a position (``Vault.outbox_page``, MACs unchecked: the Core checks
+  each record's MAC and refuses a batch with a wrong one, whose records are
+  then checked here, the failing ones left in the outbox, the rest resent)
+  and keeps up to ``window`` ``SyncKeys`` batches in flight: a batch's keys
+  are marked synced as soon as its answer comes, while the next batches
+  travel and the Core stores them (issue 16: one batch at a time left both
+  processes mostly waiting). Keys
   the Core refuses stay in the outbox and the pass goes on past them;
   ``SyncKeys`` is idempotent, so a batch sent twice (by the drain and a
   flush, or again after a lost answer) is harmless. The first failed batch
@@ -68,7 +78,8 @@ from typing import Any, TypeVar
 
 from krypton.crypto.keyring import KeyRing
 from krypton.engine.objects import belongs
-from krypton.errors import KeyUnavailable, KryptonError, StorageError
+from krypton.errors import CryptographicFailure, KeyUnavailable, KryptonError, StorageError
+from krypton.gateway.workers import DrainOwner
 from krypton.model.context import RequestContext
 from krypton.model.record import KeyRecord
 from krypton.ttlv.codec import Limits, decode, encode
@@ -88,6 +99,7 @@ DRAIN_BATCH = 512
 DRAIN_WINDOW = 4  # SyncKeys batches in flight at once
 DRAIN_INTERVAL = 0.5
 DRAIN_LINGER = 0.1
+CLAIM_RETRY = 0.05  # how often a stopping worker tries to take the drain for its flush
 RECONCILE_BATCH = 500
 CURSOR_FLUSH = 1000  # feed positions skipped (keys not held) before one is written
 
@@ -104,8 +116,11 @@ class Upstream:
         linger: float = DRAIN_LINGER,
         window: int = DRAIN_WINDOW,
         ring: KeyRing | None = None,
+        owner: DrainOwner | None = None,
     ) -> None:
         self.client = client
+        self.owner = owner  # None: the only process on this vault drains it
+        self._stopping = False
         self._ring = ring  # the L3 versions held here
         self.vault = vault
         self.limits = limits
@@ -128,6 +143,8 @@ class Upstream:
         self._drainer = asyncio.create_task(self._drain_forever(), name="outbox-drainer")
 
     async def close(self) -> None:
+        if self.owner is not None:
+            self.owner.close()  # a sibling takes the drain over
         self.client.set_feed(None)
         if self._remove is not None:
             self._remove()
@@ -148,23 +165,53 @@ class Upstream:
 
     # -- outbox -------------------------------------------------------------------
     async def _drain_forever(self) -> None:
+        if self.owner is not None:
+            self.owner.on_nudge = self._wake.set
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
+            woken = self._wake.is_set()
             self._wake.clear()
-            if not self.ready:
-                continue
-            # Let a burst of Creates gather: one SyncKeys (and one vault commit
-            # to mark them synced) per batch, not per key. Anything that needs
-            # a key at the Core sooner syncs it itself (sync before delegate).
-            await asyncio.sleep(self.linger)
             try:
-                await self.pump()
+                await self.drain_once(woken=woken)
             except KryptonError as exc:
                 log.info("outbox: not drained now: %s", exc.message)
             except Exception:  # the drainer must outlive any one bad batch
                 log.exception("outbox: drain failed; retried on the next wake")
+
+    async def drain_once(self, *, woken: bool = True) -> int | None:
+        """One round of the drainer: pump the outbox if this process drains it;
+        None if it did not (uplink down, or another worker owns the drain)."""
+        owner = self.owner
+        if not self.ready:
+            if owner is not None:
+                owner.release()  # let a worker whose uplink is up drain
+            return None
+        if owner is not None and (self._stopping or not owner.claim()):
+            if woken:
+                owner.nudge()  # keys made here: the owner drains them now
+            return None
+        # Let a burst of Creates gather: one SyncKeys (and one vault commit
+        # to mark them synced) per batch, not per key. Anything that needs
+        # a key at the Core sooner syncs it itself (sync before delegate).
+        await asyncio.sleep(self.linger)
+        return await self.pump()
+
+    async def flush(self) -> int:
+        """At shutdown: pump the whole outbox once this process owns the drain.
+        Workers stopping together take turns (each lets go when done), so the
+        first sends what waits and the others only what came after."""
+        owner = self.owner
+        if owner is None:
+            return await self.pump()
+        self._stopping = True  # the drainer claims no more
+        while not owner.claim():
+            await asyncio.sleep(CLAIM_RETRY)
+        try:
+            return await self.pump()
+        finally:
+            owner.release()
 
     async def pump(self, tenant: str | None = None) -> int:
         """Send every key waiting in the outbox (``tenant``'s only, if given: the
@@ -179,7 +226,7 @@ class Upstream:
             while True:
                 while more and failure is None and len(flight) < self.window:
                     page = self.vault.outbox_page(self.batch, tenant=tenant, after=after,
-                                                  gone=self._gone)
+                                                  gone=self._gone, checked=False)
                     after, more = page.position, page.more
                     if page.records:
                         flight.add(asyncio.ensure_future(self._sync(page.records)))
@@ -199,7 +246,15 @@ class Upstream:
         return acked
 
     async def _sync(self, records: list[KeyRecord]) -> int:
-        acked = await self.client.sync_keys(records)
+        try:
+            acked = await self.client.sync_keys(records)
+        except CryptographicFailure:
+            # The Core checks every record's MAC and refused the batch: find the
+            # records that fail here too (logged, left in the outbox, as the
+            # outbox read left them out before it trusted the Core's check) and
+            # send the others.
+            records = [r for r in records if self._authentic(r)]
+            acked = await self.client.sync_keys(records)
         taken = set(acked)
         try:
             await self.vault.mark_synced(acked)
@@ -380,6 +435,13 @@ class Upstream:
         if seq > 0:
             self._position = max(self._position, seq)
             self._written = max(self._written, seq)
+
+    def _authentic(self, record: KeyRecord) -> bool:
+        try:
+            self.vault.authentic(record)
+        except KryptonError:  # RecordTampered or KeyUnavailable, logged with the uid
+            return False
+        return True
 
     def _active(self, tenant: str) -> int | None:
         return None if self._ring is None else self._ring.active_version(tenant)

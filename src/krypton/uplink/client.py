@@ -493,13 +493,17 @@ class UplinkClient:
 
     async def sync_keys(self, records: Iterable[KeyRecord]) -> list[str]:
         """Send wrapped L4 records to the Core; the uids it acknowledged."""
-        keys = [convert.key_to_pb(r) for r in records]
-        if not keys:
+        request = pb.SyncKeysRequest(gateway=self._name)
+        add, sent = request.keys.add, set()
+        for key in records:  # each built in the request (as convert.key_to_pb), not copied in
+            add(uid=key.uid, tenant=key.tenant, object_type=key.object_type,
+                algorithm=key.algorithm, length=key.length, state=key.state,
+                l3_version=key.l3_version, wrapped=key.wrapped, attributes=key.attributes,
+                created=key.created, mac=key.mac)
+            sent.add(key.uid)
+        if not sent:
             return []
-        response = await self._unary(lambda s: s.SyncKeys,
-                                     pb.SyncKeysRequest(gateway=self._name, keys=keys),
-                                     self._timeout)
-        sent = {k.uid for k in keys}
+        response = await self._unary(lambda s: s.SyncKeys, request, self._timeout)
         return [uid for uid in response.acked if uid in sent]
 
     async def fetch_key(self, tenant: str, uid: str) -> KeyRecord | None:

@@ -115,15 +115,19 @@ class RecordCache:
                 self._bytes += size
             return len(entries) < self._capacity
 
-    def update(self, uids: Iterable[str], change: Callable[[KeyRecord], KeyRecord]) -> None:
-        """Apply a committed change to the cached copies of ``uids``."""
+    def update(self, uids: Iterable[str], change: Callable[[KeyRecord], KeyRecord],
+               *, reweigh: bool = True) -> None:
+        """Apply a committed change to the cached copies of ``uids`` (not
+        ``reweigh``: the change leaves every byte field as it was)."""
         with self._lock:
             self._gen += 1
+            entries = self._entries
             for uid in uids:
-                record = self._entries.get(uid)
+                record = entries.get(uid)
                 if record is not None:
-                    new = self._entries[uid] = change(record)
-                    self._bytes += weight(new) - weight(record)
+                    new = entries[uid] = change(record)
+                    if reweigh:
+                        self._bytes += weight(new) - weight(record)
             self._trim()
 
     def discard(self, uid: str) -> None:

@@ -686,12 +686,13 @@ class BaoVault:
 
     def outbox_page(
         self, limit: int, *, tenant: str | None = None, after: int = 0,
-        gone: Callable[[str, int], bool] | None = None,
+        gone: Callable[[str, int], bool] | None = None, checked: bool = True,
     ) -> OutboxPage:
         """Up to ``limit`` outbox entries (of ``tenant``, or of all) past position
         ``after``, oldest first, as records (see
         :meth:`krypton.vault.sqlite.Vault.outbox_page`): positions are given in
-        write order as keys enter the outbox. Call it on the event loop."""
+        write order as keys enter the outbox. Call it on the event loop. Records
+        are checked here whatever ``checked`` says (most come from the cache)."""
         records: list[KeyRecord] = []
         read, position = 0, after
         for uid, pos in list(self._outbox.items()):

@@ -128,7 +128,7 @@ class VaultStore(Protocol):
 
     def outbox_page(
         self, limit: int, *, tenant: str | None = None, after: int = 0,
-        gone: Callable[[str, int], bool] | None = None,
+        gone: Callable[[str, int], bool] | None = None, checked: bool = True,
     ) -> OutboxPage: ...
 
     def peek(self, uid: str) -> KeyRecord | None: ...
