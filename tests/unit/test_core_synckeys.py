@@ -111,11 +111,15 @@ def test_synced_records_are_stored_with_their_mac_and_indexed(keystore_url: str)
     run(body)
 
 
+def _flip_last(blob: bytes) -> bytes:
+    return blob[:-1] + bytes([blob[-1] ^ 0xFF])
+
+
 # a synced record, changed after its MAC was made
 TAMPERED: dict[str, Callable[[KeyRecord], KeyRecord]] = {
     "attributes": lambda k: dataclasses.replace(k, attributes=_flip_sensitive(k.attributes)),
     "state": lambda k: dataclasses.replace(k, state=2),
-    "wrapped": lambda k: dataclasses.replace(k, wrapped=k.wrapped[:-1] + b"\x00"),
+    "wrapped": lambda k: dataclasses.replace(k, wrapped=_flip_last(k.wrapped)),
     "tenant": lambda k: dataclasses.replace(k, tenant="other"),
     "no mac": lambda k: dataclasses.replace(k, mac=b""),
     "mac": lambda k: dataclasses.replace(k, mac=bytes(32)),
