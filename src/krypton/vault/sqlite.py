@@ -796,8 +796,9 @@ class Vault:
                 time.sleep(0)  # the event loop's turn at the interpreter
         except (sqlite3.Error, KryptonError) as exc:
             log.info("vault: warm-up stopped: %s", exc)
-        log.info("vault: warm-up done, %d records cached in %.1f s", len(self._cache),
-                 time.monotonic() - began)
+        if not self._stop_warming.is_set():  # closed meanwhile: nobody to tell
+            log.info("vault: warm-up done, %d records cached in %.1f s", len(self._cache),
+                     time.monotonic() - began)
 
     def _warm_one(self, row: Sequence[Any], unavailable: set[tuple[str, int]]
                   ) -> KeyRecord | None:  # fmt: skip
