@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/scale_drain.py --keys 50000
     .venv/bin/python scripts/scale_drain.py --keys 50000 --registry postgresql://...
+    .venv/bin/python scripts/scale_drain.py --keys 12500 --gateways 4   # four drain at once
 
 Lays out a Core and one gateway as separate processes in a fresh directory
 (``tests/helpers/cluster.py``, the same layout the end-to-end tests use; the
@@ -13,7 +14,9 @@ Core again and polls the gateway's vault (read-only) until its outbox is
 empty. Prints the drain rate (keys sent from the first one acknowledged to
 the last, over that time) and the CPU each process used meanwhile (from the
 first acknowledgement on: the Core's start-up is left out), per second and
-per key. With ``--py-spy PATH`` both processes are recorded by py-spy while
+per key. With ``--gateways N``, N gateways each make ``--keys`` keys and
+drain into the Core together (the Core's SyncKeys ingest with N streams; the
+gateways' CPU is their sum). With ``--py-spy PATH`` the processes are recorded by py-spy while
 they drain (raw collapsed stacks in ``--profiles``/runN/{core,gateway}.txt).
 """
 
@@ -33,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.helpers.cluster: the processes, as the e2e tests run them
 
 from tests.helpers.cluster import make_cluster  # noqa: E402
+
+from krypton.pki.dev import GATEWAY_NAME  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -61,39 +66,45 @@ def make_keys(pki: Path, port: int, keys: int) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def drain(root: Path, keys: int, registry: str | None, timeout: float,
-          spy: tuple[str, Path, str] | None = None) -> dict[str, float]:
-    cluster = make_cluster(root, registry=registry)
+def drain(root: Path, keys: int, registry: str | None, timeout: float, *,
+          spy: tuple[str, Path, str] | None = None, gateways: int = 1) -> dict[str, float]:
+    """``keys`` made at each of ``gateways`` gateways while the Core is away, then
+    drained into it together; the gateways' CPU is their sum."""
+    names = (GATEWAY_NAME, *(f"gw-{n}" for n in range(2, gateways + 1)))
+    cluster = make_cluster(root, registry=registry, gateways=names)
     try:
         cluster.start_core()
-        (gateway,) = cluster.start_gateways()
-        spec = next(iter(cluster.gateways.values()))
+        procs = cluster.start_gateways()
+        specs = list(cluster.gateways.values())
+        vaults = [spec.vault for spec in specs]
         cluster.kill_core()
         made = time.monotonic()
-        make_keys(cluster.layout.pki, spec.port, keys)
-        backlog = waiting(spec.vault)
-        print(f"{backlog:,} keys waiting ({time.monotonic() - made:.1f} s to make them)",
-              file=sys.stderr)
+        for spec in specs:
+            make_keys(cluster.layout.pki, spec.port, keys)
+        backlog = sum(waiting(v) for v in vaults)
+        print(f"{backlog:,} keys waiting at {gateways} gateway(s)"
+              f" ({time.monotonic() - made:.1f} s to make them)", file=sys.stderr)
         healed = time.monotonic()
         core = cluster.start_core()
-        pids = (core.proc.pid, gateway.proc.pid)
-        names = ("core", "gateway")
-        spies = [_spy(spy, pid, n) for pid, n in zip(pids, names, strict=True)] if spy else []
-        cpu0 = [cpu_seconds(pid) for pid in pids]
-        sys0 = cpu_times(gateway.proc.pid)[1]
+        pids = (core.proc.pid, *(p.proc.pid for p in procs))
+        tags = ("core", *names)
+        spies = [_spy(spy, pid, n) for pid, n in zip(pids, tags, strict=True)] if spy else []
+
+        def sample() -> tuple[list[float], float]:
+            return [cpu_seconds(pid) for pid in pids], sum(cpu_times(p)[1] for p in pids[1:])
+
+        cpu0, sys0 = sample()
         first = left_at_first = 0.0
         deadline = healed + timeout
-        while (left := waiting(spec.vault)) > 0:
+        while (left := sum(waiting(v) for v in vaults)) > 0:
             if not first and left < backlog:
                 first, left_at_first = time.monotonic(), left
-                cpu0 = [cpu_seconds(pid) for pid in pids]  # the Core's start-up left out
-                sys0 = cpu_times(gateway.proc.pid)[1]
+                cpu0, sys0 = sample()  # the Core's start-up left out
             if time.monotonic() > deadline:
                 raise SystemExit(f"outbox not empty after {timeout:g} s ({left:,} left)")
             time.sleep(0.005)
         done = time.monotonic()
-        cpu1 = [cpu_seconds(pid) for pid in pids]
-        sys1 = cpu_times(gateway.proc.pid)[1]
+        cpu1, sys1 = sample()
         load = os.getloadavg()[0]
         for proc in spies:
             proc.send_signal(signal.SIGINT)
@@ -101,13 +112,15 @@ def drain(root: Path, keys: int, registry: str | None, timeout: float,
         if not first:  # drained between two polls
             first, left_at_first = healed, backlog
         took = max(done - first, 1e-6)
+        core_s = cpu1[0] - cpu0[0]
+        gateways_s = sum(cpu1[1:]) - sum(cpu0[1:])
+        per_key = 1e6 / max(left_at_first, 1)
         return {
             "keys": backlog, "rate": left_at_first / took, "drain_s": done - first,
             "heal_to_first_s": first - healed,
-            "core_cpu": (cpu1[0] - cpu0[0]) / took, "gateway_cpu": (cpu1[1] - cpu0[1]) / took,
-            "core_us": (cpu1[0] - cpu0[0]) / max(left_at_first, 1) * 1e6,
-            "gateway_us": (cpu1[1] - cpu0[1]) / max(left_at_first, 1) * 1e6,
-            "gateway_sys_us": (sys1 - sys0) / max(left_at_first, 1) * 1e6, "load": load,
+            "core_cpu": core_s / took, "gateway_cpu": gateways_s / took,
+            "core_us": core_s * per_key, "gateway_us": gateways_s * per_key,
+            "gateway_sys_us": (sys1 - sys0) * per_key, "load": load,
         }  # fmt: skip
     finally:
         cluster.stop()
@@ -128,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=int, default=50_000)
     ap.add_argument("--registry", default=None, help="PostgreSQL URL (default: SQLite)")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--gateways", type=int, default=1,
+                    help="gateways that each make --keys keys and drain into the Core together")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--py-spy", default=None, help="py-spy executable: record both processes")
@@ -142,12 +157,13 @@ def main(argv: list[str] | None = None) -> int:
                else (args.py_spy, args.profiles / f"run{n + 1}",
                      "--idle" if args.idle else "--gil" if args.gil else ""))
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            r = drain(Path(tmp), args.keys, args.registry, args.timeout, spy)
+            r = drain(Path(tmp), args.keys, args.registry, args.timeout, spy=spy,
+                      gateways=args.gateways)
         print(f"run {n + 1}: {r['keys']:,} keys drained at {r['rate']:,.0f} keys/s "
               f"({r['drain_s']:.2f} s from the first acknowledged; first after "
               f"{r['heal_to_first_s']:.2f} s); CPU meanwhile: Core {r['core_cpu']:.2f}, "
-              f"gateway {r['gateway_cpu']:.2f} cores; per key: Core {r['core_us']:.0f} µs, "
-              f"gateway {r['gateway_us']:.0f} µs (system {r['gateway_sys_us']:.0f}); "
+              f"gateway(s) {r['gateway_cpu']:.2f} cores; per key: Core {r['core_us']:.0f} µs, "
+              f"gateway(s) {r['gateway_us']:.0f} µs (system {r['gateway_sys_us']:.0f}); "
               f"load average {r['load']:.1f}")
     return 0
 
