@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/scale_drain.py --keys 50000
     .venv/bin/python scripts/scale_drain.py --keys 50000 --registry postgresql://...
+    .venv/bin/python scripts/scale_drain.py --keys 50000 --registry postgresql  # throw-away
     .venv/bin/python scripts/scale_drain.py --keys 12500 --gateways 4   # four drain at once
 
 Lays out a Core and one gateway as separate processes in a fresh directory
@@ -23,6 +24,7 @@ they drain (raw collapsed stacks in ``--profiles``/runN/{core,gateway}.txt).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sqlite3
@@ -139,7 +141,8 @@ def _spy(spy: tuple[str, Path, str], pid: int, name: str) -> subprocess.Popen[by
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=50_000)
-    ap.add_argument("--registry", default=None, help="PostgreSQL URL (default: SQLite)")
+    ap.add_argument("--registry", default=None,
+                    help="PostgreSQL URL, or 'postgresql': a throw-away server (default: SQLite)")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--gateways", type=int, default=1,
                     help="gateways that each make --keys keys and drain into the Core together")
@@ -152,20 +155,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gil", action="store_true",
                     help="py-spy samples only the thread holding the GIL")
     args = ap.parse_args(argv)
-    for n in range(args.runs):
-        spy = (None if args.py_spy is None
-               else (args.py_spy, args.profiles / f"run{n + 1}",
-                     "--idle" if args.idle else "--gil" if args.gil else ""))
-        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-            r = drain(Path(tmp), args.keys, args.registry, args.timeout, spy=spy,
-                      gateways=args.gateways)
-        print(f"run {n + 1}: {r['keys']:,} keys drained at {r['rate']:,.0f} keys/s "
-              f"({r['drain_s']:.2f} s from the first acknowledged; first after "
-              f"{r['heal_to_first_s']:.2f} s); CPU meanwhile: Core {r['core_cpu']:.2f}, "
-              f"gateway(s) {r['gateway_cpu']:.2f} cores; per key: Core {r['core_us']:.0f} µs, "
-              f"gateway(s) {r['gateway_us']:.0f} µs (system {r['gateway_sys_us']:.0f}); "
-              f"load average {r['load']:.1f}")
+    with contextlib.ExitStack() as stack:
+        server = None
+        if args.registry == "postgresql":  # a throw-away server for these runs
+            from tests.helpers.pg import postgres_server
+
+            server = stack.enter_context(postgres_server())
+        for n in range(args.runs):
+            registry = (args.registry if server is None
+                        else server.create_database(f"drain{n + 1}"))
+            run(args, n, registry)
     return 0
+
+
+def run(args: argparse.Namespace, n: int, registry: str | None) -> None:
+    spy = (None if args.py_spy is None
+           else (args.py_spy, args.profiles / f"run{n + 1}",
+                 "--idle" if args.idle else "--gil" if args.gil else ""))
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        r = drain(Path(tmp), args.keys, registry, args.timeout, spy=spy,
+                  gateways=args.gateways)
+    print(f"run {n + 1}: {r['keys']:,} keys drained at {r['rate']:,.0f} keys/s "
+          f"({r['drain_s']:.2f} s from the first acknowledged; first after "
+          f"{r['heal_to_first_s']:.2f} s); CPU meanwhile: Core {r['core_cpu']:.2f}, "
+          f"gateway(s) {r['gateway_cpu']:.2f} cores; per key: Core {r['core_us']:.0f} µs, "
+          f"gateway(s) {r['gateway_us']:.0f} µs (system {r['gateway_sys_us']:.0f}); "
+          f"load average {r['load']:.1f}", flush=True)
 
 
 if __name__ == "__main__":
