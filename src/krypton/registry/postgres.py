@@ -421,7 +421,7 @@ class PostgresRegistry:
         if row is None:
             return 0
         if len(row) > 1 and int(row[1]) > FOLD_SURPLUS:  # kept count: too many delta rows
-            await self.fold_counts(query.tenant)
+            await self._fold_quietly(query.tenant)
         return int(row[0])
 
     async def fold_counts(self, tenant: str | None = None) -> bool:
@@ -438,14 +438,18 @@ class PostgresRegistry:
 
     async def _wrote(self) -> None:
         """After a committed write of objects: every FOLD_EVERY, fold every tenant's
-        counts. A failed fold loses nothing (the delta rows stay), so it is logged,
-        not raised: the write it follows did commit."""
+        counts."""
         self._writes += 1
         if self._writes % FOLD_EVERY == 0:
-            try:
-                await self.fold_counts()
-            except StorageError as exc:
-                log.warning("registry: folding the kept counts failed: %s", exc)
+            await self._fold_quietly(None)
+
+    async def _fold_quietly(self, tenant: str | None) -> None:
+        """A failed fold loses nothing (the delta rows stay for the next one), so
+        it is logged, not raised: the write or count it follows is done."""
+        try:
+            await self.fold_counts(tenant)
+        except StorageError as exc:
+            log.warning("registry: folding the kept counts failed: %s", exc)
 
     async def l3_usage(self, tenant: str) -> dict[int, int]:
         async with self._connection("L3 usage") as conn:
