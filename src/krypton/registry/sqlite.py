@@ -105,6 +105,8 @@ def _insert_all(conn: sqlite3.Connection, records: Sequence[ObjectRecord]) -> in
         values = [v for r in chunk for v in object_row(r)]
         added += conn.execute(_insert_objects(len(chunk)), values).rowcount
     return added
+
+
 _UNLIST = "DELETE FROM unsealed_objects WHERE uid = ?"
 _SEAL_LEGACY = (
     "UPDATE objects SET mac = ? WHERE uid = ? AND tenant = ? AND revision = ? AND mac IS NULL"
@@ -137,9 +139,10 @@ def _insert_sides(conn: sqlite3.Connection, r: ObjectRecord) -> None:
 def _put_objects(
     conn: sqlite3.Connection, records: Sequence[ObjectRecord]
 ) -> tuple[None, tuple[()]]:
-    # All new (a drain's batch, as a rule): multi-row INSERTs for the objects and one
-    # executemany per side table. Otherwise (a uid already stored, or twice in the batch) that
-    # is undone and each record goes in on its own, to learn which ones were new.
+    # All new (a drain's batch, as a rule): multi-row INSERTs for the objects and
+    # one executemany per side table. Otherwise (a uid already stored, or twice in
+    # the batch) that is undone and each record goes in on its own, to learn which
+    # ones were new.
     # (On an error the writer rolls back to the operation's own savepoint, this
     # one with it.)
     conn.execute("SAVEPOINT put_objects")
