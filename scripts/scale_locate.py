@@ -21,6 +21,10 @@ the runs:
 * ``type+offset+max16``: the same from Offset Items half-way down;
 * ``state+max16``: State Active, Maximum Items 16 (KMIP 2.1).
 
+Located Items of these requests is read from the registry's kept counts
+(schema v6, ``krypton.registry._counts``); a registry file of an older schema
+is migrated when it is opened (the time it took is printed).
+
 ``--postgres-root`` / the throw-away server: when ``--registry postgresql`` is
 given without ``--url``, a server is started for the run (``tests/helpers/pg.py``,
 durability off) and removed at the end, so the keys are loaded every time.

@@ -10,7 +10,9 @@
 
 ``locate_sql(query, dialect)`` is the one SQL statement both backends run for a
 Locate, and ``locate_count_sql`` the one that counts its matches (Located
-Items); public so that they can be read and EXPLAINed (tests check the plans).
+Items: from the counts the registry's triggers keep when the query filters on
+tenant, type, state and the destroyed states only, see ``_counts.py``; else a
+COUNT(*)); public so that they can be read and EXPLAINed (tests check the plans).
 
 Opening is async because the PostgreSQL backend connects (and migrates)
 before it returns, so a wrong DSN fails at start-up, not at the first request.

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from krypton.errors import InvalidField
-from krypton.model.record import DESTROYED_STATES
 from krypton.model.registry import (
     Change,
     KeyChange,
@@ -34,6 +33,7 @@ from krypton.model.registry import (
     SealedKey,
     StateChange,
 )
+from krypton.registry._counts import count_sql, kept_filters
 
 log = logging.getLogger("krypton.registry")
 
@@ -108,7 +108,6 @@ def side_rows(r: ObjectRecord) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-_DESTROYED = ", ".join(str(int(s)) for s in sorted(DESTROYED_STATES))
 _ORDER = {False: " ORDER BY o.created, o.seq", True: " ORDER BY o.created DESC, o.seq DESC"}
 
 
@@ -121,16 +120,10 @@ def _locate_where(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
     # of the tenant's objects by (tenant, ...) and test each against the list.
     # A unary + keeps its planner off that index (the documented idiom); the
     # tenant is still checked on every row. PostgreSQL plans from statistics.
-    sided = q.name is not None or q.group is not None or bool(q.custom)
-    tenant = "+o.tenant" if sided and dialect == "sqlite" else "o.tenant"
-    where = [f"{tenant} = {p}"]
-    params: list[Any] = [q.tenant]
-    for column, number in (("object_type", q.object_type), ("state", q.state)):
-        if number is not None:
-            where.append(f"o.{column} = {p}")
-            params.append(int(number))
-    if q.destroyed is not None:
-        where.append(f"o.state {'IN' if q.destroyed else 'NOT IN'} ({_DESTROYED})")
+    tenant = "+o.tenant" if _sided(q) and dialect == "sqlite" else "o.tenant"
+    where, params = kept_filters("o", q.object_type, q.state, q.destroyed, p)
+    where.insert(0, f"{tenant} = {p}")
+    params.insert(0, q.tenant)
     for table, text in (("object_names", q.name), ("object_groups", q.group)):
         if text is not None:
             where.append(f"o.uid IN (SELECT uid FROM {table} WHERE tenant = {p} AND name = {p})")  # noqa: S608
@@ -142,6 +135,11 @@ def _locate_where(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
         )
         params += [q.tenant, name, value]
     return " FROM objects o WHERE " + " AND ".join(where), params
+
+
+def _sided(q: LocateQuery) -> bool:
+    """Whether the query filters on a side table (name, group, custom)."""
+    return q.name is not None or q.group is not None or bool(q.custom)
 
 
 def locate_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
@@ -165,10 +163,19 @@ def locate_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
 
 
 def locate_count_sql(q: LocateQuery, dialect: Dialect) -> tuple[str, list[Any]]:
-    """How many objects match (Located Items): a count over the same index, no
-    row read out."""
+    """How many objects match (Located Items). Filtering on the tenant, type,
+    state and destroyed flag only, it is read from the kept counts
+    (:mod:`krypton.registry._counts`: a handful of rows; on PostgreSQL a second
+    column says how many of them a fold would remove); otherwise a COUNT(*)
+    over the same index as the Locate, no row read out."""
+    if not _sided(q):
+        p = "?" if dialect == "sqlite" else "%s"
+        return count_sql(q.tenant, q.object_type, q.state, q.destroyed, p,
+                         surplus=dialect == "postgresql")  # fmt: skip
     where, params = _locate_where(q, dialect)
     return "SELECT COUNT(*)" + where, params
+
+
 def reseal_conflict(key: SealedKey) -> RegistryConflict:
     return RegistryConflict(
         f"{key.level} version {key.version} of tenant {key.tenant!r} changed while it was"

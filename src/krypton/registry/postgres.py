@@ -85,6 +85,7 @@ from krypton.registry._common import (
     rewrap_row,
     side_rows,
 )
+from krypton.registry._counts import FOLD_EVERY, FOLD_LOCK, FOLD_SQL, FOLD_SURPLUS
 from krypton.registry.schema import LATEST, POSTGRES, VERSION_TABLE, too_new
 
 log = logging.getLogger("krypton.registry")
@@ -279,6 +280,7 @@ class PostgresRegistry:
         self._listener: asyncio.Task[None] | None = None
         self._listen_conn: Conn | None = None
         self._closed = False
+        self._writes = 0
 
     @classmethod
     async def open(
@@ -331,6 +333,7 @@ class PostgresRegistry:
             for r in records:
                 if owners.get(r.uid) != r.tenant:
                     raise conflict_owner(r.uid)
+        await self._wrote()
 
     async def get_object(self, tenant: str, uid: str) -> ObjectRecord | None:
         async with self._connection("read") as conn:
@@ -383,6 +386,7 @@ class PostgresRegistry:
             if audit is not None:
                 await conn.execute(_INSERT_AUDIT, _audit_row(audit))
             await _notify(conn, await _to_feed(conn, [change], self.feed_retention))
+        await self._wrote()
         return new
 
     async def legacy_objects(self) -> list[tuple[str, str]]:
@@ -414,7 +418,38 @@ class PostgresRegistry:
         async with self._connection("locate") as conn:
             cur = await conn.execute(text, params)
             row = await cur.fetchone()
-            return 0 if row is None else int(row[0])
+        if row is None:
+            return 0
+        if len(row) > 1 and int(row[1]) > FOLD_SURPLUS:  # kept count: too many delta rows
+            await self._fold_quietly(query.tenant)
+        return int(row[0])
+
+    async def fold_counts(self, tenant: str | None = None) -> bool:
+        """Fold the kept counts' delta rows of ``tenant`` (None: of all tenants)
+        into one row per key (:mod:`krypton.registry._counts`); False if another
+        fold held the lock, so this one did nothing."""
+        async with self._transaction("fold counts") as conn:
+            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (FOLD_LOCK,))
+            row = await cur.fetchone()
+            if row is None or not row[0]:
+                return False
+            await conn.execute(FOLD_SQL, {"tenant": tenant})
+        return True
+
+    async def _wrote(self) -> None:
+        """After a committed write of objects: every FOLD_EVERY, fold every tenant's
+        counts."""
+        self._writes += 1
+        if self._writes % FOLD_EVERY == 0:
+            await self._fold_quietly(None)
+
+    async def _fold_quietly(self, tenant: str | None) -> None:
+        """A failed fold loses nothing (the delta rows stay for the next one), so
+        it is logged, not raised: the write or count it follows is done."""
+        try:
+            await self.fold_counts(tenant)
+        except StorageError as exc:
+            log.warning("registry: folding the kept counts failed: %s", exc)
 
     async def l3_usage(self, tenant: str) -> dict[int, int]:
         async with self._connection("L3 usage") as conn:

@@ -35,6 +35,11 @@ v5 (background re-wrap, issue 12): ``rewrap_jobs``, one row per tenant (the
 operator who asked, the target version, progress), and an index on
 ``objects(tenant, l3_version, uid)`` so the re-wrap finds what an old L3
 version still wraps without a scan.
+
+v6 (kept counts, issue 16): ``object_counts (tenant, object_type, state, n)``
+and the triggers on ``objects`` that keep it (:mod:`krypton.registry._counts`
+says how, and why the two backends differ: a row per key on SQLite, delta rows
+summed on PostgreSQL), filled from the objects already there. Self-contained.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from __future__ import annotations
 import sqlite3
 
 from krypton.errors import StorageError
+from krypton.registry._counts import POSTGRES_STEP, SQLITE_STEP
 from krypton.storage.schema import VERSION_TABLE, migrate
 
 __all__ = ["LATEST", "POSTGRES", "SQLITE", "VERSION_TABLE", "migrate_sqlite", "too_new"]
@@ -130,6 +136,8 @@ SQLITE: tuple[tuple[str, ...], ...] = (
         " operator TEXT NOT NULL, started REAL NOT NULL, total INTEGER NOT NULL,"
         " done INTEGER NOT NULL, updated REAL NOT NULL, finished REAL)",
     ),
+    # v6: kept counts (Located Items)
+    SQLITE_STEP,
 )
 
 POSTGRES: tuple[tuple[str, ...], ...] = (
@@ -178,6 +186,8 @@ POSTGRES: tuple[tuple[str, ...], ...] = (
         " done BIGINT NOT NULL, updated DOUBLE PRECISION NOT NULL,"
         " finished DOUBLE PRECISION)",
     ),
+    # v6: kept counts (Located Items)
+    POSTGRES_STEP,
 )
 
 LATEST = len(SQLITE)
