@@ -38,7 +38,6 @@ import json
 import os
 import random
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -48,6 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.helpers.cluster: the processes, as the e2e tests run them
 
 from tests.helpers.cluster import Cluster, Proc, make_cluster  # noqa: E402
+
+from scale_drain import waiting  # noqa: E402  (this folder: the outbox's size)
 
 WARMED = re.compile(r"warm-up done, ([\d,]+) records cached in ([\d.]+) s")
 
@@ -100,14 +101,6 @@ def line(label: str, r: dict[str, object]) -> str:
             f" p99 {lat.get('p99', 0):.2f} ms  errors {r.get('errors', 0)}"
             + (f"  server {server:.0f} µs/op" if server else "")
             + f"  (load {load_average()})")
-
-
-def waiting(vault: Path) -> int:
-    conn = sqlite3.connect(f"file:{vault}?mode=ro", uri=True, timeout=5.0)
-    try:
-        return int(conn.execute("SELECT count(*) FROM keys WHERE synced = 0").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def load(args: argparse.Namespace) -> None:
