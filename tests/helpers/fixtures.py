@@ -38,6 +38,7 @@ test failed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -150,6 +151,23 @@ def _until_scope_ends(starter: S) -> Iterator[S]:
         yield starter
     finally:
         starter.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """Every test leaves the root logger as it found it: a CLI run in process sets
+    up a handler on the test's captured stderr, which is closed once the test
+    ends, and a later test's log line (from any thread) would hit it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

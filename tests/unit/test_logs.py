@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,25 +17,11 @@ from krypton.errors import ConfigError
 from krypton.pki.dev import init_dev_dir
 
 
-@pytest.fixture
-def restore_root() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in handlers:
-            root.addHandler(h)
-        root.setLevel(level)
-
-
 def _lines(stream: io.StringIO) -> list[str]:
     return [line for line in stream.getvalue().splitlines() if line]
 
 
-def test_text_lines_carry_pid_and_worker(restore_root: None) -> None:
+def test_text_lines_carry_pid_and_worker() -> None:
     out = io.StringIO()
     logs.setup("info", "text", worker="3", stream=out)
     logging.getLogger("krypton.test").info("hello %s", "there")
@@ -46,7 +31,7 @@ def test_text_lines_carry_pid_and_worker(restore_root: None) -> None:
     assert line[:4].isdigit() and "T" in line.split()[0] and line.split()[0].endswith("Z")
 
 
-def test_json_lines_parse_with_the_fields(restore_root: None) -> None:
+def test_json_lines_parse_with_the_fields() -> None:
     out = io.StringIO()
     logs.setup("debug", "json", stream=out)
     log = logging.getLogger("krypton.test")
@@ -63,12 +48,12 @@ def test_json_lines_parse_with_the_fields(restore_root: None) -> None:
     assert "ValueError: boom" in second["exception"] and "peer" not in second
 
 
-def test_setup_refuses_an_unknown_format(restore_root: None) -> None:
+def test_setup_refuses_an_unknown_format() -> None:
     with pytest.raises(ValueError, match="log_format"):
         logs.setup("info", "xml")
 
 
-def test_setup_replaces_the_handlers(restore_root: None) -> None:
+def test_setup_replaces_the_handlers() -> None:
     first, second = io.StringIO(), io.StringIO()
     logs.setup("info", "text", stream=first)
     logs.setup("info", "text", worker="1", stream=second)
@@ -84,7 +69,7 @@ class FakeClock:
         return self.now
 
 
-def test_rate_limited_log_keeps_a_budget_per_kind(restore_root: None) -> None:
+def test_rate_limited_log_keeps_a_budget_per_kind() -> None:
     out = io.StringIO()
     logs.setup("info", "json", stream=out)
     clock = FakeClock()
