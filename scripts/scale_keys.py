@@ -76,8 +76,7 @@ def wait_warm(gateway: Proc, deadline: float) -> re.Match[str] | None:
 def cluster_in(root: Path) -> Cluster:
     """The stack laid out in ``root``, made (and the Core initialised) the first time."""
     root.mkdir(parents=True, exist_ok=True)
-    return make_cluster(root, init=not (root / "registry.db").exists()
-                        and not (root / "core.db").exists())
+    return make_cluster(root, init=not (root / "core.db").exists())
 
 
 def bench(c: Cluster, op: str, *extra: str) -> dict[str, object]:
